@@ -1,0 +1,23 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both create .venv first).
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+DEMO := logs/demo
+
+.PHONY: venv demo test clean-demo
+
+venv: .venv/.installed
+.venv/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# The main pipeline end to end on the embedded tiny model, on the CPU.
+demo: venv
+	$(PY) scripts/txt2img.py --base_path $(DEMO)/fp16 --num_imgs 8 --batch_size 4
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,76 @@
+"""Argument groups and start-up shared by the scripts (so every script spells a flag the same way)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from . import repo_path
+from .pipeline import ConfigError, ModelConfig, WeightsNotFoundError, check_resolution, check_steps, load_model_config
+
+DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
+DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
+
+
+def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="model config YAML (real: configs/stable-diffusion/sdxl_turbo.yaml; default: the embedded tiny model)")
+    g.add_argument("--random_weights", action="store_true",
+                   help="full-size architecture with random weights instead of the real weights (latency/memory only)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    g.add_argument("--fp16", action="store_true", help="run in float16 (default: the config's dtype)")
+    g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps, 1-4 (default: the config's)")
+    g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
+    if resolution:
+        g.add_argument("--res", type=int, default=None, help="square resolution; sets --height and --width")
+        g.add_argument("--height", type=int, default=None, help="image height (multiple of 8; default: config's)")
+        g.add_argument("--width", type=int, default=None, help="image width (multiple of 8; default: config's)")
+
+
+def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:
+    """height/width/steps/guidance from flags, else from the config; validated."""
+    res = getattr(args, "res", None)
+    height = res or getattr(args, "height", None) or cfg.height
+    width = res or getattr(args, "width", None) or cfg.width
+    if res and (getattr(args, "height", None) or getattr(args, "width", None)):
+        raise ConfigError("give either --res or --height/--width, not both")
+    steps = args.steps or cfg.steps
+    check_resolution(height, width)
+    check_steps(steps)
+    guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    return dict(height=height, width=width, steps=steps, guidance_scale=guidance)
+
+
+def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
+    return load_model_config(repo_path(args.config))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the project's input errors into one clear line on stderr and exit code 2, no traceback."""
+    try:
+        yield
+    except (ConfigError, WeightsNotFoundError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def pipeline_from_args(args: argparse.Namespace):
+    """(config, pipeline, device) for the model flags; the dtype is float16 with --fp16, else the config's."""
+    import torch
+
+    from .pipeline import build_pipeline, resolve_device
+
+    cfg = model_config_from_args(args)
+    device = resolve_device(args.device)
+    dtype = torch.float16 if args.fp16 else cfg.torch_dtype
+    return cfg, build_pipeline(cfg, device=device, dtype=dtype, random_weights=args.random_weights), device
+
+
+def weights_label(cfg: ModelConfig, args: argparse.Namespace) -> str:
+    from .pipeline import weights_kind
+
+    return weights_kind(cfg, args.random_weights)

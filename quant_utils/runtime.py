@@ -1,0 +1,174 @@
+"""The generation path a service runs: text encode -> UNet step(s) -> VAE decode, timed per stage.
+
+`Runner(pipe, exec_mode)` works for the FP16 and every quantized UNet alike:
+- `eager`: plain PyTorch (the reference; at batch 1 on a GPU it mostly measures Python overhead);
+- `graph`: each stage captured as a CUDA graph per (batch, height, width) bucket, with static
+  input buffers and warm-up on a bucket's first use (CUDA only).
+
+Latents and ancestral noise come from one CPU generator per image (seeded `seed`), so an image
+depends on its own seed only, never on the batch it was generated in.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+EXEC_MODES = ("eager", "graph")
+
+
+@dataclass
+class StageTimes:
+    """Per-stage milliseconds of one call (GPU stages timed with CUDA events)."""
+    text_ms: float = 0.0
+    unet_ms: float = 0.0
+    vae_ms: float = 0.0
+    total_ms: float = 0.0
+    _events: list = field(default_factory=list, repr=False)
+
+
+class _StageClock:
+    """Times stages with CUDA events on GPU (no sync inside the call) and perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append((name, ev))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def elapsed(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
+            out[name] = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+        return out
+
+
+class _GraphCache:
+    """One CUDA graph per (stage, input shapes); all share one memory pool."""
+
+    def __init__(self):
+        self.graphs: dict = {}
+        self.pool = None
+
+    def run(self, key, fn: Callable, inputs: list[torch.Tensor]):
+        if key not in self.graphs:
+            self.pool = self.pool or torch.cuda.graph_pool_handle()
+            static_in = [x.clone() for x in inputs]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up: autotuning, cuDNN plans, lazy inits stay out of the graph
+                    fn(*static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                static_out = fn(*static_in)
+            self.graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self.graphs[key]
+        for dst, src in zip(static_in, inputs):
+            dst.copy_(src)
+        graph.replay()
+        return static_out
+
+
+class Runner:
+    """Prompt -> image with per-stage timing; `exec_mode` picks eager or CUDA-graph execution."""
+
+    def __init__(self, pipe, exec_mode: str = "eager"):
+        if exec_mode not in EXEC_MODES:
+            raise ValueError(f"exec_mode={exec_mode!r}, expected one of {EXEC_MODES}")
+        self.pipe = pipe
+        self.device = pipe.unet.device
+        self.dtype = pipe.unet.dtype
+        if exec_mode == "graph" and self.device.type != "cuda":
+            raise ValueError("exec_mode='graph' needs a CUDA device")
+        self.exec_mode = exec_mode
+        self.graphs = _GraphCache()
+        self.vae_dtype = pipe.vae.dtype
+
+    # ------------------------------------------------------------------ stages
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(self.device)
+               for tok in (self.pipe.tokenizer, self.pipe.tokenizer_2)]
+        return ids[0], ids[1]
+
+    def _encode_ids(self, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # SDXL: penultimate hidden states of both encoders, concatenated; pooled text_embeds of encoder 2.
+        out1 = self.pipe.text_encoder(ids1, output_hidden_states=True)
+        out2 = self.pipe.text_encoder_2(ids2, output_hidden_states=True)
+        embeds = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+        return embeds.to(self.dtype), out2.text_embeds.to(self.dtype)
+
+    def _unet(self, latents, t, embeds, pooled, time_ids):
+        return self.pipe.unet(latents, t, encoder_hidden_states=embeds,
+                              added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+
+    def _decode(self, latents):
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(self.vae_dtype) / vae.config.scaling_factor).sample
+        return (image / 2 + 0.5).clamp(0, 1)
+
+    def _call(self, key, fn, *inputs):
+        if self.exec_mode == "graph":
+            return self.graphs.run((fn.__name__, key, *(tuple(x.shape) for x in inputs)), fn, list(inputs))
+        return fn(*inputs)
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids1, ids2 = self._tokenize(prompts)
+        return self._call("text", self._encode_ids, ids1, ids2)
+
+    # ------------------------------------------------------------------ full call
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], height: int, width: int, steps: int = 1,
+                 guidance_scale: float = 0.0, times: StageTimes | None = None) -> np.ndarray:
+        """Generate one image per prompt; returns uint8 [B, H, W, 3]. Fills `times` if given."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        t0 = time.perf_counter()
+        clock = _StageClock(self.device)
+        batch, cfg = len(prompts), guidance_scale > 1.0
+        clock.mark("start")
+        embeds, pooled = self.encode(list(prompts))
+        if cfg:  # SDXL-Turbo's pipeline zeroes the unconditional embeddings (force_zeros_for_empty_prompt)
+            embeds = torch.cat([torch.zeros_like(embeds), embeds])
+            pooled = torch.cat([torch.zeros_like(pooled), pooled])
+        clock.mark("text_ms")
+
+        sched = self.pipe.scheduler
+        sched.set_timesteps(steps, device=self.device)
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        shape = (4, height // 8, width // 8)
+        latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device, torch.float32)
+        latents = latents * sched.init_noise_sigma
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
+        time_ids = time_ids.repeat(embeds.shape[0], 1)
+        for t in sched.timesteps:
+            x = sched.scale_model_input(latents, t)
+            x = torch.cat([x, x]) if cfg else x
+            t_in = t.to(self.device, torch.float32).expand(x.shape[0]).contiguous()
+            noise = self._call("unet", self._unet, x.to(self.dtype), t_in, embeds, pooled, time_ids).float()
+            if cfg:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance_scale * (cond - uncond)
+            latents = sched.step(noise, t, latents, generator=gens).prev_sample
+        clock.mark("unet_ms")
+        images = self._call("vae", self._decode, latents.to(self.vae_dtype))
+        images = (images.float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        clock.mark("vae_ms")
+        if times is not None:
+            for k, v in clock.elapsed().items():
+                setattr(times, k, v)
+            times.total_ms = (time.perf_counter() - t0) * 1e3
+        return images
