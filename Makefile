@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 DEMO := logs/demo
 
-.PHONY: venv demo test clean-demo
+.PHONY: venv demo test clean-demo wheels
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt
@@ -21,3 +21,7 @@ test: venv
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Wheels the GPU machine lacks (it has torch/Triton/transformers but no diffusers); carried with `run`.
+wheels:
+	$(PY) -m pip download -q --no-deps -d wheels diffusers==0.42.1 importlib_metadata open_clip_torch==3.3.0 ftfy wcwidth
