@@ -74,3 +74,31 @@ def weights_label(cfg: ModelConfig, args: argparse.Namespace) -> str:
     from .pipeline import weights_kind
 
     return weights_kind(cfg, args.random_weights)
+
+
+def add_quant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization (MixDQ)")
+    g.add_argument("--wbits", type=int, default=None,
+                   help="weight bits: picks final_config/weight/weight_N.00.yaml if shipped, else uniform_N.yaml")
+    g.add_argument("--abits", type=int, default=8, help="uniform activation bits when --config_act_mp is not given")
+    g.add_argument("--config_weight_mp", default=None, help="weight bit config YAML (layer: bits)")
+    g.add_argument("--config_act_mp", default=None, help="activation bit config YAML (layer: bits)")
+    g.add_argument("--act_protect", default=None, help="layers whose activations stay FP16 (.pt list, YAML or txt)")
+    g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=False,
+                   help="layers missing from a bit config are an error (default: 8 bits with a warning)")
+    g.add_argument("--w_method", default="mse", choices=["minmax", "mse"], help="weight range search")
+    g.add_argument("--a_method", default="mse", choices=["minmax", "percentile", "mse"], help="activation range method")
+    g.add_argument("--no_bos", action="store_true", help="disable BOS-aware quantization of cross-attention K/V inputs")
+    g.add_argument("--no_split", action="store_true", help="disable split quantization of up-block skip concatenations")
+    g.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="calibration prompts file")
+    g.add_argument("--calib_num", type=int, default=32, help="number of calibration prompts")
+    g.add_argument("--backend", default="fake", choices=["fake", "kernel"],
+                   help="fake: simulated quantization; kernel: real low-bit CUDA kernels (falls back to fake on CPU)")
+
+
+def quant_request_from_args(args: argparse.Namespace, cfg: ModelConfig):
+    from .mixdq import QuantRequest
+
+    return QuantRequest(model_name=cfg.name, wbits=args.wbits, abits=args.abits, config_weight_mp=args.config_weight_mp,
+                        config_act_mp=args.config_act_mp, act_protect=args.act_protect, strict=args.strict,
+                        w_method=args.w_method, a_method=args.a_method, bos=not args.no_bos, split=not args.no_split)

@@ -177,10 +177,22 @@ def make_scheduler(scheduler_cfg: dict | None = None):
     return EulerAncestralDiscreteScheduler.from_config({**sched_cfg, "timestep_spacing": "trailing"})
 
 
+def build_unet_skeleton(cfg: ModelConfig):
+    """The config's UNet on the meta device: its structure and layer names, no memory, no weights."""
+    from diffusers import UNet2DConditionModel
+
+    arch = architecture_configs(cfg)["unet"]
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config({k: v for k, v in arch.items() if not k.startswith("_")})
+
+
 def build_random_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """SDXL-Turbo architecture (tiny or full size) with random weights drawn from cfg.seed, offline."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    diffusers_logging.set_verbosity_error()  # silences a casting notice that does not apply to random weights
 
     dtype = dtype or cfg.torch_dtype
     arch = architecture_configs(cfg)

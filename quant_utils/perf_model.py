@@ -1,0 +1,430 @@
+"""Performance model of SDXL-Turbo serving: latency (p50, p95) and peak memory over bits x resolution x batch.
+
+Fitted from latency_probe CSVs (`results/latency_<mode>.csv`, one row per (mode, exec, res, batch)
+cell) separately for every (mode, exec). Each stage is a fixed cost plus costs proportional to the
+work it does, so it predicts resolutions and batches that were not measured:
+
+    text     = a + b*batch                                     (77 tokens per prompt, resolution-free)
+    unet     = steps * (a + b*Mpix + c*ktok^2)                 (per step: launch floor, convs, self-attention)
+    vae      = a + b*Mpix + c*ktok^2                           (convs, mid-block attention at latent size)
+    overhead = a + b*batch + c*Mpix                            (total - sum of stages: host work, copy to host)
+    total    = text + unet + vae + overhead
+    memory   = a + b*Mpix + c*ktok^2                           (weights + per-image activations), GiB
+
+with Mpix = batch*h*w/1e6 and ktok^2 = batch*(h*w/64/1000)^2 (latent tokens h/8*w/8, squared, per image).
+Coefficients are non-negative (NNLS) and fitted on relative error, so predictions are monotone in
+pixels and batch. p95 = add_ms + (1 + rel) * p50 per stage, (add_ms, rel) >= 0 fitted on the
+measured cells. Fit error is leave-one-out over the measured cells. Nothing here touches torch.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+FORMAT = "mixdq-perf-model/1"
+STAGES = ("text", "unet", "vae")
+FEATURES: dict[str, tuple[str, ...]] = {
+    "text": ("fixed", "batch"),
+    "unet": ("steps", "steps_mpix", "steps_ktok2"),
+    "vae": ("fixed", "mpix", "ktok2"),
+    "overhead": ("fixed", "batch", "mpix"),
+    "total": ("fixed", "batch", "mpix", "ktok2"),  # only when a CSV has no per-stage columns
+    "memory": ("fixed", "mpix", "ktok2"),
+}
+FEATURE_UNITS = {
+    "fixed": "per call", "batch": "per image", "mpix": "per megapixel (batch*h*w/1e6)",
+    "ktok2": "per (1000 latent tokens)^2 per image", "steps": "per UNet step",
+    "steps_mpix": "per step per megapixel", "steps_ktok2": "per step per (1000 latent tokens)^2 per image",
+}
+LOO_TARGETS = ("text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms", "total_p95_ms", "peak_mem_gib")
+REQUIRED_COLUMNS = ("mode", "exec", "height", "width", "batch", "total_p50_ms", "total_p95_ms")
+
+
+def config_error(msg: str) -> Exception:
+    """The project's ConfigError (imported lazily: pipeline.py imports torch, this module must not)."""
+    from .pipeline import ConfigError
+
+    return ConfigError(msg)
+
+
+def mode_wbits(mode: str) -> float:
+    """Nominal weight bits of a mode name: fp16 -> 16, w8a8 -> 8, w4a8 -> 4."""
+    if mode == "fp16":
+        return 16.0
+    if mode.startswith("w") and "a" in mode and mode[1:mode.index("a")].replace(".", "").isdigit():
+        return float(mode[1:mode.index("a")])
+    raise config_error(f"mode {mode!r}: expected fp16 or w<bits>a<bits> (e.g. w8a8)")
+
+
+def wbits_mode(wbits: int) -> str:
+    """Inverse of mode_wbits for the project's modes: 16 -> fp16, 8 -> w8a8."""
+    return "fp16" if int(wbits) == 16 else f"w{int(wbits)}a8"
+
+
+# --------------------------------------------------------------------------- features and fits
+def feature_columns(height, width, batch, steps) -> dict[str, np.ndarray]:
+    """All feature columns for arrays (or scalars) of cells; see the module docstring for units."""
+    h, w, b, s = (np.asarray(x, dtype=float) for x in (height, width, batch, steps))
+    mpix = b * h * w / 1e6
+    ktok2 = b * (h * w / 64.0 / 1000.0) ** 2
+    one = np.ones(np.broadcast(h, w, b, s).shape)
+    return {"fixed": one, "batch": b * one, "mpix": mpix * one, "ktok2": ktok2 * one, "steps": s * one,
+            "steps_mpix": s * mpix, "steps_ktok2": s * ktok2}
+
+
+def _independent(X: np.ndarray, names: Sequence[str]) -> list[int]:
+    """Columns that add rank, in order: a feature the data cannot tell apart from earlier ones is dropped
+    (e.g. 'batch' when every cell has batch 1), so the fit stays identified and interpretable."""
+    keep: list[int] = []
+    for j in range(len(names)):
+        if np.linalg.matrix_rank(X[:, keep + [j]], tol=1e-9 * max(1.0, np.abs(X).max())) == len(keep) + 1:
+            keep.append(j)
+    return keep
+
+
+def nnls_fit(X: np.ndarray, y: np.ndarray, relative: bool = True) -> np.ndarray:
+    """Non-negative least squares, c >= 0; `relative` minimises sum(((X c - y) / y)^2) (every cell counts
+    alike, so a 512-px cell is fitted as well as a 1024-px one), else sum((X c - y)^2)."""
+    A, b = (X / y[:, None], np.ones(len(y))) if relative else (X, y)
+    scale = np.linalg.norm(A, axis=0)  # column scaling: features differ by orders of magnitude
+    scale[scale == 0] = 1.0
+    c, _ = nnls(A / scale, b)
+    return c / scale
+
+
+@dataclass
+class LinearFit:
+    """target = sum(coef[f] * feature f); coefficients in the target's unit per feature unit."""
+    coef: dict[str, float]
+
+    @classmethod
+    def fit(cls, cols: dict[str, np.ndarray], names: Sequence[str], y: np.ndarray, relative: bool = True) -> "LinearFit":
+        X = np.stack([cols[n] for n in names], axis=1)
+        keep = _independent(X, names)
+        c = nnls_fit(X[:, keep], y, relative)
+        coef = {n: 0.0 for n in names}
+        coef.update({names[j]: float(v) for j, v in zip(keep, c)})
+        return cls(coef)
+
+    def __call__(self, cols: dict[str, np.ndarray]) -> np.ndarray:
+        return sum(v * cols[k] for k, v in self.coef.items())
+
+
+@dataclass
+class Spread:
+    """p95 = add_ms + (1 + rel) * p50 (both >= 0, so p95 >= p50)."""
+    add_ms: float = 0.0
+    rel: float = 0.0
+
+    @classmethod
+    def fit(cls, p50: np.ndarray, p95: np.ndarray) -> "Spread":
+        gap = np.maximum(p95 - p50, 0.0)
+        if not np.any(gap > 0):
+            return cls()
+        (a, r), _ = nnls(np.stack([np.ones_like(p50), p50], axis=1), gap)
+        return cls(float(a), float(r))
+
+    def __call__(self, p50):
+        return self.add_ms + (1.0 + self.rel) * p50
+
+
+# --------------------------------------------------------------------------- one (mode, exec) group
+@dataclass
+class GroupModel:
+    """The fitted model of one (mode, exec): stage fits, p95 spreads, memory, fit error and data ranges."""
+    mode: str
+    exec: str
+    wbits: float
+    abits: float
+    backend: str
+    steps: int
+    n_cells: int
+    pixels: tuple[int, int]
+    batches: tuple[int, int]
+    p50: dict[str, LinearFit]
+    spread: dict[str, Spread]
+    memory: LinearFit | None = None
+    loo: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def staged(self) -> bool:
+        return "unet" in self.p50
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame, with_loo: bool = True) -> "GroupModel":
+        cols = feature_columns(df["height"], df["width"], df["batch"], _steps(df))
+        staged = all(f"{s}_p50_ms" in df and df[f"{s}_p50_ms"].notna().all() for s in STAGES)
+        p50, spread = {}, {}
+        if staged:
+            for s in STAGES:
+                p50[s] = LinearFit.fit(cols, FEATURES[s], df[f"{s}_p50_ms"].to_numpy(float))
+                if f"{s}_p95_ms" in df and df[f"{s}_p95_ms"].notna().all():
+                    spread[s] = Spread.fit(df[f"{s}_p50_ms"].to_numpy(float), df[f"{s}_p95_ms"].to_numpy(float))
+            stage_sum = sum(df[f"{s}_p50_ms"].to_numpy(float) for s in STAGES)
+            resid = df["total_p50_ms"].to_numpy(float) - stage_sum
+            # the residual can be ~0 or slightly negative (timer jitter): fit it in absolute ms, clipped at 0
+            p50["overhead"] = LinearFit.fit(cols, FEATURES["overhead"], np.maximum(resid, 0.0), relative=False)
+        else:
+            p50["total"] = LinearFit.fit(cols, FEATURES["total"], df["total_p50_ms"].to_numpy(float))
+        spread["total"] = Spread.fit(df["total_p50_ms"].to_numpy(float), df["total_p95_ms"].to_numpy(float))
+        memory = None
+        if "peak_mem_gib" in df and df["peak_mem_gib"].notna().all() and (df["peak_mem_gib"] > 0).all():
+            memory = LinearFit.fit(cols, FEATURES["memory"], df["peak_mem_gib"].to_numpy(float))
+        pix = (df["height"] * df["width"]).astype(int)
+        first = df.iloc[0]
+        model = cls(mode=str(first["mode"]), exec=str(first["exec"]),
+                    wbits=float(first["wbits"]) if "wbits" in df else mode_wbits(str(first["mode"])),
+                    abits=float(first["abits"]) if "abits" in df else float("nan"),
+                    backend=str(first.get("backend", "unknown")), steps=int(pd.Series(_steps(df)).mode()[0]),
+                    n_cells=len(df), pixels=(int(pix.min()), int(pix.max())),
+                    batches=(int(df["batch"].min()), int(df["batch"].max())), p50=p50, spread=spread, memory=memory)
+        if with_loo:
+            model.loo = summarize_errors(leave_one_out(df))
+        return model
+
+    def predict(self, height, width, batch, steps=None) -> dict[str, np.ndarray]:
+        steps = self.steps if steps is None else steps
+        cols = feature_columns(height, width, batch, steps)
+        out: dict[str, np.ndarray] = {}
+        if self.staged:
+            for s in STAGES:
+                out[f"{s}_p50_ms"] = self.p50[s](cols)
+                if s in self.spread:
+                    out[f"{s}_p95_ms"] = self.spread[s](out[f"{s}_p50_ms"])
+            out["overhead_ms"] = self.p50["overhead"](cols)
+            out["total_p50_ms"] = sum(out[f"{s}_p50_ms"] for s in STAGES) + out["overhead_ms"]
+        else:
+            out["total_p50_ms"] = self.p50["total"](cols)
+        out["total_p95_ms"] = self.spread["total"](out["total_p50_ms"])
+        if self.memory is not None:
+            out["peak_mem_gib"] = self.memory(cols)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pixels"], d["batches"] = list(self.pixels), list(self.batches)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GroupModel":
+        d = dict(d)
+        d["p50"] = {k: LinearFit(**v) for k, v in d["p50"].items()}
+        d["spread"] = {k: Spread(**v) for k, v in d["spread"].items()}
+        d["memory"] = LinearFit(**d["memory"]) if d.get("memory") else None
+        d["pixels"], d["batches"] = tuple(d["pixels"]), tuple(d["batches"])
+        return cls(**d)
+
+
+def _steps(df: pd.DataFrame) -> np.ndarray:
+    return df["steps"].to_numpy(int) if "steps" in df else np.ones(len(df), dtype=int)
+
+
+def leave_one_out(df: pd.DataFrame) -> pd.DataFrame:
+    """Per measured cell of one (mode, exec): the prediction of a model fitted on the other cells,
+    and its error in percent, for every target the data has (text/unet/vae/total p50, total p95, memory)."""
+    rows = []
+    df = df.reset_index(drop=True)
+    if len(df) < 3:  # two cells cannot hold one out and still fit a fixed + slope model
+        return pd.DataFrame(columns=["mode", "exec", "height", "width", "batch", "target", "measured", "predicted", "err_pct"])
+    for i in range(len(df)):
+        m = GroupModel.fit(df.drop(index=i), with_loo=False)
+        cell = df.iloc[i]
+        pred = m.predict(cell["height"], cell["width"], cell["batch"], int(_steps(df)[i]))
+        for t in LOO_TARGETS:
+            if t in pred and t in df and pd.notna(cell[t]) and cell[t] > 0:
+                p = float(pred[t])
+                rows.append(dict(mode=cell["mode"], exec=cell["exec"], height=int(cell["height"]), width=int(cell["width"]),
+                                 batch=int(cell["batch"]), target=t, measured=float(cell[t]), predicted=p,
+                                 err_pct=100.0 * (p - cell[t]) / cell[t]))
+    return pd.DataFrame(rows)
+
+
+def summarize_errors(loo: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """target -> {n, median_abs_pct, max_abs_pct} over the held-out cells."""
+    out = {}
+    for t, g in loo.groupby("target", sort=False) if len(loo) else []:
+        a = g["err_pct"].abs()
+        out[t] = {"n": int(len(g)), "median_abs_pct": float(a.median()), "max_abs_pct": float(a.max())}
+    return out
+
+
+# --------------------------------------------------------------------------- the whole model
+@dataclass
+class PerfModel:
+    """Per-(mode, exec) fits plus provenance. `predict`, `capacity`, `save`/`load`."""
+    groups: dict[str, dict[str, GroupModel]]
+    gpu: str = "unknown"
+    weights: str = "unknown"
+    sources: list[str] = field(default_factory=list)
+    synthetic: bool = False
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- construction
+    @classmethod
+    def fit(cls, df: pd.DataFrame, sources: Iterable[str] = (), gpu: str | None = None, weights: str | None = None,
+            synthetic: bool = False, note: str = "", with_loo: bool = True) -> "PerfModel":
+        """Fit every (mode, exec) group of a latency table (latency_probe's columns)."""
+        missing = [c for c in REQUIRED_COLUMNS if c not in df]
+        if missing:
+            raise config_error(f"latency table lacks column(s) {missing} (latency_probe writes {list(REQUIRED_COLUMNS)} and more)")
+        if df.empty:
+            raise config_error("latency table has no rows")
+        groups: dict[str, dict[str, GroupModel]] = {}
+        for (mode, ex), g in df.groupby(["mode", "exec"], sort=True):
+            groups.setdefault(str(mode), {})[str(ex)] = GroupModel.fit(g.reset_index(drop=True), with_loo=with_loo)
+        gpu = gpu or (", ".join(sorted(df["gpu"].astype(str).unique())) if "gpu" in df else "unknown")
+        weights = weights or (", ".join(sorted(df["weights"].astype(str).unique())) if "weights" in df else "unknown")
+        return cls(groups=groups, gpu=gpu, weights=weights, sources=[str(s) for s in sources], synthetic=synthetic, note=note)
+
+    @classmethod
+    def fit_csvs(cls, paths: Sequence[str | Path], **kw) -> "PerfModel":
+        from .csvio import read_csv, read_provenance
+
+        frames = []
+        for p in paths:
+            if not Path(p).is_file():
+                raise config_error(f"latency CSV {p} does not exist (scripts/latency_probe.py writes it)")
+            frames.append(read_csv(p))
+        df = pd.concat(frames, ignore_index=True)
+        prov = read_provenance(paths[0])
+        kw.setdefault("gpu", prov.get("gpu"))
+        kw.setdefault("weights", prov.get("weights"))
+        return cls.fit(df, sources=[str(p) for p in paths], **kw)
+
+    # ---- queries
+    @property
+    def modes(self) -> list[str]:
+        return sorted(self.groups, key=lambda m: (-self.group(m).wbits, m))
+
+    def default_exec(self, mode: str) -> str:
+        ex = self._mode(mode)
+        return "graph" if "graph" in ex else ("compile" if "compile" in ex else sorted(ex)[0])
+
+    def _mode(self, mode: str) -> dict[str, GroupModel]:
+        if mode not in self.groups:
+            raise config_error(f"mode {mode!r} is not in the performance model (it has {sorted(self.groups)})")
+        return self.groups[mode]
+
+    def group(self, mode: str, exec: str | None = None) -> GroupModel:
+        ex = self._mode(mode)
+        exec = exec or self.default_exec(mode)
+        if exec not in ex:
+            raise config_error(f"mode {mode!r} has no exec {exec!r} in the performance model (it has {sorted(ex)})")
+        return ex[exec]
+
+    def predict(self, mode: str, height, width, batch=1, steps=None, exec: str | None = None) -> dict[str, Any]:
+        """Per-stage and total p50/p95 ms and peak GiB for cells; scalars in -> floats out, arrays broadcast."""
+        _check_cells(height, width, batch)
+        out = self.group(mode, exec).predict(height, width, batch, steps)
+        scalar = all(np.ndim(x) == 0 for x in (height, width, batch))
+        return {k: float(v) for k, v in out.items()} if scalar else out
+
+    def capacity(self, mode: str, res: int | tuple[int, int], batch: int = 1, exec: str | None = None,
+                 steps: int | None = None) -> float:
+        """Images per second of one replica kept busy with full batches (batch / total p50)."""
+        h, w = (res, res) if np.ndim(res) == 0 else res
+        return float(batch / (self.predict(mode, h, w, batch, steps, exec)["total_p50_ms"] / 1000.0))
+
+    def fit_error(self) -> pd.DataFrame:
+        rows = [dict(mode=m, exec=e, target=t, **v) for m, ex in self.groups.items() for e, g in ex.items()
+                for t, v in g.loo.items()]
+        return pd.DataFrame(rows, columns=["mode", "exec", "target", "n", "median_abs_pct", "max_abs_pct"])
+
+    # ---- persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "synthetic": self.synthetic, "note": self.note, "gpu": self.gpu,
+                "weights": self.weights, "sources": self.sources,
+                "form": {"features": {k: list(v) for k, v in FEATURES.items()}, "feature_units": FEATURE_UNITS,
+                         "latency_unit": "ms", "memory_unit": "GiB",
+                         "p95": "add_ms + (1 + rel) * p50", "total": "text + unet + vae + overhead"},
+                "fit_error": self.fit_error().to_dict(orient="records"),
+                "models": {m: {e: g.to_dict() for e, g in ex.items()} for m, ex in self.groups.items()},
+                **({"extra": self.extra} if self.extra else {})}
+
+    def save(self, path: str | Path) -> Path:
+        from .csvio import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PerfModel":
+        p = Path(path)
+        if not p.is_file():
+            raise config_error(
+                f"performance model {p} does not exist: fit it from latency_probe CSVs with\n"
+                f"  python scripts/fit_perf_model.py --csv results/latency_*.csv --out {path}")
+        d = json.loads(p.read_text())
+        if d.get("format") != FORMAT:
+            raise config_error(f"{p}: format {d.get('format')!r}, expected {FORMAT!r}")
+        groups = {m: {e: GroupModel.from_dict(g) for e, g in ex.items()} for m, ex in d["models"].items()}
+        return cls(groups=groups, gpu=d.get("gpu", "unknown"), weights=d.get("weights", "unknown"),
+                   sources=d.get("sources", []), synthetic=bool(d.get("synthetic", False)), note=d.get("note", ""),
+                   extra=d.get("extra", {}))
+
+
+def _check_cells(height, width, batch) -> None:
+    for name, v in (("height", height), ("width", width)):
+        a = np.asarray(v)
+        if np.any(a <= 0) or np.any(a % 8):
+            raise config_error(f"{name}={v}: image sides must be positive multiples of 8")
+    if np.any(np.asarray(batch) < 1):
+        raise config_error(f"batch={batch}: must be >= 1")
+
+
+# --------------------------------------------------------------------------- synthetic data (tests, demos)
+# Shaped after the H100 FP16 baseline (shared/baselines/h100_fp16_unet.md: graph-mode UNet 13.9/19.7/27.4 ms at
+# 512/768/1024 batch 1, VAE 22/51/90 ms); the quantized modes' factors are invented. SYNTHETIC: never a result.
+SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
+    "fp16": {"wbits": 16, "abits": 16, "unet_scale": 1.00, "unet_gib": 4.78},
+    "w8a8": {"wbits": 8, "abits": 8, "unet_scale": 0.85, "unet_gib": 2.39},
+    "w6a8": {"wbits": 6, "abits": 8, "unet_scale": 0.80, "unet_gib": 1.79},
+    "w4a8": {"wbits": 4, "abits": 8, "unet_scale": 0.75, "unet_gib": 1.20},
+}
+SYNTHETIC_BASE = {
+    "text": {"fixed": 3.0, "batch": 0.4},
+    "unet": {"steps": 10.0, "steps_mpix": 13.6, "steps_ktok2": 0.011},
+    "vae": {"fixed": 1.0, "mpix": 80.0, "ktok2": 0.01},
+    "overhead": {"fixed": 1.0, "batch": 0.2, "mpix": 2.0},
+    "memory": {"fixed": 2.2, "mpix": 3.0, "ktok2": 0.0},  # + the UNet's weights
+    "spread": {"add_ms": 0.3, "rel": 0.06},
+}
+
+
+def synthetic_latency_frame(modes: Sequence[str] = ("fp16", "w8a8", "w6a8", "w4a8"), res: Sequence[int] = (512, 768, 1024),
+                            batches: Sequence[int] = (1, 2, 4, 8), steps: int = 1, noise: float = 0.02, seed: int = 0,
+                            exec: str = "graph", base: dict | None = None) -> pd.DataFrame:
+    """A latency table in latency_probe's schema generated from the model's own form (+ lognormal noise of
+    relative std `noise`); `gpu` and `weights` say 'synthetic'. For tests, benchmarks and demos only."""
+    base = base or SYNTHETIC_BASE
+    rng = np.random.default_rng(seed)
+    rows = []
+    for mode in modes:
+        par = SYNTHETIC_PARAMS[mode]
+        for r in res:
+            for b in batches:
+                cols = feature_columns(r, r, b, steps)
+                jit = lambda x: float(x * np.exp(noise * rng.standard_normal()))  # noqa: E731
+                st = {s: sum(v * cols[k] for k, v in base[s].items()) for s in ("text", "unet", "vae", "overhead")}
+                st["unet"] = st["unet"] * par["unet_scale"]
+                p50 = {s: jit(st[s]) for s in st}
+                sp = Spread(**base["spread"])
+                row = dict(mode=mode, wbits=par["wbits"], abits=par["abits"], backend="synthetic", exec=exec, height=r,
+                           width=r, batch=b, steps=steps, repeats=30)
+                for s in STAGES:
+                    row[f"{s}_p50_ms"], row[f"{s}_p95_ms"] = p50[s], float(sp(p50[s]))
+                tot = sum(p50.values())
+                row.update(total_p50_ms=tot, total_p95_ms=float(sp(tot)), total_mean_ms=tot * 1.01)
+                row["images_per_s"] = b / (row["total_mean_ms"] / 1000)
+                mem = par["unet_gib"] + sum(v * cols[k] for k, v in base["memory"].items())
+                row.update(peak_mem_gib=jit(float(mem)), unet_weight_bytes=int(par["unet_gib"] * 2**30),
+                           gpu="synthetic", weights="synthetic")
+                rows.append(row)
+    return pd.DataFrame(rows)

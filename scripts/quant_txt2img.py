@@ -1,0 +1,78 @@
+"""MixDQ generation: quantize the SDXL-Turbo UNet with mixed-precision bit configs, then generate (README 1.2).
+
+Example (embedded tiny model, CPU, W8A8):
+    python scripts/quant_txt2img.py --base_path logs/demo/w8a8 --wbits 8 --num_imgs 8
+Real model, MixDQ's W4A8 config with protected activations:
+    python scripts/quant_txt2img.py --config configs/stable-diffusion/sdxl_turbo.yaml --fp16 \
+        --base_path logs/sdxl_mixdq --image_folder logs/sdxl_mixdq/images --num_imgs 1000 --batch_size 8 \
+        --config_weight_mp mixed_precision_scripts/mixed_percision_config/sdxl_turbo/final_config/weight/weight_4.00.yaml \
+        --config_act_mp mixed_precision_scripts/mixed_percision_config/sdxl_turbo/final_config/act/act_7.77.yaml \
+        --act_protect "mixed_precision_scripts/mixed_percision_config/sdxl_turbo/final_config/act/act_sensitivie_a8_1%.pt"
+
+The first run calibrates activation ranges and writes <base_path>/ckpt.pth; later runs load it.
+Images use the same prompts and seeds as txt2img.py, so the folders pair up one to one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quant_utils import repo_path  # noqa: E402
+from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args,  # noqa: E402
+                             quant_request_from_args, sampling_from_args, user_errors, weights_label)
+from quant_utils.csvio import provenance  # noqa: E402
+from quant_utils.generation import generate_folder, read_prompts  # noqa: E402
+from quant_utils.mixdq import quantize_pipeline  # noqa: E402
+from quant_utils.runtime import Runner  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_quant_args(p)
+    p.add_argument("--base_path", default="logs/sdxl_mixdq", help="run folder: ckpt.pth lives here")
+    p.add_argument("--image_folder", default=None, help="where images go (default <base_path>/generated_images)")
+    p.add_argument("--num_imgs", type=int, default=8, help="number of images")
+    p.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--prompt", default=None, help="a single prompt used for every image")
+    p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
+    p.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph"], help="eager or CUDA graphs")
+    args = p.parse_args(argv)
+    if args.wbits is None and args.config_weight_mp is None:
+        p.error("give --wbits N or --config_weight_mp <yaml>")
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    # 1. model and inputs
+    cfg, pipe, device = pipeline_from_args(args)
+    sampling = sampling_from_args(args, cfg)
+    prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
+    calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
+    base = repo_path(args.base_path)
+    # 2. quantize: load <base_path>/ckpt.pth or calibrate and write it
+    summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), base / "ckpt.pth", calib, args.seed,
+                                sampling["height"], sampling["width"], sampling["steps"], sampling["guidance_scale"],
+                                backend=args.backend)
+    print(f"{summary['origin']}\nW avg {summary['avg_wbits']:.2f} bits ({summary['layers_per_wbits']}), "
+          f"A avg {summary['avg_abits']:.2f} bits ({summary['act_fp_layers']} FP layers); UNet weights "
+          f"{summary['weight_bytes'] / 2**20:.2f} MiB at these bits vs {summary['fp16_bytes'] / 2**20:.2f} MiB FP16 "
+          f"({summary['size_ratio']:.3f}x)")
+    # 3. generate
+    out_dir = repo_path(args.image_folder) if args.image_folder else base / "generated_images"
+    meta = provenance(script="quant_txt2img", weights=weights_label(cfg, args), model=cfg.name, backend=args.backend,
+                      seed=args.seed, avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3),
+                      weight_config=summary["weight_config"], act_config=summary["act_config"],
+                      act_protect=summary["act_protect_config"])
+    manifest = generate_folder(Runner(pipe, args.exec_mode), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
+                               meta=meta, desc="quant_txt2img", **sampling)
+    print(f"{len(manifest)} images in {out_dir}; mean latency {manifest['latency_ms'].mean():.1f} ms/img on {device} "
+          f"({args.backend} backend)")
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(parse_args())
