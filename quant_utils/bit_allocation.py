@@ -25,11 +25,14 @@ SDXL-Turbo), the input activation size for activations (`act_ratio_config.yaml`)
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import yaml
@@ -151,6 +154,21 @@ class Choice:
     options: dict[int, float]              # bits -> objective contribution (higher is better)
 
 
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints internal debug lines from C++ (`transformNewIntegerFeasibleSolution`) even with disp
+    off; they go to file descriptor 1, so silence that for the solve."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def solve_choices(choices: list[Choice], budget: float, time_limit: float = 60.0) -> list[int]:
     """Maximise the summed option values with sum(size * bits) <= budget * sum(size); returns bits per choice.
 
@@ -173,9 +191,10 @@ def solve_choices(choices: list[Choice], budget: float, time_limit: float = 60.0
         one[i, j] = 1
     # the budget row is scaled by 1/total so its tolerance is in bits, not in size units
     cap = np.array([[choices[i].size * b / total for i, b in cols]])
-    res = milp(c, integrality=np.ones(len(cols)), bounds=Bounds(0, 1),
-               constraints=[LinearConstraint(one.tocsr(), 1, 1), LinearConstraint(cap, -np.inf, budget + 1e-9)],
-               options={"time_limit": time_limit, "mip_rel_gap": 1e-6})
+    with _quiet_stdout():
+        res = milp(c, integrality=np.ones(len(cols)), bounds=Bounds(0, 1),
+                   constraints=[LinearConstraint(one.tocsr(), 1, 1), LinearConstraint(cap, -np.inf, budget + 1e-9)],
+                   options={"time_limit": time_limit, "mip_rel_gap": 1e-6})
     if res.x is None:
         raise ConfigError(f"the integer program found no solution at budget {budget} ({res.message})")
     out = [0] * len(choices)
