@@ -1,0 +1,388 @@
+"""Triton kernels of the kernel backend: activation quantization, the packed-weight int8 GEMM, the implicit-GEMM conv.
+
+Everything here is a raw `@triton.jit` kernel plus a thin launcher that takes a tile config explicitly;
+`launch.py` picks configs (autotuning) and `ops.py` wraps the launchers as torch custom ops. With
+TRITON_INTERPRET=1 set before import, the same kernels run on the CPU (numpy), which is how the CPU test
+suite checks them.
+
+Kernel math (see reference.py): int8 x int8 -> int32 accumulation on tensor cores, then one fused epilogue
+  y = float(acc - zc[n]) * scale[n] + bias[n]        (zc = z * colsum(q_w), scale = s * w_scale: per-n constants)
+and, for the two-part conv input, a second accumulator with its own (zc2, scale2). Packed weights (8/6/4/2 bits,
+packing.py) are unpacked to int8 in registers in the K loop, one tensor-core dot per sub-block. With A_FP16 the
+same kernels take an unquantized fp16 input (BOS rows, protected layers): weights go to fp16, acc in fp32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------------------------- quantization
+
+
+@triton.jit
+def _round_clamp(v, lo, hi):
+    # clamp first, then round half to even with the 1.5*2^23 trick (exact for |v| < 2^22; no libdevice needed,
+    # so it also runs in the interpreter); equals torch.round(v).clamp(lo, hi) for integer lo, hi
+    v = tl.minimum(tl.maximum(v, lo), hi)
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _quant_flat_kernel(x_ptr, q_ptr, n, inv_s, zf, lo, hi, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    q = _round_clamp(x * inv_s, lo, hi) + zf
+    tl.store(q_ptr + offs, q.to(tl.int8), mask=mask)
+
+
+def quant_flat(x: torch.Tensor, inv_s: float, zero: int, qmin: int, qmax: int, out: torch.Tensor | None = None,
+               block: int = 2048) -> torch.Tensor:
+    """Contiguous fp16/fp32 tensor -> int8 codes of the same shape (one pass)."""
+    x = x.contiguous()
+    q = torch.empty(x.shape, dtype=torch.int8, device=x.device) if out is None else out
+    n = x.numel()
+    _quant_flat_kernel[(triton.cdiv(n, block),)](x, q, n, inv_s, float(zero), float(qmin - zero),
+                                                 float(qmax - zero), BLOCK=block, num_warps=4)
+    return q
+
+
+@triton.jit
+def _quant_nhwc_kernel(x_ptr, q_ptr, C, HW, split, inv1, z1, lo1, hi1, inv2, z2, lo2, hi2,
+                       BC: tl.constexpr, BP: tl.constexpr):
+    # one [BC channels x BP pixels] tile of one image: read NCHW (pixels contiguous), write NHWC (channels contiguous)
+    pid_p, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BC + tl.arange(0, BC)
+    p = pid_p * BP + tl.arange(0, BP)
+    mask = (c[:, None] < C) & (p[None, :] < HW)
+    base = b.to(tl.int64) * C * HW
+    x = tl.load(x_ptr + base + c[:, None] * HW + p[None, :], mask=mask, other=0.0).to(tl.float32)
+    first = c[:, None] < split
+    v = x * tl.where(first, inv1, inv2)
+    q = _round_clamp(v, tl.where(first, lo1, lo2), tl.where(first, hi1, hi2)) + tl.where(first, z1, z2)
+    q = tl.trans(q.to(tl.int8))
+    tl.store(q_ptr + base + p[:, None] * C + c[None, :], q, mask=tl.trans(mask))
+
+
+def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, bc: int = 64, bp: int = 64) -> torch.Tensor:
+    """NCHW fp16 -> NHWC int8 codes in one pass; channels [0, split) use p1, the rest p2.
+
+    p = (inv_s, zero, qmin, qmax); pass split >= C for a single quantizer."""
+    x = x.contiguous()
+    b, c, h, w = x.shape
+    q = torch.empty((b, h, w, c), dtype=torch.int8, device=x.device)
+    (i1, z1, a1, b1), (i2, z2, a2, b2) = p1, p2
+    grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), b)
+    _quant_nhwc_kernel[grid](x, q, c, h * w, split, i1, float(z1), float(a1 - z1), float(b1 - z1),
+                             i2, float(z2), float(a2 - z2), float(b2 - z2), BC=bc, BP=bp, num_warps=4)
+    return q
+
+
+@triton.jit
+def _fake_quant_kernel(x_ptr, y_ptr, n, C, HW, split, inv1, lo1, hi1, s1, inv2, lo2, hi2, s2, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    first = ((offs // HW) % C) < split
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    r = _round_clamp(x * tl.where(first, inv1, inv2), tl.where(first, lo1, lo2), tl.where(first, hi1, hi2))
+    tl.store(y_ptr + offs, (r * tl.where(first, s1, s2)).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def fake_quant(x: torch.Tensor, split: int, p1: tuple, p2: tuple, block: int = 2048) -> torch.Tensor:
+    """Quantize-dequantize in one pass ((q - z) * s, x's dtype); channel dim 1 when split < C.
+
+    p = (inv_s, zero, qmin, qmax, scale)."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    c = x.shape[1] if x.dim() > 1 else 1
+    hw = x[0, 0].numel() if x.dim() > 2 else 1
+    (i1, z1, a1, b1, s1), (i2, z2, a2, b2, s2) = p1, p2
+    n = x.numel()
+    _fake_quant_kernel[(triton.cdiv(n, block),)](x, y, n, c, hw, split, i1, float(a1 - z1), float(b1 - z1), s1,
+                                                 i2, float(a2 - z2), float(b2 - z2), s2, BLOCK=block, num_warps=4)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------- GEMM pieces
+
+
+@triton.jit
+def _dot(acc, a, w, A_FP16: tl.constexpr, SWAP: tl.constexpr):
+    # acc [BM, BN] += a [BM, k] @ w[BN, k]^T, or with SWAP acc [BN, BM] += w @ a^T (the weight is the
+    # M-side operand: small activation tiles still fill the 64-row tensor-core instruction)
+    if A_FP16:
+        w = w.to(tl.float16)
+        if SWAP:
+            acc = tl.dot(w, tl.trans(a), acc)
+        else:
+            acc = tl.dot(a, tl.trans(w), acc)
+    else:
+        if SWAP:
+            acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
+def _load_a(a_ptrs, s: tl.constexpr, SUBK: tl.constexpr, row_ok, kcol, klim, other,
+            MASK_ROWS: tl.constexpr, MASK_K: tl.constexpr):
+    # sub-block s of the activation tile: columns kcol + s*SUBK
+    ptrs = a_ptrs + s * SUBK
+    if MASK_ROWS:
+        if MASK_K:
+            return tl.load(ptrs, mask=row_ok & ((kcol + s * SUBK) < klim), other=other)
+        else:
+            return tl.load(ptrs, mask=row_ok, other=other)
+    else:
+        if MASK_K:
+            return tl.load(ptrs, mask=(kcol + s * SUBK) < klim, other=other)
+        else:
+            return tl.load(ptrs)
+
+
+@triton.jit
+def _group_dot(acc, a_ptrs, row_ok, kcol, klim, other, w_ptrs,
+               BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, SWAP: tl.constexpr,
+               MASK_ROWS: tl.constexpr, MASK_K: tl.constexpr):
+    # one K-group of G values: load the packed weight bytes, unpack each sub-block to int8, one dot per sub-block.
+    # a_ptrs / w_ptrs point at the group's first sub-block ([BM, SUBK] / [BN, SUBK]); packing.py has the layout.
+    if BITS == 8:
+        w = tl.load(w_ptrs)
+        a = _load_a(a_ptrs, 0, G, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        acc = _dot(acc, a, w, A_FP16, SWAP)
+    elif BITS == 4:
+        SUBK: tl.constexpr = G // 2
+        p = tl.load(w_ptrs)
+        a0 = _load_a(a_ptrs, 0, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        a1 = _load_a(a_ptrs, 1, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        acc = _dot(acc, a0, (p & 15).to(tl.int8) - 8, A_FP16, SWAP)
+        acc = _dot(acc, a1, (p >> 4).to(tl.int8) - 8, A_FP16, SWAP)
+    elif BITS == 2:
+        SUBK: tl.constexpr = G // 4
+        p = tl.load(w_ptrs)
+        for s in tl.static_range(4):
+            a = _load_a(a_ptrs, s, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+            acc = _dot(acc, a, ((p >> (2 * s)) & 3).to(tl.int8) - 2, A_FP16, SWAP)
+    else:  # 6 bits: three byte planes of G/4; the top two bits of each byte hold the 4th sub-block
+        SUBK: tl.constexpr = G // 4
+        b0 = tl.load(w_ptrs)
+        b1 = tl.load(w_ptrs + SUBK)
+        b2 = tl.load(w_ptrs + 2 * SUBK)
+        a0 = _load_a(a_ptrs, 0, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        a1 = _load_a(a_ptrs, 1, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        a2 = _load_a(a_ptrs, 2, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        a3 = _load_a(a_ptrs, 3, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        acc = _dot(acc, a0, (b0 & 63).to(tl.int8) - 32, A_FP16, SWAP)
+        acc = _dot(acc, a1, (b1 & 63).to(tl.int8) - 32, A_FP16, SWAP)
+        acc = _dot(acc, a2, (b2 & 63).to(tl.int8) - 32, A_FP16, SWAP)
+        w3 = (b0 >> 6) | ((b1 >> 6) << 2) | ((b2 >> 6) << 4)
+        acc = _dot(acc, a3, w3.to(tl.int8) - 32, A_FP16, SWAP)
+    return acc
+
+
+@triton.jit
+def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    # grouped launch order: GROUP_M row-tiles share their weight tiles in L2
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    return pid_m, pid_n
+
+
+# ----------------------------------------------------------------------------------------------- linear
+
+
+@triton.jit
+def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
+                    M, N, K_A, K_ITERS, stride_am, stride_wn, stride_om,
+                    BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
+                    SWAP: tl.constexpr, SPLIT_K: tl.constexpr):
+    """out[M, N] = epilogue(A[M, K_A] @ unpack(W)[N, K]^T); W rows hold K_ITERS groups of G values.
+
+    A_FP16: y = acc * scale[n] + bias (scale = w_scale), else y = (acc - zc[n]) * scale[n] + bias.
+    SPLIT_K > 1: program_id(1) takes a K slice and atomically adds its share into a float32 `out`."""
+    BPG: tl.constexpr = G * BITS // 8
+    SUBK: tl.constexpr = G if BITS == 8 else (G // 2 if BITS == 4 else G // 4)
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rm_in = rm % M  # wrapped rows/cols: loads stay in bounds without masks; the store masks them out
+    rn_in = rn % N
+    kk = tl.arange(0, SUBK)
+    a_ptrs = a_ptr + rm_in[:, None].to(tl.int64) * stride_am + kk[None, :]
+    w_ptrs = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
+    if SWAP:
+        acc = tl.zeros((BN, BM), dtype=tl.float32 if A_FP16 else tl.int32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32 if A_FP16 else tl.int32)
+    pid_k = tl.program_id(1)
+    per_split = tl.cdiv(K_ITERS, SPLIT_K)
+    k_lo = pid_k * per_split
+    k_hi = min(k_lo + per_split, K_ITERS)
+    for kt in range(k_lo, k_hi):
+        acc = _group_dot(acc, a_ptrs + kt * G, None, kk[None, :], K_A - kt * G, 0.0 if A_FP16 else 0,
+                         w_ptrs + kt * BPG, BITS, G, A_FP16, SWAP, False, not EVEN_K)
+    # epilogue, in the accumulator's orientation
+    if SWAP:
+        m2 = rm[None, :]
+        n2 = rn[:, None]
+        n_in = rn_in[:, None]
+    else:
+        m2 = rm[:, None]
+        n2 = rn[None, :]
+        n_in = rn_in[None, :]
+    scale = tl.load(scale_ptr + n_in)
+    if A_FP16:
+        y = acc * scale
+    else:
+        if SPLIT_K == 1:
+            y = (acc - tl.load(zc_ptr + n_in)).to(tl.float32) * scale
+        else:
+            zc = tl.where(pid_k == 0, tl.load(zc_ptr + n_in), 0)
+            y = (acc - zc).to(tl.float32) * scale
+    if HAS_BIAS:
+        if SPLIT_K == 1:
+            y = y + tl.load(bias_ptr + n_in)
+        else:
+            y = y + tl.where(pid_k == 0, tl.load(bias_ptr + n_in), 0.0)
+    mask = (m2 < M) & (n2 < N)
+    o_ptrs = out_ptr + m2.to(tl.int64) * stride_om + n2
+    if SPLIT_K == 1:
+        tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(o_ptrs, y, mask=mask)
+
+
+def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
+            bits: int, group: int, n: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch `_qlinear_kernel` with tile config `cfg` (BM, BN, GROUP_M, SWAP, SPLIT_K, num_warps, num_stages).
+
+    a: [M, K] int8 codes (or fp16 for the weight-only path), rows may be strided; w: packed [N, row_bytes]."""
+    m, k = a.shape
+    a_fp16 = a.dtype != torch.int8
+    k_iters = w.shape[1] // (group * bits // 8)
+    split = cfg.get("SPLIT_K", 1)
+    if out is None:
+        out = torch.zeros((m, n), dtype=torch.float32, device=a.device) if split > 1 else \
+            torch.empty((m, n), dtype=torch.float16, device=a.device)
+    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]), split)
+    _qlinear_kernel[grid](a, w, out, scale, zc if zc is not None else scale, bias if bias is not None else scale,
+                          m, n, k, k_iters, a.stride(0), w.stride(0), out.stride(0),
+                          BITS=bits, G=group, A_FP16=a_fp16, HAS_BIAS=bias is not None, EVEN_K=(k == k_iters * group),
+                          BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
+                          SPLIT_K=split, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+    return out.to(torch.float16) if split > 1 and out.dtype != torch.float16 else out
+
+
+# ----------------------------------------------------------------------------------------------- conv
+
+
+@triton.jit
+def _conv_segment(acc, x_ptr, w_ptr, bb, ih0, iw0, m_ok, kk, H, W, C, c0, CS, CI, zero,
+                  KH: tl.constexpr, KW: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SWAP: tl.constexpr,
+                  EVEN_C: tl.constexpr):
+    # K loop over (tap, channel-group) of one input-channel segment [c0, c0 + CS); padding taps read `zero`
+    BPG: tl.constexpr = G * BITS // 8
+    for t in range(0, KH * KW * CI):
+        tap = t // CI
+        cb = t - tap * CI
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = ih0 + kh
+        iw = iw0 + kw
+        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        pix = (bb * H + ih) * W + iw
+        a_ptrs = x_ptr + pix[:, None].to(tl.int64) * C + (c0 + cb * G) + kk[None, :]
+        acc = _group_dot(acc, a_ptrs, ok[:, None], kk[None, :], CS - cb * G, zero, w_ptr + t * BPG,
+                         BITS, G, False, SWAP, True, not EVEN_C)
+    return acc
+
+
+@triton.jit
+def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr,
+                  M, N, H, W, C, OH, OW, C1, C2, CI1, CI2, z1, z2, stride_wn,
+                  STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                  BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
+                  SWAP: tl.constexpr):
+    """Implicit-GEMM conv: x NHWC int8 codes [B, H, W, C] -> out NCHW fp16 [B, N, OH, OW].
+
+    M = B*OH*OW output pixels, K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2) segment 2
+    (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue, and its own zero point as the
+    padding value. Weight rows: segment 1's KH*KW*CI1 groups, then segment 2's KH*KW*CI2."""
+    BPG: tl.constexpr = G * BITS // 8
+    SUBK: tl.constexpr = G if BITS == 8 else (G // 2 if BITS == 4 else G // 4)
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rn_in = rn % N
+    m_ok = rm < M
+    ohw = OH * OW
+    bb = rm // ohw
+    r = rm - bb * ohw
+    oh = r // OW
+    ow = r - oh * OW
+    ih0 = oh * STRIDE - PAD
+    iw0 = ow * STRIDE - PAD
+    kk = tl.arange(0, SUBK)
+    w_rows = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
+    if SWAP:
+        acc1 = tl.zeros((BN, BM), dtype=tl.int32)
+    else:
+        acc1 = tl.zeros((BM, BN), dtype=tl.int32)
+    acc1 = _conv_segment(acc1, x_ptr, w_rows, bb, ih0, iw0, m_ok, kk, H, W, C, 0, C1, CI1, z1.to(tl.int8),
+                         KH, KW, BITS, G, SWAP, EVEN_C)
+    if SWAP:
+        m2 = rm[None, :]
+        n2 = rn[:, None]
+        n_in = rn_in[:, None]
+        b2 = bb[None, :]
+        r2 = r[None, :]
+    else:
+        m2 = rm[:, None]
+        n2 = rn[None, :]
+        n_in = rn_in[None, :]
+        b2 = bb[:, None]
+        r2 = r[:, None]
+    y = (acc1 - tl.load(zc1_ptr + n_in)).to(tl.float32) * tl.load(scale1_ptr + n_in)
+    if TWO_SEG:
+        acc2 = tl.zeros_like(acc1)
+        acc2 = _conv_segment(acc2, x_ptr, w_rows + KH * KW * CI1 * BPG, bb, ih0, iw0, m_ok, kk, H, W, C, C1, C2,
+                             CI2, z2.to(tl.int8), KH, KW, BITS, G, SWAP, EVEN_C)
+        y += (acc2 - tl.load(zc2_ptr + n_in)).to(tl.float32) * tl.load(scale2_ptr + n_in)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n_in)
+    mask = (m2 < M) & (n2 < N)
+    o_ptrs = out_ptr + (b2.to(tl.int64) * N + n2) * ohw + r2
+    tl.store(o_ptrs, y.to(tl.float16), mask=mask)
+
+
+def qconv(x_nhwc: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
+          zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
+          stride: int, pad: int, z1: int, z2: int, cfg: dict) -> torch.Tensor:
+    """Launch `_qconv_kernel`: NHWC int8 codes -> NCHW fp16 output. c1 = channels of segment 1 (= C when one)."""
+    b, h, wd, c = x_nhwc.shape
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (wd + 2 * pad - kw) // stride + 1
+    out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_nhwc.device)
+    c2 = c - c1
+    ci1 = -(-c1 // group)
+    ci2 = -(-c2 // group)
+    m = b * oh * ow
+    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
+    _qconv_kernel[grid](x_nhwc, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
+                        zc2 if zc2 is not None else zc1, bias if bias is not None else scale1,
+                        m, n, h, wd, c, oh, ow, c1, c2, ci1, ci2, z1, z2, w.stride(0),
+                        STRIDE=stride, PAD=pad, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
+                        HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
+                        BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
+                        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+    return out
