@@ -261,11 +261,17 @@ def allocate(sens: Sensitivity, budget: float, content_weight: float = 0.5,
     """Solve MixDQ's metric-decoupled program at one average-bit budget (protected layers excluded)."""
     if not 0.0 <= content_weight <= 1.0:
         raise ConfigError(f"content_weight={content_weight} must be within 0..1")
-    bits_for = {True: tuple(sorted(bits_content or CONTENT_BITS[sens.kind])),
-                False: tuple(sorted(bits_quality or QUALITY_BITS[sens.kind]))}
-    for b in set(bits_for[True]) | set(bits_for[False]):
-        if b not in sens.bits:
-            raise ConfigError(f"candidate {b} bits has no sensitivity score (the data has {sens.bits})")
+    bits_for = {}
+    for content, asked, default in ((True, bits_content, CONTENT_BITS), (False, bits_quality, QUALITY_BITS)):
+        if asked:
+            missing = sorted(set(asked) - set(sens.bits))
+            if missing:
+                raise ConfigError(f"candidate {missing[0]} bits has no sensitivity score (the data has {sens.bits})")
+        # defaults: MixDQ's candidates among the bit-widths that were measured
+        bits_for[content] = tuple(sorted(asked or [b for b in default[sens.kind] if b in sens.bits]))
+        if not bits_for[content]:
+            raise ConfigError(f"no candidate bit-width for {'content' if content else 'quality'} layers among the "
+                              f"measured {sens.bits}; pass --bits_{'content' if content else 'quality'}")
     protect = set(protect)
     unknown = sorted(protect - set(sens.layers))
     if unknown:
