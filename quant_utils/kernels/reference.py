@@ -1,8 +1,8 @@
 """Pure-torch, integer-exact reference of the kernel backend's math (the CPU fallback and the tests' oracle).
 
 Conventions (the contract with qlayers.py):
-- activations: q = clamp(round(x * (1/s)) + z, -2^(a-1), 2^(a-1)-1), computed in float32 with 1/s rounded to
-  float32 once (the Triton kernels do exactly this, so quantization is bit-identical);
+- activations: q = clamp(round(x / s) + z, -2^(a-1), 2^(a-1)-1), computed in float32 with IEEE division (as
+  qlayers' fake path and the Triton kernels do, so quantization is bit-identical);
 - linear: y[m,n] = s * w_scale[n] * (sum_k q[m,k] q_w[n,k] - z * sum_k q_w[n,k]) + bias[n];
 - conv: the same with padding taps holding q = z (x = 0), and with two K-parts, each with its own (s, z),
   where the input channels are split (`split`);
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,11 +23,6 @@ class ActQuant:
     scale: float
     zero: int
     bits: int
-
-    @property
-    def inv_scale(self) -> float:
-        """1/s rounded to float32: the multiplier both the reference and the kernels use."""
-        return float(np.float32(1.0 / self.scale))
 
     @property
     def qmin(self) -> int:
@@ -46,7 +40,7 @@ class ActQuant:
 
 def quantize_act(x: torch.Tensor, aq: ActQuant) -> torch.Tensor:
     """x (any float dtype) -> int8 codes, elementwise."""
-    v = x.float() * torch.tensor(aq.inv_scale, dtype=torch.float32)
+    v = x.float() / torch.tensor(aq.scale, dtype=torch.float32)
     return (torch.round(v) + aq.zero).clamp(aq.qmin, aq.qmax).to(torch.int8)
 
 

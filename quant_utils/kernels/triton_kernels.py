@@ -28,79 +28,92 @@ def _round_clamp(v, lo, hi):
     return (v + 12582912.0) - 12582912.0
 
 
-@triton.jit
-def _quant_flat_kernel(x_ptr, q_ptr, n, inv_s, zf, lo, hi, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["n"])
+def _quant_flat_kernel(x_ptr, q_ptr, n, scale, zf, lo, hi, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    q = _round_clamp(x * inv_s, lo, hi) + zf
+    q = _round_clamp(tl.math.div_rn(x, scale), lo, hi) + zf
     tl.store(q_ptr + offs, q.to(tl.int8), mask=mask)
 
 
-def quant_flat(x: torch.Tensor, inv_s: float, zero: int, qmin: int, qmax: int, out: torch.Tensor | None = None,
+def quant_flat(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int, out: torch.Tensor | None = None,
                block: int = 2048) -> torch.Tensor:
-    """Contiguous fp16/fp32 tensor -> int8 codes of the same shape (one pass)."""
+    """Contiguous fp16/fp32 tensor -> int8 codes of the same shape (one pass): clamp(round(x / s) + z)."""
     x = x.contiguous()
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device) if out is None else out
     n = x.numel()
-    _quant_flat_kernel[(triton.cdiv(n, block),)](x, q, n, inv_s, float(zero), float(qmin - zero),
+    _quant_flat_kernel[(triton.cdiv(n, block),)](x, q, n, scale, float(zero), float(qmin - zero),
                                                  float(qmax - zero), BLOCK=block, num_warps=4)
     return q
 
 
-@triton.jit
-def _quant_nhwc_kernel(x_ptr, q_ptr, C, HW, split, inv1, z1, lo1, hi1, inv2, z2, lo2, hi2,
+@triton.jit(do_not_specialize=["C", "H", "W", "PADN", "split"])
+def _quant_nhwc_kernel(x_ptr, q_ptr, C, H, W, PADN, split, s1, z1, lo1, hi1, s2, z2, lo2, hi2,
                        BC: tl.constexpr, BP: tl.constexpr):
-    # one [BC channels x BP pixels] tile of one image: read NCHW (pixels contiguous), write NHWC (channels contiguous)
+    # one [BC channels x BP padded pixels] tile of one image: read NCHW (pixels contiguous), write the
+    # zero-padded NHWC image (channels contiguous); border pixels get the code of x = 0, i.e. the zero point
     pid_p, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    HP = H + 2 * PADN
+    WP = W + 2 * PADN
     c = pid_c * BC + tl.arange(0, BC)
     p = pid_p * BP + tl.arange(0, BP)
-    mask = (c[:, None] < C) & (p[None, :] < HW)
-    base = b.to(tl.int64) * C * HW
-    x = tl.load(x_ptr + base + c[:, None] * HW + p[None, :], mask=mask, other=0.0).to(tl.float32)
+    hp = p // WP
+    h = hp - PADN
+    w = p - hp * WP - PADN
+    inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    c_ok = c[:, None] < C
+    x = tl.load(x_ptr + b.to(tl.int64) * C * H * W + c[:, None] * (H * W) + (h * W + w)[None, :],
+                mask=c_ok & inside[None, :], other=0.0).to(tl.float32)
     first = c[:, None] < split
-    v = x * tl.where(first, inv1, inv2)
+    v = tl.math.div_rn(x, tl.where(first, s1, s2))
     q = _round_clamp(v, tl.where(first, lo1, lo2), tl.where(first, hi1, hi2)) + tl.where(first, z1, z2)
+    q = tl.where(inside[None, :], q, tl.where(first, z1, z2))
     q = tl.trans(q.to(tl.int8))
-    tl.store(q_ptr + base + p[:, None] * C + c[None, :], q, mask=tl.trans(mask))
+    mask = tl.trans(c_ok & (p[None, :] < HP * WP))
+    tl.store(q_ptr + b.to(tl.int64) * HP * WP * C + p[:, None] * C + c[None, :], q, mask=mask)
 
 
-def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, bc: int = 64, bp: int = 64) -> torch.Tensor:
-    """NCHW fp16 -> NHWC int8 codes in one pass; channels [0, split) use p1, the rest p2.
+def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, pad: int = 0, bc: int = 64,
+                       bp: int = 64) -> torch.Tensor:
+    """NCHW fp16 -> zero-padded NHWC int8 codes [B, H+2pad, W+2pad, C] in one pass.
 
-    p = (inv_s, zero, qmin, qmax); pass split >= C for a single quantizer."""
+    Channels [0, split) use p1 = (scale, zero, qmin, qmax), the rest p2 (split >= C: one quantizer);
+    the border holds each channel's zero point (the code of x = 0), so the conv kernel needs no bounds checks."""
     x = x.contiguous()
     b, c, h, w = x.shape
-    q = torch.empty((b, h, w, c), dtype=torch.int8, device=x.device)
-    (i1, z1, a1, b1), (i2, z2, a2, b2) = p1, p2
-    grid = (triton.cdiv(h * w, bp), triton.cdiv(c, bc), b)
-    _quant_nhwc_kernel[grid](x, q, c, h * w, split, i1, float(z1), float(a1 - z1), float(b1 - z1),
-                             i2, float(z2), float(a2 - z2), float(b2 - z2), BC=bc, BP=bp, num_warps=4)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    q = torch.empty((b, hp, wp, c), dtype=torch.int8, device=x.device)
+    (s1, z1, a1, b1), (s2, z2, a2, b2) = p1, p2
+    grid = (triton.cdiv(hp * wp, bp), triton.cdiv(c, bc), b)
+    _quant_nhwc_kernel[grid](x, q, c, h, w, pad, split, s1, float(z1), float(a1 - z1), float(b1 - z1),
+                             s2, float(z2), float(a2 - z2), float(b2 - z2), BC=bc, BP=bp, num_warps=4)
     return q
 
 
-@triton.jit
-def _fake_quant_kernel(x_ptr, y_ptr, n, C, HW, split, inv1, lo1, hi1, s1, inv2, lo2, hi2, s2, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["n", "C", "HW", "split"])
+def _fake_quant_kernel(x_ptr, y_ptr, n, C, HW, split, s1, lo1, hi1, s2, lo2, hi2, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     first = ((offs // HW) % C) < split
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    r = _round_clamp(x * tl.where(first, inv1, inv2), tl.where(first, lo1, lo2), tl.where(first, hi1, hi2))
-    tl.store(y_ptr + offs, (r * tl.where(first, s1, s2)).to(y_ptr.dtype.element_ty), mask=mask)
+    s = tl.where(first, s1, s2)
+    r = _round_clamp(tl.math.div_rn(x, s), tl.where(first, lo1, lo2), tl.where(first, hi1, hi2))
+    tl.store(y_ptr + offs, (r * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def fake_quant(x: torch.Tensor, split: int, p1: tuple, p2: tuple, block: int = 2048) -> torch.Tensor:
     """Quantize-dequantize in one pass ((q - z) * s, x's dtype); channel dim 1 when split < C.
 
-    p = (inv_s, zero, qmin, qmax, scale)."""
+    p = (scale, zero, qmin, qmax)."""
     x = x.contiguous()
     y = torch.empty_like(x)
     c = x.shape[1] if x.dim() > 1 else 1
     hw = x[0, 0].numel() if x.dim() > 2 else 1
-    (i1, z1, a1, b1, s1), (i2, z2, a2, b2, s2) = p1, p2
+    (s1, z1, a1, b1), (s2, z2, a2, b2) = p1, p2
     n = x.numel()
-    _fake_quant_kernel[(triton.cdiv(n, block),)](x, y, n, c, hw, split, i1, float(a1 - z1), float(b1 - z1), s1,
-                                                 i2, float(a2 - z2), float(b2 - z2), s2, BLOCK=block, num_warps=4)
+    _fake_quant_kernel[(triton.cdiv(n, block),)](x, y, n, c, hw, split, s1, float(a1 - z1), float(b1 - z1),
+                                                 s2, float(a2 - z2), float(b2 - z2), BLOCK=block, num_warps=4)
     return y
 
 
@@ -199,7 +212,9 @@ def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
 # ----------------------------------------------------------------------------------------------- linear
 
 
-@triton.jit
+# Integer sizes are not specialised (one compiled kernel per tile config and format, whatever the shape);
+# the divisibility the loads need for 16-byte vectors is asserted by the launchers and given as hints.
+@triton.jit(do_not_specialize=["M", "N", "K_A", "K_ITERS", "stride_am", "stride_wn", "stride_om"])
 def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
                     M, N, K_A, K_ITERS, stride_am, stride_wn, stride_om,
                     BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -211,6 +226,10 @@ def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
     SPLIT_K > 1: program_id(1) takes a K slice and atomically adds its share into a float32 `out`."""
     BPG: tl.constexpr = G * BITS // 8
     SUBK: tl.constexpr = G if BITS == 8 else (G // 2 if BITS == 4 else G // 4)
+    stride_am = tl.multiple_of(stride_am, 16)
+    stride_wn = tl.multiple_of(stride_wn, 16)
+    stride_om = tl.multiple_of(stride_om, 8)
+    K_A = tl.multiple_of(K_A, 16)
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -267,6 +286,8 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
 
     a: [M, K] int8 codes (or fp16 for the weight-only path), rows may be strided; w: packed [N, row_bytes]."""
     m, k = a.shape
+    if k % 16 or a.stride(0) % 16 or a.stride(1) != 1 or n % 8:
+        raise ValueError(f"qlinear needs K % 16 == 0, row-contiguous 16-aligned rows and N % 8 == 0 (K={k}, N={n})")
     a_fp16 = a.dtype != torch.int8
     k_iters = w.shape[1] // (group * bits // 8)
     split = cfg.get("SPLIT_K", 1)
@@ -286,59 +307,60 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
 
 
 @triton.jit
-def _conv_segment(acc, x_ptr, w_ptr, bb, ih0, iw0, m_ok, kk, H, W, C, c0, CS, CI, zero,
+def _conv_segment(acc, x_ptr, w_ptr, bb, ih0, iw0, kk, H, W, C, c0, CS, CI,
                   KH: tl.constexpr, KW: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SWAP: tl.constexpr,
                   EVEN_C: tl.constexpr):
-    # K loop over (tap, channel-group) of one input-channel segment [c0, c0 + CS); padding taps read `zero`
+    # K loop over (tap, channel-group) of one input-channel segment [c0, c0 + CS) of the padded NHWC input:
+    # every tap of every (wrapped) output row is in bounds, so only a ragged channel tail needs a mask
     BPG: tl.constexpr = G * BITS // 8
     for t in range(0, KH * KW * CI):
         tap = t // CI
         cb = t - tap * CI
         kh = tap // KW
         kw = tap - kh * KW
-        ih = ih0 + kh
-        iw = iw0 + kw
-        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        pix = (bb * H + ih) * W + iw
+        pix = (bb * H + ih0 + kh) * W + iw0 + kw
         a_ptrs = x_ptr + pix[:, None].to(tl.int64) * C + (c0 + cb * G) + kk[None, :]
-        acc = _group_dot(acc, a_ptrs, ok[:, None], kk[None, :], CS - cb * G, zero, w_ptr + t * BPG,
-                         BITS, G, False, SWAP, True, not EVEN_C)
+        acc = _group_dot(acc, a_ptrs, None, kk[None, :], CS - cb * G, 0, w_ptr + t * BPG,
+                         BITS, G, False, SWAP, False, not EVEN_C)
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "N", "H", "W", "C", "OH", "OW", "C1", "C2", "CI1", "CI2", "stride_wn"])
 def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr,
-                  M, N, H, W, C, OH, OW, C1, C2, CI1, CI2, z1, z2, stride_wn,
-                  STRIDE: tl.constexpr, PAD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                  M, N, H, W, C, OH, OW, C1, C2, CI1, CI2, stride_wn,
+                  STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
                   SWAP: tl.constexpr):
-    """Implicit-GEMM conv: x NHWC int8 codes [B, H, W, C] -> out NCHW fp16 [B, N, OH, OW].
+    """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW].
 
     M = B*OH*OW output pixels, K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2) segment 2
-    (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue, and its own zero point as the
-    padding value. Weight rows: segment 1's KH*KW*CI1 groups, then segment 2's KH*KW*CI2."""
+    (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue. Weight rows: segment 1's
+    KH*KW*CI1 groups, then segment 2's KH*KW*CI2."""
     BPG: tl.constexpr = G * BITS // 8
     SUBK: tl.constexpr = G if BITS == 8 else (G // 2 if BITS == 4 else G // 4)
+    C = tl.multiple_of(C, 16)
+    C1 = tl.multiple_of(C1, 16)
+    stride_wn = tl.multiple_of(stride_wn, 16)
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rn_in = rn % N
-    m_ok = rm < M
     ohw = OH * OW
-    bb = rm // ohw
-    r = rm - bb * ohw
+    rm_in = rm % M  # wrapped rows: in-bounds loads, masked at the store
+    bb = rm_in // ohw
+    r = rm_in - bb * ohw
     oh = r // OW
     ow = r - oh * OW
-    ih0 = oh * STRIDE - PAD
-    iw0 = ow * STRIDE - PAD
+    ih0 = oh * STRIDE
+    iw0 = ow * STRIDE
     kk = tl.arange(0, SUBK)
     w_rows = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
     if SWAP:
         acc1 = tl.zeros((BN, BM), dtype=tl.int32)
     else:
         acc1 = tl.zeros((BM, BN), dtype=tl.int32)
-    acc1 = _conv_segment(acc1, x_ptr, w_rows, bb, ih0, iw0, m_ok, kk, H, W, C, 0, C1, CI1, z1.to(tl.int8),
+    acc1 = _conv_segment(acc1, x_ptr, w_rows, bb, ih0, iw0, kk, H, W, C, 0, C1, CI1,
                          KH, KW, BITS, G, SWAP, EVEN_C)
     if SWAP:
         m2 = rm[None, :]
@@ -355,8 +377,8 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     y = (acc1 - tl.load(zc1_ptr + n_in)).to(tl.float32) * tl.load(scale1_ptr + n_in)
     if TWO_SEG:
         acc2 = tl.zeros_like(acc1)
-        acc2 = _conv_segment(acc2, x_ptr, w_rows + KH * KW * CI1 * BPG, bb, ih0, iw0, m_ok, kk, H, W, C, C1, C2,
-                             CI2, z2.to(tl.int8), KH, KW, BITS, G, SWAP, EVEN_C)
+        acc2 = _conv_segment(acc2, x_ptr, w_rows + KH * KW * CI1 * BPG, bb, ih0, iw0, kk, H, W, C, C1, C2, CI2,
+                             KH, KW, BITS, G, SWAP, EVEN_C)
         y += (acc2 - tl.load(zc2_ptr + n_in)).to(tl.float32) * tl.load(scale2_ptr + n_in)
     if HAS_BIAS:
         y += tl.load(bias_ptr + n_in)
@@ -365,23 +387,25 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     tl.store(o_ptrs, y.to(tl.float16), mask=mask)
 
 
-def qconv(x_nhwc: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
+def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
           zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
-          stride: int, pad: int, z1: int, z2: int, cfg: dict) -> torch.Tensor:
-    """Launch `_qconv_kernel`: NHWC int8 codes -> NCHW fp16 output. c1 = channels of segment 1 (= C when one)."""
-    b, h, wd, c = x_nhwc.shape
-    oh = (h + 2 * pad - kh) // stride + 1
-    ow = (wd + 2 * pad - kw) // stride + 1
-    out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_nhwc.device)
+          stride: int, pad: int, cfg: dict) -> torch.Tensor:
+    """Launch `_qconv_kernel`: padded NHWC int8 codes (from quant_nchw_to_nhwc with this `pad`) -> NCHW fp16.
+
+    c1 = channels of segment 1 (= C when the input is not split)."""
+    b, hp, wp, c = x_pad.shape
+    if c % 16 or c1 % 16 or not x_pad.is_contiguous():
+        raise ValueError(f"qconv needs contiguous NHWC input with C and the split a multiple of 16 (C={c}, split={c1})")
+    oh = (hp - kh) // stride + 1
+    ow = (wp - kw) // stride + 1
+    out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device)
     c2 = c - c1
-    ci1 = -(-c1 // group)
-    ci2 = -(-c2 // group)
     m = b * oh * ow
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
-    _qconv_kernel[grid](x_nhwc, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
+    _qconv_kernel[grid](x_pad, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
                         zc2 if zc2 is not None else zc1, bias if bias is not None else scale1,
-                        m, n, h, wd, c, oh, ow, c1, c2, ci1, ci2, z1, z2, w.stride(0),
-                        STRIDE=stride, PAD=pad, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
+                        m, n, hp, wp, c, oh, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
+                        STRIDE=stride, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
                         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))

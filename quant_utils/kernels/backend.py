@@ -1,0 +1,276 @@
+"""The kernel backend of QuantLayer: per-layer state built once (`prepare`), the forward pass, the weight bytes.
+
+A prepared layer runs in one of three modes (KernelState.mode):
+- `int`:   activations quantized to int8 codes (one fused pass; under torch.compile plain torch ops that
+           Inductor fuses into the producer), packed 8/6/4/2-bit weights, int8 tensor-core GEMM or
+           implicit-GEMM conv with the dequantization, zero-point correction and bias in the epilogue;
+           BOS rows of cross-attention K/V go through the same kernel with fp16 input.
+- `wonly`: linear with protected (FP16) activations: fp16 input x the same packed weights (A_FP16 kernel).
+- `fp16`:  cuBLAS/cuDNN with the dequantized weight kept in fp16 (activations fake-quantized in one pass
+           when the layer quantizes them): FP16-weight layers, asymmetric weights, convs with a protected
+           input, convs that the FP16 policy (`FP16_CONVS`) keeps on cuDNN, and shapes the kernels don't take.
+On the CPU (no CUDA) `forward` computes the integer reference (reference.py) instead, with a warning,
+unless TRITON_INTERPRET=1 (then the Triton kernels themselves run on the CPU, for tests).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import packing
+from . import reference as ref
+
+# Convs kept on cuDNN fp16 (dequantized weights): (in_channels, out_channels, kernel, stride) where the
+# measured int8 kernel was slower than cuDNN on the H100 (see results/kernels_notes.md); edit with care.
+FP16_CONVS: set[tuple[int, int, int, int]] = set()
+
+
+@dataclass
+class KernelState:
+    mode: str                                  # int | wonly | fp16
+    kind: str                                  # linear | conv
+    n: int
+    shape: tuple                               # original weight shape
+    bits: int | None = None                    # storage format
+    fmt: packing.PackedFormat | None = None
+    packed: torch.Tensor | None = None
+    w_scale: torch.Tensor | None = None        # float32 [N]
+    scale1: torch.Tensor | None = None         # s1 * w_scale (float32 [N])
+    zc1: torch.Tensor | None = None            # z1 * colsum over segment 1 (int32 [N])
+    scale2: torch.Tensor | None = None
+    zc2: torch.Tensor | None = None
+    bias: torch.Tensor | None = None           # float32 [N]
+    bias16: torch.Tensor | None = None         # fp16 bias for the fp16 mode
+    fp16_weight: torch.Tensor | None = None
+    act1: ref.ActQuant | None = None
+    act2: ref.ActQuant | None = None
+    split: int | None = None
+    bos: bool = False
+    stride: int = 1
+    pad: int = 0
+    why: str = ""                              # why a layer is not in `int` mode
+    extra: dict = field(default_factory=dict)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.packed, self.w_scale, self.scale1, self.zc1, self.scale2, self.zc2, self.bias,
+                            self.bias16, self.fp16_weight) if t is not None]
+
+    def qparams(self, which: int) -> tuple:
+        a = self.act1 if which == 1 or self.act2 is None else self.act2
+        return (a.scale, a.zero, a.qmin, a.qmax)
+
+
+def _int_unsupported(layer, c_in: int) -> str:
+    """Why the int kernels can't take this layer ('' if they can)."""
+    if layer.kind == "conv":
+        if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
+            return "grouped/dilated conv"
+        if isinstance(layer.padding, str) or len(set(layer.stride)) != 1 or len(set(layer.padding)) != 1:
+            return "non-square stride/padding"
+        if c_in % 16 or (layer.split and layer.split % 16):
+            return "input channels not a multiple of 16"
+        if layer.out_features % 8:
+            return "output channels not a multiple of 8"
+        kh, kw = layer.w_int.shape[2:]
+        if (c_in, layer.out_features, kh, layer.stride[0]) in FP16_CONVS:
+            return "FP16_CONVS policy (cuDNN faster)"
+    elif c_in % 16 or layer.out_features % 8:
+        return "K not a multiple of 16 or N not a multiple of 8"
+    return ""
+
+
+@torch.no_grad()
+def prepare(layer) -> None:
+    """Build layer.kernel_state (packed weights, epilogue constants) and free the FP/int8 weight copies."""
+    if getattr(layer, "kernel_state", None) is not None:
+        return
+    dev = layer.w_int.device if layer.w_bits is not None else layer.weight.device
+    n, c_in = layer.out_features, layer.in_features
+    bias = layer.bias.detach().float() if layer.bias is not None else None
+    conv = layer.kind == "conv"
+    st = KernelState(mode="fp16", kind=layer.kind, n=n, shape=tuple((layer.w_int if layer.w_bits is not None
+                                                                      else layer.weight).shape))
+    if conv:
+        st.stride, st.pad = int(layer.stride[0]), int(layer.padding[0]) if not isinstance(layer.padding, str) else 0
+    if layer.a_bits is not None:
+        st.act1 = ref.ActQuant.from_module(layer.act_quant)
+        st.act2 = ref.ActQuant.from_module(layer.act_quant2) if layer.act_quant2 is not None else None
+        st.split = layer.split if st.act2 is not None else None
+    st.bos = bool(layer.bos) and layer.kind == "linear" and st.act1 is not None
+
+    if layer.w_bits is None:
+        st.why = "fp16 weights"
+        st.fp16_weight = layer.weight.detach().half()
+    elif getattr(layer, "w_zero_point", None) is not None and bool((layer.w_zero_point != 0).any()):
+        st.why = "asymmetric weights"
+    else:
+        why = _int_unsupported(layer, c_in)
+        if layer.a_bits is None and conv:
+            why = why or "protected input (conv)"
+        st.why = why
+        if not why:
+            st.mode = "int" if layer.a_bits is not None else "wonly"
+    if st.mode == "fp16" and st.fp16_weight is None:  # dequantized, exactly as the fake path computes it
+        shape = (-1,) + (1,) * (layer.w_int.dim() - 1)
+        zp = layer.w_zero_point.view(shape) if getattr(layer, "w_zero_point", None) is not None else 0
+        st.fp16_weight = ((layer.w_int.float() - zp) * layer.w_scale.view(shape)).half()
+    if st.mode == "fp16":
+        st.bias16 = layer.bias.detach().half() if layer.bias is not None else None
+    else:
+        _pack(st, layer, bias, dev)
+    layer.kernel_state = st
+    # free the copies the kernels don't read: the FP weight and the unpacked int8 weight
+    layer.weight = None
+    if layer.w_bits is not None:  # the packed bytes (or the fp16 weight) now hold it; see unpacked_weight()
+        layer.w_int = torch.empty(0, dtype=torch.int8, device=dev)
+
+
+def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev) -> None:
+    q_w = layer.w_int
+    st.bits = packing.storage_bits(layer.w_bits)
+    packed, st.fmt = packing.pack_weight(q_w.cpu(), st.bits, st.split)
+    st.packed = packed.to(dev)
+    st.w_scale = layer.w_scale.detach().float().to(dev).contiguous()
+    st.bias = bias.to(dev).contiguous() if bias is not None else None
+    if st.mode != "int":
+        return
+    w64 = q_w.to(torch.int64).reshape(q_w.shape[0], q_w.shape[1], -1)  # [N, C, taps]
+    parts = [(st.act1, w64 if st.split is None else w64[:, :st.split])]
+    if st.split is not None:
+        parts.append((st.act2, w64[:, st.split:]))
+    for i, (aq, w) in enumerate(parts, start=1):
+        colsum = w.sum(dim=(1, 2))
+        setattr(st, f"scale{i}", (st.w_scale.double() * aq.scale).float().contiguous())
+        setattr(st, f"zc{i}", (colsum * aq.zero).to(torch.int32).to(dev).contiguous())
+
+
+def unpacked_weight(layer) -> torch.Tensor:
+    """The int8 weight [N, K] / [N, C, kh, kw] of a prepared layer, rebuilt from its packed bytes."""
+    st = layer.kernel_state
+    if st.packed is None:
+        raise ValueError("this layer keeps an fp16 weight, not packed integers")
+    return packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(st.packed.device)
+
+
+def weight_bytes(layer) -> int:
+    """Bytes of this layer's weights on the device in kernel mode (packed + scales + epilogue constants + bias)."""
+    st = getattr(layer, "kernel_state", None)
+    if st is None:
+        raise ValueError("layer not prepared for the kernel backend")
+    return sum(t.numel() * t.element_size() for t in st.tensors())
+
+
+# ----------------------------------------------------------------------------------------------- forward
+
+_warned = False
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"  # interpreter: the kernels run on the CPU
+
+
+def forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output (fp16) through the kernels; the integer reference on a CPU."""
+    if getattr(layer, "kernel_state", None) is None:
+        prepare(layer)
+    st = layer.kernel_state
+    if not _use_triton(x):
+        global _warned
+        if not _warned:
+            warnings.warn("kernel backend on a CPU: computing the integer reference instead of the CUDA kernels",
+                          stacklevel=2)
+            _warned = True
+        return reference_forward(layer, x)
+    from . import ops
+
+    if st.mode == "fp16":
+        return _fp16_forward(st, x.half(), ops)
+    if st.kind == "linear":
+        return _linear_forward(st, x, ops)
+    return _conv_forward(st, x, ops)
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _fp16_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
+    if st.act1 is not None:
+        if st.bos and x.dim() == 3:
+            xq = _fake_quant(st, x[:, 1:], ops)
+            x = torch.cat([x[:, :1], xq], dim=1)
+        else:
+            x = _fake_quant(st, x, ops)
+    if st.kind == "linear":
+        return F.linear(x, st.fp16_weight, st.bias16)
+    return F.conv2d(x, st.fp16_weight, st.bias16, st.stride, st.pad)
+
+
+def _fake_quant(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
+    split = st.split if st.split is not None else 1 << 30
+    p1, p2 = st.qparams(1), st.qparams(2)
+    if _compiling():
+        return ops.fake_quant_torch(x, split, p1, p2)
+    return ops.fake_quant(x.contiguous(), split, *p1, *p2)
+
+
+def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k).half()
+    if st.mode == "wonly":
+        y = ops.qlinear(x2, st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
+        return y.reshape(*lead, st.n)
+    p = st.qparams(1)
+    q = ops.quant_torch(x2, *p) if _compiling() else ops.quant(x2.contiguous(), *p)
+    y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
+    y = y.reshape(*lead, st.n)
+    if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights
+        y_bos = ops.qlinear(x[:, 0, :].half(), st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
+        y = torch.cat([y_bos.unsqueeze(1), y[:, 1:]], dim=1)
+    return y
+
+
+def _conv_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
+    c = x.shape[1]
+    split = st.split if st.split is not None else c
+    p1, p2 = st.qparams(1), st.qparams(2)
+    x = x.half()
+    if _compiling():
+        q = ops.quant_nhwc_torch(x, split, st.pad, p1, p2)
+    else:
+        q = ops.quant_nhwc(x.contiguous(), split, st.pad, *p1, *p2)
+    kh, kw = st.shape[2], st.shape[3]
+    return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
+                     split, kh, kw, st.stride, st.pad)
+
+
+# ----------------------------------------------------------------------------------------------- CPU reference
+
+
+def reference_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """The integer reference of the layer's kernel-mode output (float64 math, cast to x's dtype)."""
+    st = layer.kernel_state
+    if st.mode == "fp16":
+        xf = x
+        if st.act1 is not None:
+            if st.bos and x.dim() == 3:
+                xf = torch.cat([x[:, :1], ref.fake_quant(x[:, 1:], st.act1)], dim=1)
+            else:
+                xf = ref.fake_quant(x, st.act1, st.act2, st.split)
+        w = st.fp16_weight.to(x.dtype)
+        b = st.bias16.to(x.dtype) if st.bias16 is not None else None
+        return F.linear(xf, w, b) if st.kind == "linear" else F.conv2d(xf, w, b, st.stride, st.pad)
+    w_int = packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(x.device)
+    if st.kind == "linear":
+        if st.mode == "wonly":
+            return ref.linear_wonly(x, w_int, st.w_scale, st.bias).to(x.dtype)
+        y = ref.linear_int(ref.quantize_act(x, st.act1), w_int, st.w_scale, st.act1, st.bias)
+        if st.bos and x.dim() == 3:
+            y[:, 0] = ref.linear_wonly(x[:, 0], w_int, st.w_scale, st.bias)
+        return y.to(x.dtype)
+    q = ref.quantize_act_split(x, st.act1, st.act2, st.split)
+    return ref.conv_int(q, w_int, st.w_scale, st.act1, st.act2, st.split, st.bias, st.stride, st.pad).to(x.dtype)

@@ -1,0 +1,211 @@
+"""Tile configs for the GEMM/conv kernels: candidates per problem-size class, autotuned once per shape.
+
+`linear(...)` / `conv(...)` run the kernels of triton_kernels.py with the config this module picks: the
+fastest candidate for the shape's size class, timed with `triton.testing.do_bench` (median) on the first
+call of each (shape, format) and cached; never while a CUDA graph is being captured (then the first
+candidate runs; warm up before capturing). Tuning results can be saved to and loaded from JSON
+(`save_tuning` / `load_tuning`), so a later process skips the timing.
+
+Because the kernels do not specialise on integer sizes, a compiled kernel depends only on the format and
+the tile config; `precompile(jobs)` compiles many of them in parallel worker processes (Triton's on-disk
+cache then serves the main process), which cuts the first-call cost from minutes to seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import triton_kernels as tk
+
+
+def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k: int = 1) -> dict:
+    return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages, SWAP=swap, SPLIT_K=split_k, GROUP_M=8)
+
+
+# SWAP: the weight tile is the tensor-core instruction's M side and the activation rows its N side, so a
+# handful of rows still fills the instruction; SPLIT_K > 1 spreads a long K over more SMs when tiles are few.
+LINEAR_CANDIDATES = {
+    "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2)],
+    "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3)],
+    "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
+            _cfg(64, 256, 8, 3, True)],
+    "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True)],
+}
+CONV_CANDIDATES = {
+    "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True), _cfg(64, 64, 4, 4)],
+    "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
+    "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True)],
+}
+# fp16 activations (BOS rows, protected layers) double the A tile's shared memory: no 256-wide tiles
+FP16A_CANDIDATES = {
+    "tiny": LINEAR_CANDIDATES["tiny"],
+    "small": LINEAR_CANDIDATES["small"],
+    "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4)],
+    "large": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4)],
+}
+
+_TUNED: dict[str, dict] = {}
+_TUNE_MS = (2, 10)  # do_bench warm-up and repetition time per candidate, ms
+TUNING = os.environ.get("MIXDQ_TUNE", "1") != "0"
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def linear_class(m: int) -> str:
+    return "tiny" if m <= 64 else "small" if m <= 512 else "mid" if m <= 4096 else "large"
+
+
+def conv_class(m: int) -> str:
+    return "small" if m <= 1024 else "mid" if m <= 8192 else "large"
+
+
+def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> dict:
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    if interpreting() or not TUNING or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
+        return candidates[0]
+    from triton.testing import do_bench
+
+    best, best_ms = None, float("inf")
+    for c in candidates:
+        try:
+            ms = do_bench(lambda: run(c), warmup=_TUNE_MS[0], rep=_TUNE_MS[1], return_mode="median")
+        except Exception as e:  # a config that does not fit this GPU (shared memory, registers): skip it
+            print(f"[kernels] {key}: config {c} failed: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        if ms < best_ms:
+            best, best_ms = c, ms
+    if best is None:
+        raise RuntimeError(f"no kernel config ran for {key}")
+    _TUNED[key] = dict(best, ms=round(best_ms, 5))
+    return _TUNED[key]
+
+
+def _strip(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "ms"}
+
+
+def linear_key(m: int, n: int, k: int, bits: int, group: int, a_fp16: bool) -> str:
+    return f"linear|m={m}|n={n}|k={k}|b={bits}|g={group}|a={'fp16' if a_fp16 else 'int8'}"
+
+
+def conv_key(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int) -> str:
+    return f"conv|x={'x'.join(map(str, x_shape))}|n={n}|c1={c1}|k={kh}|s={stride}|b={bits}|g={group}"
+
+
+def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
+           bits: int, group: int, n: int, cfg: dict | None = None) -> torch.Tensor:
+    """y = epilogue(a @ unpack(w)^T) with an autotuned (or the given) tile config; a: [M, K] int8 or fp16."""
+    m, k = a.shape
+    a_fp16 = a.dtype != torch.int8
+    if cfg is None:
+        cands = (FP16A_CANDIDATES if a_fp16 else LINEAR_CANDIDATES)[linear_class(m)]
+        cfg = _choose(linear_key(m, n, k, bits, group, a_fp16), cands,
+                      lambda c: tk.qlinear(a, w, scale, zc, bias, bits, group, n, c))
+    return tk.qlinear(a, w, scale, zc, bias, bits, group, n, _strip(cfg))
+
+
+def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
+         zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
+         stride: int, pad: int, cfg: dict | None = None) -> torch.Tensor:
+    """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config."""
+    if cfg is None:
+        b, hp, wp, _ = x_pad.shape
+        m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
+        cfg = _choose(conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), CONV_CANDIDATES[conv_class(m)],
+                      lambda c: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
+                                         stride, pad, c))
+    return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg))
+
+
+# ----------------------------------------------------------------------------------------------- tuning files
+
+
+def tuned() -> dict[str, dict]:
+    """The configs picked so far (key -> config with its measured median ms)."""
+    return dict(_TUNED)
+
+
+def save_tuning(path: str | Path) -> None:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    Path(path).write_text(json.dumps({"gpu": gpu, "configs": _TUNED}, indent=1, sort_keys=True))
+
+
+def load_tuning(path: str | Path) -> int:
+    """Load configs tuned earlier on the same GPU model; returns how many (0 if the file is for another GPU)."""
+    data = json.loads(Path(path).read_text())
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if data.get("gpu") != gpu:
+        return 0
+    _TUNED.update(data["configs"])
+    return len(data["configs"])
+
+
+# ----------------------------------------------------------------------------------------------- precompile
+
+
+def linear_jobs(m: int, k: int, bits: int, group: int, a_fp16: bool) -> list[tuple]:
+    """Compile jobs for every candidate a linear of this size class and format may try."""
+    even_k = k % group == 0
+    cands = (FP16A_CANDIDATES if a_fp16 else LINEAR_CANDIDATES)[linear_class(m)]
+    return [("linear", bits, group, a_fp16, even_k, tuple(sorted(_strip(c).items()))) for c in cands]
+
+
+def conv_jobs(m: int, c: int, c1: int, kh: int, stride: int, bits: int, group: int) -> list[tuple]:
+    two = c1 < c
+    even = c1 % group == 0 and (c - c1) % group == 0
+    return [("conv", bits, group, kh, stride, two, even, tuple(sorted(_strip(cf).items())))
+            for cf in CONV_CANDIDATES[conv_class(m)]]
+
+
+def _compile_job(job: tuple) -> str:
+    """Run one tiny launch of a (format, flags, config) variant so Triton compiles and caches it."""
+    from . import packing
+
+    dev = "cuda"
+    t0 = time.perf_counter()
+    try:
+        if job[0] == "linear":
+            _, bits, group, a_fp16, even_k, cfg = job
+            k = 2 * group if even_k else 2 * group - 16
+            qw = torch.zeros(16, k, dtype=torch.int8)
+            packed, fmt = packing.pack_weight(qw, bits)
+            a = torch.zeros(16, k, dtype=torch.float16 if a_fp16 else torch.int8, device=dev)
+            s = torch.ones(16, device=dev)
+            tk.qlinear(a, packed.to(dev), s, None if a_fp16 else torch.zeros(16, dtype=torch.int32, device=dev), s,
+                       bits, fmt.group, 16, dict(cfg))
+        else:
+            _, bits, group, kh, stride, two, even, cfg = job
+            c1 = group if even else group - 16
+            c = 2 * c1 if two else c1
+            qw = torch.zeros(16, c, kh, kh, dtype=torch.int8)
+            packed, fmt = packing.pack_weight(qw, bits, c1 if two else None)
+            x = torch.zeros(1, 4 + kh - 1, 4 + kh - 1, c, dtype=torch.int8, device=dev)
+            s = torch.ones(16, device=dev)
+            z = torch.zeros(16, dtype=torch.int32, device=dev)
+            tk.qconv(x, packed.to(dev), s, z, s if two else None, z if two else None, s, bits, fmt.group, 16, c1, kh,
+                     kh, stride, kh // 2, dict(cfg))
+        torch.cuda.synchronize()
+        return f"ok {time.perf_counter() - t0:.1f}s"
+    except Exception as e:  # reported, not fatal: the autotuner skips configs that fail
+        return f"failed: {type(e).__name__}: {str(e)[:200]}"
+
+
+def precompile(jobs: list[tuple], workers: int | None = None) -> dict[tuple, str]:
+    """Compile the kernel variants of `jobs` in parallel processes (fills Triton's on-disk cache)."""
+    jobs = sorted(set(jobs))
+    if not jobs or interpreting() or not torch.cuda.is_available():
+        return {}
+    workers = workers or min(len(jobs), max(1, (os.cpu_count() or 2) - 1))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return dict(zip(jobs, pool.map(_compile_job, jobs)))

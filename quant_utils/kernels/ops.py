@@ -1,0 +1,127 @@
+"""The kernels as torch custom ops (`torch.ops.mixdq.*`), so CUDA graphs and torch.compile treat each as one opaque op.
+
+Each op has a fake (meta) implementation for tracing. Under torch.compile the backend does not call the
+quantize ops but their plain-torch equivalents below (`*_torch`), bit-identical to the Triton kernels, so
+Inductor can fuse the quantization into the kernel that produces the activation (LayerNorm, GELU, SiLU...).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import launch
+from . import triton_kernels as tk
+
+# ----------------------------------------------------------------------------------------------- quantize
+
+
+@torch.library.custom_op("mixdq::quant", mutates_args=())
+def quant(x: Tensor, scale: float, zero: int, qmin: int, qmax: int) -> Tensor:
+    """int8 codes clamp(round(x / s) + z, qmin, qmax), same shape as x."""
+    return tk.quant_flat(x, scale, zero, qmin, qmax)
+
+
+@quant.register_fake
+def _(x, scale, zero, qmin, qmax):
+    return torch.empty(x.shape, dtype=torch.int8, device=x.device)
+
+
+@torch.library.custom_op("mixdq::quant_nhwc", mutates_args=())
+def quant_nhwc(x: Tensor, split: int, pad: int, s1: float, z1: int, lo1: int, hi1: int,
+               s2: float, z2: int, lo2: int, hi2: int) -> Tensor:
+    """NCHW -> zero-padded NHWC int8 codes (channels >= split use the second quantizer)."""
+    return tk.quant_nchw_to_nhwc(x, split, (s1, z1, lo1, hi1), (s2, z2, lo2, hi2), pad)
+
+
+@quant_nhwc.register_fake
+def _(x, split, pad, s1, z1, lo1, hi1, s2, z2, lo2, hi2):
+    b, c, h, w = x.shape
+    return torch.empty((b, h + 2 * pad, w + 2 * pad, c), dtype=torch.int8, device=x.device)
+
+
+@torch.library.custom_op("mixdq::fake_quant", mutates_args=())
+def fake_quant(x: Tensor, split: int, s1: float, z1: int, lo1: int, hi1: int,
+               s2: float, z2: int, lo2: int, hi2: int) -> Tensor:
+    """(q - z) * s in x's dtype, one pass (channel dim 1 holds the split)."""
+    return tk.fake_quant(x, split, (s1, z1, lo1, hi1), (s2, z2, lo2, hi2))
+
+
+@fake_quant.register_fake
+def _(x, split, s1, z1, lo1, hi1, s2, z2, lo2, hi2):
+    return torch.empty_like(x)
+
+
+# ----------------------------------------------------------------------------------------------- GEMM / conv
+
+
+@torch.library.custom_op("mixdq::qlinear", mutates_args=())
+def qlinear(a: Tensor, w: Tensor, scale: Tensor, zc: Optional[Tensor], bias: Optional[Tensor],
+            bits: int, group: int, n: int) -> Tensor:
+    """[M, K] int8 codes (or fp16 with zc None) x packed weight -> [M, n] fp16, fused epilogue."""
+    return launch.linear(a, w, scale, zc, bias, bits, group, n)
+
+
+@qlinear.register_fake
+def _(a, w, scale, zc, bias, bits, group, n):
+    return torch.empty((a.shape[0], n), dtype=torch.float16, device=a.device)
+
+
+@torch.library.custom_op("mixdq::qconv", mutates_args=())
+def qconv(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optional[Tensor], zc2: Optional[Tensor],
+          bias: Optional[Tensor], bits: int, group: int, n: int, c1: int, kh: int, kw: int, stride: int,
+          pad: int) -> Tensor:
+    """Padded NHWC int8 codes -> NCHW fp16 conv output (implicit GEMM, fused epilogue)."""
+    return launch.conv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad)
+
+
+@qconv.register_fake
+def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad):
+    b, hp, wp, _ = x_pad.shape
+    return torch.empty((b, n, (hp - kh) // stride + 1, (wp - kw) // stride + 1), dtype=torch.float16,
+                       device=x_pad.device)
+
+
+# ----------------------------------------------------------------------------------------------- plain torch twins
+
+
+def _codes(v: Tensor, scale, zero, qmin, qmax) -> Tensor:
+    # same arithmetic as the Triton kernels: float32 IEEE division, round half to even, clamp
+    return torch.clamp(torch.round(v.float() / scale) + zero, qmin, qmax)
+
+
+def quant_torch(x: Tensor, scale: float, zero: int, qmin: int, qmax: int) -> Tensor:
+    return _codes(x, scale, zero, qmin, qmax).to(torch.int8)
+
+
+def _per_channel(c: int, split: int, p1: tuple, p2: tuple, device) -> list[Tensor]:
+    first = torch.arange(c, device=device) < split
+    return [torch.where(first, torch.tensor(float(a), device=device), torch.tensor(float(b), device=device))
+            for a, b in zip(p1, p2)]
+
+
+def quant_nhwc_torch(x: Tensor, split: int, pad: int, p1: tuple, p2: tuple) -> Tensor:
+    """Plain-torch twin of quant_nhwc (x NCHW; p = (scale, zero, qmin, qmax))."""
+    xs = x.permute(0, 2, 3, 1)
+    if split >= x.shape[1]:
+        q = _codes(xs, *p1)
+        z = p1[1]
+        q = F.pad(q, (0, 0, pad, pad, pad, pad), value=float(z)) if pad else q
+    else:
+        s, z, lo, hi = _per_channel(x.shape[1], split, p1, p2, x.device)
+        q = torch.clamp(torch.round(xs.float() / s) + z, lo, hi)
+        if pad:  # border = each channel's zero point
+            q = F.pad(q - z, (0, 0, pad, pad, pad, pad)) + z
+    return q.to(torch.int8).contiguous()
+
+
+def fake_quant_torch(x: Tensor, split: int, p1: tuple, p2: tuple) -> Tensor:
+    """Plain-torch twin of fake_quant (channel dim 1 holds the split; p = (scale, zero, qmin, qmax))."""
+    if x.dim() < 2 or split >= x.shape[1]:
+        s, z, lo, hi = p1
+        return ((_codes(x, s, z, lo, hi) - z) * s).to(x.dtype)
+    s, z, lo, hi = (t.view(1, -1, *([1] * (x.dim() - 2))) for t in _per_channel(x.shape[1], split, p1, p2, x.device))
+    q = torch.clamp(torch.round(x.float() / s) + z, lo, hi)
+    return ((q - z) * s).to(x.dtype)

@@ -1,0 +1,157 @@
+"""Layer-level correctness checks of the kernel backend against the integer reference (CPU interpreter or GPU).
+
+For each case a QuantLayer (qlayers.py, the contract partner) is built from a random nn.Linear/nn.Conv2d,
+given random activation ranges, prepared for the kernel backend, and fed fresh random inputs; the kernel
+output must match `reference_forward` (float64 integer math) to within fp16 rounding of the epilogue.
+The CUDA caching allocator is poisoned with NaN before every call, so an output element the kernel never
+writes shows up as NaN. `python -m quant_utils.kernels.selfcheck` runs the small cases (TRITON_INTERPRET=1
+runs them on the CPU).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import backend
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str                 # linear | conv
+    n: int                    # out features / channels
+    k: int                    # in features / channels
+    w_bits: int | None
+    a_bits: int | None
+    rows: int = 64            # linear: tokens per sequence
+    batch: int = 2
+    hw: int = 8               # conv: input height = width
+    ksize: int = 3
+    stride: int = 1
+    split: int | None = None
+    bos: bool = False
+
+    @property
+    def name(self) -> str:
+        extra = (f" split={self.split}" if self.split else "") + (" bos" if self.bos else "")
+        geo = (f"[{self.batch}x{self.rows}x{self.k}]->{self.n}" if self.kind == "linear" else
+               f"[{self.batch}x{self.k}x{self.hw}x{self.hw}] {self.ksize}x{self.ksize}/s{self.stride}->{self.n}")
+        return f"{self.kind} {geo} W{self.w_bits}A{self.a_bits}{extra}"
+
+
+def small_cases() -> list[Case]:
+    """Small shapes for the CPU interpreter: every format, ragged tiles, split, BOS, stride 2, 1x1, protected."""
+    cases = []
+    for bits in (8, 6, 4, 2):
+        cases.append(Case("linear", 80, 160, bits, 8, rows=37))
+        cases.append(Case("conv", 40, 48, bits, 8, hw=6))
+    cases += [Case("linear", 48, 64, 4, 8, rows=13, bos=True), Case("linear", 48, 96, 5, None, rows=9),
+              Case("linear", 64, 64, 8, 4, rows=21), Case("conv", 24, 96, 6, 8, hw=5, split=64),
+              Case("conv", 32, 80, 3, 8, hw=5, ksize=1, split=32), Case("conv", 16, 32, 8, 8, hw=7, stride=2),
+              Case("conv", 16, 32, 4, None, hw=4), Case("linear", 32, 64, None, 8, rows=5)]
+    return cases
+
+
+def build_layer(case: Case, device: str, seed: int):
+    """A QuantLayer with random weights and random (plausible) activation ranges, prepared for the kernels."""
+    from ..qlayers import QuantLayer
+
+    g = torch.Generator().manual_seed(seed)
+    if case.kind == "linear":
+        orig = nn.Linear(case.k, case.n)
+    else:
+        orig = nn.Conv2d(case.k, case.n, case.ksize, case.stride, case.ksize // 2)
+    with torch.no_grad():
+        orig.weight.copy_(torch.randn(orig.weight.shape, generator=g) * 0.05)
+        orig.bias.copy_(torch.randn(case.n, generator=g) * 0.1)
+    layer = QuantLayer(orig.half(), case.w_bits, case.a_bits, w_method="minmax", split=case.split, bos=case.bos)
+    for q in (layer.act_quant, layer.act_quant2):
+        if q is not None:
+            q.scale.fill_(float(torch.empty(1).uniform_(2.0, 6.0, generator=g)) / (1 << case.a_bits))
+            q.zero_point.fill_(float(torch.randint(-(1 << (case.a_bits - 2)), 1 << (case.a_bits - 2), (1,), generator=g)))
+    layer = layer.to(device)
+    backend.prepare(layer)
+    return layer
+
+
+def make_input(case: Case, device: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1)
+    shape = (case.batch, case.rows, case.k) if case.kind == "linear" else (case.batch, case.k, case.hw, case.hw)
+    return (torch.randn(shape, generator=g) * 1.5).half().to(device)
+
+
+def poison(device: str) -> None:
+    """Fill freed blocks of the CUDA caching allocator with NaN, so unwritten outputs read NaN."""
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info()[0]
+        blob = torch.full((min(free // 4, 1 << 28),), float("nan"), device=device)
+        del blob
+
+
+def compare(y: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Errors of y against a float64 reference: in fp16 ulps of the reference, and relative L2."""
+    y64, r64 = y.double().cpu(), ref.double().cpu()
+    ulp = torch.exp2(torch.floor(torch.log2(r64.abs().clamp_min(2.0 ** -14))) - 10)
+    err = (y64 - r64).abs()
+    tol = ulp + 1e-6 * r64.abs().max()
+    return {"nan": int(torch.isnan(y64).sum()), "max_ulp": float((err / ulp).max()),
+            "within_tol": float((err <= tol).double().mean()),
+            "rel_l2": float((y64 - r64).norm() / r64.norm().clamp_min(1e-30))}
+
+
+def check_case(case: Case, device: str, seed: int = 0) -> dict:
+    layer = build_layer(case, device, seed)
+    x = make_input(case, device, seed)
+    ref = _reference(layer, x)
+    poison(device)
+    y = backend.forward(layer, x)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    res = compare(y, ref)
+    st = layer.kernel_state
+    # exact paths: int GEMM epilogue (1 ulp); fp16-input paths accumulate in fp32 (relative error)
+    exact = st.mode == "int" and not st.bos
+    ok = res["nan"] == 0 and tuple(y.shape) == tuple(ref.shape) and (
+        res["within_tol"] == 1.0 if exact else res["rel_l2"] < 2e-3)
+    return {"case": case.name, "mode": st.mode, "bits": st.bits, "group": st.fmt.group if st.fmt else None,
+            "ok": ok, **res}
+
+
+def _reference(layer, x: torch.Tensor) -> torch.Tensor:
+    """reference_forward in float64 on the CPU (its math is exact there), same input values."""
+    st = layer.kernel_state
+    saved = {k: getattr(st, k) for k in ("packed", "w_scale", "bias", "fp16_weight", "bias16")}
+    for k, v in saved.items():
+        if v is not None:
+            setattr(st, k, v.cpu())
+    try:
+        out = backend.reference_forward(layer, x.cpu().double() if st.mode != "fp16" else x.cpu().float())
+    finally:
+        for k, v in saved.items():
+            setattr(st, k, v)
+    return out
+
+
+def run(cases: list[Case], device: str, seed: int = 0) -> list[dict]:
+    return [check_case(c, device, seed + i) for i, c in enumerate(cases)]
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'case':<58} {'mode':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} {'nan':>4}  ok"]
+    for r in rows:
+        lines.append(f"{r['case']:<58} {r['mode']:<6} {str(r['bits']):>4} {str(r['group']):>4} {r['max_ulp']:>8.3f} "
+                     f"{r['within_tol']:>7.4f} {r['rel_l2']:>9.2e} {r['nan']:>4}  {'PASS' if r['ok'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = run(small_cases(), device)
+    print(format_rows(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""quant_utils.kernels on the CPU: packing round trips, the integer reference against float64 math and the fake
+path, the kernel-mode state (freed weights, weight bytes), and the Triton kernels themselves in the interpreter."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import REPO
+from quant_utils.kernels import backend, packing
+from quant_utils.kernels import reference as ref
+from quant_utils.kernels.selfcheck import Case, build_layer, compare, make_input
+from quant_utils.qlayers import QuantLayer
+
+
+def _rand_q(shape, bits, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-(1 << (bits - 1)), 1 << (bits - 1), shape, generator=g, dtype=torch.int8)
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 2])
+@pytest.mark.parametrize("shape,split", [((24, 320), None), ((16, 200), None), ((8, 2048), None),
+                                         ((12, 80, 3, 3), None), ((12, 96, 3, 3), 64), ((10, 48, 1, 1), 16)])
+def test_pack_roundtrip_and_size(bits, shape, split):
+    q = _rand_q(shape, bits, seed=bits)
+    packed, fmt = packing.pack_weight(q, bits, split)
+    assert torch.equal(packing.unpack_weight(packed, fmt, shape, split), q)
+    assert packed.shape == (shape[0], fmt.k_padded * bits // 8)
+    assert fmt.k_padded % fmt.group == 0 and fmt.group in (64, 128)
+    taps = 1 if len(shape) == 2 else shape[2] * shape[3]
+    assert fmt.k_padded >= taps * shape[1]
+
+
+def test_pack_layout_is_the_documented_one():
+    # bits 4, G=64: byte j of a group holds element j (low nibble) and element 32 + j (high nibble), offset-binary
+    q = _rand_q((3, 64), 4, seed=1)
+    packed, _ = packing.pack_weight(q, 4)
+    u = (q.to(torch.int16) + 8).to(torch.uint8)
+    assert torch.equal(packed, u[:, :32] | (u[:, 32:] << 4))
+    # bits 6, G=128: plane p (32 bytes) = u[32p + j] | ((u[96 + j] >> 2p) & 3) << 6
+    q6 = _rand_q((2, 128), 6, seed=2)
+    p6, _ = packing.pack_weight(q6, 6)
+    u6 = (q6.to(torch.int16) + 32).to(torch.uint8)
+    for p in range(3):
+        assert torch.equal(p6[:, 32 * p:32 * (p + 1)], u6[:, 32 * p:32 * (p + 1)] | (((u6[:, 96:] >> 2 * p) & 3) << 6))
+
+
+def test_pack_rejects_out_of_range_and_bad_bits():
+    with pytest.raises(ValueError, match="4-bit range"):
+        packing.pack_weight(torch.full((2, 64), 9, dtype=torch.int8), 4)
+    with pytest.raises(ValueError):
+        packing.storage_bits(9)
+    assert [packing.storage_bits(b) for b in (2, 3, 4, 5, 6, 7, 8)] == [2, 4, 4, 6, 6, 8, 8]
+
+
+def test_quantize_act_matches_contract_formula():
+    aq = ref.ActQuant(0.0371, -5, 8)
+    x = torch.randn(4096, dtype=torch.float16) * 4
+    q = ref.quantize_act(x, aq)
+    expect = torch.clamp(torch.round(x.double() / torch.tensor(aq.scale, dtype=torch.float32).double()) - 5, -128, 127)
+    assert q.dtype == torch.int8
+    assert (q.double() - expect).abs().max() <= 1  # float32 vs float64 division may flip an exact .5
+    assert (q.double() == expect).double().mean() > 0.999
+
+
+def test_linear_reference_equals_float64_dequantized_math():
+    aq = ref.ActQuant(0.05, 3, 8)
+    q = _rand_q((7, 96), 8, seed=3)
+    w = _rand_q((40, 96), 4, seed=4)
+    ws, bias = torch.rand(40, dtype=torch.float64) * 0.01, torch.randn(40, dtype=torch.float64)
+    y = ref.linear_int(q, w, ws, aq, bias)
+    deq = ((q.double() - aq.zero) * aq.scale) @ (w.double() * ws[:, None]).t() + bias
+    assert torch.allclose(y, deq, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_reference_pads_with_the_zero_point_and_splits():
+    a1, a2 = ref.ActQuant(0.05, 3, 8), ref.ActQuant(0.2, -9, 6)
+    x = torch.randn(2, 48, 5, 5, dtype=torch.float64)
+    q = ref.quantize_act_split(x, a1, a2, 32)
+    w = _rand_q((8, 48, 3, 3), 6, seed=5)
+    ws, bias = torch.rand(8, dtype=torch.float64) * 0.01, torch.randn(8, dtype=torch.float64)
+    y = ref.conv_int(q, w, ws, a1, a2, 32, bias, 1, 1)
+    xq = torch.cat([(q[:, :32].double() - a1.zero) * a1.scale, (q[:, 32:].double() - a2.zero) * a2.scale], dim=1)
+    expect = F.conv2d(xq, w.double() * ws.view(-1, 1, 1, 1), bias, 1, 1)  # zero padding of the dequantized input
+    assert torch.allclose(y, expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [Case("linear", 48, 64, 4, 8, rows=9), Case("linear", 48, 64, 8, 8, rows=9, bos=True),
+                                  Case("conv", 16, 48, 6, 8, hw=5, split=32), Case("conv", 16, 32, 8, 8, hw=6, stride=2),
+                                  Case("linear", 32, 64, 6, None, rows=5), Case("conv", 16, 32, 4, None, hw=4)],
+                         ids=lambda c: c.name)
+def test_kernel_state_reference_equals_fake_path(case):
+    """The backend's math (integer reference of the prepared state) is qlayers' fake-quant math."""
+    layer = build_layer(case, "cpu", seed=11).float()  # prepared, fp16 weights cast: compare in float32
+    fresh = _fresh_fake_layer(case, seed=11)
+    x = make_input(case, "cpu", seed=11).float()
+    with torch.no_grad():
+        fake = fresh(x)
+    got = backend.reference_forward(layer, x)
+    # fp16 mode keeps the dequantized weight in fp16 (as the fake path of an fp16 model does): fp16 rounding
+    tol = 1e-3 if layer.kernel_state.mode == "fp16" else 1e-5
+    assert compare(got, fake.double())["rel_l2"] < tol
+
+
+def _fresh_fake_layer(case, seed):
+    """The same layer (same seed) left on the fake backend, in float32."""
+    import quant_utils.kernels.selfcheck as sc
+
+    orig_prepare = sc.backend.prepare
+    sc.backend.prepare = lambda layer: None
+    try:
+        layer = build_layer(case, "cpu", seed)
+    finally:
+        sc.backend.prepare = orig_prepare
+    return layer.float()
+
+
+def test_prepare_frees_weights_and_counts_packed_bytes():
+    layer = QuantLayer(nn.Linear(256, 128).half(), 4, 8)
+    layer.act_quant.scale.fill_(0.03)
+    w_int = layer.w_int.clone()
+    backend.prepare(layer)
+    st = layer.kernel_state
+    assert layer.weight is None and layer.w_int.numel() == 0
+    assert st.mode == "int" and st.packed.dtype == torch.uint8 and st.packed.shape == (128, 128)
+    # packed W4 + scale, zc, w_scale, bias (float32/int32 per output channel)
+    assert backend.weight_bytes(layer) == 128 * 128 + 4 * 128 * 4
+    assert torch.equal(backend.unpacked_weight(layer), w_int)
+    backend.prepare(layer)  # idempotent
+    assert layer.kernel_state is st
+
+
+def test_cpu_forward_warns_and_returns_the_reference():
+    case = Case("linear", 32, 64, 8, 8, rows=3)
+    layer = build_layer(case, "cpu", seed=3)
+    x = make_input(case, "cpu", seed=3)
+    backend._warned = False
+    with pytest.warns(UserWarning, match="integer reference"):
+        y = backend.forward(layer, x)
+    assert y.dtype == torch.float16 and y.shape == (2, 3, 32)
+    assert compare(y, backend.reference_forward(layer, x.double()))["max_ulp"] <= 1.0
+
+
+def test_triton_kernels_in_the_interpreter():
+    """Every format, ragged tiles, split, BOS, stride 2, 1x1, protected: Triton kernels (interpreted) vs reference."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "quant_utils.kernels.selfcheck"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("PASS") >= 16 and "FAIL" not in proc.stdout
