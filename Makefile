@@ -15,6 +15,7 @@ venv: .venv/.installed
 # The main pipeline end to end on the embedded tiny model, on the CPU.
 demo: venv
 	$(PY) scripts/txt2img.py --base_path $(DEMO)/fp16 --num_imgs 8 --batch_size 4
+	$(PY) scripts/eval_fp16_mixdq_cleanfid.py --fp16_folder $(DEMO)/fp16/generated_images --mixdq_folder $(DEMO)/w8a8/images --ref_folder $(DEMO)/eval/synthetic_ref --synthetic_ref 8 --feature_extractor random --clip_pretrained none --device cpu --out $(DEMO)/eval/fid_clip.csv  # plumbing check: random weights, synthetic reference
 
 test: venv
 	$(PY) -m pytest -q tests
