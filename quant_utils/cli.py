@@ -22,6 +22,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     g.add_argument("--fp16", action="store_true", help="run in float16 (default: the config's dtype)")
     g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
+    g.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph", "compile"],
+                   help="eager PyTorch, CUDA graphs per (batch, resolution) bucket, or torch.compile + CUDA graphs (CUDA only)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps, 1-4 (default: the config's)")
     g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:

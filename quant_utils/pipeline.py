@@ -198,10 +198,11 @@ def build_random_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", 
     arch = architecture_configs(cfg)
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_") and k != "architectures"}  # noqa: E731
     torch.manual_seed(cfg.seed)
-    unet = UNet2DConditionModel.from_config(strip(arch["unet"]))
-    vae = AutoencoderKL.from_config(strip(arch["vae"]))
-    te1 = CLIPTextModel(CLIPTextConfig(**strip(arch["text_encoder"])))
-    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**strip(arch["text_encoder_2"])))
+    with torch.device(device):  # initialise where the weights will live: full size on a GPU takes seconds, not minutes
+        unet = UNet2DConditionModel.from_config(strip(arch["unet"]))
+        vae = AutoencoderKL.from_config(strip(arch["vae"]))
+        te1 = CLIPTextModel(CLIPTextConfig(**strip(arch["text_encoder"])))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**strip(arch["text_encoder_2"])))
     tok1, tok2 = build_clip_tokenizers()
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2,

@@ -39,7 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
     p.add_argument("--prompt", default=None, help="a single prompt used for every image")
     p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
-    p.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph"], help="eager or CUDA graphs")
     args = p.parse_args(argv)
     if args.wbits is None and args.config_weight_mp is None:
         p.error("give --wbits N or --config_weight_mp <yaml>")

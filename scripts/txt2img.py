@@ -32,8 +32,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
     p.add_argument("--prompt", default=None, help="a single prompt used for every image (overrides --prompts_file)")
     p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
-    p.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph"],
-                   help="eager PyTorch or CUDA graphs per (batch, resolution) bucket (CUDA only)")
     return p.parse_args(argv)
 
 

@@ -1,0 +1,63 @@
+"""Latency and memory measurement of a Runner: one cell = (resolution, batch), many timed calls.
+
+Stage times come from CUDA events (GPU) or perf_counter (CPU); the whole call from a wall clock.
+Used by latency_probe.py (the performance-model grid) and eval_grid.py.
+"""
+from __future__ import annotations
+
+from itertools import chain
+
+import numpy as np
+import torch
+from torch import nn
+
+from .quantize import quant_layers
+from .runtime import Runner, StageTimes
+
+STAGES = ("text", "unet", "vae", "total")
+
+
+def device_weight_bytes(unet: nn.Module) -> int:
+    """Bytes the UNet's weights occupy where they live: every parameter and buffer as stored;
+    layers on the kernel backend count their packed formats (kernels.weight_bytes)."""
+    kernel_layers = [m for _, m in quant_layers(unet) if m.backend == "kernel"]
+    skip = {id(t) for m in kernel_layers for t in chain(m.parameters(recurse=False), m.buffers(recurse=False))}
+    total = sum(t.numel() * t.element_size() for t in chain(unet.parameters(), unet.buffers()) if id(t) not in skip)
+    if kernel_layers:
+        from . import kernels
+
+        total += sum(kernels.weight_bytes(m) for m in kernel_layers)
+    return int(total)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_cell(runner: Runner, prompts: list[str], height: int, width: int, batch: int, steps: int = 1,
+                 warmup: int = 3, repeats: int = 30, seed: int = 0) -> dict:
+    """Time `repeats` calls of `batch` images after `warmup` calls; p50/p95/mean per stage, peak memory."""
+    device = runner.device
+    batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
+    seeds = [seed + i for i in range(batch)]
+    for _ in range(warmup):  # also captures the CUDA graphs of this bucket
+        runner(batch_prompts, seeds, height, width, steps)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    samples = {s: [] for s in STAGES}
+    for _ in range(repeats):
+        t = StageTimes()
+        runner(batch_prompts, seeds, height, width, steps, times=t)
+        for s in STAGES:
+            samples[s].append(getattr(t, f"{s}_ms"))
+    row = {}
+    for s in STAGES:
+        v = np.asarray(samples[s])
+        row[f"{s}_p50_ms"] = float(np.percentile(v, 50))
+        row[f"{s}_p95_ms"] = float(np.percentile(v, 95))
+    row["total_mean_ms"] = float(np.mean(samples["total"]))
+    row["images_per_s"] = batch / (row["total_mean_ms"] / 1e3)
+    row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return row

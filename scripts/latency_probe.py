@@ -1,0 +1,109 @@
+"""Latency and memory of one precision mode over resolution x batch (README section 3).
+
+Example (H100, full-size architecture with random weights, real kernels, CUDA graphs):
+    python scripts/latency_probe.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
+        --mode w4a8 --backend kernel --exec graph --res 512 768 1024 --batch 1 2 4 8 --out results/latency_w4a8.csv
+Tiny model on the CPU (what the tests run):
+    python scripts/latency_probe.py --mode w8a8 --res 64 --batch 1 --repeats 2 --out logs/latency_w8a8.csv
+
+One row per (resolution, batch) cell; columns are listed in the README. Quantized modes load
+<base_path>/ckpt.pth or calibrate and write it first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from quant_utils import repo_path  # noqa: E402
+from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args,  # noqa: E402
+                             quant_request_from_args, user_errors, weights_label)
+from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
+from quant_utils.generation import read_prompts  # noqa: E402
+from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
+from quant_utils.mixdq import MODES, quantize_pipeline  # noqa: E402
+from quant_utils.pipeline import ConfigError, check_resolution, resolve_device  # noqa: E402
+from quant_utils.runtime import Runner  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, resolution=False)
+    add_quant_args(p)
+    p.add_argument("--mode", default="fp16", choices=sorted(MODES), help="precision: fp16 or WxA8")
+    p.add_argument("--res", type=int, nargs="+", default=[512, 768, 1024], help="square resolutions")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8], help="batch sizes")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per cell")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per cell (graph capture, autotuning)")
+    p.add_argument("--base_path", default="logs/latency", help="quantized modes keep <base_path>/<mode>/ckpt.pth here")
+    p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="prompts (latency does not depend on them)")
+    p.add_argument("--out", default=None, help="output CSV (default results/latency_<mode>.csv)")
+    args = p.parse_args(argv)
+    for r in args.res:
+        check_resolution(r, r)
+    if min(args.batch) < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--batch and --repeats must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    # 1. model (FP16 on a GPU; --fp16 is implied there), quantized unless --mode fp16
+    if resolve_device(args.device).startswith("cuda"):
+        args.fp16 = True
+    cfg, pipe, device = pipeline_from_args(args)
+    if args.mode != "fp16" and device == "cpu" and args.backend == "kernel":
+        print("note: no CUDA here, the kernel backend falls back to fake quantization")
+    prompts = read_prompts(repo_path(args.prompts_file))
+    summary = {"avg_wbits": 16.0, "avg_abits": 16.0}
+    backend = "none"
+    if args.mode != "fp16":
+        if args.wbits is None and args.config_weight_mp is None:
+            args.wbits = MODES[args.mode][0]
+        args.abits = MODES[args.mode][1] if args.config_act_mp is None else args.abits
+        calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
+        r0 = args.res[0]
+        summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), repo_path(args.base_path) / args.mode / "ckpt.pth",
+                                    calib, args.seed, r0, r0, args.steps or cfg.steps, backend=args.backend)
+        print(f"{args.mode}: {summary['origin']}; W avg {summary['avg_wbits']:.2f}, A avg {summary['avg_abits']:.2f}")
+        backend = pipe.unet.conv_in.backend  # 'fake' when the kernel backend fell back on a CPU
+    runner = Runner(pipe, args.exec_mode)
+    weight_bytes = device_weight_bytes(pipe.unet)
+    # 2. the grid
+    rows = []
+    cells = [(r, b) for r in args.res for b in args.batch]
+    for res, batch in tqdm(cells, desc=f"latency {args.mode}", unit="cell"):
+        try:
+            m = measure_cell(runner, prompts, res, res, batch, args.steps or cfg.steps, args.warmup, args.repeats, args.seed)
+        except RuntimeError as e:  # out of memory: record the cell as missing, keep going
+            if "out of memory" not in str(e):
+                raise
+            import torch
+
+            torch.cuda.empty_cache()
+            print(f"  {res}px batch {batch}: out of memory, skipped")
+            continue
+        rows.append({"mode": args.mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
+                     "backend": backend, "exec": args.exec_mode, "height": res, "width": res, "batch": batch,
+                     "steps": args.steps or cfg.steps, "repeats": args.repeats, **m,
+                     "unet_weight_bytes": weight_bytes, "gpu": device_name(), "weights": weights_label(cfg, args)})
+    if not rows:
+        raise ConfigError("no cell could be measured")
+    # 3. write and print
+    df = pd.DataFrame(rows)
+    out = repo_path(args.out or f"results/latency_{args.mode}.csv")
+    write_csv(df, out, provenance(script="latency_probe", weights=weights_label(cfg, args), backend=backend,
+                                  mode=args.mode, exec=args.exec_mode, model=cfg.name, seed=args.seed))
+    cols = ["height", "batch", "text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms", "total_p95_ms",
+            "images_per_s", "peak_mem_gib"]
+    print(df[cols].round(2).to_string(index=False))
+    print(f"UNet weights on device: {weight_bytes / 2**20:.1f} MiB -> {out}")
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(parse_args())
