@@ -6,6 +6,6 @@ packing (weight formats), reference (integer-exact torch math, the CPU fallback)
 kernels and launchers), launch (tile configs, autotuning, parallel precompile), ops (torch custom ops),
 backend (per-layer state and dispatch). This package knows nothing of diffusers.
 """
-from .backend import FP16_CONVS, KernelState, forward, prepare, reference_forward, unpacked_weight, weight_bytes
+from .backend import FP16_CONVS, KernelState, Plan, forward, plan, prepare, reference_forward, unpacked_weight, weight_bytes
 
-__all__ = ["FP16_CONVS", "KernelState", "forward", "prepare", "reference_forward", "unpacked_weight", "weight_bytes"]
+__all__ = ["FP16_CONVS", "KernelState", "Plan", "plan", "forward", "prepare", "reference_forward", "unpacked_weight", "weight_bytes"]

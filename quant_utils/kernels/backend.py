@@ -64,23 +64,48 @@ class KernelState:
         return (a.scale, a.zero, a.qmin, a.qmax)
 
 
-def _int_unsupported(layer, c_in: int) -> str:
-    """Why the int kernels can't take this layer ('' if they can)."""
+@dataclass(frozen=True)
+class Plan:
+    """What prepare() will do with a layer, decided from its shapes and bits alone (no weights needed)."""
+    mode: str                 # int | wonly | fp16
+    why: str                  # why not int ('' when int)
+    bits: int | None = None   # packed storage format
+    group: int | None = None  # K-group size of the packed format
+    seg: tuple = ()           # input-channel segments (conv split) or (K,) for a linear
+
+
+def plan(layer) -> Plan:
+    """Mode and packed format for anything with the contract's attributes (a QuantLayer, or a namespace with
+    kind, w_bits, a_bits, split, in_features, out_features, weight_shape, and for convs stride/padding/groups/dilation)."""
+    if layer.w_bits is None:
+        return Plan("fp16", "fp16 weights")
+    zp = getattr(layer, "w_zero_point", None)
+    if zp is not None and zp.numel() and bool((zp != 0).any()):
+        return Plan("fp16", "asymmetric weights")
+    c_in, n = layer.in_features, layer.out_features
+    split = layer.split if layer.a_bits is not None and layer.split else None
+    why = ""
     if layer.kind == "conv":
+        shape = tuple(getattr(layer, "weight_shape", None) or layer.w_int.shape)
         if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
-            return "grouped/dilated conv"
-        if isinstance(layer.padding, str) or len(set(layer.stride)) != 1 or len(set(layer.padding)) != 1:
-            return "non-square stride/padding"
-        if c_in % 16 or (layer.split and layer.split % 16):
-            return "input channels not a multiple of 16"
-        if layer.out_features % 8:
-            return "output channels not a multiple of 8"
-        kh, kw = layer.w_int.shape[2:]
-        if (c_in, layer.out_features, kh, layer.stride[0]) in FP16_CONVS:
-            return "FP16_CONVS policy (cuDNN faster)"
-    elif c_in % 16 or layer.out_features % 8:
-        return "K not a multiple of 16 or N not a multiple of 8"
-    return ""
+            why = "grouped/dilated conv"
+        elif isinstance(layer.padding, str) or len(set(layer.stride)) != 1 or len(set(layer.padding)) != 1:
+            why = "non-square stride/padding"
+        elif c_in % 16 or (split and split % 16) or n % 8:
+            why = "channels not multiples of 16 (in) / 8 (out)"
+        elif (c_in, n, shape[2], layer.stride[0]) in FP16_CONVS:
+            why = "FP16_CONVS policy (cuDNN faster)"
+        elif layer.a_bits is None:
+            why = "protected input (conv)"
+        seg = (c_in,) if split is None else (split, c_in - split)
+    else:
+        if c_in % 16 or n % 8:
+            why = "K not a multiple of 16 or N not a multiple of 8"
+        seg = (c_in,)
+    if why:
+        return Plan("fp16", why)
+    bits = packing.storage_bits(layer.w_bits)
+    return Plan("int" if layer.a_bits is not None else "wonly", "", bits, packing.group_size(bits, list(seg)), seg)
 
 
 @torch.no_grad()
@@ -89,42 +114,32 @@ def prepare(layer) -> None:
     if getattr(layer, "kernel_state", None) is not None:
         return
     dev = layer.w_int.device if layer.w_bits is not None else layer.weight.device
-    n, c_in = layer.out_features, layer.in_features
-    bias = layer.bias.detach().float() if layer.bias is not None else None
-    conv = layer.kind == "conv"
-    st = KernelState(mode="fp16", kind=layer.kind, n=n, shape=tuple((layer.w_int if layer.w_bits is not None
-                                                                      else layer.weight).shape))
-    if conv:
-        st.stride, st.pad = int(layer.stride[0]), int(layer.padding[0]) if not isinstance(layer.padding, str) else 0
+    pl = plan(layer)
+    st = KernelState(mode=pl.mode, kind=layer.kind, n=layer.out_features, why=pl.why,
+                     shape=tuple((layer.w_int if layer.w_bits is not None else layer.weight).shape))
+    if layer.kind == "conv":
+        st.stride, st.pad = int(layer.stride[0]), int(layer.padding[0])
     if layer.a_bits is not None:
         st.act1 = ref.ActQuant.from_module(layer.act_quant)
         st.act2 = ref.ActQuant.from_module(layer.act_quant2) if layer.act_quant2 is not None else None
         st.split = layer.split if st.act2 is not None else None
     st.bos = bool(layer.bos) and layer.kind == "linear" and st.act1 is not None
-
-    if layer.w_bits is None:
-        st.why = "fp16 weights"
-        st.fp16_weight = layer.weight.detach().half()
-    elif getattr(layer, "w_zero_point", None) is not None and bool((layer.w_zero_point != 0).any()):
-        st.why = "asymmetric weights"
-    else:
-        why = _int_unsupported(layer, c_in)
-        if layer.a_bits is None and conv:
-            why = why or "protected input (conv)"
-        st.why = why
-        if not why:
-            st.mode = "int" if layer.a_bits is not None else "wonly"
-    if st.mode == "fp16" and st.fp16_weight is None:  # dequantized, exactly as the fake path computes it
-        shape = (-1,) + (1,) * (layer.w_int.dim() - 1)
-        zp = layer.w_zero_point.view(shape) if getattr(layer, "w_zero_point", None) is not None else 0
-        st.fp16_weight = ((layer.w_int.float() - zp) * layer.w_scale.view(shape)).half()
     if st.mode == "fp16":
+        if layer.w_bits is None:
+            st.fp16_weight = layer.weight.detach().half()
+        else:  # dequantized, exactly as the fake path computes it
+            shape = (-1,) + (1,) * (layer.w_int.dim() - 1)
+            zp = layer.w_zero_point.view(shape) if getattr(layer, "w_zero_point", None) is not None else 0
+            st.fp16_weight = ((layer.w_int.float() - zp) * layer.w_scale.view(shape)).half()
         st.bias16 = layer.bias.detach().half() if layer.bias is not None else None
     else:
-        _pack(st, layer, bias, dev)
+        _pack(st, layer, layer.bias.detach().float() if layer.bias is not None else None, dev)
     layer.kernel_state = st
-    # free the copies the kernels don't read: the FP weight and the unpacked int8 weight
+    # free the copies the kernels don't read: the FP weight, its bias, and the unpacked int8 weight
     layer.weight = None
+    layer.bias = None
+    if hasattr(layer, "_w_fake"):
+        layer._w_fake = None  # qlayers' cached dequantized weight
     if layer.w_bits is not None:  # the packed bytes (or the fp16 weight) now hold it; see unpacked_weight()
         layer.w_int = torch.empty(0, dtype=torch.int8, device=dev)
 
@@ -132,7 +147,7 @@ def prepare(layer) -> None:
 def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev) -> None:
     q_w = layer.w_int
     st.bits = packing.storage_bits(layer.w_bits)
-    packed, st.fmt = packing.pack_weight(q_w.cpu(), st.bits, st.split)
+    packed, st.fmt = packing.pack_weight(q_w, st.bits, st.split)  # on the layer's device
     st.packed = packed.to(dev)
     st.w_scale = layer.w_scale.detach().float().to(dev).contiguous()
     st.bias = bias.to(dev).contiguous() if bias is not None else None

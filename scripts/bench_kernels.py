@@ -1,0 +1,201 @@
+"""Benchmark the low-bit kernels on a GPU: per-shape GEMM/conv timings and whole UNet steps (README: kernels).
+
+Example (on the H100, full-size SDXL-Turbo UNet with random weights):
+    python scripts/bench_kernels.py --out_dir results
+Quick look at one point:
+    python scripts/bench_kernels.py --gemm_points 1024x4 --unet_points 1024x4 --formats W8A8
+
+Writes <out_dir>/kernels_<gpu>.csv (per layer shape: fp16 cuBLAS/cuDNN, torch._int_mm, W8A8/W6A8/W4A8, us and
+TOPS) and <out_dir>/kernels_unet_<gpu>.csv (UNet step: FP16 CUDA graph vs the kernel backend, p50/p95 ms,
+speedup, weight bytes, peak memory), plus <out_dir>/kernels_tuning_<gpu>.json (the autotuned tile configs).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from quant_utils import repo_path  # noqa: E402
+from quant_utils.cli import model_config_from_args, user_errors  # noqa: E402
+from quant_utils.csvio import provenance, write_csv  # noqa: E402
+from quant_utils.pipeline import ConfigError  # noqa: E402
+
+
+def _points(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in p.split("x")) for p in text.split(",") if p]
+    except ValueError:
+        raise ConfigError(f"points must look like 512x1,1024x4 (resolution x batch), got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/stable-diffusion/sdxl_turbo.yaml",
+                   help="model config whose full-size UNet architecture is benchmarked (random weights)")
+    p.add_argument("--out_dir", default="results", help="where the CSVs and the tuning JSON go")
+    p.add_argument("--gemm_points", default="512x1,1024x4", help="resolution x batch points of the per-shape table")
+    p.add_argument("--unet_points", default="1024x4,512x1,768x4,1024x1,512x4,768x1",
+                   help="resolution x batch points of the UNet-step table (in this order)")
+    p.add_argument("--formats", default="W8A8,W4A8,W6A8", help="kernel formats, in this order")
+    p.add_argument("--iters", type=int, default=50, help="timed CUDA-graph replays per UNet point")
+    p.add_argument("--fp16_convs", default="auto", choices=["auto", "none"],
+                   help="auto: convs whose int8 kernel (with its quantize pass) was slower than cuDNN in the per-shape "
+                        "table stay fp16 in the UNet step; none: every eligible conv runs the int8 kernel")
+    p.add_argument("--tuning_in", default=None, help="JSON of tile configs tuned earlier on this GPU model (skips timing)")
+    p.add_argument("--no_precompile", action="store_true", help="compile kernels lazily instead of in parallel first")
+    p.add_argument("--time_budget_s", type=float, default=1e9,
+                   help="stop starting new UNet points after this many seconds (what ran is written)")
+    args = p.parse_args(argv)
+    args.gemm_points, args.unet_points = _points(args.gemm_points), _points(args.unet_points)
+    args.formats = [f for f in args.formats.split(",") if f]
+    return args
+
+
+def main(args: argparse.Namespace) -> None:
+    import torch
+
+    from quant_utils import kernel_bench as kb
+    from quant_utils import kernels
+    from quant_utils.kernels import launch
+    from quant_utils.quantize import set_backend, skip_split_points
+
+    if not torch.cuda.is_available():
+        raise ConfigError("bench_kernels.py needs a CUDA GPU")
+    unknown = [f for f in args.formats if f not in kb.FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown formats {unknown}; choose from {list(kb.FORMATS)}")
+    t_start = time.perf_counter()
+    cfg = model_config_from_args(args)
+    gpu = torch.cuda.get_device_name(0)
+    tag = re.sub(r"[^a-z0-9]+", "_", gpu.lower()).strip("_")
+    out_dir = repo_path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.tuning_in:
+        print(f"[bench] loaded {launch.load_tuning(repo_path(args.tuning_in))} tuned configs")
+    meta = lambda **kw: provenance(script="bench_kernels", weights="random-full", gpu=gpu, **kw)  # noqa: E731
+
+    # 1. FP16 UNet: the layer calls of every point (shapes and counts per step)
+    with kb.timed("fp16 UNet, layer shapes"):
+        unet = kb.build_unet(cfg)
+        splits = skip_split_points(unet)
+        calls = {pt: kb.record_layer_calls(unet, kb.unet_inputs(unet, pt[1], pt[0]))
+                 for pt in dict.fromkeys(args.gemm_points + args.unet_points)}
+        fp16_bytes = kb.device_bytes(unet)
+
+    # 2. compile every kernel variant the formats may try, in parallel
+    wbits = [kb.FORMATS[f] for f in args.formats]
+    if not args.no_precompile:
+        with kb.timed("precompile"):
+            jobs = kb.precompile_jobs(sorted({c for cs in calls.values() for c in cs}, key=str), wbits, splits)
+            res = launch.precompile(jobs)
+            bad = [f"{j}: {r}" for j, r in res.items() if not r.startswith("ok")]
+            print(f"[bench] {len(res)} variants, {len(bad)} failed" + "".join(f"\n  {b}" for b in bad[:20]))
+
+    # 3. per-shape table: each distinct layer geometry of a point once, with its calls per step
+    rows = []
+    with kb.timed("per-shape table"):
+        for res_, batch in args.gemm_points:
+            for key, (n_calls, c) in kb.distinct_shapes(calls[(res_, batch)], splits).items():
+                if c.kind == "linear":
+                    m, k, n = key[1:]
+                    shape_rows, geo = kb.linear_shape_rows(m, k, n), f"{m}x{k}x{n}"
+                    c_in, ksize, stride = k, 1, 1
+                else:
+                    _, x_shape, w_shape, stride, split = key
+                    c_in, ksize = x_shape[1], w_shape[2]
+                    shape_rows = kb.conv_shape_rows(x_shape, w_shape[0], ksize, stride, c.padding, split)
+                    geo = (f"{'x'.join(map(str, x_shape))} k{ksize} s{stride} -> {w_shape[0]}"
+                           + (f" split {split}" if split else ""))
+                base = shape_rows[0]["us"]
+                for r in shape_rows:
+                    rows.append(dict(kind=c.kind, res=res_, batch=batch, shape=geo, c_in=c_in, c_out=c.weight_shape[0],
+                                     ksize=ksize, stride=stride, calls_per_step=n_calls, example_layer=c.name,
+                                     impl=r["impl"], us=round(r["us"], 2), tops=round(r["tops"], 1),
+                                     speedup_vs_fp16=round(base / r["us"], 3), config=r["config"]))
+        shapes_csv = out_dir / f"kernels_{tag}.csv"
+        write_csv(pd.DataFrame(rows), shapes_csv, meta(part="per-shape", timing="triton.testing.do_bench median"))
+        print(f"[bench] wrote {shapes_csv}")
+    # 4. which convs stay fp16: the int8 kernel with its quantize pass lost to cuDNN (time summed over the points)
+    if args.fp16_convs == "auto" and rows:
+        slower = _slower_convs(pd.DataFrame(rows), args.formats[0])
+        kernels.FP16_CONVS.update(slower)
+        print(f"[bench] convs kept on cuDNN fp16 (C_in, C_out, k, stride): {sorted(slower)}")
+
+    # 5. UNet steps
+    unet_rows = []
+    base_ms = {}
+    with kb.timed("fp16 UNet steps"):
+        for res_, batch in args.unet_points:
+            t, peak = kb.graph_times(kb.step_fn(unet, kb.unet_inputs(unet, batch, res_)), args.iters)
+            base_ms[(res_, batch)] = float(pd.Series(t).median())
+            unet_rows.append(_unet_row("fp16 (CUDA graph)", res_, batch, t, base_ms[(res_, batch)], fp16_bytes,
+                                       fp16_bytes, peak, ""))
+            print(unet_rows[-1])
+    del unet
+    _free()
+    unet_csv = out_dir / f"kernels_unet_{tag}.csv"
+    unet_meta = lambda: meta(part="unet-step", timing="CUDA graph replay, CUDA events", iters=args.iters,  # noqa: E731
+                             fp16_convs=sorted(kernels.FP16_CONVS))
+    write_csv(pd.DataFrame(unet_rows), unet_csv, unet_meta())
+    for fmt in args.formats:
+        with kb.timed(f"{fmt} UNet steps"):
+            unet = kb.build_unet(cfg)
+            kb.quantize_random(unet, kb.FORMATS[fmt], 8, calib=kb.unet_inputs(unet, 1, 512, seed=1))
+            set_backend(unet, "kernel")
+            _free()
+            wbytes = kb.device_bytes(unet)
+            modes = dict(kb.kernel_modes(unet))
+            for res_, batch in args.unet_points:
+                if time.perf_counter() - t_start > args.time_budget_s:
+                    print(f"[bench] time budget reached: skipping {fmt} {res_}x{batch}")
+                    continue
+                t, peak = kb.graph_times(kb.step_fn(unet, kb.unet_inputs(unet, batch, res_)), args.iters)
+                unet_rows.append(_unet_row(f"{fmt} kernel (CUDA graph)", res_, batch, t, base_ms.get((res_, batch)),
+                                           wbytes, fp16_bytes, peak, str(modes)))
+                print(unet_rows[-1])
+            del unet
+            _free()
+        write_csv(pd.DataFrame(unet_rows), unet_csv, unet_meta())
+        launch.save_tuning(out_dir / f"kernels_tuning_{tag}.json")
+    print(f"[bench] wrote {unet_csv} ({time.perf_counter() - t_start:.0f}s)")
+    print(pd.DataFrame(unet_rows)[["variant", "res", "batch", "p50_ms", "p95_ms", "speedup", "weight_ratio",
+                                   "peak_mem_gib"]].to_string(index=False))
+
+
+def _slower_convs(rows: pd.DataFrame, fmt: str) -> set:
+    """(C_in, C_out, k, stride) where `fmt` with its quantize pass took longer than cuDNN fp16, each point's time
+    weighted by its calls per step and summed over the points."""
+    conv = rows[rows.kind == "conv"].assign(total=lambda d: d.us * d.calls_per_step)
+    out = set()
+    for geo, g in conv.groupby(["c_in", "c_out", "ksize", "stride"]):
+        if g[g.impl == fmt + " +quant"].total.sum() > g[g.impl == "fp16 cuDNN"].total.sum():
+            out.add(tuple(int(v) for v in geo))
+    return out
+
+
+def _unet_row(variant, res, batch, t, base, wbytes, fp16_bytes, peak, modes) -> dict:
+    import numpy as np
+
+    p50 = float(np.median(t))
+    return dict(variant=variant, res=res, batch=batch, p50_ms=round(p50, 3), p95_ms=round(float(np.percentile(t, 95)), 3),
+                speedup=round(base / p50, 3) if base else None, weight_bytes=wbytes,
+                weight_ratio=round(wbytes / fp16_bytes, 4), peak_mem_gib=round(peak, 3), layer_modes=modes)
+
+
+def _free() -> None:
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(parse_args())
