@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from .csvio import atomic_write_text, read_csv, read_provenance
+
 FORMAT = "mixdq-perf-model/1"
 STAGES = ("text", "unet", "vae")
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -157,7 +159,7 @@ class GroupModel:
         return "unet" in self.p50
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, with_loo: bool = True) -> "GroupModel":
+    def fit(cls, df: pd.DataFrame) -> "GroupModel":
         cols = feature_columns(df["height"], df["width"], df["batch"], _steps(df))
         staged = all(f"{s}_p50_ms" in df and df[f"{s}_p50_ms"].notna().all() for s in STAGES)
         p50, spread = {}, {}
@@ -184,8 +186,6 @@ class GroupModel:
                     backend=str(first.get("backend", "unknown")), steps=int(pd.Series(_steps(df)).mode()[0]),
                     n_cells=len(df), pixels=(int(pix.min()), int(pix.max())),
                     batches=(int(df["batch"].min()), int(df["batch"].max())), p50=p50, spread=spread, memory=memory)
-        if with_loo:
-            model.loo = summarize_errors(leave_one_out(df))
         return model
 
     def predict(self, height, width, batch, steps=None) -> dict[str, np.ndarray]:
@@ -233,7 +233,7 @@ def leave_one_out(df: pd.DataFrame) -> pd.DataFrame:
     if len(df) < 3:  # two cells cannot hold one out and still fit a fixed + slope model
         return pd.DataFrame(columns=["mode", "exec", "height", "width", "batch", "target", "measured", "predicted", "err_pct"])
     for i in range(len(df)):
-        m = GroupModel.fit(df.drop(index=i), with_loo=False)
+        m = GroupModel.fit(df.drop(index=i))
         cell = df.iloc[i]
         pred = m.predict(cell["height"], cell["width"], cell["batch"], int(_steps(df)[i]))
         for t in LOO_TARGETS:
@@ -265,6 +265,7 @@ class PerfModel:
     synthetic: bool = False
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    loo_cells: pd.DataFrame | None = field(default=None, repr=False)  # per-cell LOO errors of the last fit (not saved)
 
     # ---- construction
     @classmethod
@@ -277,16 +278,21 @@ class PerfModel:
         if df.empty:
             raise config_error("latency table has no rows")
         groups: dict[str, dict[str, GroupModel]] = {}
+        loo_frames = []
         for (mode, ex), g in df.groupby(["mode", "exec"], sort=True):
-            groups.setdefault(str(mode), {})[str(ex)] = GroupModel.fit(g.reset_index(drop=True), with_loo=with_loo)
+            gm = groups.setdefault(str(mode), {})[str(ex)] = GroupModel.fit(g.reset_index(drop=True))
+            if with_loo:
+                loo_frames.append(leave_one_out(g))
+                gm.loo = summarize_errors(loo_frames[-1])
         gpu = gpu or (", ".join(sorted(df["gpu"].astype(str).unique())) if "gpu" in df else "unknown")
         weights = weights or (", ".join(sorted(df["weights"].astype(str).unique())) if "weights" in df else "unknown")
-        return cls(groups=groups, gpu=gpu, weights=weights, sources=[str(s) for s in sources], synthetic=synthetic, note=note)
+        if "gpu" in df and (df["gpu"].astype(str) == "synthetic").all() and not synthetic:
+            synthetic, note = True, note or "SYNTHETIC: fitted from a synthetic latency table, not a measurement"
+        return cls(groups=groups, gpu=gpu, weights=weights, sources=[str(s) for s in sources], synthetic=synthetic,
+                   note=note, loo_cells=pd.concat(loo_frames, ignore_index=True) if loo_frames else None)
 
     @classmethod
     def fit_csvs(cls, paths: Sequence[str | Path], **kw) -> "PerfModel":
-        from .csvio import read_csv, read_provenance
-
         frames = []
         for p in paths:
             if not Path(p).is_file():
@@ -296,7 +302,7 @@ class PerfModel:
         prov = read_provenance(paths[0])
         kw.setdefault("gpu", prov.get("gpu"))
         kw.setdefault("weights", prov.get("weights"))
-        return cls.fit(df, sources=[str(p) for p in paths], **kw)
+        return cls.fit(df, sources=[_repo_relative(p) for p in paths], **kw)
 
     # ---- queries
     @property
@@ -349,8 +355,6 @@ class PerfModel:
                 **({"extra": self.extra} if self.extra else {})}
 
     def save(self, path: str | Path) -> Path:
-        from .csvio import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return Path(path)
 
@@ -359,8 +363,10 @@ class PerfModel:
         p = Path(path)
         if not p.is_file():
             raise config_error(
-                f"performance model {p} does not exist: fit it from latency_probe CSVs with\n"
-                f"  python scripts/fit_perf_model.py --csv results/latency_*.csv --out {path}")
+                f"performance model {_repo_relative(p)} does not exist: fit it from latency_probe CSVs with\n"
+                f"  python scripts/fit_perf_model.py --csv results/latency_*.csv --out {_repo_relative(p)}\n"
+                f"  (or, to try things out, a labelled synthetic one: python scripts/fit_perf_model.py --synthetic "
+                f"--out logs/perf_model_synthetic.json, then pass --perf_model logs/perf_model_synthetic.json)")
         d = json.loads(p.read_text())
         if d.get("format") != FORMAT:
             raise config_error(f"{p}: format {d.get('format')!r}, expected {FORMAT!r}")
@@ -368,6 +374,13 @@ class PerfModel:
         return cls(groups=groups, gpu=d.get("gpu", "unknown"), weights=d.get("weights", "unknown"),
                    sources=d.get("sources", []), synthetic=bool(d.get("synthetic", False)), note=d.get("note", ""),
                    extra=d.get("extra", {}))
+
+
+def _repo_relative(path: str | Path) -> str:
+    from . import REPO_ROOT
+
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
 
 
 def _check_cells(height, width, batch) -> None:

@@ -9,13 +9,13 @@ One interface for all (a new policy is a subclass with a `choose` method):
 
 `queue_len` is the number of requests waiting (not yet in service) at the replica the request goes to,
 `backlog_ms` the predicted time until that replica could start it (computed only for policies with
-`needs_backlog = True`). `cost_ms(option)` is the predicted batch-1 latency of an option (bound by the
-simulator or the live runner from the performance model). A request that asks for a resolution is
+`needs_backlog = True`). `self.costs[option]` is the predicted batch-1 latency (ms) of each of its
+options (bound by the simulator or the live runner from the performance model). A request that asks for a resolution is
 never served above it (`decide` caps the choice).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import pandas as pd
 
@@ -44,14 +44,15 @@ class Policy:
         if not ladder:
             raise config_error(f"policy {self.name}: needs at least one (res, mode) option")
         self.ladder = [Option(int(o.res), str(o.mode)) for o in ladder]
-        self.cost_ms: Callable[[Option], float] = lambda o: 0.0
+        self.costs: dict[Option, float] = {o: 0.0 for o in self.ladder}
 
     def options(self) -> list[Option]:
         """Every option the policy may choose (so service tables can be prepared)."""
         return list(self.ladder)
 
-    def bind(self, cost_ms: Callable[[Option], float]) -> None:
-        self.cost_ms = cost_ms
+    def bind(self, costs: dict[Option, float]) -> None:
+        """Predicted batch-1 ms of every option in `options()`."""
+        self.costs = dict(costs)
 
     def reset(self) -> None:
         """Forget run state (called before each run)."""
@@ -129,11 +130,16 @@ class SLOPredictive(Policy):
             raise config_error(f"slo_ms={slo_ms} must be > 0")
         self.slo_ms = float(slo_ms)
 
+    def bind(self, costs):
+        super().bind(costs)
+        self._by_quality = [(o, self.costs[o]) for o in self.ladder]
+        self._cheapest = min(self.ladder, key=self.costs.__getitem__)
+
     def choose(self, now_s, queue_len, backlog_ms):
-        for opt in self.ladder:
-            if backlog_ms + self.cost_ms(opt) <= self.slo_ms:
+        for opt, cost in self._by_quality:
+            if backlog_ms + cost <= self.slo_ms:
                 return opt
-        return min(self.ladder, key=self.cost_ms)
+        return self._cheapest
 
     def describe(self) -> str:
         return f"{super().describe()} slo_ms={self.slo_ms:g}"
@@ -148,10 +154,10 @@ class AdmissionControl(Policy):
         self.inner, self.slo_ms = inner, float(slo_ms)
         self.name = f"{inner.name}+admission"
 
-    def bind(self, cost_ms):
-        super().bind(cost_ms)
-        self.inner.bind(cost_ms)
-        self._cheapest = min(cost_ms(o) for o in self.ladder)
+    def bind(self, costs):
+        super().bind(costs)
+        self.inner.bind(costs)
+        self._cheapest = min(self.costs.values())
 
     def reset(self):
         self.inner.reset()

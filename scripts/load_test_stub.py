@@ -1,0 +1,202 @@
+"""Load test: burst and Poisson load, static vs adaptive serving policy, simulated or live (README section 3.policy).
+
+With no arguments, the source's sweep, simulated on the committed performance model (results/perf_model.json):
+burst with concurrency 1 and 2 (closed loop: c clients sending back to back) and Poisson λ in {0.5, 1, 2, 4}
+req/s, W8/W6/W4, static vs adaptive:
+    python scripts/load_test_stub.py
+Loads as fractions of capacity, the SLO-predictive policy with admission control, 2 replicas, batches of 4:
+    python scripts/load_test_stub.py --patterns poisson --load 0.5 0.8 0.95 1.1 --policies static adaptive slo \
+        --admission --replicas 2 --max_batch 4 --dispatch jsq
+Live: the same arrival traces against the in-process pipeline (here the tiny model on the CPU), plus a fidelity
+table of simulated vs live p50/p95 (the simulator then uses a model calibrated on this generator unless
+--perf_model is of this very device):
+    python scripts/load_test_stub.py --live --res 64 --ladder 64 32 --patterns poisson --load 0.5 0.8 --wbits 8 4 \
+        --num_requests 12
+
+Writes <base_path>/queue_tests/<run_name>/: mixdq_queue_results.csv and .txt (one row/line per run),
+mixdq_queue_requests.csv (one row per request), config.json (the resolved configuration) and, with --live,
+mixdq_queue_fidelity.csv and perf_model_live.json. Seeds: --seed, else $MIXDQ_LOADTEST_SEED, else 0.
+Plot with: python scripts/plot_mixdq_queue_results.py <...>/mixdq_queue_results.csv
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from quant_utils import repo_path  # noqa: E402
+from quant_utils.cli import add_model_args, user_errors  # noqa: E402
+from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
+from quant_utils.perf_model import PerfModel, config_error, wbits_mode  # noqa: E402
+from quant_utils.serving import live, sweep  # noqa: E402
+from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
+from quant_utils.serving.simulator import DISPATCH, NOISE, ServerConfig, ServiceTable, simulate  # noqa: E402
+from quant_utils.serving.workloads import PATTERNS, resolve_seed  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("workload")
+    g.add_argument("--patterns", nargs="+", default=["burst", "poisson"], choices=PATTERNS, help="arrival patterns")
+    g.add_argument("--conc", nargs="+", type=int, default=[1, 2], help="burst: closed-loop concurrency (clients)")
+    g.add_argument("--burst_size", type=int, default=None, help="burst: open-loop bursts of this many requests ...")
+    g.add_argument("--burst_every_s", type=float, default=None, help="... every this many seconds (0 = all at once)")
+    g.add_argument("--rates", nargs="*", type=float, default=None, help="Poisson/gamma rates, req/s (default 0.5 1 2 4 without --load)")
+    g.add_argument("--load", nargs="*", type=float, default=[], help="Poisson/gamma rates as fractions of the static config's capacity")
+    g.add_argument("--burstiness", type=float, default=0.5, help="gamma: shape of inter-arrivals (1 = Poisson, <1 burstier)")
+    g.add_argument("--trace", default=None, help="trace CSV (arrival_s[, prompt, res]) for --patterns trace")
+    g.add_argument("--num_requests", type=int, default=None, help="requests per run (default 2000 simulated, 100 with --live)")
+    s = p.add_argument_group("policies")
+    s.add_argument("--wbits", nargs="+", type=int, default=[8, 6, 4], help="weight bit-widths (16 = fp16); mode w<b>a8")
+    s.add_argument("--policies", nargs="+", default=["static", "adaptive"], choices=POLICIES, help="policies to compare")
+    s.add_argument("--res", type=int, default=1024, help="static resolution (and the most a request gets)")
+    s.add_argument("--ladder", nargs="+", type=int, default=[1024, 768, 512], help="adaptive/slo resolutions, best first")
+    s.add_argument("--adaptive_wbits", nargs="*", type=int, default=[], help="lower bit-widths adaptive/slo may also use")
+    s.add_argument("--q_high", type=int, default=4, help="adaptive: step k down at q_high*(k+1) waiting requests")
+    s.add_argument("--q_low", type=int, default=1, help="adaptive: step back up at q_low + q_high*k (hysteresis)")
+    s.add_argument("--slo_ms", type=float, default=1000.0, help="latency SLO, ms (metrics, slo policy, admission)")
+    s.add_argument("--admission", action="store_true", help="reject requests that even the cheapest option cannot serve in time")
+    s.add_argument("--quality_csv", default=None, help="quality table (e.g. eval_grid's CSV) ordering the slo policy's options")
+    s.add_argument("--quality_col", default="clip_score", help="column of --quality_csv to rank by (higher = better)")
+    v = p.add_argument_group("server")
+    v.add_argument("--perf_model", default="results/perf_model.json", help="performance model JSON (scripts/fit_perf_model.py)")
+    v.add_argument("--replicas", type=int, default=1, help="GPU replicas (simulated)")
+    v.add_argument("--max_batch", type=int, default=1, help="largest batch a replica serves")
+    v.add_argument("--dispatch", default="rr", choices=DISPATCH, help="round robin or join-shortest-queue")
+    v.add_argument("--noise", default="lognormal", choices=NOISE, help="service-time noise (lognormal: the model's p50->p95)")
+    o = p.add_argument_group("output and live")
+    o.add_argument("--base_path", default="logs/sdxl_mixdq_eval", help="results go to <base_path>/queue_tests/<run_name>/")
+    o.add_argument("--run_name", default=None, help="folder name (default: a timestamp)")
+    o.add_argument("--live", action="store_true", help="also replay every run against the in-process pipeline")
+    o.add_argument("--calibrate", action="store_true", help="--live: time the generator for the simulator even if --perf_model exists")
+    o.add_argument("--calibrate_repeats", type=int, default=3, help="timed calls per (res, mode, batch) when calibrating")
+    o.add_argument("--prompt", default="a corgi in sunglasses", help="prompt of every live request (unless the trace has prompts)")
+    o.add_argument("--cpu_threads", type=int, default=1, help="--live on CPU: torch intra-op threads (1 leaves a core to the replay thread)")
+    add_model_args(p, resolution=False)
+    if not any("--exec" in a.option_strings for a in p._actions):
+        p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
+    next(a for a in p._actions if a.dest == "exec_mode").help = (
+        "exec mode: the perf model's cells to simulate (default: graph when measured) and, with --live, the Runner's "
+        "(default: graph on CUDA, else eager)")
+    p.set_defaults(seed=None, exec_mode=None)
+    next(a for a in p._actions if a.dest == "seed").help = "arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i"
+    args = p.parse_args(argv)
+    if args.rates is None:
+        args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
+    if args.live and args.replicas != 1:
+        p.error("--live runs one in-process worker: use --replicas 1")
+    return args
+
+
+def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, list[str]]:
+    """One generate callable per mode. Here: the model of --config for every mode (bit-width switching is then
+    a no-op and a note says so); quantized callables plug in as {mode: generate}."""
+    from quant_utils.cli import pipeline_from_args
+    from quant_utils.pipeline import check_steps
+    from quant_utils.runtime import Runner
+
+    cfg, pipe, device = pipeline_from_args(args)
+    if str(device) == "cpu":  # oversubscribed OpenMP threads make CPU latency erratic (seconds instead of ~0.1 s)
+        import torch
+        torch.set_num_threads(args.cpu_threads)
+    runner = Runner(pipe, args.exec_mode or ("graph" if str(device).startswith("cuda") else "eager"))
+    steps = args.steps or cfg.steps
+    check_steps(steps)
+    guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    name = "fp16" if args.fp16 or cfg.dtype == "float16" else cfg.dtype
+    return live.resolve_variants({name: lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)}, modes)
+
+
+def perf_for_run(args, variants: dict, options: list[Option], out: Path) -> tuple[PerfModel, str]:
+    """The performance model: --perf_model, or (--live, when it is of another device or absent) one calibrated here."""
+    path = repo_path(args.perf_model)
+    if not args.live:
+        return PerfModel.load(path), args.perf_model
+    from quant_utils.csvio import device_name
+
+    here = device_name()
+    if path.is_file() and not args.calibrate:
+        pm = PerfModel.load(path)
+        if pm.gpu == here:
+            return pm, args.perf_model
+        print(f"{args.perf_model} models {pm.gpu}, this is {here}: calibrating the live generator")
+    table = live.calibrate(variants, options, args.max_batch, args.calibrate_repeats, args.steps or 1, here, args.prompt)
+    pm = PerfModel.fit(table, gpu=here, weights="live", note="calibrated on the live generator by load_test_stub --live")
+    pm.save(out / "perf_model_live.json")
+    return pm, str(out / "perf_model_live.json")
+
+
+def main(args: argparse.Namespace) -> None:
+    # 1. seed, modes, output folder
+    seed = resolve_seed(args.seed)
+    modes = [wbits_mode(b) for b in args.wbits]
+    extra_modes = [wbits_mode(b) for b in args.adaptive_wbits]
+    n = args.num_requests or (100 if args.live else 2000)
+    out = repo_path(args.base_path) / "queue_tests" / (args.run_name or time.strftime("%Y%m%d_%H%M%S"))
+    if args.res not in args.ladder and any(p != "static" for p in args.policies):
+        raise config_error(f"--res {args.res} must be one of --ladder {args.ladder} (the adaptive ladder starts there)")
+    ladder = args.ladder[args.ladder.index(args.res):] if args.res in args.ladder else [args.res]
+    # 2. generators (live) and the performance model
+    variants, notes = live_variants(args, modes + extra_modes) if args.live else ({}, [])
+    options = [Option(r, m) for r in ladder for m in modes + extra_modes]
+    perf, perf_src = perf_for_run(args, variants, options, out)
+    server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
+    # 3. the cells and their policies
+    quality = None
+    if args.quality_csv:
+        from quant_utils.csvio import read_csv
+        quality = read_csv(repo_path(args.quality_csv))
+    cells = sweep.build_cells(args.patterns, modes, args.policies, n, conc=args.conc, rates=args.rates, loads=args.load,
+                              burstiness=args.burstiness, burst_size=args.burst_size, burst_every_s=args.burst_every_s,
+                              trace=args.trace and str(repo_path(args.trace)),
+                              capacity=lambda m: perf.capacity(m, args.res, args.max_batch, args.exec_mode) * args.replicas)
+    make_policy = lambda c: build_policy(c.policy, c.mode, args.res, ladder, bits_ladder=extra_modes,  # noqa: E731
+                                         q_high=args.q_high, q_low=args.q_low, slo_ms=args.slo_ms,
+                                         admission=args.admission, quality=quality, score=args.quality_col)
+    # 4. simulate every cell; with --live, replay the same traces against the pipeline
+    common = dict(server=server, static_res=args.res, seed=seed, slo_ms=args.slo_ms, perf=perf)
+    results, requests = sweep.run_cells(cells, make_policy, lambda w, p: simulate(w, p, perf, server, seed), "sim",
+                                        progress=lambda c: tqdm(c, desc="simulating", unit="run"), **common)
+    fidelity = None
+    if args.live:
+        prompts = [args.prompt]
+        run = lambda w, p: live.run_live(w, p, variants, ServiceTable(perf, args.max_batch, args.exec_mode, args.steps), prompts, seed)  # noqa: E731
+        live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
+                                             progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
+        fidelity = sweep.fidelity_table(results, live_res)
+        results = pd.concat([results, live_res], ignore_index=True)
+        requests = pd.concat([requests, live_req], ignore_index=True)
+    # 5. write the results, the per-request table, the report and the resolved config
+    meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
+                      perf_synthetic=perf.synthetic, sources="sim" + ("+live" if args.live else ""), seed=seed,
+                      notes=" | ".join(notes) or "none")
+    write_csv(results, out / "mixdq_queue_results.csv", meta)
+    write_csv(requests, out / "mixdq_queue_requests.csv", meta)
+    header = [f"MixDQ queue test @ {out.name}", f"performance model: {perf_src} ({perf.gpu}"
+              f"{', SYNTHETIC' if perf.synthetic else ''}); seed {seed}; {n} requests per run",
+              f"server: {args.replicas} replica(s), max batch {args.max_batch}, dispatch {args.dispatch}, "
+              f"SLO {args.slo_ms:g} ms; 'sim' rows are simulated, 'live' rows measured", *notes]
+    lines = sweep.text_report(results, header)
+    if fidelity is not None:
+        write_csv(fidelity, out / "mixdq_queue_fidelity.csv", meta)
+        lines += ["", "fidelity (simulated vs live):", fidelity.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
+    atomic_write_text(out / "mixdq_queue_results.txt", "\n".join(lines) + "\n")
+    config = dict(vars(args), seed=seed, modes=modes, num_requests=n, ladder=ladder, perf_model=perf_src,
+                  perf_gpu=perf.gpu, perf_synthetic=perf.synthetic, notes=notes,
+                  policies_resolved={c.run_id: make_policy(c).describe() for c in cells}, cells=sweep.cell_config(cells))
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1, default=str) + "\n")
+    print("\n".join(lines))
+    print(f"\nWrote {out}/mixdq_queue_results.csv (+ .txt, mixdq_queue_requests.csv, config.json)")
+    print(f"Next: python scripts/plot_mixdq_queue_results.py {out}/mixdq_queue_results.csv")
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(parse_args())

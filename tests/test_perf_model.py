@@ -1,0 +1,151 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_main
+from quant_utils.csvio import provenance, read_csv, write_csv
+from quant_utils.perf_model import (FEATURES, SYNTHETIC_BASE, SYNTHETIC_PARAMS, PerfModel, feature_columns,
+                                    leave_one_out, synthetic_latency_frame)
+from quant_utils.pipeline import ConfigError
+
+
+def true_p50(mode: str, res, batch, steps=1) -> np.ndarray:
+    """Ground truth of synthetic_latency_frame (noise-free)."""
+    cols = feature_columns(res, res, batch, steps)
+    st = {s: sum(v * cols[k] for k, v in SYNTHETIC_BASE[s].items()) for s in ("text", "unet", "vae", "overhead")}
+    st["unet"] = st["unet"] * SYNTHETIC_PARAMS[mode]["unet_scale"]
+    return sum(st.values())
+
+
+@pytest.fixture(scope="module")
+def noisy_model():
+    return PerfModel.fit(synthetic_latency_frame(noise=0.02, seed=1))
+
+
+def test_recovers_known_parameters_exactly_without_noise():
+    m = PerfModel.fit(synthetic_latency_frame(noise=0.0), with_loo=False)
+    for mode, par in SYNTHETIC_PARAMS.items():
+        g = m.group(mode)
+        for stage in ("text", "vae", "overhead"):
+            for k, v in SYNTHETIC_BASE[stage].items():
+                assert g.p50[stage].coef[k] == pytest.approx(v, rel=1e-6, abs=1e-9), (mode, stage, k)
+        for k, v in SYNTHETIC_BASE["unet"].items():
+            assert g.p50["unet"].coef[k] == pytest.approx(v * par["unet_scale"], rel=1e-6), (mode, k)
+        assert g.memory.coef["mpix"] == pytest.approx(SYNTHETIC_BASE["memory"]["mpix"], rel=1e-6)
+        assert g.memory.coef["fixed"] == pytest.approx(SYNTHETIC_BASE["memory"]["fixed"] + par["unet_gib"], rel=1e-6)
+        assert g.spread["total"].rel == pytest.approx(SYNTHETIC_BASE["spread"]["rel"], rel=1e-6)
+
+
+def test_recovers_parameters_and_unmeasured_resolutions_with_noise(noisy_model):
+    for mode, par in SYNTHETIC_PARAMS.items():
+        g = noisy_model.group(mode)
+        # the dominant work terms come back within a few percent despite 2% noise per cell
+        assert g.p50["unet"].coef["steps_mpix"] == pytest.approx(SYNTHETIC_BASE["unet"]["steps_mpix"] * par["unet_scale"], rel=0.1)
+        assert g.p50["vae"].coef["mpix"] == pytest.approx(SYNTHETIC_BASE["vae"]["mpix"], rel=0.1)
+        # and the total at resolutions never measured (640, 896, 1152) is within 4% of the truth
+        res = np.array([640, 896, 1152, 640, 896])
+        batch = np.array([1, 1, 1, 3, 6])
+        pred = noisy_model.predict(mode, res, res, batch)["total_p50_ms"]
+        np.testing.assert_allclose(pred, true_p50(mode, res, batch), rtol=0.04)
+
+
+def test_predictions_monotone_in_pixels_and_batch(noisy_model):
+    res = np.arange(256, 1537, 64)
+    for mode in noisy_model.modes:
+        for b in (1, 2, 3, 8, 16):
+            p = noisy_model.predict(mode, res, res, np.full_like(res, b))
+            for key, v in p.items():
+                assert np.all(np.diff(v) >= 0), (mode, b, key)
+        for r in (512, 832, 1024):
+            batches = np.arange(1, 17)
+            p = noisy_model.predict(mode, np.full_like(batches, r), np.full_like(batches, r), batches)
+            for key, v in p.items():
+                assert np.all(np.diff(v) >= 0), (mode, r, key)
+            assert np.all(p["total_p95_ms"] >= p["total_p50_ms"])
+
+
+def test_capacity_is_batch_over_latency_and_batching_helps(noisy_model):
+    for b in (1, 4):
+        p = noisy_model.predict("w8a8", 768, 768, b)["total_p50_ms"]
+        assert noisy_model.capacity("w8a8", 768, b) == pytest.approx(b / p * 1000)
+    assert noisy_model.capacity("w8a8", 512, 8) > noisy_model.capacity("w8a8", 512, 1)  # fixed costs amortised
+    assert noisy_model.capacity("w8a8", (512, 768), 1) > noisy_model.capacity("w8a8", 768, 1)
+
+
+def test_json_round_trip(tmp_path, noisy_model):
+    noisy_model.sources = ["results/latency_fp16.csv"]
+    path = noisy_model.save(tmp_path / "pm.json")
+    back = PerfModel.load(path)
+    d = json.loads(path.read_text())
+    assert d["synthetic"] is True and d["gpu"] == "synthetic" and d["sources"] == ["results/latency_fp16.csv"]
+    assert {r["target"] for r in d["fit_error"]} >= {"total_p50_ms", "unet_p50_ms", "peak_mem_gib"}
+    assert back.modes == noisy_model.modes == ["fp16", "w8a8", "w6a8", "w4a8"]
+    for mode in back.modes:
+        a = noisy_model.predict(mode, [512, 896], [512, 896], [1, 4])
+        b = back.predict(mode, [512, 896], [512, 896], [1, 4])
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-12)
+    pd.testing.assert_frame_equal(back.fit_error(), noisy_model.fit_error())
+
+
+def test_leave_one_out_on_synthetic():
+    df = synthetic_latency_frame(modes=("w8a8",), noise=0.02, seed=3)
+    loo = leave_one_out(df)
+    assert set(loo["target"]) == {"text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms", "total_p95_ms", "peak_mem_gib"}
+    tot = loo[loo["target"] == "total_p50_ms"]["err_pct"].abs()
+    assert len(tot) == 12 and tot.median() < 5 and tot.max() < 15
+    # noise-free data: held-out cells are predicted exactly
+    exact = leave_one_out(synthetic_latency_frame(modes=("w8a8",), noise=0.0))
+    assert exact["err_pct"].abs().max() < 1e-6
+    # a corrupted cell shows up as a large held-out error
+    bad = df.copy()
+    bad.loc[5, "total_p50_ms"] *= 1.5
+    err = leave_one_out(bad)
+    worst = err[err["target"] == "total_p50_ms"].set_index(["height", "batch"])["err_pct"].abs()
+    assert worst.idxmax() == (int(bad.loc[5, "height"]), int(bad.loc[5, "batch"])) and worst.max() > 25
+
+
+def test_total_only_tables_and_unidentifiable_features():
+    # a live calibration has only totals, batch 1 only: 'batch' cannot be told from 'fixed' and is dropped
+    df = synthetic_latency_frame(modes=("w8a8",), batches=(1,), noise=0.0)
+    df = df.drop(columns=[c for c in df.columns if c.split("_")[0] in ("text", "unet", "vae")] + ["peak_mem_gib"])
+    g = PerfModel.fit(df).group("w8a8")
+    assert not g.staged and g.p50["total"].coef["batch"] == 0.0 and g.memory is None
+    p = PerfModel.fit(df).predict("w8a8", 768, 768, 1)
+    assert set(p) == {"total_p50_ms", "total_p95_ms"}
+    assert p["total_p50_ms"] == pytest.approx(df.loc[df["height"] == 768, "total_p50_ms"].item(), rel=1e-6)
+    assert set(FEATURES["total"]) == set(g.p50["total"].coef)
+
+
+def test_clear_errors(tmp_path, noisy_model):
+    with pytest.raises(ConfigError, match="w5a8.*fp16"):
+        noisy_model.predict("w5a8", 512, 512)
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        noisy_model.predict("w8a8", 500, 512)
+    with pytest.raises(ConfigError, match="exec 'eager'"):
+        noisy_model.predict("w8a8", 512, 512, exec="eager")
+    with pytest.raises(ConfigError, match="fit_perf_model.py"):
+        PerfModel.load(tmp_path / "absent.json")
+    with pytest.raises(ConfigError, match="total_p95_ms"):
+        PerfModel.fit(synthetic_latency_frame().drop(columns=["total_p95_ms"]))
+
+
+def test_fit_script_on_synthetic_csvs(tmp_path, capsys):
+    df = synthetic_latency_frame(noise=0.01)
+    paths = []
+    for mode, g in df.groupby("mode"):
+        paths.append(write_csv(g, tmp_path / f"latency_{mode}.csv", provenance(script="test", gpu="synthetic", weights="synthetic")))
+    out, png = tmp_path / "pm.json", tmp_path / "latency_vs_res.png"
+    assert run_main("fit_perf_model.py", "--csv", *paths, "--out", out, "--plot", png) == 0
+    text = capsys.readouterr().out
+    assert "median_abs_pct" in text and "SYNTHETIC" in text
+    d = json.loads(out.read_text())
+    assert d["synthetic"] is True and len(d["sources"]) == 4 and set(d["models"]) == set(SYNTHETIC_PARAMS)
+    loo = read_csv(tmp_path / "pm_loo.csv")
+    assert {"mode", "exec", "height", "batch", "target", "measured", "predicted", "err_pct"} <= set(loo.columns)
+    assert png.stat().st_size > 10_000
+    assert run_main("fit_perf_model.py", "--csv", tmp_path / "missing.csv", "--out", out) == 2
+    assert "does not exist" in capsys.readouterr().err
