@@ -1,13 +1,11 @@
 import itertools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, run_script
 from quant_utils.bit_allocation import (Choice, Sensitivity, agreement, allocate, is_content_layer, load_sensitivity,
                                         protect_list, solve_choices, tie_groups, weighted_avg_bits)
 from quant_utils.bitconfig import read_bit_config, read_protect_list
@@ -18,9 +16,9 @@ REAL_SENS = REPO / "mixed_precision_scripts/sensitivity_log/sdxl_turbo"
 FINAL = REPO / "mixed_precision_scripts/mixed_percision_config/sdxl_turbo/final_config"
 
 
-def run_mp(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "mixed_precision_scripts" / script), *map(str, args)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+def run_mp(script: str, *args):
+    """mixed_precision_scripts/<script> as a subprocess (conftest's runner, which starts in scripts/)."""
+    return run_script(f"../mixed_precision_scripts/{script}", *args, check=False)
 
 
 def brute_force(choices: list[Choice], budget: float) -> float:

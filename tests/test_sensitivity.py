@@ -1,13 +1,11 @@
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 import yaml
 from torch import nn
 
-from conftest import REPO, run_script
+from conftest import run_script
+from test_bit_allocation import run_mp
 from quant_utils.bit_allocation import load_sensitivity
 from quant_utils.bitconfig import read_bit_config
 from quant_utils.pipeline import ConfigError
@@ -72,16 +70,15 @@ def test_act_sensitivity_calibrates_and_scores(tiny_pipe, prompts_file, tmp_path
 def test_pipeline_sensitivity_allocation_quant_txt2img(tmp_path, prompts_file):
     """The README's numbered commands on the tiny model: sensitivity -> ILP -> generation."""
     sens_dir, cfg_dir = tmp_path / "sens", tmp_path / "cfg"
-    mp = lambda script, *a: subprocess.run([sys.executable, str(REPO / "mixed_precision_scripts" / script),  # noqa: E731
-                                            *map(str, a)], cwd=REPO, capture_output=True, text=True, timeout=600)
-    p = mp("sensitivity.py", "--kind", "weight", "--bits", 4, 8, "--layers", "^conv_in$|mid_block.*blocks.0.ff.net.2",
+    p = run_mp("sensitivity.py", "--kind", "weight", "--bits", 4, 8, "--layers", "^conv_in$|mid_block.*blocks.0.ff.net.2",
            "--num_imgs", 1, "--prompts_file", prompts_file, "--out_dir", sens_dir)
     assert p.returncode == 0, p.stderr[-2000:]
-    p = mp("bit_allocation.py", "--sensitivity_dir", sens_dir, "--target_bits", 4.0, "--out_dir", cfg_dir)
+    p = run_mp("bit_allocation.py", "--sensitivity_dir", sens_dir, "--target_bits", 4.0, "--out_dir", cfg_dir)
     assert p.returncode == 0, p.stderr[-2000:]
     cfg = read_bit_config(cfg_dir / "weight_4.00.yaml")
     assert cfg == {"conv_in": 4, "mid_block.attentions.0.transformer_blocks.0.ff.net.2": 4}
     out = run_script("quant_txt2img.py", "--base_path", tmp_path / "q", "--config_weight_mp", cfg_dir / "weight_4.00.yaml",
-                     "--num_imgs", 1, "--batch_size", 1, "--calib_num", 1, "--prompts_file", prompts_file)
+                     "--num_imgs", 1, "--batch_size", 1, "--calib_num", 1, "--prompts_file", prompts_file,
+                     "--w_method", "minmax", "--a_method", "minmax")
     assert "4: 2" in out.stdout  # the two allocated layers run at 4 bits, the rest default to 8
     assert (tmp_path / "q" / "generated_images" / "00000.png").is_file()
