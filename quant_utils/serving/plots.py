@@ -95,8 +95,9 @@ def plot_slo_goodput(results: pd.DataFrame, out: Path, tag: str = "") -> Path | 
 def plot_delta_p95(results: pd.DataFrame, out: Path, tag: str = "") -> Path | None:
     """p95(policy) - p95(static) vs arrival rate, per bit-width (negative = the policy is faster)."""
     df = _rated(results)
-    static = df[df["policy"] == "static"]
-    others = df[df["policy"] != "static"]
+    base = df["policy"].str.split("+").str[0]  # 'static+admission' compares with 'adaptive+admission'
+    static = df[base == "static"]
+    others = df[base != "static"]
     if static.empty or others.empty:
         return None
     key = ["source", "pattern", "mode", "lam", "burstiness"]

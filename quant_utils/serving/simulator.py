@@ -188,6 +188,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     running: list[list[int]] = [[] for _ in range(R)]
     end_pred = [0.0] * R
     busy_s = [0.0] * R
+    in_system = [0] * R  # waiting + in service, per replica (join-shortest-queue)
     heap: list = []
     heappush, heappop = heapq.heappush, heapq.heappop
     p50, sigma, index, table_add = table.p50, table.sigma, table.index, table.add
@@ -206,6 +207,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
             r = heappop(heap)[2]
             for j in running[r]:
                 finish[j] = t
+            in_system[r] -= len(running[r])
             if closed:  # each finished client sends its next request now
                 for _ in running[r]:
                     if n_arr < n:
@@ -218,7 +220,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
             if R == 1:
                 r = 0
             elif jsq:
-                r = min(range(R), key=lambda x: queues[x].n + (len(running[x]) if busy[x] else 0))
+                r = min(range(R), key=in_system.__getitem__)
             else:
                 r = i % R
             q = queues[r]
@@ -235,6 +237,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
                 k = index.get(opt)
                 opt_of[i] = k = table_add(opt) if k is None else k
                 q.push(k, i)
+                in_system[r] += 1
                 waiting += 1
                 touched.append(r)
             i += 1

@@ -86,14 +86,14 @@ def make_workload(cell: Cell, seed: int) -> wl.Workload:
 
 
 def result_row(cell: Cell, run: RunResult, source: str, server: ServerConfig, static_res: int, seed: int,
-               slo_ms: float, perf: PerfModel | None = None) -> dict:
+               slo_ms: float, perf: PerfModel | None = None, policy_name: str | None = None) -> dict:
     """One row of mixdq_queue_results.csv: the cell's description and its metrics."""
     load = cell.load
     if load is None and cell.lam is not None and perf is not None:
         cap = perf.capacity(cell.mode, static_res, server.max_batch, server.exec) * server.replicas
         load = cell.lam / cap
     d = dict(run_id=cell.run_id, source=source, pattern=cell.pattern, wbits=mode_wbits(cell.mode), mode=cell.mode,
-             policy=cell.policy, conc=cell.conc, lam=cell.lam, load=load, burstiness=cell.burstiness,
+             policy=policy_name or cell.policy, conc=cell.conc, lam=cell.lam, load=load, burstiness=cell.burstiness,
              burst_size=cell.burst_size, burst_every_s=cell.burst_every_s, replicas=server.replicas,
              max_batch=server.max_batch, dispatch=server.dispatch, static_res=static_res, seed=seed)
     return d | summarize(run, slo_ms)
@@ -105,8 +105,9 @@ def run_cells(cells: list[Cell], make_policy: Callable[[Cell], Policy], runner: 
     """Run every cell; returns (one summary row per cell, all per-request rows with their run_id)."""
     rows, reqs = [], []
     for cell in (progress(cells) if progress else cells):
-        run = runner(make_workload(cell, seed), make_policy(cell))
-        rows.append(result_row(cell, run, source, server, static_res, seed, slo_ms, perf))
+        policy = make_policy(cell)
+        run = runner(make_workload(cell, seed), policy)
+        rows.append(result_row(cell, run, source, server, static_res, seed, slo_ms, perf, policy.name))
         reqs.append(run.requests.assign(run_id=cell.run_id, source=source))
     per_request = pd.concat(reqs, ignore_index=True) if reqs else pd.DataFrame()
     if len(per_request):
