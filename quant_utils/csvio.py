@@ -20,6 +20,10 @@ from . import REPO_ROOT
 
 
 def git_sha() -> str:
+    """The checkout's commit; on a copy without .git (the GPU machine) the `.git_sha` file a job wrote."""
+    stamp = REPO_ROOT / ".git_sha"
+    if not (REPO_ROOT / ".git").exists() and stamp.is_file():
+        return stamp.read_text().strip()
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=5).stdout.strip()
