@@ -76,7 +76,8 @@ def main(args: argparse.Namespace) -> None:
         c0, w0 = time.process_time(), time.perf_counter()
         run = simulate(work, policy, perf, ServerConfig(reps, batch, dispatch), args.seed)
         cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
-        rows.append(dict(scenario=name, n_requests=args.num_requests, replicas=reps, max_batch=batch, load=args.load if kind == "poisson" else None,
+        rows.append(dict(scenario=name, n_requests=args.num_requests, replicas=reps, max_batch=batch,
+                         load=args.load if kind == "poisson" else None,
                          cpu_s=round(cpu_s, 3), wall_s=round(wall_s, 3), requests_per_cpu_s=round(args.num_requests / cpu_s),
                          under_10s_per_1e6=cpu_s * 1e6 / args.num_requests < 10, served=int((~run.requests["rejected"]).sum())))
         print(f"{name:36s} {cpu_s:6.2f} s CPU  {wall_s:6.2f} s wall  {args.num_requests / cpu_s:10,.0f} req/s")

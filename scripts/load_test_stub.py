@@ -37,7 +37,7 @@ from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: 
 from quant_utils.perf_model import PerfModel, config_error, wbits_mode  # noqa: E402
 from quant_utils.serving import live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
-from quant_utils.serving.simulator import DISPATCH, NOISE, ServerConfig, ServiceTable, simulate  # noqa: E402
+from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
 from quant_utils.serving.workloads import PATTERNS, resolve_seed  # noqa: E402
 
 
@@ -74,11 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o = p.add_argument_group("output and live")
     o.add_argument("--base_path", default="logs/sdxl_mixdq_eval", help="results go to <base_path>/queue_tests/<run_name>/")
     o.add_argument("--run_name", default=None, help="folder name (default: a timestamp)")
+    o.add_argument("--out_dir", default=None, help="write here instead of <base_path>/queue_tests/<run_name>/")
     o.add_argument("--live", action="store_true", help="also replay every run against the in-process pipeline")
     o.add_argument("--calibrate", action="store_true", help="--live: time the generator for the simulator even if --perf_model exists")
     o.add_argument("--calibrate_repeats", type=int, default=3, help="timed calls per (res, mode, batch) when calibrating")
     o.add_argument("--prompt", default="a corgi in sunglasses", help="prompt of every live request (unless the trace has prompts)")
-    o.add_argument("--cpu_threads", type=int, default=1, help="--live on CPU: torch intra-op threads (1 leaves a core to the replay thread)")
+    o.add_argument("--cpu_threads", type=int, default=1,
+                   help="--live on CPU: torch intra-op threads (1 leaves a core to the replay thread)")
     add_model_args(p, resolution=False)
     if not any("--exec" in a.option_strings for a in p._actions):
         p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
@@ -86,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "exec mode: the perf model's cells to simulate (default: graph when measured) and, with --live, the Runner's "
         "(default: graph on CUDA, else eager)")
     p.set_defaults(seed=None, exec_mode=None)
-    next(a for a in p._actions if a.dest == "seed").help = "arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i"
+    next(a for a in p._actions if a.dest == "seed").help = (
+        "arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i")
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
@@ -139,7 +142,8 @@ def main(args: argparse.Namespace) -> None:
     modes = [wbits_mode(b) for b in args.wbits]
     extra_modes = [wbits_mode(b) for b in args.adaptive_wbits]
     n = args.num_requests or (100 if args.live else 2000)
-    out = repo_path(args.base_path) / "queue_tests" / (args.run_name or time.strftime("%Y%m%d_%H%M%S"))
+    out = repo_path(args.out_dir) if args.out_dir else (
+        repo_path(args.base_path) / "queue_tests" / (args.run_name or time.strftime("%Y%m%d_%H%M%S")))
     if args.res not in args.ladder and any(p != "static" for p in args.policies):
         raise config_error(f"--res {args.res} must be one of --ladder {args.ladder} (the adaptive ladder starts there)")
     ladder = args.ladder[args.ladder.index(args.res):] if args.res in args.ladder else [args.res]
@@ -178,7 +182,7 @@ def main(args: argparse.Namespace) -> None:
                       perf_synthetic=perf.synthetic, sources="sim" + ("+live" if args.live else ""), seed=seed,
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
-    write_csv(requests, out / "mixdq_queue_requests.csv", meta)
+    write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)
     header = [f"MixDQ queue test @ {out.name}", f"performance model: {perf_src} ({perf.gpu}"
               f"{', SYNTHETIC' if perf.synthetic else ''}); seed {seed}; {n} requests per run",
               f"server: {args.replicas} replica(s), max batch {args.max_batch}, dispatch {args.dispatch}, "

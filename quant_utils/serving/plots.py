@@ -40,6 +40,15 @@ def _label(source: str, wbits: float, policy: str, sources: int) -> str:
     return f"W{wbits:g} {policy}" + (f" ({source})" if sources > 1 else "")
 
 
+def _series(df: pd.DataFrame, suffix: str = ""):
+    """(rows sorted by rate, line style) per source x bit-width x policy: one colour per bit-width,
+    one marker per policy, dashed for live rows."""
+    wb = sorted(df["wbits"].unique(), reverse=True)
+    for (src, w, pol), g in df.groupby(["source", "wbits", "policy"]):
+        yield g.sort_values("lam"), dict(marker=MARKERS.get(pol.split("+")[0], "x"), ls=LINESTYLE.get(src, "-"),
+                                         color=_color(w, wb), label=_label(src, w, pol + suffix, df["source"].nunique()))
+
+
 def _title_suffix(results: pd.DataFrame, tag: str = "") -> str:
     r = results.iloc[0]
     return f"{int(r.replicas)} replica(s), max batch {int(r.max_batch)}, SLO {r.slo_ms:g} ms" + (f"\n{tag}" if tag else "")
@@ -50,13 +59,10 @@ def plot_latency_vs_rate(results: pd.DataFrame, out: Path, tag: str = "") -> Pat
     df = _rated(results)
     if df.empty:
         return None
-    wb = sorted(df["wbits"].unique(), reverse=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for ax, metric in zip(axes, ("p95_ms", "p99_ms")):
-        for (src, w, pol), g in df.groupby(["source", "wbits", "policy"]):
-            g = g.sort_values("lam")
-            ax.plot(g["lam"], g[metric], marker=MARKERS.get(pol.split("+")[0], "x"), ls=LINESTYLE.get(src, "-"),
-                    color=_color(w, wb), label=_label(src, w, pol, df["source"].nunique()))
+        for g, style in _series(df):
+            ax.plot(g["lam"], g[metric], **style)
         ax.set_xlabel("arrival rate λ (requests/s)")
         ax.set_ylabel(f"{metric[:3]} latency (ms)")
         ax.set_yscale("log")
@@ -72,14 +78,10 @@ def plot_slo_goodput(results: pd.DataFrame, out: Path, tag: str = "") -> Path | 
     df = _rated(results)
     if df.empty:
         return None
-    wb = sorted(df["wbits"].unique(), reverse=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    for (src, w, pol), g in df.groupby(["source", "wbits", "policy"]):
-        g = g.sort_values("lam")
-        kw = dict(marker=MARKERS.get(pol.split("+")[0], "x"), ls=LINESTYLE.get(src, "-"), color=_color(w, wb),
-                  label=_label(src, w, pol, df["source"].nunique()))
-        axes[0].plot(g["lam"], 100 * g["slo_attainment"], **kw)
-        axes[1].plot(g["lam"], g["goodput_rps"], **kw)
+    for g, style in _series(df):
+        axes[0].plot(g["lam"], 100 * g["slo_attainment"], **style)
+        axes[1].plot(g["lam"], g["goodput_rps"], **style)
     lam = np.sort(df["lam"].unique())
     axes[1].plot(lam, lam, color="gray", lw=0.8, ls=":", label="offered load")
     axes[0].set_ylabel(f"requests within SLO ({df['slo_ms'].iloc[0]:g} ms), %")
@@ -102,12 +104,9 @@ def plot_delta_p95(results: pd.DataFrame, out: Path, tag: str = "") -> Path | No
         return None
     key = ["source", "pattern", "mode", "lam", "burstiness"]
     m = others.merge(static[key + ["p95_ms"]], on=key, suffixes=("", "_static"))
-    wb = sorted(df["wbits"].unique(), reverse=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (src, w, pol), g in m.groupby(["source", "wbits", "policy"]):
-        g = g.sort_values("lam")
-        ax.plot(g["lam"], g["p95_ms"] - g["p95_ms_static"], marker=MARKERS.get(pol.split("+")[0], "x"),
-                ls=LINESTYLE.get(src, "-"), color=_color(w, wb), label=_label(src, w, f"{pol} − static", m["source"].nunique()))
+    for g, style in _series(m, " − static"):
+        ax.plot(g["lam"], g["p95_ms"] - g["p95_ms_static"], **style)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("arrival rate λ (requests/s)")
     ax.set_ylabel("Δ p95 latency vs static (ms)")
@@ -135,7 +134,8 @@ def plot_burst(results: pd.DataFrame, out: Path, tag: str = "") -> Path | None:
             gg = g[(g["source"] == src) & (g["policy"] == pol)].set_index("wbits").sort_index(ascending=False)
             for q, metric in enumerate(("p95_ms", "p99_ms")):
                 off = (2 * s + q - len(series) + 0.5) * width
-                ax.bar(x + off, gg[metric].to_numpy(), width, label=f"{pol} {metric[:3]}" + (f" ({src})" if g["source"].nunique() > 1 else ""),
+                label = f"{pol} {metric[:3]}" + (f" ({src})" if g["source"].nunique() > 1 else "")
+                ax.bar(x + off, gg[metric].to_numpy(), width, label=label,
                        alpha=1.0 if q == 0 else 0.55, color=plt.get_cmap("tab10")(s))
         ax.set_xticks(x, labels)
         ax.set_xlabel("weight bit-width")
@@ -160,7 +160,8 @@ def plot_cdfs(results: pd.DataFrame, requests: pd.DataFrame, out: Path, tag: str
         for _, t in top[top["wbits"] == w].iterrows():
             same = cells[(cells["source"] == t["source"]) & (cells["lam"] == t["lam"]) & (cells["pattern"] == t["pattern"])]
             for _, c in same.iterrows():
-                lat = requests.loc[(requests["run_id"] == c["run_id"]) & (requests["source"] == c["source"]) & ~requests["rejected"], "latency_ms"]
+                mine = (requests["run_id"] == c["run_id"]) & (requests["source"] == c["source"]) & ~requests["rejected"]
+                lat = requests.loc[mine, "latency_ms"]
                 if lat.empty:
                     continue
                 xs = np.sort(lat.to_numpy())

@@ -133,6 +133,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+# Microsecond resolution when written to CSV (full precision in memory): keeps per-request CSVs small.
+REQUEST_CSV_DECIMALS = {"arrival_s": 6, "start_s": 6, "finish_s": 6, "latency_ms": 3, "wait_ms": 3, "service_ms": 3}
 REQUEST_COLUMNS = ["request", "arrival_s", "start_s", "finish_s", "latency_ms", "wait_ms", "service_ms", "res", "mode",
                    "wbits", "batch_size", "replica", "rejected", "queue_len_at_arrival"]
 
