@@ -16,6 +16,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,8 @@ def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k:
 # SWAP: the weight tile is the tensor-core instruction's M side and the activation rows its N side, so a
 # handful of rows still fills the instruction; SPLIT_K > 1 spreads a long K over more SMs when tiles are few.
 LINEAR_CANDIDATES = {
-    "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2)],
+    "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2),
+             _cfg(32, 64, 4, 4)],
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
             _cfg(64, 256, 8, 3, True)],
@@ -68,7 +70,23 @@ def conv_class(m: int) -> str:
     return "small" if m <= 1024 else "mid" if m <= 8192 else "large"
 
 
+_FORCED: dict | None = None
+
+
+@contextmanager
+def forced(cfg: dict | None):
+    """Run every GEMM/conv inside the block with this tile config (correctness checks of each candidate)."""
+    global _FORCED
+    prev, _FORCED = _FORCED, cfg
+    try:
+        yield
+    finally:
+        _FORCED = prev
+
+
 def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> dict:
+    if _FORCED is not None:
+        return _FORCED
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg

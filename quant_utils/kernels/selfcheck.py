@@ -101,12 +101,48 @@ def compare(y: torch.Tensor, ref: torch.Tensor) -> dict:
             "rel_l2": float((y64 - r64).norm() / r64.norm().clamp_min(1e-30))}
 
 
-def check_case(case: Case, device: str, seed: int = 0) -> dict:
+def unet_cases() -> list[Case]:
+    """A sample of the full-size SDXL UNet's real layer shapes (512 and 1024 px), for the GPU check."""
+    L, C = "linear", "conv"
+    return [Case(L, 5120, 640, 8, 8, rows=4096, batch=1), Case(L, 640, 2560, 8, 8, rows=1024, batch=1),
+            Case(L, 1280, 1280, 8, 8, rows=256, batch=1), Case(L, 1280, 2048, 8, 8, rows=77, batch=2, bos=True),
+            Case(L, 1280, 320, 8, 8, rows=1, batch=4), Case(L, 10240, 1280, 8, 8, rows=256, batch=1),
+            Case(L, 1280, 5120, 8, 8, rows=1000, batch=1), Case(L, 1280, 2816, 8, 8, rows=1, batch=2),
+            Case(L, 640, 2048, 8, None, rows=77, batch=1),
+            Case(C, 320, 320, 8, 8, hw=64, batch=1), Case(C, 640, 320, 8, 8, hw=32, batch=1),
+            Case(C, 1280, 2560, 8, 8, hw=16, batch=1, split=1280), Case(C, 1280, 2560, 8, 8, hw=16, ksize=1, split=1280),
+            Case(C, 320, 960, 8, 8, hw=64, batch=1, split=640), Case(C, 640, 640, 8, 8, hw=64, stride=2, batch=1),
+            Case(C, 1280, 1280, 8, 8, hw=32, batch=1)]
+
+
+def with_bits(case: Case, w_bits: int) -> Case:
+    from dataclasses import replace
+
+    return replace(case, w_bits=w_bits)
+
+
+def candidates(case: Case) -> list[dict]:
+    """The autotuner's candidate tile configs for this case's problem size."""
+    from . import launch
+
+    if case.kind == "linear":
+        m = case.batch * case.rows
+        table = launch.FP16A_CANDIDATES if case.a_bits is None else launch.LINEAR_CANDIDATES
+        return table[launch.linear_class(m)]
+    oh = (case.hw + 2 * (case.ksize // 2) - case.ksize) // case.stride + 1
+    return launch.CONV_CANDIDATES[launch.conv_class(case.batch * oh * oh)]
+
+
+def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) -> dict:
+    """Kernel output vs the integer reference for one case (autotuned tile config, or `cfg`)."""
+    from . import launch
+
     layer = build_layer(case, device, seed)
     x = make_input(case, device, seed)
     ref = _reference(layer, x)
     poison(device)
-    y = backend.forward(layer, x)
+    with launch.forced(cfg):
+        y = backend.forward(layer, x)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     res = compare(y, ref)
@@ -115,40 +151,41 @@ def check_case(case: Case, device: str, seed: int = 0) -> dict:
     exact = st.mode == "int" and not st.bos
     ok = res["nan"] == 0 and tuple(y.shape) == tuple(ref.shape) and (
         res["within_tol"] == 1.0 if exact else res["rel_l2"] < 2e-3)
-    return {"case": case.name, "mode": st.mode, "bits": st.bits, "group": st.fmt.group if st.fmt else None,
-            "ok": ok, **res}
+    cfg_s = "autotuned" if cfg is None else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}" + (
+        f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "")
+    return {"case": case.name, "config": cfg_s, "mode": st.mode, "bits": st.bits,
+            "group": st.fmt.group if st.fmt else None, "ok": ok, **res}
 
 
 def _reference(layer, x: torch.Tensor) -> torch.Tensor:
-    """reference_forward in float64 on the CPU (its math is exact there), same input values."""
+    """reference_forward in float64 (exact for the integer sums) on x's device, same input values."""
     st = layer.kernel_state
-    saved = {k: getattr(st, k) for k in ("packed", "w_scale", "bias", "fp16_weight", "bias16")}
-    for k, v in saved.items():
-        if v is not None:
-            setattr(st, k, v.cpu())
-    try:
-        out = backend.reference_forward(layer, x.cpu().double() if st.mode != "fp16" else x.cpu().float())
-    finally:
-        for k, v in saved.items():
-            setattr(st, k, v)
-    return out
+    return backend.reference_forward(layer, x.double() if st.mode != "fp16" else x.float())
 
 
-def run(cases: list[Case], device: str, seed: int = 0) -> list[dict]:
-    return [check_case(c, device, seed + i) for i, c in enumerate(cases)]
+def run(cases: list[Case], device: str, seed: int = 0, all_configs: bool = False) -> list[dict]:
+    """Check each case with the autotuned config (and with every candidate config when `all_configs`)."""
+    rows = []
+    for i, c in enumerate(cases):
+        rows.append(check_case(c, device, seed + i))
+        if all_configs:
+            rows += [check_case(c, device, seed + i, cfg) for cfg in candidates(c)]
+    return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'case':<58} {'mode':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} {'nan':>4}  ok"]
+    lines = [f"{'case':<62} {'config':<16} {'mode':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} "
+             f"{'nan':>4}  ok"]
     for r in rows:
-        lines.append(f"{r['case']:<58} {r['mode']:<6} {str(r['bits']):>4} {str(r['group']):>4} {r['max_ulp']:>8.3f} "
+        lines.append(f"{r['case']:<62} {r['config']:<16} {r['mode']:<6} {str(r['bits']):>4} {str(r['group']):>4} "
+                     f"{r['max_ulp']:>8.3f} "
                      f"{r['within_tol']:>7.4f} {r['rel_l2']:>9.2e} {r['nan']:>4}  {'PASS' if r['ok'] else 'FAIL'}")
     return "\n".join(lines)
 
 
 def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = run(small_cases(), device)
+    rows = run(small_cases(), device, all_configs="--all_configs" in sys.argv)
     print(format_rows(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .packing import SUB_BLOCKS
+
 # ----------------------------------------------------------------------------------------------- quantization
 
 
@@ -157,29 +159,26 @@ def _load_a(a_ptrs, s: tl.constexpr, SUBK: tl.constexpr, row_ok, kcol, klim, oth
 
 @triton.jit
 def _group_dot(acc, a_ptrs, row_ok, kcol, klim, other, w_ptrs,
-               BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, SWAP: tl.constexpr,
+               BITS: tl.constexpr, SUBK: tl.constexpr, A_FP16: tl.constexpr, SWAP: tl.constexpr,
                MASK_ROWS: tl.constexpr, MASK_K: tl.constexpr):
     # one K-group of G values: load the packed weight bytes, unpack each sub-block to int8, one dot per sub-block.
     # a_ptrs / w_ptrs point at the group's first sub-block ([BM, SUBK] / [BN, SUBK]); packing.py has the layout.
     if BITS == 8:
         w = tl.load(w_ptrs)
-        a = _load_a(a_ptrs, 0, G, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
+        a = _load_a(a_ptrs, 0, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
         acc = _dot(acc, a, w, A_FP16, SWAP)
     elif BITS == 4:
-        SUBK: tl.constexpr = G // 2
         p = tl.load(w_ptrs)
         a0 = _load_a(a_ptrs, 0, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
         a1 = _load_a(a_ptrs, 1, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
         acc = _dot(acc, a0, (p & 15).to(tl.int8) - 8, A_FP16, SWAP)
         acc = _dot(acc, a1, (p >> 4).to(tl.int8) - 8, A_FP16, SWAP)
     elif BITS == 2:
-        SUBK: tl.constexpr = G // 4
         p = tl.load(w_ptrs)
         for s in tl.static_range(4):
             a = _load_a(a_ptrs, s, SUBK, row_ok, kcol, klim, other, MASK_ROWS, MASK_K)
             acc = _dot(acc, a, ((p >> (2 * s)) & 3).to(tl.int8) - 2, A_FP16, SWAP)
-    else:  # 6 bits: three byte planes of G/4; the top two bits of each byte hold the 4th sub-block
-        SUBK: tl.constexpr = G // 4
+    else:  # 6 bits: three byte planes of SUBK = G/4; the top two bits of each byte hold the 4th sub-block
         b0 = tl.load(w_ptrs)
         b1 = tl.load(w_ptrs + SUBK)
         b2 = tl.load(w_ptrs + 2 * SUBK)
@@ -212,20 +211,20 @@ def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
 # ----------------------------------------------------------------------------------------------- linear
 
 
-# Integer sizes are not specialised (one compiled kernel per tile config and format, whatever the shape);
-# the divisibility the loads need for 16-byte vectors is asserted by the launchers and given as hints.
-@triton.jit(do_not_specialize=["M", "N", "K_A", "K_ITERS", "stride_am", "stride_wn", "stride_om"])
+# Problem sizes are not specialised (one compiled kernel per tile config and format, whatever the shape); the
+# strides and K are (the launchers require multiples of 16: Triton's pipeliner needs that divisibility to turn
+# the tile loads into asynchronous copies, and a tl.multiple_of hint on a scalar argument does not give it).
+@triton.jit(do_not_specialize=["M", "N", "K_ITERS"])
 def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
                     M, N, K_A, K_ITERS, stride_am, stride_wn, stride_om,
                     BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
-                    SWAP: tl.constexpr, SPLIT_K: tl.constexpr):
+                    SWAP: tl.constexpr, SPLIT_K: tl.constexpr, SUBK: tl.constexpr):
     """out[M, N] = epilogue(A[M, K_A] @ unpack(W)[N, K]^T); W rows hold K_ITERS groups of G values.
 
     A_FP16: y = acc * scale[n] + bias (scale = w_scale), else y = (acc - zc[n]) * scale[n] + bias.
     SPLIT_K > 1: program_id(1) takes a K slice and atomically adds its share into a float32 `out`."""
     BPG: tl.constexpr = G * BITS // 8
-    SUBK: tl.constexpr = G if BITS == 8 else (G // 2 if BITS == 4 else G // 4)
     stride_am = tl.multiple_of(stride_am, 16)
     stride_wn = tl.multiple_of(stride_wn, 16)
     stride_om = tl.multiple_of(stride_om, 8)
@@ -239,16 +238,22 @@ def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
     a_ptrs = a_ptr + rm_in[:, None].to(tl.int64) * stride_am + kk[None, :]
     w_ptrs = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
     if SWAP:
-        acc = tl.zeros((BN, BM), dtype=tl.float32 if A_FP16 else tl.int32)
+        if A_FP16:
+            acc = tl.zeros((BN, BM), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BN, BM), dtype=tl.int32)
     else:
-        acc = tl.zeros((BM, BN), dtype=tl.float32 if A_FP16 else tl.int32)
+        if A_FP16:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.int32)
     pid_k = tl.program_id(1)
     per_split = tl.cdiv(K_ITERS, SPLIT_K)
     k_lo = pid_k * per_split
     k_hi = min(k_lo + per_split, K_ITERS)
     for kt in range(k_lo, k_hi):
-        acc = _group_dot(acc, a_ptrs + kt * G, None, kk[None, :], K_A - kt * G, 0.0 if A_FP16 else 0,
-                         w_ptrs + kt * BPG, BITS, G, A_FP16, SWAP, False, not EVEN_K)
+        acc = _group_dot(acc, a_ptrs + kt * G, None, kk[None, :], K_A - kt * G, 0,
+                         w_ptrs + kt * BPG, BITS, SUBK, A_FP16, SWAP, False, not EVEN_K)
     # epilogue, in the accumulator's orientation
     if SWAP:
         m2 = rm[None, :]
@@ -288,6 +293,8 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
     m, k = a.shape
     if k % 16 or a.stride(0) % 16 or a.stride(1) != 1 or n % 8:
         raise ValueError(f"qlinear needs K % 16 == 0, row-contiguous 16-aligned rows and N % 8 == 0 (K={k}, N={n})")
+    if a.data_ptr() % 16 or w.data_ptr() % 16:
+        raise ValueError("qlinear needs 16-byte aligned operands")
     a_fp16 = a.dtype != torch.int8
     k_iters = w.shape[1] // (group * bits // 8)
     split = cfg.get("SPLIT_K", 1)
@@ -299,7 +306,8 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
                           m, n, k, k_iters, a.stride(0), w.stride(0), out.stride(0),
                           BITS=bits, G=group, A_FP16=a_fp16, HAS_BIAS=bias is not None, EVEN_K=(k == k_iters * group),
                           BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
-                          SPLIT_K=split, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+                          SPLIT_K=split, SUBK=group // SUB_BLOCKS[bits], num_warps=cfg.get("num_warps", 4),
+                          num_stages=cfg.get("num_stages", 3))
     return out.to(torch.float16) if split > 1 and out.dtype != torch.float16 else out
 
 
@@ -307,41 +315,37 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
 
 
 @triton.jit
-def _conv_segment(acc, x_ptr, w_ptr, bb, ih0, iw0, kk, H, W, C, c0, CS, CI,
-                  KH: tl.constexpr, KW: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SWAP: tl.constexpr,
-                  EVEN_C: tl.constexpr):
+def _conv_segment(acc, x_ptr, w_ptr, row_base, kk, W, C, c0, CS, CI,
+                  KH: tl.constexpr, KW: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, SUBK: tl.constexpr,
+                  SWAP: tl.constexpr, EVEN_C: tl.constexpr):
     # K loop over (tap, channel-group) of one input-channel segment [c0, c0 + CS) of the padded NHWC input:
-    # every tap of every (wrapped) output row is in bounds, so only a ragged channel tail needs a mask
+    # every tap of every (wrapped) output row is in bounds, so a tap is a scalar offset from the row's base
+    # and only a ragged channel tail needs a mask
     BPG: tl.constexpr = G * BITS // 8
     for t in range(0, KH * KW * CI):
         tap = t // CI
         cb = t - tap * CI
         kh = tap // KW
-        kw = tap - kh * KW
-        pix = (bb * H + ih0 + kh) * W + iw0 + kw
-        a_ptrs = x_ptr + pix[:, None].to(tl.int64) * C + (c0 + cb * G) + kk[None, :]
+        off = (kh * W + tap - kh * KW) * C + c0 + cb * G
+        a_ptrs = x_ptr + (row_base[:, None] + off) + kk[None, :]
         acc = _group_dot(acc, a_ptrs, None, kk[None, :], CS - cb * G, 0, w_ptr + t * BPG,
-                         BITS, G, False, SWAP, False, not EVEN_C)
+                         BITS, SUBK, False, SWAP, False, not EVEN_C)
     return acc
 
 
-@triton.jit(do_not_specialize=["M", "N", "H", "W", "C", "OH", "OW", "C1", "C2", "CI1", "CI2", "stride_wn"])
+@triton.jit(do_not_specialize=["M", "N", "H", "W", "OH", "OW", "CI1", "CI2"])
 def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr,
                   M, N, H, W, C, OH, OW, C1, C2, CI1, CI2, stride_wn,
                   STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
-                  SWAP: tl.constexpr):
+                  SWAP: tl.constexpr, SUBK: tl.constexpr):
     """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW].
 
     M = B*OH*OW output pixels, K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2) segment 2
     (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue. Weight rows: segment 1's
-    KH*KW*CI1 groups, then segment 2's KH*KW*CI2."""
+    KH*KW*CI1 groups, then segment 2's KH*KW*CI2. Offsets are int32 (the launcher checks the sizes)."""
     BPG: tl.constexpr = G * BITS // 8
-    SUBK: tl.constexpr = G if BITS == 8 else (G // 2 if BITS == 4 else G // 4)
-    C = tl.multiple_of(C, 16)
-    C1 = tl.multiple_of(C1, 16)
-    stride_wn = tl.multiple_of(stride_wn, 16)
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -349,41 +353,41 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     ohw = OH * OW
     rm_in = rm % M  # wrapped rows: in-bounds loads, masked at the store
     bb = rm_in // ohw
-    r = rm_in - bb * ohw
-    oh = r // OW
-    ow = r - oh * OW
-    ih0 = oh * STRIDE
-    iw0 = ow * STRIDE
+    oh = (rm_in - bb * ohw) // OW
+    row_base = ((bb * H + oh * STRIDE) * W + (rm_in - bb * ohw - oh * OW) * STRIDE) * C  # only this stays live
     kk = tl.arange(0, SUBK)
     w_rows = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
     if SWAP:
         acc1 = tl.zeros((BN, BM), dtype=tl.int32)
     else:
         acc1 = tl.zeros((BM, BN), dtype=tl.int32)
-    acc1 = _conv_segment(acc1, x_ptr, w_rows, bb, ih0, iw0, kk, H, W, C, 0, C1, CI1,
-                         KH, KW, BITS, G, SWAP, EVEN_C)
+    acc1 = _conv_segment(acc1, x_ptr, w_rows, row_base, kk, W, C, 0, C1, CI1, KH, KW, BITS, G, SUBK, SWAP, EVEN_C)
     if SWAP:
-        m2 = rm[None, :]
-        n2 = rn[:, None]
         n_in = rn_in[:, None]
-        b2 = bb[None, :]
-        r2 = r[None, :]
     else:
-        m2 = rm[:, None]
-        n2 = rn[None, :]
         n_in = rn_in[None, :]
-        b2 = bb[:, None]
-        r2 = r[:, None]
     y = (acc1 - tl.load(zc1_ptr + n_in)).to(tl.float32) * tl.load(scale1_ptr + n_in)
     if TWO_SEG:
-        acc2 = tl.zeros_like(acc1)
-        acc2 = _conv_segment(acc2, x_ptr, w_rows + KH * KW * CI1 * BPG, bb, ih0, iw0, kk, H, W, C, C1, C2, CI2,
-                             KH, KW, BITS, G, SWAP, EVEN_C)
+        if SWAP:
+            acc2 = tl.zeros((BN, BM), dtype=tl.int32)
+        else:
+            acc2 = tl.zeros((BM, BN), dtype=tl.int32)
+        acc2 = _conv_segment(acc2, x_ptr, w_rows + KH * KW * CI1 * BPG, row_base, kk, W, C, C1, C2, CI2,
+                             KH, KW, BITS, G, SUBK, SWAP, EVEN_C)
         y += (acc2 - tl.load(zc2_ptr + n_in)).to(tl.float32) * tl.load(scale2_ptr + n_in)
     if HAS_BIAS:
         y += tl.load(bias_ptr + n_in)
-    mask = (m2 < M) & (n2 < N)
-    o_ptrs = out_ptr + (b2.to(tl.int64) * N + n2) * ohw + r2
+    # NCHW offset = row part (image, pixel) + column part (channel): separable int32 vectors, so the 2-D
+    # address is one add per element (a per-element 64-bit product here made the kernel spill registers)
+    bo = rm // ohw
+    row_off = bo * (N * ohw) + (rm - bo * ohw)
+    col_off = rn * ohw
+    if SWAP:
+        mask = (rm[None, :] < M) & (rn[:, None] < N)
+        o_ptrs = out_ptr + (row_off[None, :] + col_off[:, None])
+    else:
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        o_ptrs = out_ptr + (row_off[:, None] + col_off[None, :])
     tl.store(o_ptrs, y.to(tl.float16), mask=mask)
 
 
@@ -396,6 +400,8 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
     b, hp, wp, c = x_pad.shape
     if c % 16 or c1 % 16 or not x_pad.is_contiguous():
         raise ValueError(f"qconv needs contiguous NHWC input with C and the split a multiple of 16 (C={c}, split={c1})")
+    if x_pad.numel() >= 2**31 or b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1) >= 2**31:
+        raise ValueError("qconv uses int32 offsets: split the batch")
     oh = (hp - kh) // stride + 1
     ow = (wp - kw) // stride + 1
     out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device)
@@ -408,5 +414,6 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
                         STRIDE=stride, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
-                        num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+                        SUBK=group // SUB_BLOCKS[bits], num_warps=cfg.get("num_warps", 4),
+                        num_stages=cfg.get("num_stages", 3))
     return out
