@@ -78,10 +78,11 @@ def weights_label(cfg: ModelConfig, args: argparse.Namespace) -> str:
     return weights_kind(cfg, args.random_weights)
 
 
-def add_quant_args(p: argparse.ArgumentParser) -> None:
+def add_quant_args(p: argparse.ArgumentParser, wbits: bool = True) -> None:
     g = p.add_argument_group("quantization (MixDQ)")
-    g.add_argument("--wbits", type=int, default=None,
-                   help="weight bits: picks final_config/weight/weight_N.00.yaml if shipped, else uniform_N.yaml")
+    if wbits:
+        g.add_argument("--wbits", type=int, default=None,
+                       help="weight bits: picks final_config/weight/weight_N.00.yaml if shipped, else uniform_N.yaml")
     g.add_argument("--abits", type=int, default=8, help="uniform activation bits when --config_act_mp is not given")
     g.add_argument("--config_weight_mp", default=None, help="weight bit config YAML (layer: bits)")
     g.add_argument("--config_act_mp", default=None, help="activation bit config YAML (layer: bits)")
@@ -98,9 +99,10 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="fake: simulated quantization; kernel: real low-bit CUDA kernels (falls back to fake on CPU)")
 
 
-def quant_request_from_args(args: argparse.Namespace, cfg: ModelConfig):
+def quant_request_from_args(args: argparse.Namespace, cfg: ModelConfig, wbits: int | None = None):
+    """The QuantRequest the quantization flags describe (`wbits` overrides --wbits)."""
     from .mixdq import QuantRequest
 
-    return QuantRequest(model_name=cfg.name, wbits=args.wbits, abits=args.abits, config_weight_mp=args.config_weight_mp,
+    return QuantRequest(model_name=cfg.name, wbits=wbits or getattr(args, "wbits", None), abits=args.abits, config_weight_mp=args.config_weight_mp,
                         config_act_mp=args.config_act_mp, act_protect=args.act_protect, strict=args.strict,
                         w_method=args.w_method, a_method=args.a_method, bos=not args.no_bos, split=not args.no_split)

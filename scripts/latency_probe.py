@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=30, help="timed calls per cell")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per cell (graph capture, autotuning)")
     p.add_argument("--base_path", default="logs/latency", help="quantized modes keep <base_path>/<mode>/ckpt.pth here")
+    p.add_argument("--ckpt", default=None, help="use this existing checkpoint (an error if missing) instead of "
+                   "<base_path>/<mode>/ckpt.pth, which is calibrated when absent")
     p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="prompts (latency does not depend on them)")
     p.add_argument("--out", default=None, help="output CSV (default results/latency_<mode>.csv)")
     args = p.parse_args(argv)
@@ -67,7 +69,10 @@ def main(args: argparse.Namespace) -> None:
         args.abits = MODES[args.mode][1] if args.config_act_mp is None else args.abits
         calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
         r0 = args.res[0]
-        summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), repo_path(args.base_path) / args.mode / "ckpt.pth",
+        if args.ckpt and not repo_path(args.ckpt).is_file():
+            raise ConfigError(f"--ckpt {args.ckpt} does not exist (omit it to calibrate into {args.base_path}/{args.mode}/)")
+        ckpt = repo_path(args.ckpt) if args.ckpt else repo_path(args.base_path) / args.mode / "ckpt.pth"
+        summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), ckpt,
                                     calib, args.seed, r0, r0, args.steps or cfg.steps, backend=args.backend)
         print(f"{args.mode}: {summary['origin']}; W avg {summary['avg_wbits']:.2f}, A avg {summary['avg_abits']:.2f}")
         backend = pipe.unet.conv_in.backend  # 'fake' when the kernel backend fell back on a CPU
