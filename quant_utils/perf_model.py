@@ -143,7 +143,7 @@ class GroupModel:
     mode: str
     exec: str
     wbits: float
-    abits: float
+    abits: float | None
     backend: str
     steps: int
     n_cells: int
@@ -182,7 +182,7 @@ class GroupModel:
         first = df.iloc[0]
         model = cls(mode=str(first["mode"]), exec=str(first["exec"]),
                     wbits=float(first["wbits"]) if "wbits" in df else mode_wbits(str(first["mode"])),
-                    abits=float(first["abits"]) if "abits" in df else float("nan"),
+                    abits=float(first["abits"]) if "abits" in df and pd.notna(first["abits"]) else None,
                     backend=str(first.get("backend", "unknown")), steps=int(pd.Series(_steps(df)).mode()[0]),
                     n_cells=len(df), pixels=(int(pix.min()), int(pix.max())),
                     batches=(int(df["batch"].min()), int(df["batch"].max())), p50=p50, spread=spread, memory=memory)

@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, list[str]]:
+def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dict[str, str]]:
     """One generate callable per mode. Here: the model of --config for every mode (bit-width switching is then
     a no-op and a note says so); quantized callables plug in as {mode: generate}."""
     from quant_utils.cli import pipeline_from_args
@@ -114,6 +114,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, lis
     check_steps(steps)
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
     name = "fp16" if args.fp16 or cfg.dtype == "float16" else cfg.dtype
+    # quantized modes: add {mode: generate} entries here; a mode without one runs this model (and the outputs say so)
     return live.resolve_variants({name: lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)}, modes)
 
 
@@ -128,6 +129,7 @@ def perf_for_run(args, variants: dict, options: list[Option], out: Path) -> tupl
     if path.is_file() and not args.calibrate:
         pm = PerfModel.load(path)
         if pm.gpu == here:
+            live.warm_up(variants, options, args.max_batch, args.prompt)
             return pm, args.perf_model
         print(f"{args.perf_model} models {pm.gpu}, this is {here}: calibrating the live generator")
     table = live.calibrate(variants, options, args.max_batch, args.calibrate_repeats, args.steps or 1, here, args.prompt)
@@ -148,7 +150,8 @@ def main(args: argparse.Namespace) -> None:
         raise config_error(f"--res {args.res} must be one of --ladder {args.ladder} (the adaptive ladder starts there)")
     ladder = args.ladder[args.ladder.index(args.res):] if args.res in args.ladder else [args.res]
     # 2. generators (live) and the performance model
-    variants, notes = live_variants(args, modes + extra_modes) if args.live else ({}, [])
+    variants, runs_as = live_variants(args, modes + extra_modes) if args.live else ({}, {})
+    notes = live.substitution_notes(runs_as)
     options = [Option(r, m) for r in ladder for m in modes + extra_modes]
     perf, perf_src = perf_for_run(args, variants, options, out)
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
@@ -174,7 +177,7 @@ def main(args: argparse.Namespace) -> None:
         run = lambda w, p: live.run_live(w, p, variants, ServiceTable(perf, args.max_batch, args.exec_mode, args.steps), prompts, seed)  # noqa: E731
         live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
                                              progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
-        fidelity = sweep.fidelity_table(results, live_res)
+        fidelity = sweep.fidelity_table(results, live_res, runs_as)
         results = pd.concat([results, live_res], ignore_index=True)
         requests = pd.concat([requests, live_req], ignore_index=True)
     # 5. write the results, the per-request table, the report and the resolved config

@@ -274,6 +274,7 @@ def test_load_test_live_on_the_tiny_model(tmp_path, perf_json):
     live = res[res["source"] == "live"]
     assert (live["n_done"] == 5).all() and (live["p50_ms"] > 0).all() and set(live["static_res"]) == {64}
     fid = read_csv(out / "mixdq_queue_fidelity.csv")
+    assert set(fid["live_model"]) == {"float32"} and set(fid["mode"]) == {"w8a8", "w4a8"}  # the tiny model ran every mode
     assert len(fid) == 4 and {"sim_p50_ms", "live_p50_ms", "p50_err_pct", "sim_p95_ms", "live_p95_ms", "p95_err_pct"} <= set(fid.columns)
     txt = (out / "mixdq_queue_results.txt").read_text()
     assert "bit-width switching is a no-op" in txt and "fidelity" in txt

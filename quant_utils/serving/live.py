@@ -25,18 +25,30 @@ from .workloads import Workload
 GenerateFn = Callable[[list[str], list[int], int, int], Any]
 
 
-def resolve_variants(variants: dict[str, GenerateFn], modes: Iterable[str]) -> tuple[dict[str, GenerateFn], list[str]]:
-    """A callable for every mode; a mode with none runs the first given model, and a note says so."""
+def resolve_variants(variants: dict[str, GenerateFn], modes: Iterable[str]) -> tuple[dict[str, GenerateFn], dict[str, str]]:
+    """A callable for every mode, and which model really runs each mode: a mode with no callable of its
+    own runs the first given model (see `substitution_notes`)."""
     if not variants:
         raise config_error("live mode needs at least one generate callable")
     fallback_mode = next(iter(variants))
-    out, notes = dict(variants), []
+    out, runs_as = dict(variants), {m: m for m in variants}
     for m in modes:
         if m not in out:
-            out[m] = variants[fallback_mode]
-            notes.append(f"live: mode {m} has no model of its own here; it runs the {fallback_mode} model "
-                         f"(bit-width switching is a no-op in this live run; resolution switching is real)")
-    return out, notes
+            out[m], runs_as[m] = variants[fallback_mode], fallback_mode
+    return out, runs_as
+
+
+def substitution_notes(runs_as: dict[str, str]) -> list[str]:
+    return [f"live: mode {m} has no model of its own here; it runs the {r} model (bit-width switching is a no-op "
+            f"in this live run; resolution switching is real)" for m, r in runs_as.items() if m != r]
+
+
+def warm_up(variants: dict[str, GenerateFn], options: Sequence[Option], max_batch: int, prompt: str = "warm-up") -> None:
+    """One call per (res, mode, batch <= max_batch): first use of a bucket (CUDA-graph capture, allocator,
+    autotuning) stays out of the measured run."""
+    for opt in dict.fromkeys(Option(o.res, o.mode) for o in options):
+        for b in range(1, max_batch + 1):
+            time_call(variants[opt.mode], [prompt] * b, list(range(b)), opt.res)
 
 
 def time_call(fn: GenerateFn, prompts: list[str], seeds: list[int], res: int) -> float:
@@ -52,9 +64,9 @@ def calibrate(variants: dict[str, GenerateFn], options: Sequence[Option], max_ba
     rows = []
     for opt in dict.fromkeys(Option(o.res, o.mode) for o in options):
         fn = variants[opt.mode]
+        warm_up(variants, [opt], max_batch, prompt)
         for b in range(1, max_batch + 1):
             prompts, seeds = [prompt] * b, list(range(b))
-            time_call(fn, prompts, seeds, opt.res)  # warm-up: first use of a bucket (graphs, allocator, caches)
             ms = np.array([time_call(fn, prompts, seeds, opt.res) for _ in range(repeats)])
             rows.append(dict(mode=opt.mode, wbits=mode_wbits(opt.mode), abits=np.nan, backend="live", exec="live",
                              height=opt.res, width=opt.res, batch=b, steps=steps, repeats=repeats,

@@ -128,10 +128,13 @@ def text_report(results: pd.DataFrame, header: list[str]) -> list[str]:
     return lines
 
 
-def fidelity_table(sim: pd.DataFrame, live: pd.DataFrame) -> pd.DataFrame:
-    """Simulated vs live p50/p95 per run (error = (sim - live) / live, percent)."""
+def fidelity_table(sim: pd.DataFrame, live: pd.DataFrame, runs_as: dict[str, str] | None = None) -> pd.DataFrame:
+    """Simulated vs live p50/p95 per run (error = (sim - live) / live, percent). `live_model` is the mode whose
+    model really ran live (a different one than `mode` means the comparison is not like for like)."""
     m = sim.merge(live, on="run_id", suffixes=("_sim", "_live"))
-    out = pd.DataFrame({"run_id": m["run_id"], "n_requests": m["n_requests_live"]})
+    runs_as = runs_as or {}
+    out = pd.DataFrame({"run_id": m["run_id"], "mode": m["mode_sim"],
+                        "live_model": [runs_as.get(x, x) for x in m["mode_sim"]], "n_requests": m["n_requests_live"]})
     for q in ("p50_ms", "p95_ms"):
         out[f"sim_{q}"], out[f"live_{q}"] = m[f"{q}_sim"], m[f"{q}_live"]
         out[f"{q[:3]}_err_pct"] = 100.0 * (m[f"{q}_sim"] - m[f"{q}_live"]) / m[f"{q}_live"]
