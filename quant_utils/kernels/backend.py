@@ -150,7 +150,8 @@ def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev) -> None:
     packed, st.fmt = packing.pack_weight(q_w, st.bits, st.split)  # on the layer's device
     st.packed = packed.to(dev)
     st.w_scale = layer.w_scale.detach().float().to(dev).contiguous()
-    st.bias = bias.to(dev).contiguous() if bias is not None else None
+    # always a bias (zeros when the layer has none): one compiled kernel variant fewer per tile config
+    st.bias = bias.to(dev).contiguous() if bias is not None else torch.zeros(st.n, device=dev)
     if st.mode != "int":
         return
     w64 = q_w.to(torch.int64).reshape(q_w.shape[0], q_w.shape[1], -1)  # [N, C, taps]
