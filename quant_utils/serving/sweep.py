@@ -7,6 +7,7 @@ Every policy of a (pattern, mode, rate) sees the same arrival trace and the same
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -46,7 +47,7 @@ class Cell:
             shape = (f"load{self.load:g}" if self.load is not None else f"lam{self.lam:g}") + (
                 f"-b{self.burstiness:g}" if self.pattern == "gamma" else "")
         else:
-            shape = "trace"
+            shape = Path(self.trace or "trace").stem
         return f"{self.pattern}-{shape}-{self.mode}-{self.policy}"
 
 
