@@ -6,12 +6,14 @@ work it does, so it predicts resolutions and batches that were not measured:
 
     text     = a + b*batch                                     (77 tokens per prompt, resolution-free)
     unet     = steps * (a + b*Mpix + c*ktok^2)                 (per step: launch floor, convs, self-attention)
-    vae      = a + b*Mpix + c*ktok^2                           (convs, mid-block attention at latent size)
+    vae      = a + b*Mpix1 + c*Mpix + d*ktok^2                 (convs, mid-block attention at latent size)
     overhead = a + b*batch + c*Mpix                            (total - sum of stages: host work, copy to host)
     total    = text + unet + vae + overhead
-    memory   = a + b*Mpix + c*ktok^2                           (weights + per-image activations), GiB
+    memory   = a + b*Mpix1 + c*Mpix + d*ktok^2                 (weights + activations), GiB
 
-with Mpix = batch*h*w/1e6 and ktok^2 = batch*(h*w/64/1000)^2 (latent tokens h/8*w/8, squared, per image).
+with Mpix = batch*h*w/1e6, Mpix1 = h*w/1e6 (one image: a per-call cost that grows with resolution but
+not with batch; on the H100 a batch-1 VAE decode costs ~1.8x an extra image of a batch, at every
+resolution) and ktok^2 = batch*(h*w/64/1000)^2 (latent tokens h/8*w/8, squared, per image).
 Coefficients are non-negative (NNLS) and fitted on relative error, so predictions are monotone in
 pixels and batch. p95 = add_ms + (1 + rel) * p50 per stage, (add_ms, rel) >= 0 fitted on the
 measured cells. Fit error is leave-one-out over the measured cells. Nothing here touches torch.
@@ -34,13 +36,14 @@ STAGES = ("text", "unet", "vae")
 FEATURES: dict[str, tuple[str, ...]] = {
     "text": ("fixed", "batch"),
     "unet": ("steps", "steps_mpix", "steps_ktok2"),
-    "vae": ("fixed", "mpix", "ktok2"),
+    "vae": ("fixed", "mpix1", "mpix", "ktok2"),
     "overhead": ("fixed", "batch", "mpix"),
     "total": ("fixed", "batch", "mpix", "ktok2"),  # only when a CSV has no per-stage columns
-    "memory": ("fixed", "mpix", "ktok2"),
+    "memory": ("fixed", "mpix1", "mpix", "ktok2"),
 }
 FEATURE_UNITS = {
     "fixed": "per call", "batch": "per image", "mpix": "per megapixel (batch*h*w/1e6)",
+    "mpix1": "per megapixel of one image (h*w/1e6), per call",
     "ktok2": "per (1000 latent tokens)^2 per image", "steps": "per UNet step",
     "steps_mpix": "per step per megapixel", "steps_ktok2": "per step per (1000 latent tokens)^2 per image",
 }
@@ -76,7 +79,8 @@ def feature_columns(height, width, batch, steps) -> dict[str, np.ndarray]:
     mpix = b * h * w / 1e6
     ktok2 = b * (h * w / 64.0 / 1000.0) ** 2
     one = np.ones(np.broadcast(h, w, b, s).shape)
-    return {"fixed": one, "batch": b * one, "mpix": mpix * one, "ktok2": ktok2 * one, "steps": s * one,
+    return {"fixed": one, "batch": b * one, "mpix": mpix * one, "mpix1": h * w / 1e6 * one, "ktok2": ktok2 * one,
+            "steps": s * one,
             "steps_mpix": s * mpix, "steps_ktok2": s * ktok2}
 
 
@@ -393,8 +397,8 @@ def _check_cells(height, width, batch) -> None:
 
 
 # --------------------------------------------------------------------------- synthetic data (tests, demos)
-# Shaped after the H100 FP16 baseline (shared/baselines/h100_fp16_unet.md: graph-mode UNet 13.9/19.7/27.4 ms at
-# 512/768/1024 batch 1, VAE 22/51/90 ms); the quantized modes' factors are invented. SYNTHETIC: never a result.
+# Shaped after the H100 FP16 graph-mode measurements (results/latency_fp16.csv: UNet 15/22/30 ms and VAE 22/51/91 ms
+# at 512/768/1024 batch 1); the quantized modes' factors are invented. SYNTHETIC: never a result.
 SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
     "fp16": {"wbits": 16, "abits": 16, "unet_scale": 1.00, "unet_gib": 4.78},
     "w8a8": {"wbits": 8, "abits": 8, "unet_scale": 0.85, "unet_gib": 2.39},
@@ -402,11 +406,11 @@ SYNTHETIC_PARAMS: dict[str, dict[str, Any]] = {
     "w4a8": {"wbits": 4, "abits": 8, "unet_scale": 0.75, "unet_gib": 1.20},
 }
 SYNTHETIC_BASE = {
-    "text": {"fixed": 3.0, "batch": 0.4},
+    "text": {"fixed": 3.7, "batch": 0.5},
     "unet": {"steps": 10.0, "steps_mpix": 13.6, "steps_ktok2": 0.011},
-    "vae": {"fixed": 1.0, "mpix": 80.0, "ktok2": 0.01},
-    "overhead": {"fixed": 1.0, "batch": 0.2, "mpix": 2.0},
-    "memory": {"fixed": 2.2, "mpix": 3.0, "ktok2": 0.0},  # + the UNet's weights
+    "vae": {"fixed": 1.0, "mpix1": 38.0, "mpix": 45.0, "ktok2": 0.02},
+    "overhead": {"fixed": 0.5, "batch": 0.2, "mpix": 2.0},
+    "memory": {"fixed": 1.6, "mpix1": 1.0, "mpix": 0.06, "ktok2": 0.0},  # + the UNet's weights
     "spread": {"add_ms": 0.3, "rel": 0.06},
 }
 
