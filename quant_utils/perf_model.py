@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from .csvio import atomic_write_text, read_csv, read_provenance
+from .errors import ConfigError
 
 FORMAT = "mixdq-perf-model/1"
 STAGES = ("text", "unet", "vae")
@@ -51,20 +52,13 @@ LOO_TARGETS = ("text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms", "tota
 REQUIRED_COLUMNS = ("mode", "exec", "height", "width", "batch", "total_p50_ms", "total_p95_ms")
 
 
-def config_error(msg: str) -> Exception:
-    """The project's ConfigError (imported lazily: pipeline.py imports torch, this module must not)."""
-    from .pipeline import ConfigError
-
-    return ConfigError(msg)
-
-
 def mode_wbits(mode: str) -> float:
     """Nominal weight bits of a mode name: fp16 -> 16, w8a8 -> 8, w4a8 -> 4."""
     if mode == "fp16":
         return 16.0
     if mode.startswith("w") and "a" in mode and mode[1:mode.index("a")].replace(".", "").isdigit():
         return float(mode[1:mode.index("a")])
-    raise config_error(f"mode {mode!r}: expected fp16 or w<bits>a<bits> (e.g. w8a8)")
+    raise ConfigError(f"mode {mode!r}: expected fp16 or w<bits>a<bits> (e.g. w8a8)")
 
 
 def wbits_mode(wbits: int) -> str:
@@ -278,9 +272,9 @@ class PerfModel:
         """Fit every (mode, exec) group of a latency table (latency_probe's columns)."""
         missing = [c for c in REQUIRED_COLUMNS if c not in df]
         if missing:
-            raise config_error(f"latency table lacks column(s) {missing} (latency_probe writes {list(REQUIRED_COLUMNS)} and more)")
+            raise ConfigError(f"latency table lacks column(s) {missing} (latency_probe writes {list(REQUIRED_COLUMNS)} and more)")
         if df.empty:
-            raise config_error("latency table has no rows")
+            raise ConfigError("latency table has no rows")
         groups: dict[str, dict[str, GroupModel]] = {}
         loo_frames = []
         for (mode, ex), g in df.groupby(["mode", "exec"], sort=True):
@@ -300,7 +294,7 @@ class PerfModel:
         frames = []
         for p in paths:
             if not Path(p).is_file():
-                raise config_error(f"latency CSV {p} does not exist (scripts/latency_probe.py writes it)")
+                raise ConfigError(f"latency CSV {p} does not exist (scripts/latency_probe.py writes it)")
             frames.append(read_csv(p))
         df = pd.concat(frames, ignore_index=True)
         prov = read_provenance(paths[0])
@@ -319,14 +313,14 @@ class PerfModel:
 
     def _mode(self, mode: str) -> dict[str, GroupModel]:
         if mode not in self.groups:
-            raise config_error(f"mode {mode!r} is not in the performance model (it has {sorted(self.groups)})")
+            raise ConfigError(f"mode {mode!r} is not in the performance model (it has {sorted(self.groups)})")
         return self.groups[mode]
 
     def group(self, mode: str, exec: str | None = None) -> GroupModel:
         ex = self._mode(mode)
         exec = exec or self.default_exec(mode)
         if exec not in ex:
-            raise config_error(f"mode {mode!r} has no exec {exec!r} in the performance model (it has {sorted(ex)})")
+            raise ConfigError(f"mode {mode!r} has no exec {exec!r} in the performance model (it has {sorted(ex)})")
         return ex[exec]
 
     def predict(self, mode: str, height, width, batch=1, steps=None, exec: str | None = None) -> dict[str, Any]:
@@ -366,14 +360,14 @@ class PerfModel:
     def load(cls, path: str | Path) -> "PerfModel":
         p = Path(path)
         if not p.is_file():
-            raise config_error(
+            raise ConfigError(
                 f"performance model {_repo_relative(p)} does not exist: fit it from latency_probe CSVs with\n"
                 f"  python scripts/fit_perf_model.py --csv results/latency_*.csv --out {_repo_relative(p)}\n"
                 f"  (or, to try things out, a labelled synthetic one: python scripts/fit_perf_model.py --synthetic "
                 f"--out logs/perf_model_synthetic.json, then pass --perf_model logs/perf_model_synthetic.json)")
         d = json.loads(p.read_text())
         if d.get("format") != FORMAT:
-            raise config_error(f"{p}: format {d.get('format')!r}, expected {FORMAT!r}")
+            raise ConfigError(f"{p}: format {d.get('format')!r}, expected {FORMAT!r}")
         groups = {m: {e: GroupModel.from_dict(g) for e, g in ex.items()} for m, ex in d["models"].items()}
         return cls(groups=groups, gpu=d.get("gpu", "unknown"), weights=d.get("weights", "unknown"),
                    sources=d.get("sources", []), synthetic=bool(d.get("synthetic", False)), note=d.get("note", ""),
@@ -391,9 +385,9 @@ def _check_cells(height, width, batch) -> None:
     for name, v in (("height", height), ("width", width)):
         a = np.asarray(v)
         if np.any(a <= 0) or np.any(a % 8):
-            raise config_error(f"{name}={v}: image sides must be positive multiples of 8")
+            raise ConfigError(f"{name}={v}: image sides must be positive multiples of 8")
     if np.any(np.asarray(batch) < 1):
-        raise config_error(f"batch={batch}: must be >= 1")
+        raise ConfigError(f"batch={batch}: must be >= 1")
 
 
 # --------------------------------------------------------------------------- synthetic data (tests, demos)

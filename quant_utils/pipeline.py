@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from . import repo_path
+from .errors import ConfigError, WeightsNotFoundError  # noqa: F401 - re-exported
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 SOURCES = ("pretrained", "tiny")
@@ -26,14 +27,6 @@ COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 _MODEL_KEYS = {"source", "id", "path", "revision", "variant", "arch_dir", "dtype", "seed", "overrides"}
 _SAMPLING_KEYS = {"steps", "guidance_scale", "height", "width"}
-
-
-class ConfigError(ValueError):
-    """A model config, argument or input file is invalid; the message says what to fix."""
-
-
-class WeightsNotFoundError(RuntimeError):
-    """The real model's weights are not available offline."""
 
 
 @dataclass(frozen=True)

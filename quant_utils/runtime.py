@@ -145,7 +145,7 @@ class Runner:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         t0 = time.perf_counter()
         clock = _StageClock(self.device)
-        batch, cfg = len(prompts), guidance_scale > 1.0
+        cfg = guidance_scale > 1.0
         clock.mark("start")
         embeds, pooled = self.encode(list(prompts))
         if cfg:  # SDXL-Turbo's pipeline zeroes the unconditional embeddings (force_zeros_for_empty_prompt)

@@ -34,7 +34,8 @@ from tqdm import tqdm  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import add_model_args, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
-from quant_utils.perf_model import PerfModel, config_error, wbits_mode  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.perf_model import PerfModel, wbits_mode  # noqa: E402
 from quant_utils.serving import live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
 from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
@@ -147,7 +148,7 @@ def main(args: argparse.Namespace) -> None:
     out = repo_path(args.out_dir) if args.out_dir else (
         repo_path(args.base_path) / "queue_tests" / (args.run_name or time.strftime("%Y%m%d_%H%M%S")))
     if args.res not in args.ladder and any(p != "static" for p in args.policies):
-        raise config_error(f"--res {args.res} must be one of --ladder {args.ladder} (the adaptive ladder starts there)")
+        raise ConfigError(f"--res {args.res} must be one of --ladder {args.ladder} (the adaptive ladder starts there)")
     ladder = args.ladder[args.ladder.index(args.res):] if args.res in args.ladder else [args.res]
     # 2. generators (live) and the performance model
     variants, runs_as = live_variants(args, modes + extra_modes) if args.live else ({}, {})

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import user_errors  # noqa: E402
 from quant_utils.csvio import read_csv, read_provenance  # noqa: E402
-from quant_utils.perf_model import config_error  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.serving import plots  # noqa: E402
 from quant_utils.serving.sweep import RESULT_COLUMNS  # noqa: E402
 
@@ -38,11 +38,11 @@ def main(args: argparse.Namespace) -> None:
     # 1. read the CSVs
     path = repo_path(args.csv)
     if not path.is_file():
-        raise config_error(f"{path} does not exist (scripts/load_test_stub.py writes it)")
+        raise ConfigError(f"{path} does not exist (scripts/load_test_stub.py writes it)")
     results = read_csv(path)
     missing = [c for c in RESULT_COLUMNS if c not in results]
     if missing:
-        raise config_error(f"{path} is not a load_test_stub results CSV (missing columns {missing})")
+        raise ConfigError(f"{path} is not a load_test_stub results CSV (missing columns {missing})")
     req_path = repo_path(args.requests_csv) if args.requests_csv else path.with_name("mixdq_queue_requests.csv")
     requests = read_csv(req_path) if req_path.is_file() else pd.DataFrame()
     out = path.parent / "plots"
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
         written.append(plots.plot_cdfs(results, requests, out, tag))
         run_id = args.run_id or plots.pick_timeseries_run(results)
         if run_id not in set(results["run_id"]):
-            raise config_error(f"--run_id {run_id!r} is not in {path.name} (it has e.g. {results['run_id'].iloc[0]!r})")
+            raise ConfigError(f"--run_id {run_id!r} is not in {path.name} (it has e.g. {results['run_id'].iloc[0]!r})")
         written.append(plots.plot_timeseries(requests, run_id, out, tag=tag))
     else:
         print(f"no per-request CSV at {req_path}: skipping the CDF and time-series plots")

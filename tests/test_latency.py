@@ -1,5 +1,4 @@
 import pandas as pd
-import pytest
 
 from conftest import run_main
 from quant_utils.csvio import read_csv, read_provenance

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..perf_model import config_error, mode_wbits
+from ..errors import ConfigError
+from ..perf_model import mode_wbits
 from .policies import Option, Policy
 from .simulator import BucketQueue, RunResult, ServiceTable, request_frame
 from .workloads import Workload
@@ -29,7 +30,7 @@ def resolve_variants(variants: dict[str, GenerateFn], modes: Iterable[str]) -> t
     """A callable for every mode, and which model really runs each mode: a mode with no callable of its
     own runs the first given model (see `substitution_notes`)."""
     if not variants:
-        raise config_error("live mode needs at least one generate callable")
+        raise ConfigError("live mode needs at least one generate callable")
     fallback_mode = next(iter(variants))
     out, runs_as = dict(variants), {m: m for m in variants}
     for m in modes:

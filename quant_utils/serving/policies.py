@@ -19,7 +19,8 @@ from typing import NamedTuple, Sequence
 
 import pandas as pd
 
-from ..perf_model import config_error, mode_wbits
+from ..errors import ConfigError
+from ..perf_model import mode_wbits
 
 
 class Option(NamedTuple):
@@ -31,7 +32,7 @@ def parse_option(text: str) -> Option:
     """'1024:w8a8' -> Option(1024, 'w8a8')."""
     res, sep, mode = text.partition(":")
     if not sep or not res.isdigit() or not mode:
-        raise config_error(f"option {text!r}: expected RES:MODE, e.g. 1024:w8a8")
+        raise ConfigError(f"option {text!r}: expected RES:MODE, e.g. 1024:w8a8")
     mode_wbits(mode)
     return Option(int(res), mode)
 
@@ -42,7 +43,7 @@ class Policy:
 
     def __init__(self, ladder: Sequence[Option]):
         if not ladder:
-            raise config_error(f"policy {self.name}: needs at least one (res, mode) option")
+            raise ConfigError(f"policy {self.name}: needs at least one (res, mode) option")
         self.ladder = [Option(int(o.res), str(o.mode)) for o in ladder]
         self.costs: dict[Option, float] = {o: 0.0 for o in self.ladder}
 
@@ -93,11 +94,11 @@ class Adaptive(Policy):
         super().__init__(ladder)
         n = len(self.ladder) - 1
         if len(down_at) != n or len(up_at) != n:
-            raise config_error(f"adaptive: {len(self.ladder)} levels need {n} down and {n} up thresholds, "
+            raise ConfigError(f"adaptive: {len(self.ladder)} levels need {n} down and {n} up thresholds, "
                                f"got {list(down_at)} and {list(up_at)}")
         for k in range(n):
             if not 0 <= up_at[k] < down_at[k]:
-                raise config_error(f"adaptive: step {k}: up threshold {up_at[k]} must be >= 0 and below the "
+                raise ConfigError(f"adaptive: step {k}: up threshold {up_at[k]} must be >= 0 and below the "
                                    f"down threshold {down_at[k]} (hysteresis)")
         self.down_at, self.up_at = [int(x) for x in down_at], [int(x) for x in up_at]
         self.level = 0
@@ -127,7 +128,7 @@ class SLOPredictive(Policy):
     def __init__(self, ladder: Sequence[Option], slo_ms: float):
         super().__init__(ladder)
         if slo_ms <= 0:
-            raise config_error(f"slo_ms={slo_ms} must be > 0")
+            raise ConfigError(f"slo_ms={slo_ms} must be > 0")
         self.slo_ms = float(slo_ms)
 
     def bind(self, costs):
@@ -175,7 +176,7 @@ class AdmissionControl(Policy):
 def default_thresholds(levels: int, q_high: int, q_low: int) -> tuple[list[int], list[int]]:
     """Step k down at q_high*(k+1) waiting requests, back up at q_low + q_high*k (hysteresis q_high - q_low)."""
     if not 0 <= q_low < q_high:
-        raise config_error(f"need 0 <= q_low < q_high, got q_low={q_low}, q_high={q_high}")
+        raise ConfigError(f"need 0 <= q_low < q_high, got q_low={q_low}, q_high={q_high}")
     return [q_high * (k + 1) for k in range(levels - 1)], [q_low + q_high * k for k in range(levels - 1)]
 
 
@@ -192,11 +193,11 @@ def quality_order(options: Sequence[Option], quality: pd.DataFrame | None = None
         from ..perf_model import wbits_mode
         q["mode"] = q["wbits"].map(wbits_mode)
     if not {"res", "mode", score} <= set(q.columns):
-        raise config_error(f"quality table needs columns res (or height), mode (or wbits) and {score!r}; has {list(quality.columns)}")
+        raise ConfigError(f"quality table needs columns res (or height), mode (or wbits) and {score!r}; has {list(quality.columns)}")
     table = {(int(r), str(m)): float(s) for r, m, s in zip(q["res"], q["mode"], q[score])}
     missing = [o for o in opts if (o.res, o.mode) not in table]
     if missing:
-        raise config_error(f"quality table has no {score} for {missing}")
+        raise ConfigError(f"quality table has no {score} for {missing}")
     return sorted(opts, key=lambda o: -table[(o.res, o.mode)])
 
 
@@ -218,5 +219,5 @@ def build_policy(name: str, mode: str, res: int, ladder_res: Sequence[int], *, b
         modes = [mode] + [m for m in bits_ladder if m != mode]
         pol = SLOPredictive(quality_order([Option(int(r), m) for r in ladder_res for m in modes], quality, score), slo_ms)
     else:
-        raise config_error(f"policy {name!r}: expected one of {POLICIES}")
+        raise ConfigError(f"policy {name!r}: expected one of {POLICIES}")
     return AdmissionControl(pol, slo_ms) if admission else pol

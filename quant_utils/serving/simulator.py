@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..perf_model import PerfModel, config_error
+from ..errors import ConfigError
+from ..perf_model import PerfModel
 from .policies import Option, Policy
 from .workloads import Workload
 
@@ -42,11 +43,11 @@ class ServerConfig:
 
     def __post_init__(self):
         if self.replicas < 1 or self.max_batch < 1:
-            raise config_error(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
+            raise ConfigError(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
         if self.dispatch not in DISPATCH:
-            raise config_error(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
+            raise ConfigError(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
         if self.noise not in NOISE:
-            raise config_error(f"noise {self.noise!r}: expected one of {NOISE}")
+            raise ConfigError(f"noise {self.noise!r}: expected one of {NOISE}")
 
 
 class ServiceTable:

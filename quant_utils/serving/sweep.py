@@ -12,7 +12,8 @@ from typing import Callable
 
 import pandas as pd
 
-from ..perf_model import PerfModel, config_error, mode_wbits
+from ..errors import ConfigError
+from ..perf_model import PerfModel, mode_wbits
 from . import workloads as wl
 from .metrics import SUMMARY_COLUMNS, summarize
 from .policies import Policy
@@ -58,21 +59,21 @@ def build_cells(patterns: list[str], modes: list[str], policies: list[str], n: i
     cells = []
     for pattern in patterns:
         if pattern not in wl.PATTERNS:
-            raise config_error(f"pattern {pattern!r}: expected one of {wl.PATTERNS}")
+            raise ConfigError(f"pattern {pattern!r}: expected one of {wl.PATTERNS}")
         for mode in modes:
             if pattern == "burst":
                 shapes = ([dict(burst_size=burst_size, burst_every_s=burst_every_s)] if burst_every_s is not None
                           else [dict(conc=int(c)) for c in conc])
             elif pattern in ("poisson", "gamma"):
                 if not rates and not loads:
-                    raise config_error(f"pattern {pattern}: give --rates (req/s) or --load (fraction of capacity)")
+                    raise ConfigError(f"pattern {pattern}: give --rates (req/s) or --load (fraction of capacity)")
                 shapes = [dict(lam=float(r)) for r in rates]
                 shapes += [dict(lam=float(x) * capacity(mode), load=float(x)) for x in loads]
                 if pattern == "gamma":
                     shapes = [dict(s, burstiness=burstiness) for s in shapes]
             else:
                 if not trace:
-                    raise config_error("pattern trace needs --trace FILE.csv")
+                    raise ConfigError("pattern trace needs --trace FILE.csv")
                 shapes = [dict(trace=trace)]
             cells += [Cell(pattern, mode, pol, n, **s) for s in shapes for pol in policies]
     return cells

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..perf_model import config_error
+from ..errors import ConfigError
 
 SEED_ENV = "MIXDQ_LOADTEST_SEED"
 PATTERNS = ("burst", "poisson", "gamma", "trace")
@@ -32,7 +32,7 @@ def resolve_seed(seed: int | None) -> int:
     try:
         return int(env)
     except ValueError:
-        raise config_error(f"{SEED_ENV}={env!r} is not an integer") from None
+        raise ConfigError(f"{SEED_ENV}={env!r} is not an integer") from None
 
 
 @dataclass
@@ -53,11 +53,11 @@ class Workload:
 
     def __post_init__(self):
         if (self.arrival_s is None) == (self.clients is None):
-            raise config_error("a workload is either open loop (arrival times) or closed loop (clients), not both")
+            raise ConfigError("a workload is either open loop (arrival times) or closed loop (clients), not both")
         if self.res is None:
             self.res = np.zeros(self.n, dtype=np.int64)
         if self.arrival_s is not None and len(self.arrival_s) != self.n:
-            raise config_error(f"{len(self.arrival_s)} arrival times for {self.n} requests")
+            raise ConfigError(f"{len(self.arrival_s)} arrival times for {self.n} requests")
 
     @property
     def closed(self) -> bool:
@@ -70,14 +70,14 @@ class Workload:
 
 def _check_n(n: int) -> None:
     if n < 1:
-        raise config_error(f"number of requests {n} must be >= 1")
+        raise ConfigError(f"number of requests {n} must be >= 1")
 
 
 def closed_loop(n: int, clients: int) -> Workload:
     """`clients` users each sending back to back until `n` requests are sent (the source's burst, concurrency c)."""
     _check_n(n)
     if clients < 1:
-        raise config_error(f"concurrency {clients} must be >= 1")
+        raise ConfigError(f"concurrency {clients} must be >= 1")
     return Workload("burst", n, clients=int(clients))
 
 
@@ -86,7 +86,7 @@ def burst(n: int, size: int | None = None, every_s: float = 0.0) -> Workload:
     _check_n(n)
     size = n if size is None else int(size)
     if size < 1 or every_s < 0:
-        raise config_error(f"burst size {size} must be >= 1 and period {every_s} s >= 0")
+        raise ConfigError(f"burst size {size} must be >= 1 and period {every_s} s >= 0")
     t = (np.arange(n) // size) * float(every_s)
     return Workload("burst", n, arrival_s=t.astype(float), burst_size=size, burst_every_s=float(every_s))
 
@@ -96,7 +96,7 @@ def gamma(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> Worklo
     1 = Poisson, < 1 burstier (coefficient of variation 1/sqrt(burstiness)), > 1 smoother."""
     _check_n(n)
     if rate <= 0 or burstiness <= 0:
-        raise config_error(f"rate {rate} req/s and burstiness {burstiness} must be > 0")
+        raise ConfigError(f"rate {rate} req/s and burstiness {burstiness} must be > 0")
     rng = np.random.default_rng(seed)
     gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
     gaps[0] = 0.0  # the first request opens the run
@@ -117,18 +117,18 @@ def read_trace(path: str | Path) -> Workload:
 
     p = Path(path)
     if not p.is_file():
-        raise config_error(f"trace CSV {p} does not exist")
+        raise ConfigError(f"trace CSV {p} does not exist")
     df = read_csv(p)
     if "arrival_s" not in df:
-        raise config_error(f"trace CSV {p} needs an 'arrival_s' column (seconds), has {list(df.columns)}")
+        raise ConfigError(f"trace CSV {p} needs an 'arrival_s' column (seconds), has {list(df.columns)}")
     if "res" not in df and "height" in df:
         if "width" in df and (df["width"] != df["height"]).any():
-            raise config_error(f"trace CSV {p}: non-square requests are not supported (resolution buckets are square)")
+            raise ConfigError(f"trace CSV {p}: non-square requests are not supported (resolution buckets are square)")
         df["res"] = df["height"]
     df = df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     t = df["arrival_s"].to_numpy(float)
     if len(t) == 0 or np.any(t < 0) or not np.all(np.isfinite(t)):
-        raise config_error(f"trace CSV {p}: arrival_s must be finite, >= 0 and non-empty")
+        raise ConfigError(f"trace CSV {p}: arrival_s must be finite, >= 0 and non-empty")
     res = df["res"].fillna(0).to_numpy(np.int64) if "res" in df else None
     prompts = df["prompt"].astype(str).tolist() if "prompt" in df else None
     return Workload("trace", len(df), arrival_s=t - t[0], res=res, prompts=prompts)
