@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--cpu_threads", type=int, default=1,
                    help="--live on CPU: torch intra-op threads (1 leaves a core to the replay thread)")
     add_model_args(p, resolution=False)
+    q = p.add_argument_group("live quantized models")
+    q.add_argument("--quantize_live", action="store_true",
+                   help="--live: quantize a copy of the UNet for each w<b>a8 mode (else every mode runs the loaded model)")
+    q.add_argument("--backend", default="fake", choices=["fake", "kernel"], help="--quantize_live: quantized backend")
+    q.add_argument("--calib_num", type=int, default=8, help="--quantize_live: calibration prompts per new checkpoint")
     if not any("--exec" in a.option_strings for a in p._actions):
         p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
     next(a for a in p._actions if a.dest == "exec_mode").help = (
@@ -100,9 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dict[str, str]]:
-    """One generate callable per mode. Here: the model of --config for every mode (bit-width switching is then
-    a no-op and a note says so); quantized callables plug in as {mode: generate}."""
+    """One generate callable per mode: the --config model, plus a MixDQ-quantized copy of its UNet for every
+    w<b>a8 mode with --quantize_live (sharing text encoders and VAE); other modes run the loaded model."""
+    import copy
+    from types import SimpleNamespace
+
     from quant_utils.cli import pipeline_from_args
+    from quant_utils.generation import read_prompts
+    from quant_utils.mixdq import MODES, QuantRequest, quantize_pipeline
     from quant_utils.pipeline import check_steps
     from quant_utils.runtime import Runner
 
@@ -110,13 +120,28 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     if str(device) == "cpu":  # oversubscribed OpenMP threads make CPU latency erratic (seconds instead of ~0.1 s)
         import torch
         torch.set_num_threads(args.cpu_threads)
-    runner = Runner(pipe, args.exec_mode or ("graph" if str(device).startswith("cuda") else "eager"))
+    exec_mode = args.exec_mode or ("graph" if str(device).startswith("cuda") else "eager")
     steps = args.steps or cfg.steps
     check_steps(steps)
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
+
+    def generate(model) -> live.GenerateFn:
+        runner = Runner(model, exec_mode)
+        return lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)
+
     name = "fp16" if args.fp16 or cfg.dtype == "float16" else cfg.dtype
-    # quantized modes: add {mode: generate} entries here; a mode without one runs this model (and the outputs say so)
-    return live.resolve_variants({name: lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)}, modes)
+    variants = {name: generate(pipe)}
+    for mode in dict.fromkeys(modes) if args.quantize_live else ():
+        if mode == name or mode not in MODES or mode == "fp16":
+            continue
+        parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
+        qpipe = SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=copy.deepcopy(pipe.unet))
+        calib = read_prompts(repo_path("scripts/utils/prompts_32.txt"))[: args.calib_num]
+        info = quantize_pipeline(qpipe, QuantRequest.from_mode(mode, cfg.name), repo_path(args.base_path) / mode / "ckpt.pth",
+                                 calib, 0, args.res, args.res, steps, backend=args.backend)
+        print(f"live {mode}: {info['origin']}, W avg {info['avg_wbits']:.2f} bits, {args.backend} backend")
+        variants[mode] = generate(qpipe)
+    return live.resolve_variants(variants, modes)
 
 
 def perf_for_run(args, variants: dict, options: list[Option], out: Path) -> tuple[PerfModel, str]:
