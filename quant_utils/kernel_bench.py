@@ -168,9 +168,41 @@ def graph_times(fn: Callable[[], torch.Tensor], iters: int = 50, warmup: int = 1
 
 
 def bench_us(fn: Callable[[], object]) -> float:
-    from triton.testing import do_bench
+    """GPU microseconds of one call, from CUDA-graph replays (no Python launch cost, as in the UNet step)."""
+    return launch.graph_bench_ms(fn) * 1e3
 
-    return do_bench(fn, warmup=5, rep=25, return_mode="median") * 1e3
+
+# Kernel-name patterns of a UNet step's GPU time, first match wins (ours first: their names are ours).
+KERNEL_CATEGORIES = [
+    ("int8 GEMM (ours)", r"_qlinear_kernel"), ("int8 conv (ours)", r"_qconv_kernel"),
+    ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
+    ("attention", r"flash|fmha|attention|sdpa|softmax"),
+    ("conv fp16 (cuDNN)", r"fprop|conv|implicit"), ("matmul fp16 (cuBLAS)", r"gemm|nvjet|cutlass|matmul|xmma"),
+    ("group/layer norm", r"norm"), ("elementwise, copies, other", r"."),
+]
+
+
+@torch.no_grad()
+def profile_step(fn: Callable[[], torch.Tensor]) -> list[dict]:
+    """GPU time of one eager step by kernel category (torch.profiler; the sum matches a graph replay's work)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    totals: dict[str, list] = {name: [0.0, 0] for name, _ in KERNEL_CATEGORIES}
+    for evt in prof.key_averages():
+        if evt.device_type != DeviceType.CUDA or evt.self_device_time_total <= 0:
+            continue
+        cat = next(name for name, pat in KERNEL_CATEGORIES if re.search(pat, evt.key, re.I))
+        totals[cat][0] += evt.self_device_time_total / 1e3
+        totals[cat][1] += evt.count
+    step = sum(v[0] for v in totals.values())
+    return [dict(category=k, gpu_ms=round(v[0], 3), share=round(v[0] / step, 4) if step else 0.0, kernels=v[1])
+            for k, v in totals.items() if v[1]]
 
 
 # ----------------------------------------------------------------------------------------------- per-shape

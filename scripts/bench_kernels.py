@@ -6,8 +6,9 @@ Quick look at one point:
     python scripts/bench_kernels.py --gemm_points 1024x4 --unet_points 1024x4 --formats W8A8
 
 Writes <out_dir>/kernels_<gpu>.csv (per layer shape: fp16 cuBLAS/cuDNN, torch._int_mm, W8A8/W6A8/W4A8, us and
-TOPS) and <out_dir>/kernels_unet_<gpu>.csv (UNet step: FP16 CUDA graph vs the kernel backend, p50/p95 ms,
-speedup, weight bytes, peak memory), plus <out_dir>/kernels_tuning_<gpu>.json (the autotuned tile configs).
+TOPS), <out_dir>/kernels_unet_<gpu>.csv (UNet step: FP16 CUDA graph vs the kernel backend, p50/p95 ms,
+speedup, weight bytes, peak memory), <out_dir>/kernels_profile_<gpu>.csv (one step's GPU time by kernel
+category) and <out_dir>/kernels_tuning_<gpu>.json (the autotuned tile configs).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="resolution x batch points of the UNet-step table (in this order)")
     p.add_argument("--formats", default="W8A8,W4A8,W6A8", help="kernel formats, in this order")
     p.add_argument("--iters", type=int, default=50, help="timed CUDA-graph replays per UNet point")
+    p.add_argument("--profile_points", default="1024x4,512x1",
+                   help="UNet points whose step is also profiled by kernel category (kernels_profile_<gpu>.csv)")
     p.add_argument("--fp16_convs", default="auto", choices=["auto", "none"],
                    help="auto: convs whose int8 kernel (with its quantize pass) was slower than cuDNN in the per-shape "
                         "table stay fp16 in the UNet step; none: every eligible conv runs the int8 kernel")
@@ -54,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop starting new UNet points after this many seconds (what ran is written)")
     args = p.parse_args(argv)
     args.gemm_points, args.unet_points = _points(args.gemm_points), _points(args.unet_points)
+    args.profile_points = _points(args.profile_points)
     args.formats = [f for f in args.formats.split(",") if f]
     return args
 
@@ -128,45 +132,48 @@ def main(args: argparse.Namespace) -> None:
         kernels.FP16_CONVS.update(slower)
         print(f"[bench] convs kept on cuDNN fp16 (C_in, C_out, k, stride): {sorted(slower)}")
 
-    # 5. UNet steps
-    unet_rows = []
-    base_ms = {}
-    with kb.timed("fp16 UNet steps"):
+    # 5. UNet steps (CUDA graphs), and where one step's GPU time goes (profiler) at the profile points
+    unet_rows, prof_rows, base_ms = [], [], {}
+    unet_csv, prof_csv = out_dir / f"kernels_unet_{tag}.csv", out_dir / f"kernels_profile_{tag}.csv"
+
+    def run_variant(label: str, model, wbytes: int, modes: str) -> None:
         for res_, batch in args.unet_points:
-            t, peak = kb.graph_times(kb.step_fn(unet, kb.unet_inputs(unet, batch, res_)), args.iters)
-            base_ms[(res_, batch)] = float(pd.Series(t).median())
-            unet_rows.append(_unet_row("fp16 (CUDA graph)", res_, batch, t, base_ms[(res_, batch)], fp16_bytes,
-                                       fp16_bytes, peak, ""))
-            print(unet_rows[-1])
+            if time.perf_counter() - t_start > args.time_budget_s:
+                print(f"[bench] time budget reached: skipping {label} {res_}x{batch}")
+                continue
+            inputs = kb.unet_inputs(model, batch, res_)
+            t, peak = kb.graph_times(kb.step_fn(model, inputs), args.iters)
+            base_ms.setdefault((res_, batch), float(pd.Series(t).median()))
+            unet_rows.append(_unet_row(label, res_, batch, t, base_ms[(res_, batch)], wbytes, fp16_bytes, peak, modes))
+            print(unet_rows[-1], flush=True)
+            if (res_, batch) in args.profile_points:
+                prof_rows.extend(dict(variant=label, res=res_, batch=batch, **r)
+                                 for r in kb.profile_step(kb.step_fn(model, inputs)))
+        write_csv(pd.DataFrame(unet_rows), unet_csv, meta(part="unet-step", timing="CUDA graph replay, CUDA events",
+                                                          iters=args.iters, fp16_convs=sorted(kernels.FP16_CONVS)))
+        if prof_rows:
+            write_csv(pd.DataFrame(prof_rows), prof_csv, meta(part="profile", timing="torch.profiler, one eager step"))
+
+    with kb.timed("fp16 UNet steps"):
+        run_variant("fp16 (CUDA graph)", unet, fp16_bytes, "")
     del unet
     _free()
-    unet_csv = out_dir / f"kernels_unet_{tag}.csv"
-    unet_meta = lambda: meta(part="unet-step", timing="CUDA graph replay, CUDA events", iters=args.iters,  # noqa: E731
-                             fp16_convs=sorted(kernels.FP16_CONVS))
-    write_csv(pd.DataFrame(unet_rows), unet_csv, unet_meta())
     for fmt in args.formats:
         with kb.timed(f"{fmt} UNet steps"):
             unet = kb.build_unet(cfg)
             kb.quantize_random(unet, kb.FORMATS[fmt], 8, calib=kb.unet_inputs(unet, 1, 512, seed=1))
             set_backend(unet, "kernel")
             _free()
-            wbytes = kb.device_bytes(unet)
-            modes = dict(kb.kernel_modes(unet))
-            for res_, batch in args.unet_points:
-                if time.perf_counter() - t_start > args.time_budget_s:
-                    print(f"[bench] time budget reached: skipping {fmt} {res_}x{batch}")
-                    continue
-                t, peak = kb.graph_times(kb.step_fn(unet, kb.unet_inputs(unet, batch, res_)), args.iters)
-                unet_rows.append(_unet_row(f"{fmt} kernel (CUDA graph)", res_, batch, t, base_ms.get((res_, batch)),
-                                           wbytes, fp16_bytes, peak, str(modes)))
-                print(unet_rows[-1])
+            run_variant(f"{fmt} kernel (CUDA graph)", unet, kb.device_bytes(unet), str(dict(kb.kernel_modes(unet))))
             del unet
             _free()
-        write_csv(pd.DataFrame(unet_rows), unet_csv, unet_meta())
         launch.save_tuning(out_dir / f"kernels_tuning_{tag}.json")
     print(f"[bench] wrote {unet_csv} ({time.perf_counter() - t_start:.0f}s)")
     print(pd.DataFrame(unet_rows)[["variant", "res", "batch", "p50_ms", "p95_ms", "speedup", "weight_ratio",
                                    "peak_mem_gib"]].to_string(index=False))
+    if prof_rows:
+        print(pd.DataFrame(prof_rows).pivot_table(index="category", columns=["variant", "res", "batch"],
+                                                  values="gpu_ms").round(2).to_string())
 
 
 def _slower_convs(rows: pd.DataFrame, fmt: str) -> set:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -241,13 +242,30 @@ def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
         y = ops.qlinear(x2, st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
         return y.reshape(*lead, st.n)
     p = st.qparams(1)
-    q = ops.quant_torch(x2, *p) if _compiling() else ops.quant(x2.contiguous(), *p)
+    q = ops.quant_torch(x2, *p) if _compiling() else _quantize_once(x, x2, p, ops)
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
     y = y.reshape(*lead, st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights
         y_bos = ops.qlinear(x[:, 0, :].half(), st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
         y = torch.cat([y_bos.unsqueeze(1), y[:, 1:]], dim=1)
     return y
+
+
+_last_codes: tuple | None = None  # (weakref to the input, its version, quant params, int8 codes)
+
+
+def _quantize_once(x: torch.Tensor, x2: torch.Tensor, p: tuple, ops) -> torch.Tensor:
+    """The int8 codes of x, reused when the previous layer quantized the same tensor with the same parameters
+    (attention's to_q/to_k/to_v read one input: one quantize pass instead of three). The input is held by a
+    weak reference and its version counter, so a freed or modified tensor never matches."""
+    global _last_codes
+    if _last_codes is not None:
+        ref_, version, params, q = _last_codes
+        if ref_() is x and x._version == version and params == p:
+            return q
+    q = ops.quant(x2.contiguous(), *p)
+    _last_codes = (weakref.ref(x), x._version, p, q)
+    return q
 
 
 def _conv_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Tile configs for the GEMM/conv kernels: candidates per problem-size class, autotuned once per shape.
 
 `linear(...)` / `conv(...)` run the kernels of triton_kernels.py with the config this module picks: the
-fastest candidate for the shape's size class, timed with `triton.testing.do_bench` (median) on the first
+fastest candidate for the shape's size class, timed under a CUDA graph (`graph_bench_ms`) on the first
 call of each (shape, format) and cached; never while a CUDA graph is being captured (then the first
 candidate runs; warm up before capturing). Tuning results can be saved to and loaded from JSON
 (`save_tuning` / `load_tuning`), so a later process skips the timing.
@@ -54,7 +54,6 @@ FP16A_CANDIDATES = {
 }
 
 _TUNED: dict[str, dict] = {}
-_TUNE_MS = (2, 10)  # do_bench warm-up and repetition time per candidate, ms
 TUNING = os.environ.get("MIXDQ_TUNE", "1") != "0"
 
 
@@ -92,12 +91,10 @@ def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> 
         return cfg
     if interpreting() or not TUNING or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
         return candidates[0]
-    from triton.testing import do_bench
-
     best, best_ms = None, float("inf")
     for c in candidates:
         try:
-            ms = do_bench(lambda: run(c), warmup=_TUNE_MS[0], rep=_TUNE_MS[1], return_mode="median")
+            ms = graph_bench_ms(lambda: run(c))
         except Exception as e:  # a config that does not fit this GPU (shared memory, registers): skip it
             print(f"[kernels] {key}: config {c} failed: {type(e).__name__}: {str(e)[:120]}")
             continue
@@ -107,6 +104,29 @@ def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> 
         raise RuntimeError(f"no kernel config ran for {key}")
     _TUNED[key] = dict(best, ms=round(best_ms, 5))
     return _TUNED[key]
+
+
+def graph_bench_ms(fn: Callable[[], object], n_inner: int = 10, reps: int = 5) -> float:
+    """GPU milliseconds of one fn() call: n_inner calls captured in a CUDA graph, median of `reps` replays.
+
+    A graph takes the Python launch cost (tens of microseconds, more than many of these kernels run) out
+    of the timing, as in the UNet step, which replays a graph too."""
+    fn()  # compile / warm up outside the graph
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n_inner):
+            fn()
+    graph.replay()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for a, b in events:
+        a.record()
+        graph.replay()
+        b.record()
+    torch.cuda.synchronize()
+    times = sorted(a.elapsed_time(b) for a, b in events)
+    del graph
+    return times[len(times) // 2] / n_inner
 
 
 def _strip(cfg: dict) -> dict:

@@ -30,7 +30,9 @@ def _round_clamp(v, lo, hi):
     return (v + 12582912.0) - 12582912.0
 
 
-@triton.jit(do_not_specialize=["n"])
+# Sizes that bound a mask along the contiguous dimension stay specialised: with their divisibility by 16 known,
+# Triton emits 16-byte vector loads/stores (unspecialised, it falls back to one element per instruction).
+@triton.jit
 def _quant_flat_kernel(x_ptr, q_ptr, n, scale, zf, lo, hi, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -50,34 +52,38 @@ def quant_flat(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int, o
     return q
 
 
-@triton.jit(do_not_specialize=["C", "H", "W", "PADN", "split"])
+@triton.jit(do_not_specialize=["H", "PADN", "split"])
 def _quant_nhwc_kernel(x_ptr, q_ptr, C, H, W, PADN, split, s1, z1, lo1, hi1, s2, z2, lo2, hi2,
-                       BC: tl.constexpr, BP: tl.constexpr):
-    # one [BC channels x BP padded pixels] tile of one image: read NCHW (pixels contiguous), write the
-    # zero-padded NHWC image (channels contiguous); border pixels get the code of x = 0, i.e. the zero point
-    pid_p, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                       BC: tl.constexpr, BW: tl.constexpr):
+    # one padded image row, [BC channels x BW columns]: read NCHW (columns contiguous, aligned), write the
+    # zero-padded NHWC row (channels contiguous); the border gets the code of x = 0, i.e. the zero point
+    pid_w, pid_c, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     HP = H + 2 * PADN
     WP = W + 2 * PADN
+    b = row // HP
+    h = row - b * HP - PADN
     c = pid_c * BC + tl.arange(0, BC)
-    p = pid_p * BP + tl.arange(0, BP)
-    hp = p // WP
-    h = hp - PADN
-    w = p - hp * WP - PADN
-    inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-    c_ok = c[:, None] < C
-    x = tl.load(x_ptr + b.to(tl.int64) * C * H * W + c[:, None] * (H * W) + (h * W + w)[None, :],
-                mask=c_ok & inside[None, :], other=0.0).to(tl.float32)
-    first = c[:, None] < split
-    v = tl.math.div_rn(x, tl.where(first, s1, s2))
-    q = _round_clamp(v, tl.where(first, lo1, lo2), tl.where(first, hi1, hi2)) + tl.where(first, z1, z2)
-    q = tl.where(inside[None, :], q, tl.where(first, z1, z2))
-    q = tl.trans(q.to(tl.int8))
-    mask = tl.trans(c_ok & (p[None, :] < HP * WP))
-    tl.store(q_ptr + b.to(tl.int64) * HP * WP * C + p[:, None] * C + c[None, :], q, mask=mask)
+    w = pid_w * BW + tl.arange(0, BW)
+    c_ok = c < C
+    inside = (w < W) & (h >= 0) & (h < H)
+    x = tl.load(x_ptr + (b.to(tl.int64) * C + c[:, None]) * (H * W) + h * W + w[None, :],
+                mask=c_ok[:, None] & inside[None, :], other=0.0).to(tl.float32)
+    first = c < split
+    zc = tl.where(first, z1, z2)
+    v = tl.math.div_rn(x, tl.where(first, s1, s2)[:, None])
+    q = _round_clamp(v, tl.where(first, lo1, lo2)[:, None], tl.where(first, hi1, hi2)[:, None]) + zc[:, None]
+    q = tl.where(inside[None, :], q, zc[:, None])
+    out_row = q_ptr + row.to(tl.int64) * WP * C
+    tl.store(out_row + (w[:, None] + PADN) * C + c[None, :], tl.trans(q.to(tl.int8)),
+             mask=(w[:, None] < W) & c_ok[None, :])
+    # left and right border columns (PADN > 0): written by the first and the last column tile
+    zq = zc.to(tl.int8)
+    tl.store(out_row + c, zq, mask=c_ok & (pid_w == 0) & (PADN > 0))
+    tl.store(out_row + (WP - 1) * C + c, zq, mask=c_ok & (pid_w == tl.num_programs(0) - 1) & (PADN > 0))
 
 
 def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, pad: int = 0, bc: int = 64,
-                       bp: int = 64) -> torch.Tensor:
+                       bw: int = 64) -> torch.Tensor:
     """NCHW fp16 -> zero-padded NHWC int8 codes [B, H+2pad, W+2pad, C] in one pass.
 
     Channels [0, split) use p1 = (scale, zero, qmin, qmax), the rest p2 (split >= C: one quantizer);
@@ -87,13 +93,13 @@ def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, pad: i
     hp, wp = h + 2 * pad, w + 2 * pad
     q = torch.empty((b, hp, wp, c), dtype=torch.int8, device=x.device)
     (s1, z1, a1, b1), (s2, z2, a2, b2) = p1, p2
-    grid = (triton.cdiv(hp * wp, bp), triton.cdiv(c, bc), b)
+    grid = (triton.cdiv(w, bw), triton.cdiv(c, bc), b * hp)
     _quant_nhwc_kernel[grid](x, q, c, h, w, pad, split, s1, float(z1), float(a1 - z1), float(b1 - z1),
-                             s2, float(z2), float(a2 - z2), float(b2 - z2), BC=bc, BP=bp, num_warps=4)
+                             s2, float(z2), float(a2 - z2), float(b2 - z2), BC=bc, BW=bw, num_warps=4)
     return q
 
 
-@triton.jit(do_not_specialize=["n", "C", "HW", "split"])
+@triton.jit(do_not_specialize=["C", "HW", "split"])
 def _fake_quant_kernel(x_ptr, y_ptr, n, C, HW, split, s1, lo1, hi1, s2, lo2, hi2, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -211,10 +217,11 @@ def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
 # ----------------------------------------------------------------------------------------------- linear
 
 
-# Problem sizes are not specialised (one compiled kernel per tile config and format, whatever the shape); the
-# strides and K are (the launchers require multiples of 16: Triton's pipeliner needs that divisibility to turn
-# the tile loads into asynchronous copies, and a tl.multiple_of hint on a scalar argument does not give it).
-@triton.jit(do_not_specialize=["M", "N", "K_ITERS"])
+# M and the K-loop length are not specialised (one compiled kernel per tile config and format, whatever the
+# shape); N, K and the strides are (the launchers require multiples of 16: Triton's pipeliner needs that
+# divisibility to turn tile loads into asynchronous copies, and the output store needs it along N to use
+# vector stores; a tl.multiple_of hint on a scalar argument does not give either).
+@triton.jit(do_not_specialize=["M", "K_ITERS"])
 def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
                     M, N, K_A, K_ITERS, stride_am, stride_wn, stride_om,
                     BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -333,28 +340,29 @@ def _conv_segment(acc, x_ptr, w_ptr, row_base, kk, W, C, c0, CS, CI,
     return acc
 
 
-@triton.jit(do_not_specialize=["M", "N", "H", "W", "OH", "OW", "CI1", "CI2"])
+@triton.jit(do_not_specialize=["M", "H", "W", "CI1", "CI2"])
 def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr,
-                  M, N, H, W, C, OH, OW, C1, C2, CI1, CI2, stride_wn,
+                  M, N, H, W, C, OHW, OW, C1, C2, CI1, CI2, stride_wn,
                   STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
                   SWAP: tl.constexpr, SUBK: tl.constexpr):
     """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW].
 
-    M = B*OH*OW output pixels, K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2) segment 2
-    (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue. Weight rows: segment 1's
+    Row tiles never straddle two images (M = B * cdiv(OH*OW, BM) * BM), so each tile's output pixels are
+    contiguous in NCHW (vector stores). K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2)
+    segment 2 (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue. Weight rows: segment 1's
     KH*KW*CI1 groups, then segment 2's KH*KW*CI2. Offsets are int32 (the launcher checks the sizes)."""
     BPG: tl.constexpr = G * BITS // 8
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
-    rm = pid_m * BM + tl.arange(0, BM)
+    tiles_per_img = tl.cdiv(OHW, BM)
+    b = pid_m // tiles_per_img
+    r = (pid_m - b * tiles_per_img) * BM + tl.arange(0, BM)  # output pixel within the image
     rn = pid_n * BN + tl.arange(0, BN)
     rn_in = rn % N
-    ohw = OH * OW
-    rm_in = rm % M  # wrapped rows: in-bounds loads, masked at the store
-    bb = rm_in // ohw
-    oh = (rm_in - bb * ohw) // OW
-    row_base = ((bb * H + oh * STRIDE) * W + (rm_in - bb * ohw - oh * OW) * STRIDE) * C  # only this stays live
+    r_in = r % OHW  # wrapped: in-bounds loads, masked at the store
+    oh = r_in // OW
+    row_base = ((b * H + oh * STRIDE) * W + (r_in - oh * OW) * STRIDE) * C  # only this stays live in the K loop
     kk = tl.arange(0, SUBK)
     w_rows = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
     if SWAP:
@@ -377,16 +385,15 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
         y += (acc2 - tl.load(zc2_ptr + n_in)).to(tl.float32) * tl.load(scale2_ptr + n_in)
     if HAS_BIAS:
         y += tl.load(bias_ptr + n_in)
-    # NCHW offset = row part (image, pixel) + column part (channel): separable int32 vectors, so the 2-D
-    # address is one add per element (a per-element 64-bit product here made the kernel spill registers)
-    bo = rm // ohw
-    row_off = bo * (N * ohw) + (rm - bo * ohw)
-    col_off = rn * ohw
+    # NCHW offset = image part + pixel (contiguous along the tile) + channel part: separable int32 vectors
+    # (a per-element 64-bit product here made the kernel spill registers)
+    row_off = b * (N * OHW) + r
+    col_off = rn * OHW
     if SWAP:
-        mask = (rm[None, :] < M) & (rn[:, None] < N)
+        mask = (r[None, :] < OHW) & (rn[:, None] < N)
         o_ptrs = out_ptr + (row_off[None, :] + col_off[:, None])
     else:
-        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        mask = (r[:, None] < OHW) & (rn[None, :] < N)
         o_ptrs = out_ptr + (row_off[:, None] + col_off[None, :])
     tl.store(o_ptrs, y.to(tl.float16), mask=mask)
 
@@ -406,11 +413,11 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
     ow = (wp - kw) // stride + 1
     out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device)
     c2 = c - c1
-    m = b * oh * ow
+    m = b * triton.cdiv(oh * ow, cfg["BM"]) * cfg["BM"]  # whole row tiles per image
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
     _qconv_kernel[grid](x_pad, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
                         zc2 if zc2 is not None else zc1, bias if bias is not None else scale1,
-                        m, n, hp, wp, c, oh, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
+                        m, n, hp, wp, c, oh * ow, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
                         STRIDE=stride, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
