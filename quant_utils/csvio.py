@@ -20,18 +20,18 @@ from . import REPO_ROOT
 
 
 def git_sha() -> str:
-    """The checkout's commit; on a copy without .git (the GPU machine) the `.git_sha` file a job wrote."""
-    stamp = REPO_ROOT / ".git_sha"
-    if not (REPO_ROOT / ".git").exists() and stamp.is_file():
-        return stamp.read_text().strip()
+    """The checkout's commit; where git cannot tell (the GPU machine's copy), the `.git_sha` a job wrote."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        sha = dirty = ""
+    if not sha:
+        stamp = REPO_ROOT / ".git_sha"
+        return stamp.read_text().strip() + " (stamp)" if stamp.is_file() else "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def device_name() -> str:
