@@ -31,6 +31,7 @@ def _rated(results: pd.DataFrame) -> pd.DataFrame:
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the (often two-line) suptitle above the panels' titles
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
