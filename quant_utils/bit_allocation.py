@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import yaml
 
 from . import repo_path
-from .bitconfig import normalize_name
-from .pipeline import ConfigError
+from .bitconfig import normalize_name, read_yaml_mapping
+from .errors import ConfigError
 
 KINDS = ("weight", "act")
 METRICS = ("sqnr", "ssim")
@@ -78,23 +77,11 @@ class Sensitivity:
         return float(table[name][self.bits.index(bits)])
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: expected a non-empty mapping")
-    return raw
-
-
 def read_scores(path: str | Path, n_bits: int) -> dict[str, list[float]]:
     """A `sensitivity.yaml` (layer -> list of one score per candidate bit-width); names normalised."""
     p = repo_path(path)
     out = {}
-    for name, vals in _read_yaml(p).items():
+    for name, vals in read_yaml_mapping(p, "sensitivity file").items():
         if not isinstance(vals, list) or len(vals) != n_bits or not all(isinstance(v, (int, float)) for v in vals):
             raise ConfigError(f"{p}: layer '{name}' has {vals!r}, expected a list of {n_bits} numbers")
         out[normalize_name(str(name))] = [float(v) for v in vals]
@@ -104,7 +91,7 @@ def read_scores(path: str | Path, n_bits: int) -> dict[str, list[float]]:
 def read_sizes(path: str | Path) -> dict[str, float]:
     """A tensor-ratio YAML (layer -> relative size > 0); names normalised."""
     p = repo_path(path)
-    out = {normalize_name(str(k)): v for k, v in _read_yaml(p).items()}
+    out = {normalize_name(str(k)): v for k, v in read_yaml_mapping(p, "tensor-ratio file").items()}
     bad = [k for k, v in out.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0]
     if bad:
         raise ConfigError(f"{p}: layer '{bad[0]}' has size {out[bad[0]]!r}, expected a positive number")
@@ -122,7 +109,7 @@ def load_sensitivity(sensitivity_dir: str | Path, kind: str, ratio_config: str |
         raise ConfigError(f"kind={kind!r}, expected one of {KINDS}")
     root = repo_path(sensitivity_dir)
     meta_path = root / kind / "meta.yaml"
-    meta = _read_yaml(meta_path) if meta_path.is_file() else {}
+    meta = read_yaml_mapping(meta_path, "sensitivity meta file") if meta_path.is_file() else {}
     bits = tuple(int(b) for b in meta.get("bits", DEFAULT_SENS_BITS))
     sqnr = read_scores(root / kind / "sqnr" / "sensitivity.yaml", len(bits))
     ssim_path = root / kind / "ssim" / "sensitivity.yaml"
@@ -130,7 +117,7 @@ def load_sensitivity(sensitivity_dir: str | Path, kind: str, ratio_config: str |
     ratio = repo_path(ratio_config) if ratio_config else root / "tensor_ratio" / f"{kind}_ratio_config.yaml"
     sizes = read_sizes(ratio)
     ratio_meta = ratio.parent / "meta.yaml"
-    unit = _read_yaml(ratio_meta).get(f"{kind}_unit_elems") if ratio_meta.is_file() else None
+    unit = read_yaml_mapping(ratio_meta, "tensor-ratio meta file").get(f"{kind}_unit_elems") if ratio_meta.is_file() else None
     missing_size = sorted(set(sqnr) - set(sizes))
     if missing_size:
         raise ConfigError(f"{ratio}: no size for {len(missing_size)} layer(s) of the sensitivity data, "

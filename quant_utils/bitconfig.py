@@ -26,17 +26,24 @@ def normalize_name(name: str) -> str:
     return name[len(PREFIX):] if name.startswith(PREFIX) else name
 
 
-def read_bit_config(path: str | Path) -> dict[str, int]:
-    """A flat `layer: bits` YAML; names normalised. Malformed files are errors naming the line's layer."""
+def read_yaml_mapping(path: str | Path, what: str = "bit config") -> dict:
+    """A non-empty YAML mapping, or a ConfigError that names the file and what is wrong."""
     p = repo_path(path)
     if not p.is_file():
-        raise ConfigError(f"bit config {p} does not exist")
+        raise ConfigError(f"{what} {p} does not exist")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"bit config {p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {p}: not valid YAML: {e}") from e
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"bit config {p}: expected a non-empty mapping 'layer_name: bits', got {type(raw).__name__}")
+        raise ConfigError(f"{what} {p}: expected a non-empty mapping 'layer_name: value', got {type(raw).__name__}")
+    return raw
+
+
+def read_bit_config(path: str | Path) -> dict[str, int]:
+    """A flat `layer: bits` YAML; names normalised. Malformed files are errors naming the line's layer."""
+    p = repo_path(path)
+    raw = read_yaml_mapping(p)
     out: dict[str, int] = {}
     for name, bits in raw.items():
         if isinstance(bits, bool) or not isinstance(bits, int):

@@ -32,7 +32,7 @@ from PIL import Image
 
 from .csvio import read_csv, read_provenance, write_csv
 from .generation import MANIFEST, image_name, save_png
-from .pipeline import ConfigError, WeightsNotFoundError, _network_allowed
+from .pipeline import ConfigError, WeightsNotFoundError, network_allowed
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FID_MODES = ("clean", "legacy_pytorch")
@@ -184,7 +184,7 @@ def inception_extractor(mode: str = "clean", device: str = "cpu") -> FeatureExtr
     """clean-fid's Inception-v3 pool features (2048-d) for `mode`; weights must be local or downloadable."""
     path, url, where = inception_weights(mode)
     if not path.is_file():
-        if not _network_allowed():
+        if not network_allowed():
             raise WeightsNotFoundError(
                 f"the Inception weights for FID (--fid_mode {mode}) are not cached: {path} is missing "
                 f"(folder from {where}).\n  - download {url} where there is network and copy it to {path};\n"

@@ -58,6 +58,10 @@ class QuantLayer(nn.Module):
         self.w_int.copy_(quantize_weight(self.weight, self.w_scale, self.w_zero_point, self.w_bits))
         self._w_fake = None
 
+    def drop_cached_weight(self) -> None:
+        """Free the cached dequantized weight (it is rebuilt on the next fake-quant forward)."""
+        self._w_fake = None
+
     def effective_weight(self) -> torch.Tensor:
         if self.w_bits is None or not self.use_wq:
             return self.weight

@@ -258,7 +258,7 @@ def measure(pipe, setup: SensitivitySetup, layers: list[str], out_dir: str | Pat
                     layer.use_wq, layer.use_aq = setup.kind == "weight", setup.kind == "act"
                     images, out = generate(runner, setup)
                     layer.use_wq = layer.use_aq = False
-                    layer._w_fake = None  # free the cached dequantized weight: one layer at a time is enough
+                    layer.drop_cached_weight()  # one layer's dequantized copy at a time is enough
                     score = float(np.mean([ssim(a, b) for a, b in zip(images, ref_images)]))
                     log.record(bits, name, sqnr_db(ref_out, out), score)
                     counts["measured"] += 1
