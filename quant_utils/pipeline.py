@@ -216,7 +216,7 @@ def build_pretrained_pipeline(cfg: ModelConfig, device: str | torch.device = "cp
     try:
         pipe = StableDiffusionXLPipeline.from_pretrained(
             str(repo_path(src)) if cfg.local_path else src, revision=cfg.revision, variant=cfg.variant,
-            torch_dtype=dtype, local_files_only=offline or not network_allowed(),
+            dtype=dtype, local_files_only=offline or not network_allowed(),
         )
     except (OSError, ValueError) as e:
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
