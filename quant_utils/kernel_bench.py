@@ -95,23 +95,13 @@ def record_layer_calls(unet: nn.Module, inputs: dict) -> Counter:
 def quantize_random(unet: nn.Module, wbits: int, abits: int = 8, calib: dict | None = None) -> nn.Module:
     """Uniform W{wbits}A{abits} with the project's quantize_unet (min-max weight ranges), activation ranges
     calibrated (min-max) on one forward of `calib`; fake backend, ready for set_backend('kernel')."""
-    from .quantize import make_spec, quant_layers, quantize_unet, uniform_bits
+    from .calibrate import observing
+    from .quantize import make_spec, quantize_unet, uniform_bits
 
     spec = make_spec(unet, uniform_bits(unet, wbits), uniform_bits(unet, abits), a_method="minmax")
     quantize_unet(unet, spec, search=False)
-    layers = [m for _, m in quant_layers(unet) if m.act_quant is not None]
-    for m in layers:
-        m.calibrating = True
-    try:
-        with torch.no_grad():
-            unet(**calib)
-    finally:
-        for m in layers:
-            m.calibrating = False
-    for m in layers:
-        for q in (m.act_quant, m.act_quant2):
-            if q is not None:
-                q.finish_calibration()
+    with observing(unet), torch.no_grad():
+        unet(**calib)
     return unet
 
 
@@ -155,13 +145,7 @@ def graph_times(fn: Callable[[], torch.Tensor], iters: int = 50, warmup: int = 1
         fn()
     for _ in range(warmup):
         graph.replay()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for a, b in events:
-        a.record()
-        graph.replay()
-        b.record()
-    torch.cuda.synchronize()
-    times = np.array([a.elapsed_time(b) for a, b in events])
+    times = np.array(launch.replay_ms(graph, iters))
     peak = torch.cuda.max_memory_allocated() / 2**30
     del graph
     return times, peak

@@ -69,6 +69,13 @@ def conv_class(m: int) -> str:
     return "small" if m <= 1024 else "mid" if m <= 8192 else "large"
 
 
+def conv_candidates(m: int, two_seg: bool) -> list[dict]:
+    """Conv tile configs for M output pixels; a split input keeps two accumulators, so no tiles above 128x128
+    there (they spill registers: Triton 3.6, sm_90, ptxas -v)."""
+    cands = CONV_CANDIDATES[conv_class(m)]
+    return [c for c in cands if c["BM"] * c["BN"] <= 128 * 128] if two_seg else cands
+
+
 _FORCED: dict | None = None
 
 
@@ -118,15 +125,20 @@ def graph_bench_ms(fn: Callable[[], object], n_inner: int = 10, reps: int = 5) -
         for _ in range(n_inner):
             fn()
     graph.replay()
+    times = sorted(replay_ms(graph, reps))
+    del graph
+    return times[len(times) // 2] / n_inner
+
+
+def replay_ms(graph: "torch.cuda.CUDAGraph", reps: int) -> list[float]:
+    """Milliseconds of each of `reps` replays of a captured graph (CUDA events around each replay)."""
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
     for a, b in events:
         a.record()
         graph.replay()
         b.record()
     torch.cuda.synchronize()
-    times = sorted(a.elapsed_time(b) for a, b in events)
-    del graph
-    return times[len(times) // 2] / n_inner
+    return [a.elapsed_time(b) for a, b in events]
 
 
 def _strip(cfg: dict) -> dict:
@@ -160,7 +172,7 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
     if cfg is None:
         b, hp, wp, _ = x_pad.shape
         m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
-        cfg = _choose(conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), CONV_CANDIDATES[conv_class(m)],
+        cfg = _choose(conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), conv_candidates(m, c1 < x_pad.shape[3]),
                       lambda c: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
                                          stride, pad, c))
     return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg))
@@ -203,7 +215,7 @@ def conv_jobs(m: int, c: int, c1: int, kh: int, stride: int, bits: int, group: i
     two = c1 < c
     even = c1 % group == 0 and (c - c1) % group == 0
     return [("conv", bits, group, kh, stride, two, even, tuple(sorted(_strip(cf).items())))
-            for cf in CONV_CANDIDATES[conv_class(m)]]
+            for cf in conv_candidates(m, two)]
 
 
 def _compile_job(job: tuple) -> str:

@@ -130,7 +130,7 @@ def candidates(case: Case) -> list[dict]:
         table = launch.FP16A_CANDIDATES if case.a_bits is None else launch.LINEAR_CANDIDATES
         return table[launch.linear_class(m)]
     oh = (case.hw + 2 * (case.ksize // 2) - case.ksize) // case.stride + 1
-    return launch.CONV_CANDIDATES[launch.conv_class(case.batch * oh * oh)]
+    return launch.conv_candidates(case.batch * oh * oh, bool(case.split))
 
 
 def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) -> dict:
