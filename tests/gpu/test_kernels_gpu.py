@@ -59,9 +59,14 @@ def unet_vs_fake(wbits: int, res: int = 512, batch: int = 1) -> dict:
     inp32 = {k: v.float() if torch.is_tensor(v) else {a: b.float() for a, b in v.items()} for k, v in inp.items()}
     fake32 = u32(**inp32).sample
     del u32
-    captured = {}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: captured.setdefault(n, (a[0].clone(), o.clone())) and None)
-             for n, m in quant_layers(unet)]
+    captured: dict = {}
+
+    def keep(name):  # forward hook storing a layer's first input and output
+        def hook(mod, args, out):
+            captured.setdefault(name, (args[0].clone(), out.clone()))
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in quant_layers(unet)]
     fake16 = unet(**inp).sample
     for h in hooks:
         h.remove()
@@ -82,7 +87,8 @@ def unet_vs_fake(wbits: int, res: int = 512, batch: int = 1) -> dict:
            "modes": dict(kb.kernel_modes(unet))}
     out["ok"] = (out["nan"] == 0 and out["layer_nan"] == 0 and out["layer_max"] < TOL_UNET
                  and out["whole_kernel_vs_fake16"] < TOL_UNET)
-    del unet, captured
+    captured.clear()
+    del unet
     torch.cuda.empty_cache()
     return out
 
