@@ -4,7 +4,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 DEMO := logs/demo
 
-.PHONY: venv demo test clean-demo wheels
+.PHONY: venv demo test report clean-demo wheels
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt
@@ -21,6 +21,12 @@ demo: venv
 	$(PY) scripts/eval_fp16_mixdq_cleanfid.py --fp16_folder $(DEMO)/fp16/generated_images --mixdq_folder $(DEMO)/w8a8/images --ref_folder $(DEMO)/eval/synthetic_ref --synthetic_ref 8 --feature_extractor random --clip_pretrained none --device cpu --out $(DEMO)/eval/fid_clip.csv  # plumbing check: random weights, synthetic reference
 	$(PY) mixed_precision_scripts/sensitivity.py --kind weight --bits 2 4 8 --layers '^conv_in$$|mid_block.*blocks.0.(attn2.to_k|ff.net.2)' --num_imgs 2 --batch_size 2 --out_dir $(DEMO)/sensitivity && $(PY) mixed_precision_scripts/bit_allocation.py --sensitivity_dir $(DEMO)/sensitivity --target_bits 4.0 6.0 --out_dir $(DEMO)/bit_configs  # mixed precision: sensitivity of 3 layers -> ILP
 	$(PY) scripts/load_test_stub.py --live --res 64 --ladder 64 32 --patterns poisson --load 0.5 0.9 --wbits 8 4 --num_requests 8 --base_path $(DEMO) --run_name live && $(PY) scripts/plot_mixdq_queue_results.py $(DEMO)/queue_tests/live/mixdq_queue_results.csv  # load test: live tiny W8A8 and W4A8 models (checkpoints from the quant_txt2img steps) vs the simulator
+
+# Rebuild the report's figures from the committed CSVs in results/ (reads CSVs only: no model, no GPU).
+report: venv
+	$(PY) scripts/fit_perf_model.py --csv results/latency_fp16.csv results/latency_w8a8.csv results/latency_w6a8.csv results/latency_w4a8.csv results/latency_fp16_eager.csv --out results/perf_model.json --plot results/latency_vs_res.png
+	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep/mixdq_queue_results.csv
+	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_load/mixdq_queue_results.csv
 
 test: venv
 	$(PY) -m pytest -q tests
