@@ -15,6 +15,7 @@ never served above it (`decide` caps the choice).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple, Sequence
 
 import pandas as pd
@@ -37,7 +38,8 @@ def parse_option(text: str) -> Option:
     return Option(int(res), mode)
 
 
-class Policy:
+class Policy(ABC):
+    """A serving policy: `choose` picks the (resolution, mode) of the next batch, or None to reject."""
     name = "policy"
     needs_backlog = False
 
@@ -58,8 +60,9 @@ class Policy:
     def reset(self) -> None:
         """Forget run state (called before each run)."""
 
+    @abstractmethod
     def choose(self, now_s: float, queue_len: int, backlog_ms: float) -> Option | None:
-        raise NotImplementedError
+        """The option for the next batch given the queue (None: reject the request)."""
 
     def decide(self, now_s: float, queue_len: int, backlog_ms: float, requested_res: int = 0) -> Option | None:
         opt = self.choose(now_s, queue_len, backlog_ms)
