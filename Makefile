@@ -20,7 +20,7 @@ demo: venv
 	$(PY) scripts/quant_txt2img.py --wbits 4 --abits 8 --base_path $(DEMO)/w4a8 --image_folder $(DEMO)/w4a8/images --num_imgs 8 --batch_size 4
 	$(PY) scripts/eval_fp16_mixdq_cleanfid.py --fp16_folder $(DEMO)/fp16/generated_images --mixdq_folder $(DEMO)/w8a8/images --ref_folder $(DEMO)/eval/synthetic_ref --synthetic_ref 8 --feature_extractor random --clip_pretrained none --device cpu --out $(DEMO)/eval/fid_clip.csv  # plumbing check: random weights, synthetic reference
 	$(PY) mixed_precision_scripts/sensitivity.py --kind weight --bits 2 4 8 --layers '^conv_in$$|mid_block.*blocks.0.(attn2.to_k|ff.net.2)' --num_imgs 2 --batch_size 2 --out_dir $(DEMO)/sensitivity && $(PY) mixed_precision_scripts/bit_allocation.py --sensitivity_dir $(DEMO)/sensitivity --target_bits 4.0 6.0 --out_dir $(DEMO)/bit_configs  # mixed precision: sensitivity of 3 layers -> ILP
-	$(PY) scripts/load_test_stub.py --live --res 64 --ladder 64 32 --patterns poisson --load 0.5 0.9 --wbits 8 4 --num_requests 8 --base_path $(DEMO) --run_name live && $(PY) scripts/plot_mixdq_queue_results.py $(DEMO)/queue_tests/live/mixdq_queue_results.csv  # load test: live tiny W8A8 and W4A8 models (checkpoints from the quant_txt2img steps) vs the simulator
+	$(PY) scripts/load_test_stub.py --live --quantize_live --res 64 --ladder 64 32 --patterns poisson --load 0.5 0.9 --wbits 8 4 --num_requests 8 --base_path $(DEMO) --run_name live && $(PY) scripts/plot_mixdq_queue_results.py $(DEMO)/queue_tests/live/mixdq_queue_results.csv  # load test: live tiny W8A8 and W4A8 models (checkpoints from the quant_txt2img steps) vs the simulator
 
 # Rebuild the report's figures from the committed CSVs in results/ (reads CSVs only: no model, no GPU).
 report: venv
