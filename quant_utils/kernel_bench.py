@@ -105,24 +105,6 @@ def quantize_random(unet: nn.Module, wbits: int, abits: int = 8, calib: dict | N
     return unet
 
 
-def device_bytes(module: nn.Module) -> int:
-    """Bytes of every distinct storage a model holds on the GPU: parameters, buffers and kernel states."""
-    seen, total = set(), 0
-    tensors = list(module.parameters()) + list(module.buffers())
-    for m in module.modules():
-        st = getattr(m, "kernel_state", None)
-        if st is not None:
-            tensors += st.tensors()
-    for t in tensors:
-        if t is None or not t.is_cuda:
-            continue
-        s = t.untyped_storage()
-        if s.data_ptr() not in seen:
-            seen.add(s.data_ptr())
-            total += s.nbytes()
-    return total
-
-
 def kernel_modes(unet: nn.Module) -> Counter:
     return Counter(m.kernel_state.mode for m in unet.modules() if getattr(m, "kernel_state", None) is not None)
 

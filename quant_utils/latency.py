@@ -11,22 +11,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from .quantize import quant_layers
 from .runtime import Runner, StageTimes
 
 STAGES = ("text", "unet", "vae", "total")
 
 
 def device_weight_bytes(unet: nn.Module) -> int:
-    """Bytes the UNet's weights occupy where they live: every parameter and buffer as stored;
-    layers on the kernel backend count their packed formats (kernels.weight_bytes)."""
-    kernel_layers = [m for _, m in quant_layers(unet) if m.backend == "kernel"]
-    skip = {id(t) for m in kernel_layers for t in chain(m.parameters(recurse=False), m.buffers(recurse=False))}
-    total = sum(t.numel() * t.element_size() for t in chain(unet.parameters(), unet.buffers()) if id(t) not in skip)
-    if kernel_layers:
-        from . import kernels
-
-        total += sum(kernels.weight_bytes(m) for m in kernel_layers)
+    """Bytes of every distinct storage the UNet holds: parameters, buffers and the kernel backend's packed
+    states (shared storages counted once). The one measure used by latency_probe and bench_kernels."""
+    tensors = list(chain(unet.parameters(), unet.buffers()))
+    for m in unet.modules():
+        state = getattr(m, "kernel_state", None)
+        if state is not None:
+            tensors += state.tensors()
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        s = t.untyped_storage()
+        if s.data_ptr() not in seen:
+            seen.add(s.data_ptr())
+            total += s.nbytes()
     return int(total)
 
 

@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import model_config_from_args, user_errors  # noqa: E402
 from quant_utils.csvio import provenance, write_csv  # noqa: E402
+from quant_utils.latency import device_weight_bytes  # noqa: E402
 from quant_utils.pipeline import ConfigError  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def main(args: argparse.Namespace) -> None:
         splits = skip_split_points(unet)
         calls = {pt: kb.record_layer_calls(unet, kb.unet_inputs(unet, pt[1], pt[0]))
                  for pt in dict.fromkeys(args.gemm_points + args.unet_points)}
-        fp16_bytes = kb.device_bytes(unet)
+        fp16_bytes = device_weight_bytes(unet)
 
     # 2. compile every kernel variant the formats may try, in parallel
     wbits = [kb.FORMATS[f] for f in args.formats]
@@ -164,7 +165,7 @@ def main(args: argparse.Namespace) -> None:
             kb.quantize_random(unet, kb.FORMATS[fmt], 8, calib=kb.unet_inputs(unet, 1, 512, seed=1))
             set_backend(unet, "kernel")
             _free()
-            run_variant(f"{fmt} kernel (CUDA graph)", unet, kb.device_bytes(unet), str(dict(kb.kernel_modes(unet))))
+            run_variant(f"{fmt} kernel (CUDA graph)", unet, device_weight_bytes(unet), str(dict(kb.kernel_modes(unet))))
             del unet
             _free()
         launch.save_tuning(out_dir / f"kernels_tuning_{tag}.json")

@@ -207,7 +207,9 @@ def main(args: argparse.Namespace) -> None:
         results = pd.concat([results, live_res], ignore_index=True)
         requests = pd.concat([requests, live_req], ignore_index=True)
     # 5. write the results, the per-request table, the report and the resolved config
+    backends = {m: sorted({g.backend for g in perf.groups[m].values()}) for m in perf.groups}
     meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
+                      perf_backends=" ".join(f"{m}={'/'.join(b)}" for m, b in sorted(backends.items())),
                       perf_synthetic=perf.synthetic, sources="sim" + ("+live" if args.live else ""), seed=seed,
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
