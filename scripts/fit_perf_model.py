@@ -93,7 +93,9 @@ def main(args: argparse.Namespace) -> None:
     model.save(out)
     df = pd.concat([read_csv(p) for p in paths], ignore_index=True)
     write_csv(model.loo_cells, out.with_name(out.stem + "_loo.csv"),
-              provenance(script="fit_perf_model", gpu=model.gpu, weights=model.weights, synthetic=model.synthetic))
+              provenance(script="fit_perf_model", gpu=model.gpu, weights=model.weights, synthetic=model.synthetic,
+                         backends=" ".join(f"{m}={'/'.join(sorted({g.backend for g in model.groups[m].values()}))}"
+                                           for m in sorted(model.groups))))
     # 3. plot and report
     if args.plot:
         plot_model(model, df, repo_path(args.plot), args.plot_exec)
