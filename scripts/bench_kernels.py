@@ -49,9 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=50, help="timed CUDA-graph replays per UNet point")
     p.add_argument("--profile_points", default="1024x4,512x1",
                    help="UNet points whose step is also profiled by kernel category (kernels_profile_<gpu>.csv)")
-    p.add_argument("--fp16_convs", default="auto", choices=["auto", "none"],
-                   help="auto: convs whose int8 kernel (with its quantize pass) was slower than cuDNN in the per-shape "
-                        "table stay fp16 in the UNet step; none: every eligible conv runs the int8 kernel")
+    p.add_argument("--fp16_convs", default="none", choices=["auto", "none"],
+                   help="none: every eligible conv runs the int8 kernel; auto: convs whose int8 kernel (with its "
+                        "quantize pass) was slower than cuDNN in the per-shape table stay on cuDNN fp16 in the UNet "
+                        "step (they then pay a fake-quant pass of their input, 2.5 ms per 1024x4 step on the H100)")
+    p.add_argument("--unet_exec", default="graph", choices=["graph", "compile"],
+                   help="UNet steps as CUDA-graph replays of eager PyTorch, or of torch.compile'd steps (Inductor "
+                        "fuses norms, elementwise ops and the activation quantization into their producers)")
     p.add_argument("--tuning_in", default=None, help="JSON of tile configs tuned earlier on this GPU model (skips timing)")
     p.add_argument("--no_precompile", action="store_true", help="compile kernels lazily instead of in parallel first")
     p.add_argument("--time_budget_s", type=float, default=1e9,
@@ -137,15 +141,27 @@ def main(args: argparse.Namespace) -> None:
     unet_rows, prof_rows, base_ms = [], [], {}
     unet_csv, prof_csv = out_dir / f"kernels_unet_{tag}.csv", out_dir / f"kernels_profile_{tag}.csv"
 
+    exec_label = "torch.compile + CUDA graph" if args.unet_exec == "compile" else "CUDA graph"
+
     def run_variant(label: str, model, wbytes: int, modes: str) -> None:
+        label = f"{label} ({exec_label})"
+        if args.unet_exec == "compile":
+            torch._dynamo.config.cache_size_limit = 64
+            model = torch.compile(model, dynamic=False)
         for res_, batch in args.unet_points:
             if time.perf_counter() - t_start > args.time_budget_s:
                 print(f"[bench] time budget reached: skipping {label} {res_}x{batch}")
                 continue
             inputs = kb.unet_inputs(model, batch, res_)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                kb.step_fn(model, inputs)()  # first call: compile (torch.compile), autotune, cuDNN plans
+            torch.cuda.synchronize()
+            first_s = time.perf_counter() - t0
             t, peak = kb.graph_times(kb.step_fn(model, inputs), args.iters)
             base_ms.setdefault((res_, batch), float(pd.Series(t).median()))
-            unet_rows.append(_unet_row(label, res_, batch, t, base_ms[(res_, batch)], wbytes, fp16_bytes, peak, modes))
+            unet_rows.append(_unet_row(label, res_, batch, t, base_ms[(res_, batch)], wbytes, fp16_bytes, peak, modes,
+                                       first_s))
             print(unet_rows[-1], flush=True)
             if (res_, batch) in args.profile_points:
                 prof_rows.extend(dict(variant=label, res=res_, batch=batch, **r)
@@ -156,7 +172,7 @@ def main(args: argparse.Namespace) -> None:
             write_csv(pd.DataFrame(prof_rows), prof_csv, meta(part="profile", timing="torch.profiler, one eager step"))
 
     with kb.timed("fp16 UNet steps"):
-        run_variant("fp16 (CUDA graph)", unet, fp16_bytes, "")
+        run_variant("fp16", unet, fp16_bytes, "")
     del unet
     _free()
     for fmt in args.formats:
@@ -165,7 +181,7 @@ def main(args: argparse.Namespace) -> None:
             kb.quantize_random(unet, kb.FORMATS[fmt], 8, calib=kb.unet_inputs(unet, 1, 512, seed=1))
             set_backend(unet, "kernel")
             _free()
-            run_variant(f"{fmt} kernel (CUDA graph)", unet, device_weight_bytes(unet), str(dict(kb.kernel_modes(unet))))
+            run_variant(f"{fmt} kernel", unet, device_weight_bytes(unet), str(dict(kb.kernel_modes(unet))))
             del unet
             _free()
         launch.save_tuning(out_dir / f"kernels_tuning_{tag}.json")
@@ -188,13 +204,14 @@ def _slower_convs(rows: pd.DataFrame, fmt: str) -> set:
     return out
 
 
-def _unet_row(variant, res, batch, t, base, wbytes, fp16_bytes, peak, modes) -> dict:
+def _unet_row(variant, res, batch, t, base, wbytes, fp16_bytes, peak, modes, first_s) -> dict:
     import numpy as np
 
     p50 = float(np.median(t))
     return dict(variant=variant, res=res, batch=batch, p50_ms=round(p50, 3), p95_ms=round(float(np.percentile(t, 95)), 3),
                 speedup=round(base / p50, 3) if base else None, weight_bytes=wbytes,
-                weight_ratio=round(wbytes / fp16_bytes, 4), peak_mem_gib=round(peak, 3), layer_modes=modes)
+                weight_ratio=round(wbytes / fp16_bytes, 4), peak_mem_gib=round(peak, 3), layer_modes=modes,
+                first_call_s=round(first_s, 2))
 
 
 def _free() -> None:

@@ -1,14 +1,17 @@
-"""VAE decode speed: eager vs CUDA graph vs torch.compile variants, with PSNR against the eager FP16 decode.
+"""VAE decode speed: eager vs CUDA graph vs cuDNN autotuning / channels_last / torch.compile, with PSNR vs eager.
 
     python scripts/bench_vae.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
-        --res 512 768 1024 --out results/vae_decode_h100.csv
+        --res 1024 512 768 --out results/vae_decode_h100.csv
 
-Every variant decodes the same latents; `psnr_db` compares its image with the eager decode.
+Every variant decodes the same latents; `psnr_db_vs_eager` compares its image with the eager FP16 decode.
+`--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
+compiled variant at the first resolution, to show where the time goes.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,17 +26,28 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.pipeline import ConfigError  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
 
-VARIANTS = ("eager", "graph", "compile", "compile-max-autotune")
+# name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark)
+VARIANTS = {
+    "eager": (False, None, False, False),
+    "graph": (True, None, False, False),
+    "graph-cudnn-benchmark": (True, None, False, True),
+    "graph-channels-last": (True, None, True, True),
+    "compile": (True, "default", False, True),
+    "compile-channels-last": (True, "default", True, True),
+    "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True),
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, resolution=False)
-    p.add_argument("--res", type=int, nargs="+", default=[512, 768, 1024])
+    p.add_argument("--res", type=int, nargs="+", default=[1024, 512, 768])
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "compile-max-autotune"],
+                   choices=list(VARIANTS))
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out", default="results/vae_decode.csv")
+    p.add_argument("--profile_out", default=None, help="CSV of GPU time by kernel category (eager and compile)")
     return p.parse_args(argv)
 
 
@@ -54,38 +68,57 @@ def main(args) -> None:
     cfg, pipe, device = pipeline_from_args(args)
     if not device.startswith("cuda"):
         raise ConfigError("bench_vae times CUDA kernels: run it on a GPU")
+    from quant_utils.kernel_bench import profile_step
+
+    torch._dynamo.config.cache_size_limit = 64  # one graph per (variant, resolution)
     vae = pipe.vae
 
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
 
-    fns = {"eager": decode, "graph": decode,
-           "compile": torch.compile(decode, dynamic=False),
-           "compile-max-autotune": torch.compile(decode, dynamic=False, mode="max-autotune-no-cudagraphs")}
-    rows = []
+    compiled = {name: torch.compile(decode, dynamic=False, mode=mode)
+                for name, (_, mode, _, _) in VARIANTS.items() if mode}
+    rows, prof_rows = [], []
     for res in args.res:
-        z = torch.randn(args.batch, 4, res // 8, res // 8, device=device, dtype=torch.float16,
-                        generator=torch.Generator(device).manual_seed(0))
+        z0 = torch.randn(args.batch, 4, res // 8, res // 8, device=device, dtype=torch.float16,
+                         generator=torch.Generator(device).manual_seed(0))
         with torch.no_grad():
-            ref = decode(z).float()
+            ref = decode(z0).float()
             for name in args.variants:
+                graph, mode, channels_last, benchmark = VARIANTS[name]
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                torch.backends.cudnn.benchmark = benchmark
+                vae.to(memory_format=fmt)
+                z = z0.contiguous(memory_format=fmt)
+                fn = compiled.get(name, decode)
                 graphs = _GraphCache()
-                run = (lambda f=fns[name]: f(z)) if name == "eager" else (lambda f=fns[name]: graphs.run(("vae",), f, [z]))
-                import time
+                run = (lambda f=fn: graphs.run(("vae",), f, [z])) if graph else (lambda f=fn: f(z))
                 t0 = time.perf_counter()
-                out = run().float()  # first call: compile / capture
+                out = run().float()  # first call: compile / autotune / capture
+                torch.cuda.synchronize()
                 first_s = time.perf_counter() - t0
                 mse = (out - ref).pow(2).mean().item()
                 psnr = float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)  # images in [-1, 1]: peak-to-peak 2
                 t = time_ms(run, args.repeats)
                 rows.append({"variant": name, "height": res, "width": res, "batch": args.batch,
                              "p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
-                             "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr, "gpu": device_name(),
+                             "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr,
+                             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
-                print(rows[-1])
-    df = pd.DataFrame(rows)
-    write_csv(df, repo_path(args.out), provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
-    print(df.round(2).to_string(index=False))
+                print(rows[-1], flush=True)
+                if args.profile_out and res == args.res[0] and name in ("eager", "compile", "compile-channels-last"):
+                    prof_rows += [dict(variant=name, height=res, width=res, batch=args.batch, **r)
+                                  for r in profile_step(lambda f=fn: f(z))]
+                del graphs
+        vae.to(memory_format=torch.contiguous_format)
+        torch.backends.cudnn.benchmark = False
+        # Partial results survive a later resolution's failure or timeout.
+        write_csv(pd.DataFrame(rows), repo_path(args.out),
+                  provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
+        if prof_rows:
+            write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out),
+                      provenance(script="bench_vae", weights=weights_label(cfg, args), timing="torch.profiler"))
+    print(pd.DataFrame(rows).round(2).to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# GPU job: VAE decode variants (issue 8) and the kernel backend's UNet step without the FP16 conv policy
+# (issue 4), then optionally the torch.compile'd UNet step (COMPILE=1). Device tool, carry=["wheels", ".git_sha"].
+# Writes $OUT/{vae_decode.csv, vae_profile.csv, kernels_unet_*.csv, kernels_profile_*.csv, *.log}.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+bash scripts/device/bootstrap.sh || exit 1
+REAL="--config configs/stable-diffusion/sdxl_turbo.yaml --random_weights"
+TUNING=results/kernels_tuning_nvidia_h100_80gb_hbm3.json
+if [ "${VAE:-1}" = 1 ]; then
+  timeout ${VAE_TIMEOUT:-300} python3 scripts/bench_vae.py $REAL --res ${VAE_RES:-1024 512 768} --repeats 10 \
+      --out "$OUT/vae_decode.csv" --profile_out "$OUT/vae_profile.csv" 2>&1 | grep -v Warning | tee "$OUT/vae.log" | tail -25
+fi
+if [ "${UNET:-1}" = 1 ]; then
+  timeout ${UNET_TIMEOUT:-240} python3 scripts/bench_kernels.py --out_dir "$OUT" --gemm_points "" \
+      --unet_points ${UNET_POINTS:-1024x4,512x1} --profile_points ${UNET_POINTS:-1024x4,512x1} \
+      --formats ${FORMATS:-W8A8} --unet_exec ${UNET_EXEC:-graph} --tuning_in $TUNING 2>&1 | tee "$OUT/unet.log" | tail -15
+fi
+ls -la "$OUT"
