@@ -109,7 +109,6 @@ def main(args) -> None:
                 if args.profile_out and res == args.res[0] and name in ("eager", "compile", "compile-channels-last"):
                     prof_rows += [dict(variant=name, height=res, width=res, batch=args.batch, **r)
                                   for r in profile_step(lambda f=fn: f(z))]
-                del graphs
         vae.to(memory_format=torch.contiguous_format)
         torch.backends.cudnn.benchmark = False
         # Partial results survive a later resolution's failure or timeout.
