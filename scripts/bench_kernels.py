@@ -166,10 +166,11 @@ def main(args: argparse.Namespace) -> None:
             if (res_, batch) in args.profile_points:
                 prof_rows.extend(dict(variant=label, res=res_, batch=batch, **r)
                                  for r in kb.profile_step(kb.step_fn(model, inputs)))
-        write_csv(pd.DataFrame(unet_rows), unet_csv, meta(part="unet-step", timing="CUDA graph replay, CUDA events",
-                                                          iters=args.iters, fp16_convs=sorted(kernels.FP16_CONVS)))
-        if prof_rows:
-            write_csv(pd.DataFrame(prof_rows), prof_csv, meta(part="profile", timing="torch.profiler, one eager step"))
+            # after every point, so a run stopped by a timeout keeps what it measured
+            write_csv(pd.DataFrame(unet_rows), unet_csv, meta(part="unet-step", timing="CUDA graph replay, CUDA events",
+                                                              iters=args.iters, fp16_convs=sorted(kernels.FP16_CONVS)))
+            if prof_rows:
+                write_csv(pd.DataFrame(prof_rows), prof_csv, meta(part="profile", timing="torch.profiler, one eager step"))
 
     with kb.timed("fp16 UNet steps"):
         run_variant("fp16", unet, fp16_bytes, "")
