@@ -24,12 +24,21 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
     g.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph", "compile"],
                    help="eager PyTorch, CUDA graphs per (batch, resolution) bucket, or torch.compile + CUDA graphs (CUDA only)")
+    g.add_argument("--eager_vae", action="store_true",
+                   help="with --exec graph: capture the eager VAE decode instead of compiling it first (comparison)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps, 1-4 (default: the config's)")
     g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:
         g.add_argument("--res", type=int, default=None, help="square resolution; sets --height and --width")
         g.add_argument("--height", type=int, default=None, help="image height (multiple of 8; default: config's)")
         g.add_argument("--width", type=int, default=None, help="image width (multiple of 8; default: config's)")
+
+
+def runner_from_args(pipe, args: argparse.Namespace):
+    """The generation Runner for --exec / --eager_vae."""
+    from .runtime import Runner
+
+    return Runner(pipe, args.exec_mode, compile_vae=not getattr(args, "eager_vae", False))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

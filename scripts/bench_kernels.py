@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import re
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,11 +83,13 @@ def main(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     cfg = model_config_from_args(args)
     gpu = torch.cuda.get_device_name(0)
-    tag = re.sub(r"[^a-z0-9]+", "_", gpu.lower()).strip("_")
+    tag = launch.gpu_tag()
     out_dir = repo_path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.tuning_in:
         print(f"[bench] loaded {launch.load_tuning(repo_path(args.tuning_in))} tuned configs")
+    else:  # tune from scratch: this run's timings make the tuning file, not a committed one
+        os.environ["MIXDQ_TUNING_FILE"] = "none"
     meta = lambda **kw: provenance(script="bench_kernels", weights="random-full", gpu=gpu, **kw)  # noqa: E731
 
     # 1. FP16 UNet: the layer calls of every point (shapes and counts per step)

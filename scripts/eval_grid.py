@@ -24,13 +24,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (add_model_args, add_quant_args, pipeline_from_args, quant_request_from_args,  # noqa: E402
+from quant_utils.cli import (add_model_args, add_quant_args, pipeline_from_args, runner_from_args, quant_request_from_args,  # noqa: E402
                              user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.mixdq import quantize_pipeline  # noqa: E402
 from quant_utils.pipeline import ConfigError, WeightsNotFoundError, check_resolution  # noqa: E402
-from quant_utils.runtime import Runner, StageTimes  # noqa: E402
+from quant_utils.runtime import StageTimes  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> None:
                                         calib, args.seed, args.res[0], args.res[0], args.steps or cfg.steps,
                                         backend=args.backend)
             backend = pipe.unet.conv_in.backend
-        runner = Runner(pipe, args.exec_mode)
+        runner = runner_from_args(pipe, args)
         for res in args.res:
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()

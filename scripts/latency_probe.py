@@ -21,14 +21,13 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args,  # noqa: E402
+from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args, runner_from_args,  # noqa: E402
                              quant_request_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
 from quant_utils.mixdq import MODES, quantize_pipeline  # noqa: E402
 from quant_utils.pipeline import ConfigError, check_resolution, resolve_device  # noqa: E402
-from quant_utils.runtime import Runner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,10 +75,14 @@ def main(args: argparse.Namespace) -> None:
                                     calib, args.seed, r0, r0, args.steps or cfg.steps, backend=args.backend)
         print(f"{args.mode}: {summary['origin']}; W avg {summary['avg_wbits']:.2f}, A avg {summary['avg_abits']:.2f}")
         backend = pipe.unet.conv_in.backend  # 'fake' when the kernel backend fell back on a CPU
-    runner = Runner(pipe, args.exec_mode)
+    runner = runner_from_args(pipe, args)
     weight_bytes = device_weight_bytes(pipe.unet)
-    # 2. the grid
+    # 2. the grid; the CSV is rewritten after every cell, so a run stopped by a timeout keeps what it measured
     rows = []
+    out = repo_path(args.out or f"results/latency_{args.mode}.csv")
+    vae = "eager" if args.eager_vae or args.exec_mode == "eager" else "compiled"
+    meta = provenance(script="latency_probe", weights=weights_label(cfg, args), backend=backend, mode=args.mode,
+                      exec=args.exec_mode, vae=vae, model=cfg.name, seed=args.seed)
     cells = [(r, b) for r in args.res for b in args.batch]
     for res, batch in tqdm(cells, desc=f"latency {args.mode}", unit="cell"):
         try:
@@ -93,16 +96,14 @@ def main(args: argparse.Namespace) -> None:
             print(f"  {res}px batch {batch}: out of memory, skipped")
             continue
         rows.append({"mode": args.mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
-                     "backend": backend, "exec": args.exec_mode, "height": res, "width": res, "batch": batch,
+                     "backend": backend, "exec": args.exec_mode, "vae": vae, "height": res, "width": res, "batch": batch,
                      "steps": args.steps or cfg.steps, "repeats": args.repeats, **m,
                      "unet_weight_bytes": weight_bytes, "gpu": device_name(), "weights": weights_label(cfg, args)})
+        write_csv(pd.DataFrame(rows), out, meta)
     if not rows:
         raise ConfigError("no cell could be measured")
-    # 3. write and print
+    # 3. print
     df = pd.DataFrame(rows)
-    out = repo_path(args.out or f"results/latency_{args.mode}.csv")
-    write_csv(df, out, provenance(script="latency_probe", weights=weights_label(cfg, args), backend=backend,
-                                  mode=args.mode, exec=args.exec_mode, model=cfg.name, seed=args.seed))
     cols = ["height", "batch", "text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms", "total_p95_ms",
             "images_per_s", "peak_mem_gib"]
     print(df[cols].round(2).to_string(index=False))

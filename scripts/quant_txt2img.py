@@ -21,12 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args,  # noqa: E402
+from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args, runner_from_args,  # noqa: E402
                              quant_request_from_args, sampling_from_args, user_errors, weights_label)
 from quant_utils.csvio import provenance  # noqa: E402
 from quant_utils.generation import generate_folder, read_prompts  # noqa: E402
 from quant_utils.mixdq import quantize_pipeline  # noqa: E402
-from quant_utils.runtime import Runner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +65,7 @@ def main(args: argparse.Namespace) -> None:
                       seed=args.seed, avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3),
                       weight_config=summary["weight_config"], act_config=summary["act_config"],
                       act_protect=summary["act_protect_config"])
-    manifest = generate_folder(Runner(pipe, args.exec_mode), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
+    manifest = generate_folder(runner_from_args(pipe, args), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
                                meta=meta, desc="quant_txt2img", **sampling)
     print(f"{len(manifest)} images in {out_dir}; mean latency {manifest['latency_ms'].mean():.1f} ms/img on {device} "
           f"({args.backend} backend)")

@@ -18,10 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import DEFAULT_PROMPTS, add_model_args, pipeline_from_args, sampling_from_args, user_errors, weights_label  # noqa: E402
+from quant_utils.cli import DEFAULT_PROMPTS, add_model_args, pipeline_from_args, runner_from_args, sampling_from_args, user_errors, weights_label  # noqa: E402
 from quant_utils.csvio import provenance  # noqa: E402
 from quant_utils.generation import generate_folder, read_prompts  # noqa: E402
-from quant_utils.runtime import Runner  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +42,7 @@ def main(args: argparse.Namespace) -> None:
     # 2. generate
     out_dir = repo_path(args.base_path) / "generated_images"
     meta = provenance(script="txt2img", weights=weights_label(cfg, args), model=cfg.name, precision="fp16" if args.fp16 else cfg.dtype, backend="none", seed=args.seed)
-    manifest = generate_folder(Runner(pipe, args.exec_mode),
+    manifest = generate_folder(runner_from_args(pipe, args),
                                prompts, out_dir, args.num_imgs, args.batch_size, args.seed, meta=meta, desc="txt2img",
                                **sampling)
     # 3. report

@@ -3,7 +3,7 @@ import pandas as pd
 from conftest import run_main
 from quant_utils.csvio import read_csv, read_provenance
 
-LATENCY_COLUMNS = ["mode", "wbits", "abits", "backend", "exec", "height", "width", "batch", "steps", "repeats",
+LATENCY_COLUMNS = ["mode", "wbits", "abits", "backend", "exec", "vae", "height", "width", "batch", "steps", "repeats",
                    "text_p50_ms", "text_p95_ms", "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms",
                    "total_p50_ms", "total_p95_ms", "total_mean_ms", "images_per_s", "peak_mem_gib",
                    "unet_weight_bytes", "gpu", "weights"]
@@ -19,6 +19,7 @@ def test_latency_probe_writes_the_documented_schema(tmp_path, prompts_file):
     assert len(df) == 4 and set(df["height"]) == {64, 128} and set(df["batch"]) == {1, 2}
     assert (df["total_p50_ms"] >= df["unet_p50_ms"]).all() and (df["total_p95_ms"] >= df["total_p50_ms"]).all()
     assert (df["wbits"] == 8).all() and (df["backend"] == "fake").all() and (df["weights"] == "random-tiny").all()
+    assert (df["vae"] == "eager").all()  # --exec eager: nothing compiled
     assert read_provenance(out)["mode"] == "w8a8"
     assert (tmp_path / "w8a8" / "ckpt.pth").is_file()
 

@@ -55,6 +55,30 @@ FP16A_CANDIDATES = {
 
 _TUNED: dict[str, dict] = {}
 TUNING = os.environ.get("MIXDQ_TUNE", "1") != "0"
+# Tile configs that bench_kernels tuned on this GPU model (results/kernels_tuning_<gpu>.json) are loaded on the
+# first GEMM/conv, so a service or a latency grid skips re-timing them; MIXDQ_TUNING_FILE=none disables it.
+_DEFAULT_TUNING_LOADED = False
+
+
+def gpu_tag() -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3' (file-name part of per-GPU results)."""
+    import re
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _load_default_tuning() -> None:
+    global _DEFAULT_TUNING_LOADED
+    if _DEFAULT_TUNING_LOADED:
+        return
+    _DEFAULT_TUNING_LOADED = True
+    env = os.environ.get("MIXDQ_TUNING_FILE")
+    if env == "none":
+        return
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "results" / f"kernels_tuning_{gpu_tag()}.json"
+    if path.exists():
+        print(f"[kernels] {load_tuning(path)} tuned tile configs from {path}")
 
 
 def interpreting() -> bool:
@@ -93,6 +117,7 @@ def forced(cfg: dict | None):
 def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> dict:
     if _FORCED is not None:
         return _FORCED
+    _load_default_tuning()
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
