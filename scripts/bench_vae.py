@@ -26,15 +26,16 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.pipeline import ConfigError  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
 
-# name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark)
+# name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark, dynamic shapes)
 VARIANTS = {
-    "eager": (False, None, False, False),
-    "graph": (True, None, False, False),
-    "graph-cudnn-benchmark": (True, None, False, True),
-    "graph-channels-last": (True, None, True, True),
-    "compile": (True, "default", False, True),
-    "compile-channels-last": (True, "default", True, True),
-    "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True),
+    "eager": (False, None, False, False, False),
+    "graph": (True, None, False, False, False),
+    "graph-cudnn-benchmark": (True, None, False, True, False),
+    "graph-channels-last": (True, None, True, True, False),
+    "compile": (True, "default", False, True, False),
+    "compile-channels-last": (True, "default", True, True, False),
+    "compile-dynamic": (True, "default", False, False, True),  # what Runner's graph mode runs
+    "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True, False),
 }
 
 
@@ -76,8 +77,8 @@ def main(args) -> None:
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
 
-    compiled = {name: torch.compile(decode, dynamic=False, mode=mode)
-                for name, (_, mode, _, _) in VARIANTS.items() if mode}
+    compiled = {name: torch.compile(decode, dynamic=dynamic, mode=mode)
+                for name, (_, mode, _, _, dynamic) in VARIANTS.items() if mode}
     rows, prof_rows = [], []
     for res in args.res:
         z0 = torch.randn(args.batch, 4, res // 8, res // 8, device=device, dtype=torch.float16,
@@ -85,7 +86,7 @@ def main(args) -> None:
         with torch.no_grad():
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark = VARIANTS[name]
+                graph, mode, channels_last, benchmark, _ = VARIANTS[name]
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
