@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 bash scripts/device/bootstrap.sh || exit 1
-python3 -m pip install -q --no-index pytest 2>/dev/null; python3 -c "import pytest" 2>/dev/null || echo "no pytest here"
+
 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x tests/gpu/test_runtime_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 REAL="--config configs/stable-diffusion/sdxl_turbo.yaml --random_weights"
 timeout 150 python3 scripts/bench_vae.py $REAL --res 1024 512 --variants eager graph compile-dynamic --repeats 10 \
