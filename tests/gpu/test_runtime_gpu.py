@@ -28,19 +28,21 @@ def test_graph_and_compile_match_eager(cuda_pipe, exec_mode):
     assert len(fast.graphs.graphs) == 3  # text, unet, vae captured once for this bucket
 
 
-def test_quantized_kernel_backend_matches_fake(cuda_pipe):
+def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch):
     import copy
     from types import SimpleNamespace
 
     from quant_utils.calibrate import calibrate
     from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
+    from quant_utils.kernels import launch
     from quant_utils.runtime import Runner
 
+    monkeypatch.setattr(launch, "TUNING", False)  # first candidate tile per shape: fewer Triton compiles, same math
     parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
     pipe = SimpleNamespace(**{k: getattr(cuda_pipe, k) for k in parts}, unet=copy.deepcopy(cuda_pipe.unet))
     quantize_unet(pipe.unet, make_spec(pipe.unet, uniform_bits(pipe.unet, 8), uniform_bits(pipe.unet, 8)))
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
     fake = Runner(pipe)(["a cat"], [7], 64, 64).astype(float)
     set_backend(pipe.unet, "kernel")
-    kernel = Runner(pipe, "graph")(["a cat"], [7], 64, 64).astype(float)
+    kernel = Runner(pipe, "graph", compile_vae=False)(["a cat"], [7], 64, 64).astype(float)
     assert np.abs(kernel - fake).mean() < 2.0  # same integers; fp16 epilogue rounding only
