@@ -24,8 +24,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
     g.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph", "compile"],
                    help="eager PyTorch, CUDA graphs per (batch, resolution) bucket, or torch.compile + CUDA graphs (CUDA only)")
-    g.add_argument("--eager_vae", action="store_true",
-                   help="with --exec graph: capture the eager VAE decode instead of compiling it first (comparison)")
+    g.add_argument("--vae_exec", default="dynamic", choices=["dynamic", "static", "eager"],
+                   help="with --exec graph, the VAE decode is torch.compile'd first: dynamic shapes (one compile for all "
+                        "buckets), static (one compile per bucket, faster decode), or eager (comparison)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps, 1-4 (default: the config's)")
     g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:
@@ -35,10 +36,10 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
 
 
 def runner_from_args(pipe, args: argparse.Namespace):
-    """The generation Runner for --exec / --eager_vae."""
+    """The generation Runner for --exec / --vae_exec."""
     from .runtime import Runner
 
-    return Runner(pipe, args.exec_mode, compile_vae=not getattr(args, "eager_vae", False))
+    return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "dynamic"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

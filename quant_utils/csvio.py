@@ -20,7 +20,10 @@ from . import REPO_ROOT
 
 
 def git_sha() -> str:
-    """The checkout's commit; where git cannot tell (the GPU machine's copy), the `.git_sha` a job wrote."""
+    """The checkout's commit: $MIXDQ_GIT_SHA when a job set it (the GPU machine's copy of the tree carries a stale
+    .git, so its `git` names the wrong commit), else git, else the `.git_sha` stamp."""
+    if os.environ.get("MIXDQ_GIT_SHA"):
+        return os.environ["MIXDQ_GIT_SHA"] + " (stamp)"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=5).stdout.strip()

@@ -3,11 +3,11 @@
 `Runner(pipe, exec_mode)` works for the FP16 and every quantized UNet alike:
 - `eager`: plain PyTorch (the reference; at batch 1 on a GPU it mostly measures Python overhead);
 - `graph`: each stage captured as a CUDA graph per (batch, height, width) bucket, with static
-  input buffers and warm-up on a bucket's first use (CUDA only). The VAE decode is compiled first
-  (torch.compile, dynamic shapes: one compile for batch 1 and one for larger batches, whatever the
-  resolution): it is GPU-bound, graphs alone do not speed it up, and Inductor's fused GroupNorm+SiLU
-  and conv layouts make it 2.4x faster on an H100 (results/vae_decode_h100.csv). `compile_vae=False`
-  keeps it eager inside the graph, for comparison;
+  input buffers and warm-up on a bucket's first use (CUDA only). The VAE decode, GPU-bound (graphs
+  alone do not speed it up), is compiled by torch.compile first (`vae_exec`): `dynamic` (default) one
+  compile with symbolic shapes for every bucket (about 90 s once; 1.6-1.9x over eager at 1024 batch 1,
+  1.3x at batch 4 on an H100), `static` one compile per bucket (25-40 s each; 2.4x at batch 1, 1.6x at
+  batch 4: results/vae_decode*_h100.csv), `eager` captured as is, for comparison;
 - `compile`: the UNet and VAE decode compiled by torch.compile per bucket (Inductor fuses elementwise
   and norm ops, e.g. activation quantization into its producer), then captured as in `graph`.
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 EXEC_MODES = ("eager", "graph", "compile")
+VAE_EXEC = ("dynamic", "static", "eager")
 
 
 @dataclass
@@ -91,12 +92,14 @@ class _GraphCache:
 class Runner:
     """Prompt -> image with per-stage timing; `exec_mode` picks eager or CUDA-graph execution."""
 
-    def __init__(self, pipe, exec_mode: str = "eager", compile_vae: bool = True):
+    def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "dynamic"):
         if exec_mode not in EXEC_MODES:
             raise ValueError(f"exec_mode={exec_mode!r}, expected one of {EXEC_MODES}")
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
+        if vae_exec not in VAE_EXEC:
+            raise ValueError(f"vae_exec={vae_exec!r}, expected one of {VAE_EXEC}")
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
@@ -106,8 +109,10 @@ class Runner:
         if exec_mode == "compile":
             for name in ("unet", "vae"):
                 self.stage_fns[name] = torch.compile(self.stage_fns[name], dynamic=False)
-        elif exec_mode == "graph" and compile_vae:
-            self.stage_fns["vae"] = torch.compile(self._decode, dynamic=True)
+        elif exec_mode == "graph" and vae_exec != "eager":
+            self.stage_fns["vae"] = torch.compile(self._decode, dynamic=vae_exec == "dynamic")
+        self.vae_label = ("eager" if exec_mode == "eager" or (exec_mode == "graph" and vae_exec == "eager")
+                          else "compiled-static" if exec_mode == "compile" or vae_exec == "static" else "compiled")
 
     # ------------------------------------------------------------------ stages
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

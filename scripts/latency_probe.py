@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> None:
     # 2. the grid; the CSV is rewritten after every cell, so a run stopped by a timeout keeps what it measured
     rows = []
     out = repo_path(args.out or f"results/latency_{args.mode}.csv")
-    vae = "eager" if args.eager_vae or args.exec_mode == "eager" else "compiled"
+    vae = runner.vae_label
     meta = provenance(script="latency_probe", weights=weights_label(cfg, args), backend=backend, mode=args.mode,
                       exec=args.exec_mode, vae=vae, model=cfg.name, seed=args.seed)
     cells = [(r, b) for r in args.res for b in args.batch]

@@ -126,7 +126,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
 
     def generate(model) -> live.GenerateFn:
-        runner = Runner(model, exec_mode, compile_vae=not getattr(args, "eager_vae", False))
+        runner = Runner(model, exec_mode, vae_exec=args.vae_exec)
         return lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)
 
     name = "fp16" if args.fp16 or cfg.dtype == "float16" else cfg.dtype

@@ -68,3 +68,25 @@ def test_runner_image_depends_only_on_seed(tiny_pipe):
     assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.uint8
     assert np.abs(batch[1].astype(int) - single[0].astype(int)).max() <= 1
     assert np.abs(batch[0].astype(int) - batch[1].astype(int)).mean() > 1  # different seeds differ
+
+
+def test_runner_rejects_unknown_modes_and_labels_its_vae(tiny_pipe):
+    from quant_utils.runtime import Runner
+
+    with pytest.raises(ValueError, match="vae_exec"):
+        Runner(tiny_pipe, "eager", vae_exec="fast")
+    with pytest.raises(ValueError, match="exec_mode"):
+        Runner(tiny_pipe, "turbo")
+    if not torch.cuda.is_available():  # graphs need a GPU
+        with pytest.raises(ValueError, match="CUDA"):
+            Runner(tiny_pipe, "graph")
+    assert Runner(tiny_pipe, "eager", vae_exec="static").vae_label == "eager"  # eager runs everything eager
+
+
+def test_git_sha_prefers_the_stamp_a_device_job_exports(monkeypatch):
+    from quant_utils.csvio import git_sha
+
+    monkeypatch.setenv("MIXDQ_GIT_SHA", "abc1234")
+    assert git_sha() == "abc1234 (stamp)"
+    monkeypatch.delenv("MIXDQ_GIT_SHA")
+    assert git_sha() != "abc1234 (stamp)" and git_sha()

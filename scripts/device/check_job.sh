@@ -3,6 +3,7 @@
 # dynamic-shape compile (Runner's graph mode) against the static one at batch 1 and 4. Device tool,
 # carry=["wheels", ".git_sha"]. Writes $OUT/{gpu_tests.log, vae_decode_b1.csv, vae_decode_b4.csv}.
 set -uo pipefail
+export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1

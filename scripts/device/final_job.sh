@@ -6,6 +6,7 @@
 # Modes run one after another on the same machine: the first pays the VAE's torch.compile, later ones hit
 # Inductor's on-disk cache. Each grid's CSV is rewritten after every cell (a timeout keeps what was measured).
 set -uo pipefail
+export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
 cd "$(dirname "$0")/../.."
 bash scripts/device/bootstrap.sh || exit 1
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1

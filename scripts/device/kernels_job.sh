@@ -6,6 +6,7 @@
 # Writes $OUT/{kernels_<gpu>.csv, kernels_unet_<gpu>.csv, kernels_tuning_<gpu>.json, kernel_correctness.txt,
 # bench.log, check.log, gpu.txt}; copy them into results/ afterwards.
 set -uo pipefail
+export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kernels_out}
 mkdir -p "$OUT"

@@ -3,6 +3,7 @@
 # (issue 4), then optionally the torch.compile'd UNet step (COMPILE=1). Device tool, carry=["wheels", ".git_sha"].
 # Writes $OUT/{vae_decode.csv, vae_profile.csv, kernels_unet_*.csv, kernels_profile_*.csv, *.log}.
 set -uo pipefail
+export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
