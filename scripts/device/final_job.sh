@@ -5,13 +5,7 @@
 #   MODES="" LIVE=1 bash scripts/device/final_job.sh          # only the live-vs-simulated FP16 check
 # Modes run one after another on the same machine: the first pays the VAE's torch.compile, later ones hit
 # Inductor's on-disk cache. Each grid's CSV is rewritten after every cell (a timeout keeps what was measured).
-set -uo pipefail
-export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
-cd "$(dirname "$0")/../.."
-bash scripts/device/bootstrap.sh || exit 1
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-REAL="--config configs/stable-diffusion/sdxl_turbo.yaml --random_weights"
+source "$(dirname "$0")/job_env.sh"
 # 1. grids; quantized modes use the kernel backend (tile configs from results/kernels_tuning_<gpu>.json),
 #    calibrated on 4 prompts (random weights: activation ranges only need to be plausible)
 for m in ${MODES-fp16 w8a8 w4a8 w6a8}; do

@@ -1,17 +1,12 @@
 #!/usr/bin/env bash
 # One call on the GPU machine for the kernels (issue 4): install the carried wheels, benchmark, check correctness.
-# Run through the device tool from the repo root, with carry=["wheels"]:
+# Run through the device tool from the repo root, with carry=["wheels", ".git_sha"]:
 #   bash scripts/device/kernels_job.sh                       # everything, results under $OUT
 #   BENCH_ARGS="--unet_points 1024x4 --formats W8A8" CHECK=0 bash scripts/device/kernels_job.sh
 # Writes $OUT/{kernels_<gpu>.csv, kernels_unet_<gpu>.csv, kernels_tuning_<gpu>.json, kernel_correctness.txt,
 # bench.log, check.log, gpu.txt}; copy them into results/ afterwards.
-set -uo pipefail
-export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/kernels_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
-bash scripts/device/bootstrap.sh
+source "$(dirname "$0")/job_env.sh"
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.limit \
     --format=csv | tee "$OUT/gpu.txt"
 if [ "${BENCH:-1}" = 1 ]; then

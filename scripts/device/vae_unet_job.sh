@@ -1,14 +1,8 @@
 #!/usr/bin/env bash
 # GPU job: VAE decode variants (issue 8) and the kernel backend's UNet step without the FP16 conv policy
-# (issue 4), then optionally the torch.compile'd UNet step (COMPILE=1). Device tool, carry=["wheels", ".git_sha"].
+# (issue 4), or the torch.compile'd UNet step (UNET_EXEC=compile). Device tool, carry=["wheels", ".git_sha"].
 # Writes $OUT/{vae_decode.csv, vae_profile.csv, kernels_unet_*.csv, kernels_profile_*.csv, *.log}.
-set -uo pipefail
-export MIXDQ_GIT_SHA=$(cat "$(dirname "$0")/../../.git_sha" 2>/dev/null)  # the device copy's .git is stale
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-bash scripts/device/bootstrap.sh || exit 1
-REAL="--config configs/stable-diffusion/sdxl_turbo.yaml --random_weights"
+source "$(dirname "$0")/job_env.sh"
 TUNING=results/kernels_tuning_nvidia_h100_80gb_hbm3.json
 if [ "${VAE:-1}" = 1 ]; then
   timeout ${VAE_TIMEOUT:-300} python3 scripts/bench_vae.py $REAL --res ${VAE_RES:-1024 512 768} --repeats 10 \
