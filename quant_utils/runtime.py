@@ -111,8 +111,12 @@ class Runner:
                 self.stage_fns[name] = torch.compile(self.stage_fns[name], dynamic=False)
         elif exec_mode == "graph" and vae_exec != "eager":
             self.stage_fns["vae"] = torch.compile(self._decode, dynamic=vae_exec == "dynamic")
-        self.vae_label = ("eager" if exec_mode == "eager" or (exec_mode == "graph" and vae_exec == "eager")
-                          else "compiled-static" if exec_mode == "compile" or vae_exec == "static" else "compiled")
+        if exec_mode == "compile" or (exec_mode == "graph" and vae_exec == "static"):
+            self.vae_label = "compiled-static"
+        elif exec_mode == "graph" and vae_exec == "dynamic":
+            self.vae_label = "compiled"
+        else:
+            self.vae_label = "eager"
 
     # ------------------------------------------------------------------ stages
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
