@@ -90,7 +90,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"[bench] loaded {launch.load_tuning(repo_path(args.tuning_in))} tuned configs")
     else:  # tune from scratch: this run's timings make the tuning file, not a committed one
         os.environ["MIXDQ_TUNING_FILE"] = "none"
-    meta = lambda **kw: provenance(script="bench_kernels", weights="random-full", gpu=gpu, **kw)  # noqa: E731
+    meta = lambda **kw: provenance(script="bench_kernels", weights="random-full", gpu=gpu,  # noqa: E731
+                                   backend="kernel (W*A8 rows); none (fp16 cuBLAS/cuDNN rows)", **kw)
 
     # 1. FP16 UNet: the layer calls of every point (shapes and counts per step)
     with kb.timed("fp16 UNet, layer shapes"):

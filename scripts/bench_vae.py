@@ -117,7 +117,8 @@ def main(args) -> None:
                   provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
         if prof_rows:
             write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out),
-                      provenance(script="bench_vae", weights=weights_label(cfg, args), timing="torch.profiler"))
+                      provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none",
+                                 timing="torch.profiler"))
     print(pd.DataFrame(rows).round(2).to_string(index=False))
 
 
