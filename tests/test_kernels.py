@@ -180,3 +180,26 @@ def test_kernel_backend_traces_as_one_graph_under_torch_compile():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "graphs 1 breaks 0 []" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_committed_tuning_file_is_loaded_on_first_choice(tmp_path, monkeypatch):
+    """Tile configs tuned by bench_kernels (results/kernels_tuning_<gpu>.json) are used without re-timing;
+    MIXDQ_TUNING_FILE names the file, `none` disables it."""
+    import json
+
+    from quant_utils.kernels import launch
+
+    gpu = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+    tuned = {"BM": 64, "BN": 128, "BK": 64, "warps": 4, "stages": 4, "ms": 0.01}
+    (tmp_path / "t.json").write_text(json.dumps({"gpu": gpu, "configs": {"linear|k": tuned}}))
+    cands = [{"BM": 16}, {"BM": 32}]
+
+    def never(cfg):
+        raise AssertionError("a tuned key must not be re-timed")
+
+    for env, expected in ((str(tmp_path / "t.json"), tuned), ("none", cands[0])):
+        monkeypatch.setenv("MIXDQ_TUNING_FILE", env)
+        monkeypatch.setattr(launch, "_TUNED", {})
+        monkeypatch.setattr(launch, "_DEFAULT_TUNING_LOADED", False)
+        monkeypatch.setattr(launch, "TUNING", False)  # untuned keys take the first candidate
+        assert launch._choose("linear|k", cands, never) == expected

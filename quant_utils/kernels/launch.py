@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .. import REPO_ROOT
 from . import triton_kernels as tk
 
 
@@ -62,8 +64,6 @@ _DEFAULT_TUNING_LOADED = False
 
 def gpu_tag() -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3' (file-name part of per-GPU results)."""
-    import re
-
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -76,7 +76,7 @@ def _load_default_tuning() -> None:
     env = os.environ.get("MIXDQ_TUNING_FILE")
     if env == "none":
         return
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "results" / f"kernels_tuning_{gpu_tag()}.json"
+    path = Path(env) if env else REPO_ROOT / "results" / f"kernels_tuning_{gpu_tag()}.json"
     if path.exists():
         print(f"[kernels] {load_tuning(path)} tuned tile configs from {path}")
 
