@@ -141,7 +141,7 @@ def bench_us(fn: Callable[[], object]) -> float:
 # Kernel-name patterns of a UNet step's GPU time, first match wins (ours first: their names are ours).
 KERNEL_CATEGORIES = [
     ("int8 GEMM (ours)", r"_qlinear_kernel"), ("int8 conv (ours)", r"_qconv_kernel"),
-    ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
+    ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("weight unpack pass (ours)", r"_unpack_kernel"), ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
     ("conv fp16 (cuDNN)", r"fprop|conv|implicit"), ("matmul fp16 (cuBLAS)", r"gemm|nvjet|cutlass|matmul|xmma"),
     ("group/layer norm", r"norm"), ("elementwise, copies, other", r"."),
@@ -265,7 +265,7 @@ def _cfg_str(cfg: dict) -> str:
     if not cfg:
         return ""
     return (f"{cfg['BM']}x{cfg['BN']} w{cfg['num_warps']} s{cfg['num_stages']}" + (" swap" if cfg.get("SWAP") else "")
-            + (f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else ""))
+            + (f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else ""))
 
 
 # ----------------------------------------------------------------------------------------------- precompile

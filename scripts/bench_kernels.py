@@ -53,9 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="none: every eligible conv runs the int8 kernel; auto: convs whose int8 kernel (with its "
                         "quantize pass) was slower than cuDNN in the per-shape table stay on cuDNN fp16 in the UNet "
                         "step (they then pay a fake-quant pass of their input, 2.5 ms per 1024x4 step on the H100)")
-    p.add_argument("--unet_exec", default="graph", choices=["graph", "compile"],
-                   help="UNet steps as CUDA-graph replays of eager PyTorch, or of torch.compile'd steps (Inductor "
-                        "fuses norms, elementwise ops and the activation quantization into their producers)")
+    p.add_argument("--unet_exec", default="graph",
+                   help="comma list of graph, compile: UNet steps as CUDA-graph replays of eager PyTorch, and/or of "
+                        "steps whose resnet/transformer blocks are torch.compile'd (runtime.compile_regions: Inductor "
+                        "fuses norms, elementwise ops and the activation quantization into their producers); every "
+                        "variant runs each in this order, the FP16 CUDA-graph step is the `speedup` baseline")
     p.add_argument("--tuning_in", default=None, help="JSON of tile configs tuned earlier on this GPU model (skips timing)")
     p.add_argument("--no_precompile", action="store_true", help="compile kernels lazily instead of in parallel first")
     p.add_argument("--time_budget_s", type=float, default=1e9,
@@ -64,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.gemm_points, args.unet_points = _points(args.gemm_points), _points(args.unet_points)
     args.profile_points = _points(args.profile_points)
     args.formats = [f for f in args.formats.split(",") if f]
+    execs = [e for e in args.unet_exec.split(",") if e]
+    if not execs or set(execs) - {"graph", "compile"}:
+        raise ConfigError(f"--unet_exec takes graph and/or compile, got {args.unet_exec!r}")
+    args.unet_exec = [e for e in ("graph", "compile") if e in execs]  # graph first: compiling changes the model
     return args
 
 
@@ -74,6 +80,7 @@ def main(args: argparse.Namespace) -> None:
     from quant_utils import kernels
     from quant_utils.kernels import launch
     from quant_utils.quantize import set_backend, skip_split_points
+    from quant_utils.runtime import compile_regions
 
     if not torch.cuda.is_available():
         raise ConfigError("bench_kernels.py needs a CUDA GPU")
@@ -144,36 +151,45 @@ def main(args: argparse.Namespace) -> None:
     unet_rows, prof_rows, base_ms = [], [], {}
     unet_csv, prof_csv = out_dir / f"kernels_unet_{tag}.csv", out_dir / f"kernels_profile_{tag}.csv"
 
-    exec_label = "torch.compile + CUDA graph" if args.unet_exec == "compile" else "CUDA graph"
+    exec_labels = {"graph": "CUDA graph", "compile": "compiled blocks + CUDA graph"}
 
-    def run_variant(label: str, model, wbytes: int, modes: str) -> None:
-        label = f"{label} ({exec_label})"
-        if args.unet_exec == "compile":
-            torch._dynamo.config.cache_size_limit = 64
-            model = torch.compile(model, dynamic=False)
-        for res_, batch in args.unet_points:
-            if time.perf_counter() - t_start > args.time_budget_s:
-                print(f"[bench] time budget reached: skipping {label} {res_}x{batch}")
-                continue
-            inputs = kb.unet_inputs(model, batch, res_)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                kb.step_fn(model, inputs)()  # first call: compile (torch.compile), autotune, cuDNN plans
-            torch.cuda.synchronize()
-            first_s = time.perf_counter() - t0
-            t, peak = kb.graph_times(kb.step_fn(model, inputs), args.iters)
-            base_ms.setdefault((res_, batch), float(pd.Series(t).median()))
-            unet_rows.append(_unet_row(label, res_, batch, t, base_ms[(res_, batch)], wbytes, fp16_bytes, peak, modes,
-                                       first_s))
-            print(unet_rows[-1], flush=True)
-            if (res_, batch) in args.profile_points:
-                prof_rows.extend(dict(variant=label, res=res_, batch=batch, **r)
-                                 for r in kb.profile_step(kb.step_fn(model, inputs)))
-            # after every point, so a run stopped by a timeout keeps what it measured
-            write_csv(pd.DataFrame(unet_rows), unet_csv, meta(part="unet-step", timing="CUDA graph replay, CUDA events",
-                                                              iters=args.iters, fp16_convs=sorted(kernels.FP16_CONVS)))
-            if prof_rows:
-                write_csv(pd.DataFrame(prof_rows), prof_csv, meta(part="profile", timing="torch.profiler, one eager step"))
+    def run_variant(name: str, model, wbytes: int, modes: str) -> None:
+        graph_out = {}
+        for ex in args.unet_exec:
+            if ex == "compile":
+                compile_regions(model)
+            label = f"{name} ({exec_labels[ex]})"
+            for res_, batch in args.unet_points:
+                if time.perf_counter() - t_start > args.time_budget_s:
+                    print(f"[bench] time budget reached: skipping {label} {res_}x{batch}")
+                    continue
+                inputs = kb.unet_inputs(model, batch, res_)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    out = kb.step_fn(model, inputs)().float()  # first call: compile, autotune, cuDNN plans
+                torch.cuda.synchronize()
+                first_s = time.perf_counter() - t0
+                # the compiled step must compute what the uncompiled one did (same model, same inputs)
+                if ex == "graph":
+                    graph_out[(res_, batch)] = out
+                ref = graph_out.get((res_, batch)) if ex == "compile" else None
+                rel = float((out - ref).norm() / ref.norm()) if ref is not None else None
+                t, peak = kb.graph_times(kb.step_fn(model, inputs), args.iters)
+                if name == "fp16":
+                    base_ms[(ex, res_, batch)] = float(pd.Series(t).median())
+                unet_rows.append(dict(_unet_row(label, ex, res_, batch, t, base_ms, wbytes, fp16_bytes, peak, modes,
+                                                first_s), rel_err_vs_graph=rel))
+                print(unet_rows[-1], flush=True)
+                if (res_, batch) in args.profile_points:
+                    prof_rows.extend(dict(variant=label, res=res_, batch=batch, **r)
+                                     for r in kb.profile_step(kb.step_fn(model, inputs)))
+                # after every point, so a run stopped by a timeout keeps what it measured
+                write_csv(pd.DataFrame(unet_rows), unet_csv,
+                          meta(part="unet-step", timing="CUDA graph replay, CUDA events", iters=args.iters,
+                               fp16_convs=sorted(kernels.FP16_CONVS)))
+                if prof_rows:
+                    write_csv(pd.DataFrame(prof_rows), prof_csv,
+                              meta(part="profile", timing="torch.profiler, one eager step"))
 
     with kb.timed("fp16 UNet steps"):
         run_variant("fp16", unet, fp16_bytes, "")
@@ -190,8 +206,8 @@ def main(args: argparse.Namespace) -> None:
             _free()
         launch.save_tuning(out_dir / f"kernels_tuning_{tag}.json")
     print(f"[bench] wrote {unet_csv} ({time.perf_counter() - t_start:.0f}s)")
-    print(pd.DataFrame(unet_rows)[["variant", "res", "batch", "p50_ms", "p95_ms", "speedup", "weight_ratio",
-                                   "peak_mem_gib"]].to_string(index=False))
+    print(pd.DataFrame(unet_rows)[["variant", "res", "batch", "p50_ms", "p95_ms", "speedup", "speedup_same_exec",
+                                   "weight_ratio", "peak_mem_gib", "first_call_s"]].to_string(index=False))
     if prof_rows:
         print(pd.DataFrame(prof_rows).pivot_table(index="category", columns=["variant", "res", "batch"],
                                                   values="gpu_ms").round(2).to_string())
@@ -208,14 +224,17 @@ def _slower_convs(rows: pd.DataFrame, fmt: str) -> set:
     return out
 
 
-def _unet_row(variant, res, batch, t, base, wbytes, fp16_bytes, peak, modes, first_s) -> dict:
+def _unet_row(variant, exec_mode, res, batch, t, base_ms, wbytes, fp16_bytes, peak, modes, first_s) -> dict:
+    """One UNet-step row; speedups over the FP16 step under CUDA graphs (the issue's bar) and under the same
+    execution mode (e.g. compiled W8A8 over compiled FP16), where those were measured."""
     import numpy as np
 
     p50 = float(np.median(t))
-    return dict(variant=variant, res=res, batch=batch, p50_ms=round(p50, 3), p95_ms=round(float(np.percentile(t, 95)), 3),
-                speedup=round(base / p50, 3) if base else None, weight_bytes=wbytes,
-                weight_ratio=round(wbytes / fp16_bytes, 4), peak_mem_gib=round(peak, 3), layer_modes=modes,
-                first_call_s=round(first_s, 2))
+    ratio = lambda ex: round(base_ms[(ex, res, batch)] / p50, 3) if (ex, res, batch) in base_ms else None  # noqa: E731
+    return dict(variant=variant, exec=exec_mode, res=res, batch=batch, p50_ms=round(p50, 3),
+                p95_ms=round(float(np.percentile(t, 95)), 3), speedup=ratio("graph"), speedup_same_exec=ratio(exec_mode),
+                weight_bytes=wbytes, weight_ratio=round(wbytes / fp16_bytes, 4), peak_mem_gib=round(peak, 3),
+                layer_modes=modes, first_call_s=round(first_s, 2))
 
 
 def _free() -> None:

@@ -203,3 +203,41 @@ def test_committed_tuning_file_is_loaded_on_first_choice(tmp_path, monkeypatch):
         monkeypatch.setattr(launch, "_DEFAULT_TUNING_LOADED", False)
         monkeypatch.setattr(launch, "TUNING", False)  # untuned keys take the first candidate
         assert launch._choose("linear|k", cands, never) == expected
+
+
+@pytest.mark.parametrize("split", [None, 16])
+def test_compiled_path_quantize_twins_equal_the_reference(split):
+    """Under torch.compile the backend quantizes with plain torch ops reading the layer's parameter tensor
+    (KernelState.qt), so Inductor fuses them into the producer; they must give the reference's codes exactly,
+    with the parameters as that tensor or as numbers."""
+    from quant_utils.kernels import ops
+
+    g = torch.Generator().manual_seed(3)
+    a1 = ref.ActQuant(0.037, -5, 8)
+    a2 = ref.ActQuant(0.011, 3, 4) if split else a1
+    nums = [(a.scale, a.zero, a.qmin, a.qmax) for a in (a1, a2)]
+    qt = torch.tensor(nums[0] + nums[1], dtype=torch.float32)
+    x = (torch.randn(2, 32, 5, 7, generator=g) * 3).half()
+    want = ref.quantize_act_split(x, a1, a2 if split else None, split)
+    s = split or 1 << 30
+    border = torch.tensor([a1.zero] * (split or 32) + [a2.zero] * (32 - (split or 32)), dtype=torch.int8)
+    for p1, p2 in ((qt[:4], qt[4:]), nums):
+        got = ops.quant_nhwc_torch(x, s, 1, p1, p2)  # padded NHWC, border = each channel's zero point
+        assert torch.equal(got[:, 1:-1, 1:-1], want.permute(0, 2, 3, 1))
+        assert torch.equal(got[:, 0, 0], border.expand(2, -1)) and torch.equal(got[:, -1, -1], border.expand(2, -1))
+        assert torch.equal(ops.fake_quant_torch(x, s, p1, p2), ref.fake_quant(x, a1, a2 if split else None, split))
+        if not split:
+            assert torch.equal(ops.quant_torch(x, *p1), want)
+
+
+def test_bench_kernels_exec_modes_parse_in_run_order():
+    """bench_kernels runs CUDA-graph variants before compiled ones (compiling changes the model in place)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_kernels
+
+    from quant_utils.pipeline import ConfigError
+
+    assert bench_kernels.parse_args(["--unet_exec", "compile,graph"]).unet_exec == ["graph", "compile"]
+    for bad in ("", "eager", "graph,jit"):
+        with pytest.raises(ConfigError, match="unet_exec"):
+            bench_kernels.parse_args(["--unet_exec", bad])

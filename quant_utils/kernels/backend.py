@@ -54,11 +54,15 @@ class KernelState:
     stride: int = 1
     pad: int = 0
     why: str = ""                              # why a layer is not in `int` mode
+    # (scale, zero, qmin, qmax) of act1 then act2 (act1 again when there is none), float32 [8] on the device:
+    # under torch.compile the quantize ops read these instead of Python numbers, so layers of one shape share
+    # one fused Inductor kernel and one compiled region (numbers would be baked in as constants and guarded)
+    qt: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.packed, self.w_scale, self.scale1, self.zc1, self.scale2, self.zc2, self.bias,
-                            self.bias16, self.fp16_weight) if t is not None]
+                            self.bias16, self.fp16_weight, self.qt) if t is not None]
 
     def qparams(self, which: int) -> tuple:
         a = self.act1 if which == 1 or self.act2 is None else self.act2
@@ -124,6 +128,7 @@ def prepare(layer) -> None:
         st.act1 = ref.ActQuant.from_module(layer.act_quant)
         st.act2 = ref.ActQuant.from_module(layer.act_quant2) if layer.act_quant2 is not None else None
         st.split = layer.split if st.act2 is not None else None
+        st.qt = torch.tensor(st.qparams(1) + st.qparams(2), dtype=torch.float32, device=dev)
     st.bos = bool(layer.bos) and layer.kind == "linear" and st.act1 is not None
     if st.mode == "fp16":
         if layer.w_bits is None:
@@ -229,10 +234,9 @@ def _fp16_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
 
 def _fake_quant(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     split = st.split if st.split is not None else 1 << 30
-    p1, p2 = st.qparams(1), st.qparams(2)
     if _compiling():
-        return ops.fake_quant_torch(x, split, p1, p2)
-    return ops.fake_quant(x.contiguous(), split, *p1, *p2)
+        return ops.fake_quant_torch(x, split, st.qt[:4], st.qt[4:])
+    return ops.fake_quant(x.contiguous(), split, *st.qparams(1), *st.qparams(2))
 
 
 def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
@@ -241,8 +245,7 @@ def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     if st.mode == "wonly":
         y = ops.qlinear(x2, st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
         return y.reshape(*lead, st.n)
-    p = st.qparams(1)
-    q = ops.quant_torch(x2, *p) if _compiling() else _quantize_once(x, x2, p, ops)
+    q = ops.quant_torch(x2, *st.qt[:4]) if _compiling() else _quantize_once(x, x2, st.qparams(1), ops)
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
     y = y.reshape(*lead, st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights
@@ -271,12 +274,11 @@ def _quantize_once(x: torch.Tensor, x2: torch.Tensor, p: tuple, ops) -> torch.Te
 def _conv_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     c = x.shape[1]
     split = st.split if st.split is not None else c
-    p1, p2 = st.qparams(1), st.qparams(2)
     x = x.half()
     if _compiling():
-        q = ops.quant_nhwc_torch(x, split, st.pad, p1, p2)
+        q = ops.quant_nhwc_torch(x, split, st.pad, st.qt[:4], st.qt[4:])
     else:
-        q = ops.quant_nhwc(x.contiguous(), split, st.pad, *p1, *p2)
+        q = ops.quant_nhwc(x.contiguous(), split, st.pad, *st.qparams(1), *st.qparams(2))
     kh, kw = st.shape[2], st.shape[3]
     return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
                      split, kh, kw, st.stride, st.pad)

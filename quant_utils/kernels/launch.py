@@ -37,7 +37,9 @@ def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k:
 LINEAR_CANDIDATES = {
     "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2),
              _cfg(32, 64, 4, 4)],
-    "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3)],
+    # 65-512 rows (512 px, batch 1): 10-40 output tiles for 132 SMs, so split-K 4/8 candidates too
+    "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3),
+              _cfg(64, 128, 4, 4, True, 4), _cfg(32, 128, 4, 4, True, 4), _cfg(64, 128, 4, 4, True, 8)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
             _cfg(64, 256, 8, 3, True)],
     "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True)],
@@ -93,11 +95,24 @@ def conv_class(m: int) -> str:
     return "small" if m <= 1024 else "mid" if m <= 8192 else "large"
 
 
-def conv_candidates(m: int, two_seg: bool) -> list[dict]:
+def with_pre(cands: list[dict], bits: int) -> list[dict]:
+    """Packed 2/4/6-bit weights: each config twice, unpacking in the K loop and (PRE) in a separate pass first.
+
+    Measured on the H100 (results/kernels_notes.md): unpacking in the K loop puts the weight through registers
+    before the tensor cores, which cost 1.5-2x an 8-bit GEMM; a separate pass costs one read of the packed and
+    one write of the int8 weight. The autotuner keeps whichever is faster per shape."""
+    return cands if bits == 8 else cands + [dict(c, PRE=True) for c in cands]
+
+
+def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
+    return with_pre((FP16A_CANDIDATES if a_fp16 else LINEAR_CANDIDATES)[linear_class(m)], bits)
+
+
+def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:
     """Conv tile configs for M output pixels; a split input keeps two accumulators, so no tiles above 128x128
     there (they spill registers: Triton 3.6, sm_90, ptxas -v)."""
     cands = CONV_CANDIDATES[conv_class(m)]
-    return [c for c in cands if c["BM"] * c["BN"] <= 128 * 128] if two_seg else cands
+    return with_pre([c for c in cands if c["BM"] * c["BN"] <= 128 * 128] if two_seg else cands, bits)
 
 
 _FORCED: dict | None = None
@@ -184,8 +199,7 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
     m, k = a.shape
     a_fp16 = a.dtype != torch.int8
     if cfg is None:
-        cands = (FP16A_CANDIDATES if a_fp16 else LINEAR_CANDIDATES)[linear_class(m)]
-        cfg = _choose(linear_key(m, n, k, bits, group, a_fp16), cands,
+        cfg = _choose(linear_key(m, n, k, bits, group, a_fp16), linear_candidates(m, a_fp16, bits),
                       lambda c: tk.qlinear(a, w, scale, zc, bias, bits, group, n, c))
     return tk.qlinear(a, w, scale, zc, bias, bits, group, n, _strip(cfg))
 
@@ -197,7 +211,7 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
     if cfg is None:
         b, hp, wp, _ = x_pad.shape
         m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
-        cfg = _choose(conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), conv_candidates(m, c1 < x_pad.shape[3]),
+        cfg = _choose(conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), conv_candidates(m, c1 < x_pad.shape[3], bits),
                       lambda c: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
                                          stride, pad, c))
     return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg))
@@ -232,15 +246,15 @@ def load_tuning(path: str | Path) -> int:
 def linear_jobs(m: int, k: int, bits: int, group: int, a_fp16: bool) -> list[tuple]:
     """Compile jobs for every candidate a linear of this size class and format may try."""
     even_k = k % group == 0
-    cands = (FP16A_CANDIDATES if a_fp16 else LINEAR_CANDIDATES)[linear_class(m)]
-    return [("linear", bits, group, a_fp16, even_k, tuple(sorted(_strip(c).items()))) for c in cands]
+    return [("linear", bits, group, a_fp16, even_k, tuple(sorted(_strip(c).items())))
+            for c in linear_candidates(m, a_fp16, bits)]
 
 
 def conv_jobs(m: int, c: int, c1: int, kh: int, stride: int, bits: int, group: int) -> list[tuple]:
     two = c1 < c
     even = c1 % group == 0 and (c - c1) % group == 0
     return [("conv", bits, group, kh, stride, two, even, tuple(sorted(_strip(cf).items())))
-            for cf in conv_candidates(m, two)]
+            for cf in conv_candidates(m, two, bits)]
 
 
 def _compile_job(job: tuple) -> str:

@@ -88,36 +88,35 @@ def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stri
 
 
 def _codes(v: Tensor, scale, zero, qmin, qmax) -> Tensor:
-    # same arithmetic as the Triton kernels: float32 IEEE division, round half to even, clamp
+    # same arithmetic as the Triton kernels: float32 division, round half to even, clamp; the parameters are
+    # numbers or 0-d float32 tensors (the compiled path: one Inductor kernel for every layer of a shape)
     return torch.clamp(torch.round(v.float() / scale) + zero, qmin, qmax)
 
 
-def quant_torch(x: Tensor, scale: float, zero: int, qmin: int, qmax: int) -> Tensor:
+def quant_torch(x: Tensor, scale, zero, qmin, qmax) -> Tensor:
     return _codes(x, scale, zero, qmin, qmax).to(torch.int8)
 
 
-def _per_channel(c: int, split: int, p1: tuple, p2: tuple, device) -> list[Tensor]:
+def _per_channel(c: int, split: int, p1, p2, device) -> list[Tensor]:
     first = torch.arange(c, device=device) < split
-    return [torch.where(first, torch.tensor(float(a), device=device), torch.tensor(float(b), device=device))
-            for a, b in zip(p1, p2)]
+    return [torch.where(first, torch.as_tensor(a, dtype=torch.float32, device=device),
+                        torch.as_tensor(b, dtype=torch.float32, device=device)) for a, b in zip(p1, p2)]
 
 
-def quant_nhwc_torch(x: Tensor, split: int, pad: int, p1: tuple, p2: tuple) -> Tensor:
-    """Plain-torch twin of quant_nhwc (x NCHW; p = (scale, zero, qmin, qmax))."""
+def quant_nhwc_torch(x: Tensor, split: int, pad: int, p1, p2) -> Tensor:
+    """Plain-torch twin of quant_nhwc (x NCHW; p = (scale, zero, qmin, qmax), numbers or 0-d tensors)."""
     xs = x.permute(0, 2, 3, 1)
     if split >= x.shape[1]:
-        q = _codes(xs, *p1)
-        z = p1[1]
-        q = F.pad(q, (0, 0, pad, pad, pad, pad), value=float(z)) if pad else q
+        s, z, lo, hi = p1
     else:
         s, z, lo, hi = _per_channel(x.shape[1], split, p1, p2, x.device)
-        q = torch.clamp(torch.round(xs.float() / s) + z, lo, hi)
-        if pad:  # border = each channel's zero point
-            q = F.pad(q - z, (0, 0, pad, pad, pad, pad)) + z
+    q = torch.clamp(torch.round(xs.float() / s) + z, lo, hi)
+    if pad:  # border = each channel's zero point (the code of x = 0)
+        q = F.pad(q - z, (0, 0, pad, pad, pad, pad)) + z
     return q.to(torch.int8).contiguous()
 
 
-def fake_quant_torch(x: Tensor, split: int, p1: tuple, p2: tuple) -> Tensor:
+def fake_quant_torch(x: Tensor, split: int, p1, p2) -> Tensor:
     """Plain-torch twin of fake_quant (channel dim 1 holds the split; p = (scale, zero, qmin, qmax))."""
     if x.dim() < 2 or split >= x.shape[1]:
         s, z, lo, hi = p1

@@ -123,14 +123,13 @@ def with_bits(case: Case, w_bits: int) -> Case:
 
 def candidates(case: Case) -> list[dict]:
     """The autotuner's candidate tile configs for this case's problem size."""
-    from . import launch
+    from . import launch, packing
 
+    bits = packing.storage_bits(case.w_bits) if case.w_bits is not None else 8
     if case.kind == "linear":
-        m = case.batch * case.rows
-        table = launch.FP16A_CANDIDATES if case.a_bits is None else launch.LINEAR_CANDIDATES
-        return table[launch.linear_class(m)]
+        return launch.linear_candidates(case.batch * case.rows, case.a_bits is None, bits)
     oh = (case.hw + 2 * (case.ksize // 2) - case.ksize) // case.stride + 1
-    return launch.conv_candidates(case.batch * oh * oh, bool(case.split))
+    return launch.conv_candidates(case.batch * oh * oh, bool(case.split), bits)
 
 
 def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) -> dict:
@@ -152,7 +151,7 @@ def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) 
     ok = res["nan"] == 0 and tuple(y.shape) == tuple(ref.shape) and (
         res["within_tol"] == 1.0 if exact else res["rel_l2"] < 2e-3)
     cfg_s = "autotuned" if cfg is None else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}" + (
-        f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "")
+        f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "")
     return {"case": case.name, "config": cfg_s, "mode": st.mode, "bits": st.bits,
             "group": st.fmt.group if st.fmt else None, "ok": ok, **res}
 
@@ -174,10 +173,10 @@ def run(cases: list[Case], device: str, seed: int = 0, all_configs: bool = False
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'case':<62} {'config':<16} {'mode':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} "
+    lines = [f"{'case':<62} {'config':<22} {'mode':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} "
              f"{'nan':>4}  ok"]
     for r in rows:
-        lines.append(f"{r['case']:<62} {r['config']:<16} {r['mode']:<6} {str(r['bits']):>4} {str(r['group']):>4} "
+        lines.append(f"{r['case']:<62} {r['config']:<22} {r['mode']:<6} {str(r['bits']):>4} {str(r['group']):>4} "
                      f"{r['max_ulp']:>8.3f} "
                      f"{r['within_tol']:>7.4f} {r['rel_l2']:>9.2e} {r['nan']:>4}  {'PASS' if r['ok'] else 'FAIL'}")
     return "\n".join(lines)

@@ -200,6 +200,51 @@ def _group_dot(acc, a_ptrs, row_ok, kcol, klim, other, w_ptrs,
     return acc
 
 
+# ----------------------------------------------------------------------------------------------- unpack pass
+
+
+@triton.jit
+def _unpack_kernel(p_ptr, q_ptr, NG, BITS: tl.constexpr, G: tl.constexpr, SUBK: tl.constexpr, TG: tl.constexpr):
+    # TG packed groups per program -> their G int8 values each, in K order (the 8-bit format of the same G)
+    BPG: tl.constexpr = G * BITS // 8
+    g = tl.program_id(0).to(tl.int64) * TG + tl.arange(0, TG)
+    ok = (g < NG)[:, None]
+    j = tl.arange(0, SUBK)[None, :]
+    src = p_ptr + g[:, None] * BPG + j
+    dst = q_ptr + g[:, None] * G + j
+    if BITS == 4:
+        p = tl.load(src, mask=ok, other=0).to(tl.int32)
+        tl.store(dst, ((p & 15) - 8).to(tl.int8), mask=ok)
+        tl.store(dst + SUBK, ((p >> 4) - 8).to(tl.int8), mask=ok)
+    elif BITS == 2:
+        p = tl.load(src, mask=ok, other=0).to(tl.int32)
+        for s in tl.static_range(4):
+            tl.store(dst + s * SUBK, (((p >> (2 * s)) & 3) - 2).to(tl.int8), mask=ok)
+    else:  # 6 bits: three byte planes, the 4th sub-block in their top two bits
+        b0 = tl.load(src, mask=ok, other=0).to(tl.int32)
+        b1 = tl.load(src + SUBK, mask=ok, other=0).to(tl.int32)
+        b2 = tl.load(src + 2 * SUBK, mask=ok, other=0).to(tl.int32)
+        tl.store(dst, ((b0 & 63) - 32).to(tl.int8), mask=ok)
+        tl.store(dst + SUBK, ((b1 & 63) - 32).to(tl.int8), mask=ok)
+        tl.store(dst + 2 * SUBK, ((b2 & 63) - 32).to(tl.int8), mask=ok)
+        w3 = (b0 >> 6) | ((b1 >> 6) << 2) | ((b2 >> 6) << 4)
+        tl.store(dst + 3 * SUBK, (w3 - 32).to(tl.int8), mask=ok)
+
+
+def unpack_to_int8(w: torch.Tensor, bits: int, group: int, groups_per_program: int = 64) -> torch.Tensor:
+    """Packed weight [N, row_bytes] (2/4/6 bits) -> int8 [N, K_padded]: the 8-bit format with the same groups.
+
+    The `PRE` tile-config option runs this pass before an 8-bit GEMM/conv (a transient int8 copy, freed after
+    the call) instead of unpacking in the kernel's K loop: weights stay packed at rest either way."""
+    n, row_bytes = w.shape
+    bpg = group * bits // 8
+    ng = n * row_bytes // bpg
+    q = torch.empty((n, row_bytes // bpg * group), dtype=torch.int8, device=w.device)
+    _unpack_kernel[(triton.cdiv(ng, groups_per_program),)](w, q, ng, BITS=bits, G=group, SUBK=group // SUB_BLOCKS[bits],
+                                                          TG=groups_per_program, num_warps=4)
+    return q
+
+
 @triton.jit
 def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     # grouped launch order: GROUP_M row-tiles share their weight tiles in L2
@@ -294,10 +339,12 @@ def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
 
 def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
             bits: int, group: int, n: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch `_qlinear_kernel` with tile config `cfg` (BM, BN, GROUP_M, SWAP, SPLIT_K, num_warps, num_stages).
+    """Launch `_qlinear_kernel` with tile config `cfg` (BM, BN, GROUP_M, SWAP, SPLIT_K, PRE, num_warps, num_stages).
 
     a: [M, K] int8 codes (or fp16 for the weight-only path), rows may be strided; w: packed [N, row_bytes]."""
     m, k = a.shape
+    if cfg.get("PRE") and bits != 8:
+        w, bits = unpack_to_int8(w, bits, group), 8
     if k % 16 or a.stride(0) % 16 or a.stride(1) != 1 or n % 8:
         raise ValueError(f"qlinear needs K % 16 == 0, row-contiguous 16-aligned rows and N % 8 == 0 (K={k}, N={n})")
     if a.data_ptr() % 16 or w.data_ptr() % 16:
@@ -405,6 +452,8 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
 
     c1 = channels of segment 1 (= C when the input is not split)."""
     b, hp, wp, c = x_pad.shape
+    if cfg.get("PRE") and bits != 8:
+        w, bits = unpack_to_int8(w, bits, group), 8
     if c % 16 or c1 % 16 or not x_pad.is_contiguous():
         raise ValueError(f"qconv needs contiguous NHWC input with C and the split a multiple of 16 (C={c}, split={c1})")
     if x_pad.numel() >= 2**31 or b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1) >= 2**31:
