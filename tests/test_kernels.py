@@ -126,8 +126,8 @@ def test_prepare_frees_weights_and_counts_packed_bytes():
     st = layer.kernel_state
     assert layer.weight is None and layer.w_int.numel() == 0
     assert st.mode == "int" and st.packed.dtype == torch.uint8 and st.packed.shape == (128, 128)
-    # packed W4 + scale, zc, w_scale, bias (float32/int32 per output channel)
-    assert backend.weight_bytes(layer) == 128 * 128 + 4 * 128 * 4
+    # packed W4 + scale, zc, w_scale, bias (float32/int32 per output channel) + the quantizer tensor (8 float32)
+    assert backend.weight_bytes(layer) == 128 * 128 + 4 * 128 * 4 + 8 * 4
     assert torch.equal(backend.unpacked_weight(layer), w_int)
     backend.prepare(layer)  # idempotent
     assert layer.kernel_state is st

@@ -245,7 +245,10 @@ def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     if st.mode == "wonly":
         y = ops.qlinear(x2, st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
         return y.reshape(*lead, st.n)
-    q = ops.quant_torch(x2, *st.qt[:4]) if _compiling() else _quantize_once(x, x2, st.qparams(1), ops)
+    if _compiling():  # contiguous: Inductor may lay a pointwise output out like its (permuted) input
+        q = ops.quant_torch(x2, *st.qt[:4]).contiguous()
+    else:
+        q = _quantize_once(x, x2, st.qparams(1), ops)
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
     y = y.reshape(*lead, st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights

@@ -57,11 +57,19 @@ def _(x, split, s1, z1, lo1, hi1, s2, z2, lo2, hi2):
 # ----------------------------------------------------------------------------------------------- GEMM / conv
 
 
+def _aligned(x: Tensor, rows_may_stride: bool = False) -> Tensor:
+    """x itself when the kernels can read it (16-byte aligned, contiguous, or for a GEMM input unit-stride rows
+    16-byte apart), else a contiguous copy: a compiled graph may hand a custom op a permuted or offset view."""
+    ok = x.data_ptr() % 16 == 0 and (x.is_contiguous() or (
+        rows_may_stride and x.stride(-1) == 1 and all(s % 16 == 0 for s in x.stride()[:-1])))
+    return x if ok else x.clone(memory_format=torch.contiguous_format)
+
+
 @torch.library.custom_op("mixdq::qlinear", mutates_args=())
 def qlinear(a: Tensor, w: Tensor, scale: Tensor, zc: Optional[Tensor], bias: Optional[Tensor],
             bits: int, group: int, n: int) -> Tensor:
     """[M, K] int8 codes (or fp16 with zc None) x packed weight -> [M, n] fp16, fused epilogue."""
-    return launch.linear(a, w, scale, zc, bias, bits, group, n)
+    return launch.linear(_aligned(a, rows_may_stride=True), w, scale, zc, bias, bits, group, n)
 
 
 @qlinear.register_fake
@@ -74,7 +82,7 @@ def qconv(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optiona
           bias: Optional[Tensor], bits: int, group: int, n: int, c1: int, kh: int, kw: int, stride: int,
           pad: int) -> Tensor:
     """Padded NHWC int8 codes -> NCHW fp16 conv output (implicit GEMM, fused epilogue)."""
-    return launch.conv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad)
+    return launch.conv(_aligned(x_pad), w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad)
 
 
 @qconv.register_fake
