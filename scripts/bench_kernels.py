@@ -165,9 +165,13 @@ def main(args: argparse.Namespace) -> None:
                     continue
                 inputs = kb.unet_inputs(model, batch, res_)
                 t0 = time.perf_counter()
-                with torch.no_grad():
-                    out = kb.step_fn(model, inputs)().float()  # first call: compile, autotune, cuDNN plans
-                torch.cuda.synchronize()
+                try:
+                    with torch.no_grad():
+                        out = kb.step_fn(model, inputs)().float()  # first call: compile, autotune, cuDNN plans
+                    torch.cuda.synchronize()
+                except Exception as e:  # reported and skipped: the other points and variants still run
+                    print(f"[bench] {label} {res_}x{batch} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    continue
                 first_s = time.perf_counter() - t0
                 # the compiled step must compute what the uncompiled one did (same model, same inputs)
                 if ex == "graph":
