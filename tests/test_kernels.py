@@ -182,6 +182,32 @@ def test_kernel_backend_traces_as_one_graph_under_torch_compile():
     assert "graphs 1 breaks 0 []" in proc.stdout, proc.stdout[-2000:]
 
 
+REGIONS_CHECK = TRACE_CHECK.replace("""with torch.no_grad():
+    ex = torch._dynamo.explain(lambda: unet(**inputs).sample)()
+print("graphs", ex.graph_count, "breaks", ex.graph_break_count, [r.reason[:200] for r in ex.break_reasons])
+""", """from torch._dynamo.utils import counters
+from quant_utils.runtime import compile_regions
+with torch.no_grad():
+    ref = unet(**inputs).sample
+    n = compile_regions(unet, backend="eager")
+    out = unet(**inputs).sample
+print("regions", n, "graphs", counters["stats"]["unique_graphs"], "same", bool(torch.equal(out, ref)))
+""")
+
+
+def test_compiled_regions_share_graphs_across_same_shape_blocks():
+    """compile_regions compiles each resnet/transformer block; blocks of one shape (different weights and quantizer
+    parameters) must reuse one dynamo graph, not recompile per instance (28 regions -> 12 graphs on the tiny
+    UNet), and the regions must compute what the uncompiled model does."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", REGIONS_CHECK], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("regions"))
+    _, regions, _, graphs, _, same = line.split()
+    assert int(regions) == 28 and int(graphs) < int(regions) / 2 and same == "True", line
+
+
 def test_committed_tuning_file_is_loaded_on_first_choice(tmp_path, monkeypatch):
     """Tile configs tuned by bench_kernels (results/kernels_tuning_<gpu>.json) are used without re-timing;
     MIXDQ_TUNING_FILE names the file, `none` disables it."""

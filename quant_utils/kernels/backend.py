@@ -55,8 +55,9 @@ class KernelState:
     pad: int = 0
     why: str = ""                              # why a layer is not in `int` mode
     # (scale, zero, qmin, qmax) of act1 then act2 (act1 again when there is none), float32 [8] on the device:
-    # under torch.compile the quantize ops read these instead of Python numbers, so layers of one shape share
-    # one fused Inductor kernel and one compiled region (numbers would be baked in as constants and guarded)
+    # under torch.compile the quantize ops read these instead of Python numbers, so a compiled block never bakes
+    # a layer's numbers in as constants, whatever dynamo's specialization settings (with torch 2.14's defaults
+    # plain numbers also share graphs: tests/test_kernels.py, compiled regions)
     qt: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
