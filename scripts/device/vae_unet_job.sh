@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU job: VAE decode variants (issue 8) and the kernel backend's UNet step without the FP16 conv policy
-# (issue 4), or the torch.compile'd UNet step (UNET_EXEC=compile). Device tool, carry=["wheels", ".git_sha"].
-# Writes $OUT/{vae_decode.csv, vae_profile.csv, kernels_unet_*.csv, kernels_profile_*.csv, *.log}.
+# GPU job: VAE decode variants (issue 8) and UNet steps of FP16 and the kernel backend (issue 4) under CUDA graphs
+# and/or with compiled blocks (UNET_EXEC=graph,compile), committed tile configs. Device tool, carry=["wheels",
+# ".git_sha"]. Writes $OUT/{vae_decode.csv, vae_profile.csv, kernels_unet_*.csv, kernels_profile_*.csv, *.log}.
+#   VAE=0 UNET_EXEC=graph,compile FORMATS=W8A8,W4A8 UNET_POINTS=1024x4,512x1 UNET_TIMEOUT=570 bash scripts/device/vae_unet_job.sh
 source "$(dirname "$0")/job_env.sh"
 TUNING=results/kernels_tuning_nvidia_h100_80gb_hbm3.json
 if [ "${VAE:-1}" = 1 ]; then
