@@ -141,7 +141,8 @@ def bench_us(fn: Callable[[], object]) -> float:
 # Kernel-name patterns of a UNet step's GPU time, first match wins (ours first: their names are ours).
 KERNEL_CATEGORIES = [
     ("int8 GEMM (ours)", r"_qlinear_kernel"), ("int8 conv (ours)", r"_qconv_kernel"),
-    ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("weight unpack pass (ours)", r"_unpack_kernel"), ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
+    ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("weight unpack pass (ours)", r"_unpack_kernel"),
+    ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
     ("conv fp16 (cuDNN)", r"fprop|conv|implicit"), ("matmul fp16 (cuBLAS)", r"gemm|nvjet|cutlass|matmul|xmma"),
     ("group/layer norm", r"norm"), ("elementwise, copies, other", r"."),
