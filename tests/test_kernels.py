@@ -267,3 +267,17 @@ def test_bench_kernels_exec_modes_parse_in_run_order():
     for bad in ("", "eager", "graph,jit"):
         with pytest.raises(ConfigError, match="unet_exec"):
             bench_kernels.parse_args(["--unet_exec", bad])
+
+
+def test_custom_ops_copy_only_the_views_the_kernels_cannot_read():
+    """A compiled graph may hand qlinear/qconv a permuted or offset view; the ops pass readable tensors through
+    untouched and copy the rest into a contiguous, aligned buffer (same values)."""
+    from quant_utils.kernels.ops import _aligned
+
+    x = torch.arange(64 * 32, dtype=torch.int8).reshape(64, 32)
+    assert _aligned(x) is x
+    rows = torch.zeros(8, 5, 32, dtype=torch.int8)[:, 0, :]  # BOS rows: unit stride, rows 160 bytes apart
+    assert _aligned(rows, rows_may_stride=True) is rows and _aligned(rows) is not rows
+    for view in (x.t(), x.view(-1)[1:1 + 32 * 16].view(16, 32)):  # permuted; offset by one byte
+        y = _aligned(view, rows_may_stride=True)
+        assert y.is_contiguous() and y.data_ptr() % 16 == 0 and torch.equal(y, view)
