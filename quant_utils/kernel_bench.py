@@ -3,8 +3,9 @@
 Everything runs on the full-size SDXL-Turbo UNet with random weights (true shapes, meaningless values),
 built directly on the GPU. Shapes come from the UNet itself: forward hooks record every Linear/Conv2d
 input at each (resolution, batch), with how often it occurs per step.
-Timing: `triton.testing.do_bench` medians for single kernels; CUDA-graph replays timed one by one with
-CUDA events for UNet steps (p50/p95), after warm-up (which also autotunes the kernels).
+Timing: single kernels as the median of CUDA-graph replays of 10 calls (`launch.graph_bench_ms`, no Python
+launch cost); UNet steps as CUDA-graph replays timed one by one with CUDA events (p50/p95), after warm-up
+(which also autotunes the kernels).
 """
 from __future__ import annotations
 

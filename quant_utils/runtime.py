@@ -32,7 +32,9 @@ REGION_TYPES = ("ResnetBlock2D", "Transformer2DModel")
 
 
 def compile_regions(unet: torch.nn.Module, types: tuple[str, ...] = REGION_TYPES, backend: str = "inductor") -> int:
-    """torch.compile (static shapes) every sub-module of the given class names in place; returns how many."""
+    """torch.compile (static shapes) every sub-module of the given class names, in place: every later call of this
+    UNet, from any Runner, runs the compiled blocks (deep-copy the UNet first to keep an uncompiled one).
+    Returns how many modules were compiled."""
     cfg = torch._dynamo.config  # one compiled graph per distinct (block shape, input shape): allow them all
     cfg.recompile_limit = max(cfg.recompile_limit, 256)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)

@@ -6,9 +6,10 @@ Quick look at one point:
     python scripts/bench_kernels.py --gemm_points 1024x4 --unet_points 1024x4 --formats W8A8
 
 Writes <out_dir>/kernels_<gpu>.csv (per layer shape: fp16 cuBLAS/cuDNN, torch._int_mm, W8A8/W6A8/W4A8, us and
-TOPS), <out_dir>/kernels_unet_<gpu>.csv (UNet step: FP16 CUDA graph vs the kernel backend, p50/p95 ms,
-speedup, weight bytes, peak memory), <out_dir>/kernels_profile_<gpu>.csv (one step's GPU time by kernel
-category) and <out_dir>/kernels_tuning_<gpu>.json (the autotuned tile configs).
+TOPS), <out_dir>/kernels_unet_<gpu>.csv (UNet step: FP16 vs the kernel backend, each under CUDA graphs and/or
+with compiled blocks (`--unet_exec graph,compile`), p50/p95 ms, speedups, weight bytes, peak memory),
+<out_dir>/kernels_profile_<gpu>.csv (one step's GPU time by kernel category) and
+<out_dir>/kernels_tuning_<gpu>.json (the autotuned tile configs).
 """
 from __future__ import annotations
 
@@ -138,9 +139,10 @@ def main(args: argparse.Namespace) -> None:
                                      ksize=ksize, stride=stride, calls_per_step=n_calls, example_layer=c.name,
                                      impl=r["impl"], us=round(r["us"], 2), tops=round(r["tops"], 1),
                                      speedup_vs_fp16=round(base / r["us"], 3), config=r["config"]))
-        shapes_csv = out_dir / f"kernels_{tag}.csv"
-        write_csv(pd.DataFrame(rows), shapes_csv, meta(part="per-shape", timing="triton.testing.do_bench median"))
-        print(f"[bench] wrote {shapes_csv}")
+        if rows:  # no --gemm_points: leave an existing per-shape table alone rather than overwrite it empty
+            shapes_csv = out_dir / f"kernels_{tag}.csv"
+            write_csv(pd.DataFrame(rows), shapes_csv, meta(part="per-shape", timing="CUDA-graph replays, median"))
+            print(f"[bench] wrote {shapes_csv}")
     # 4. which convs stay fp16: the int8 kernel with its quantize pass lost to cuDNN (time summed over the points)
     if args.fp16_convs == "auto" and rows:
         slower = _slower_convs(pd.DataFrame(rows), args.formats[0])
@@ -193,7 +195,7 @@ def main(args: argparse.Namespace) -> None:
                                fp16_convs=sorted(kernels.FP16_CONVS)))
                 if prof_rows:
                     write_csv(pd.DataFrame(prof_rows), prof_csv,
-                              meta(part="profile", timing="torch.profiler, one eager step"))
+                              meta(part="profile", timing="torch.profiler, one step outside the CUDA graph"))
 
     with kb.timed("fp16 UNet steps"):
         run_variant("fp16", unet, fp16_bytes, "")
