@@ -32,7 +32,7 @@ DEFAULT_BITS = {"weight": [2, 4, 8], "act": [4, 8]}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    add_model_args(p, quantized=False)  # measures layers of the FP16 UNet
     p.add_argument("--kind", choices=["weight", "act"], default="weight", help="quantize weights or input activations")
     p.add_argument("--bits", type=int, nargs="+", default=None, help="candidate bit-widths (default: weight 2 4 8, act 4 8)")
     p.add_argument("--layers", default=None, help="regex over diffusers layer names (re.search); default: all layers")

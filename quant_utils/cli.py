@@ -13,10 +13,14 @@ DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
 
 
-def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantized: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--config", default=DEFAULT_CONFIG,
                    help="model config YAML (real: configs/stable-diffusion/sdxl_turbo.yaml; default: the embedded tiny model)")
+    if quantized:
+        g.add_argument("--quantized", default=None, metavar="DIR",
+                       help="take the UNet from this quantized model folder (quant_txt2img.py --save_quantized): the "
+                            "FP16 UNet is not loaded and nothing is calibrated; text encoders and VAE come from --config")
     g.add_argument("--random_weights", action="store_true",
                    help="full-size architecture with random weights instead of the real weights (latency/memory only)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
@@ -81,7 +85,25 @@ def pipeline_from_args(args: argparse.Namespace):
     cfg = model_config_from_args(args)
     device = resolve_device(args.device)
     dtype = torch.float16 if args.fp16 else cfg.torch_dtype
-    return cfg, build_pipeline(cfg, device=device, dtype=dtype, random_weights=args.random_weights), device
+    unet = None
+    if getattr(args, "quantized", None):  # the UNet from its quantized folder; the FP16 one is never built
+        from .quantized_io import check_architecture, load_quantized, read_config
+
+        folder = repo_path(args.quantized)
+        check_architecture(read_config(folder), unet_architecture(cfg), folder)
+        unet = load_quantized(folder, device, dtype, backend=getattr(args, "backend", "fake"))
+        print(f"UNet from quantized folder {folder}")
+    return cfg, build_pipeline(cfg, device=device, dtype=dtype, random_weights=args.random_weights, unet=unet), device
+
+
+def unet_architecture(cfg: ModelConfig) -> dict:
+    """The config's UNet architecture: a local model folder's unet/config.json, else arch_dir's (with overrides)."""
+    import json
+
+    from .pipeline import architecture_configs
+
+    local = repo_path(cfg.local_path) / "unet" / "config.json" if cfg.source == "pretrained" and cfg.local_path else None
+    return json.loads(local.read_text()) if local and local.is_file() else architecture_configs(cfg)["unet"]
 
 
 def weights_label(cfg: ModelConfig, args: argparse.Namespace) -> str:

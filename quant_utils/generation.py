@@ -3,7 +3,9 @@
 Image i uses prompt `prompts[i % len(prompts)]` and seed `seed + i`, so an FP16 folder and a
 MixDQ folder made with the same arguments pair up one to one. Each PNG is written atomically
 (temp file + rename); reruns skip images already on disk; `manifest.csv` is rewritten after
-every batch and always describes exactly the images in the folder.
+every batch and always describes exactly the images in the folder. Its `first_call` column marks
+the images of a process's first generation call, whose latency includes the warm-up (kernel
+autotuning, CUDA-graph capture, compilation).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .runtime import Runner, StageTimes
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ["index", "file", "prompt", "seed", "height", "width", "steps", "guidance_scale",
-                    "batch_size", "latency_ms"]
+                    "batch_size", "latency_ms", "first_call"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -67,7 +69,8 @@ def generate_folder(runner: Runner, prompts: list[str], out_dir: str | Path, num
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     old = read_manifest(out)
-    rows = {int(r["index"]): r.to_dict() for _, r in old.iterrows() if (out / str(r["file"])).is_file()}
+    rows = {int(r["index"]): {"first_call": 0, **r.dropna().to_dict()} for _, r in old.iterrows()
+            if (out / str(r["file"])).is_file()}
     todo = [i for i in range(num_imgs) if i not in rows or not (out / image_name(i)).is_file()]
     with tqdm(total=num_imgs, initial=num_imgs - len(todo), desc=desc, unit="img") as bar:
         for start in range(0, len(todo), batch_size):
@@ -79,7 +82,7 @@ def generate_folder(runner: Runner, prompts: list[str], out_dir: str | Path, num
                 save_png(img, out / image_name(i))
                 rows[i] = dict(index=i, file=image_name(i), prompt=prompt, seed=seed + i, height=height, width=width,
                                steps=steps, guidance_scale=guidance_scale, batch_size=len(idx),
-                               latency_ms=round(times.total_ms / len(idx), 3))
+                               latency_ms=round(times.total_ms / len(idx), 3), first_call=int(start == 0))
             write_csv(pd.DataFrame([rows[k] for k in sorted(rows)], columns=MANIFEST_COLUMNS), out / MANIFEST, meta)
             bar.update(len(idx))
     manifest = pd.DataFrame([rows[k] for k in sorted(rows)], columns=MANIFEST_COLUMNS)

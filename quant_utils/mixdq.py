@@ -14,6 +14,7 @@ from .calibrate import calibrate
 from .checkpoint import load_quant_params, save_quant_params
 from .pipeline import ConfigError
 from .quantize import QuantSpec, bit_summary, make_spec, quantize_unet, set_backend, uniform_bits
+from .quantized_io import save_quantized as save_quantized_folder
 from .runtime import Runner
 
 MODES = {"fp16": (16, 16), "w8a8": (8, 8), "w6a8": (6, 8), "w4a8": (4, 8)}
@@ -45,6 +46,23 @@ class QuantRequest:
         return cls(model_name=model_name, wbits=wbits if not kw.get("config_weight_mp") else None, abits=abits, **kw)
 
 
+def folder_summary(unet) -> dict:
+    """What quantize_pipeline reports, for a UNet loaded from a quantized folder (quantized_io.load_quantized)."""
+    sources = unet.mixdq_spec.sources
+    return {**bit_summary(unet), "origin": f"loaded quantized folder {unet.mixdq_folder}",
+            **{f"{k}_config": sources.get(k, "") for k in ("weight", "act", "act_protect")}}
+
+
+def mode_label(unet) -> str:
+    """A quantized UNet's precision as a mode name: 'w4a8' for uniform bits, else 'w3.66a7.38' (average weight bits
+    over parameters, activation bits over layers)."""
+    spec, s = unet.mixdq_spec, bit_summary(unet)
+    w, a = set(spec.weight_bits.values()), set(spec.act_bits.values())
+    if len(w) == 1 and len(a) == 1 and not spec.act_protect:
+        return f"w{w.pop()}a{a.pop()}"
+    return f"w{s['avg_wbits']:.2f}a{s['avg_abits']:.2f}"
+
+
 def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
     """Read and validate the bit configs a request names against this UNet."""
     if req.config_weight_mp:
@@ -73,11 +91,17 @@ def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
 
 def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_prompts: list[str], calib_seed: int,
                       height: int, width: int, steps: int, guidance_scale: float = 0.0, calib_batch: int = 4,
-                      backend: str = "fake") -> dict:
-    """Quantize pipe.unet in place; load `ckpt` if it exists, else calibrate and save it there.
+                      backend: str = "fake", save_quantized: str | Path | None = None) -> dict:
+    """Quantize pipe.unet in place; load `ckpt` if it exists, else calibrate and save it there; with
+    `save_quantized`, also write the quantized folder (packed weights, quantized_io.py) before the backend switch.
 
+    A UNet loaded from a quantized folder (--quantized) is used as it is: its bit configs are the folder's.
     Returns the bit summary plus where the parameters came from.
     """
+    if getattr(pipe.unet, "mixdq_folder", None) is not None:
+        if save_quantized:
+            raise ConfigError("this UNet was loaded from a quantized folder: it is already saved (drop --save_quantized)")
+        return folder_summary(pipe.unet)
     spec = resolve_spec(pipe.unet, req)
     ckpt = Path(ckpt) if ckpt else None
     quantize_unet(pipe.unet, spec, search=not (ckpt is not None and ckpt.is_file()))
@@ -90,5 +114,10 @@ def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
         if ckpt is not None:
             save_quant_params(pipe.unet, ckpt, extra={"calib_prompts": len(calib_prompts), "calib_res": [height, width]})
             origin += f", saved {ckpt}"
+    if save_quantized:
+        save_quantized_folder(pipe.unet, save_quantized, created={
+            "model": req.model_name, "calib_prompts": len(calib_prompts), "calib_res": [height, width],
+            "params_from": origin})
+        origin += f"; quantized folder written to {save_quantized}"
     set_backend(pipe.unet, backend)
     return {**bit_summary(pipe.unet), "origin": origin, **{f"{k}_config": v for k, v in spec.sources.items()}}

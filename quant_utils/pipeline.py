@@ -179,8 +179,12 @@ def build_unet_skeleton(cfg: ModelConfig):
         return UNet2DConditionModel.from_config({k: v for k, v in arch.items() if not k.startswith("_")})
 
 
-def build_random_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """SDXL-Turbo architecture (tiny or full size) with random weights drawn from cfg.seed, offline."""
+def build_random_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                          unet=None):
+    """SDXL-Turbo architecture (tiny or full size) with random weights drawn from cfg.seed, offline.
+
+    `unet`: use this UNet (e.g. one loaded from a quantized folder, already on `device`) instead of drawing one;
+    the other components' weights are the same either way (they are drawn from their own seed)."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -190,22 +194,26 @@ def build_random_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", 
     dtype = dtype or cfg.torch_dtype
     arch = architecture_configs(cfg)
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_") and k != "architectures"}  # noqa: E731
-    torch.manual_seed(cfg.seed)
     with torch.device(device):  # initialise where the weights will live: full size on a GPU takes seconds, not minutes
-        unet = UNet2DConditionModel.from_config(strip(arch["unet"]))
+        if unet is None:
+            torch.manual_seed(cfg.seed)
+            unet = UNet2DConditionModel.from_config(strip(arch["unet"])).to(dtype=dtype)
+        torch.manual_seed(cfg.seed + 1)
         vae = AutoencoderKL.from_config(strip(arch["vae"]))
         te1 = CLIPTextModel(CLIPTextConfig(**strip(arch["text_encoder"])))
         te2 = CLIPTextModelWithProjection(CLIPTextConfig(**strip(arch["text_encoder_2"])))
     tok1, tok2 = build_clip_tokenizers()
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2,
-        unet=unet, scheduler=make_scheduler(arch["scheduler"]),
+    return StableDiffusionXLPipeline(  # the UNet is not cast here: a quantized one keeps its float32 quantizer params
+        vae=vae.to(dtype=dtype), text_encoder=te1.to(dtype=dtype), text_encoder_2=te2.to(dtype=dtype),
+        tokenizer=tok1, tokenizer_2=tok2, unet=unet, scheduler=make_scheduler(arch["scheduler"]),
     )
-    return pipe.to(device=device, dtype=dtype)
 
 
-def build_pretrained_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """The real SDXL-Turbo from a local folder or the local HF cache; a clear error if absent."""
+def build_pretrained_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                              unet=None):
+    """The real SDXL-Turbo from a local folder or the local HF cache; a clear error if absent.
+
+    `unet`: use this UNet (already on `device`): the model's unet subfolder is then not read."""
     from diffusers import StableDiffusionXLPipeline
 
     dtype = dtype or cfg.torch_dtype
@@ -216,7 +224,7 @@ def build_pretrained_pipeline(cfg: ModelConfig, device: str | torch.device = "cp
     try:
         pipe = StableDiffusionXLPipeline.from_pretrained(
             str(repo_path(src)) if cfg.local_path else src, revision=cfg.revision, variant=cfg.variant,
-            dtype=dtype, local_files_only=offline or not network_allowed(),
+            dtype=dtype, local_files_only=offline or not network_allowed(), **({"unet": unet} if unet is not None else {}),
         )
     except (OSError, ValueError) as e:
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
@@ -242,12 +250,14 @@ def network_allowed() -> bool:
 
 
 def build_pipeline(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                   random_weights: bool = False):
-    """The pipeline a config describes: tiny, full-size random (`random_weights`), or real weights."""
+                   random_weights: bool = False, unet=None):
+    """The pipeline a config describes: tiny, full-size random (`random_weights`), or real weights.
+
+    `unet`: a UNet to use instead of the config's (e.g. from a quantized folder): its weights are then not loaded."""
     if cfg.source == "tiny" or random_weights:
-        pipe = build_random_pipeline(cfg, device, dtype)
+        pipe = build_random_pipeline(cfg, device, dtype, unet)
     else:
-        pipe = build_pretrained_pipeline(cfg, device, dtype)
+        pipe = build_pretrained_pipeline(cfg, device, dtype, unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -38,7 +38,12 @@ class QuantLayer(nn.Module):
         self.use_wq, self.use_aq, self.calibrating = True, True, False
         self.backend = "fake"
         self._w_fake: torch.Tensor | None = None
-        if w_bits is not None:
+        if w_bits is not None and orig.weight.is_meta:  # structure only, filled later (a quantized folder)
+            n = self.out_features
+            self.register_buffer("w_scale", torch.empty(n, device="meta"))
+            self.register_buffer("w_zero_point", torch.empty(n, device="meta"))
+            self.register_buffer("w_int", torch.empty(orig.weight.shape, dtype=torch.int8, device="meta"))
+        elif w_bits is not None:
             scale, zp = weight_qparams(orig.weight, w_bits, w_symmetric, w_method)
             self.register_buffer("w_scale", scale)
             self.register_buffer("w_zero_point", zp)
@@ -62,11 +67,26 @@ class QuantLayer(nn.Module):
         """Free the cached dequantized weight (it is rebuilt on the next fake-quant forward)."""
         self._w_fake = None
 
+    def drop_fp_weight(self, dtype: torch.dtype) -> None:
+        """Hold the integer codes only (a layer loaded from a quantized folder): no FP weight, dequantized on use.
+
+        `w_dtype_ref`, an empty buffer, carries the compute dtype and follows .to()/.half() as a weight would."""
+        self.weight = None
+        self.register_buffer("w_dtype_ref", torch.empty(0, dtype=dtype, device=self.w_int.device), persistent=False)
+
     def effective_weight(self) -> torch.Tensor:
         if self.w_bits is None or not self.use_wq:
+            if self.weight is None:
+                raise RuntimeError("this layer holds no FP weight (prepared for the kernel backend, or loaded from a "
+                                   "quantized folder): only weight-quantized runs work; load the FP16 model to switch "
+                                   "weight quantization off")
             return self.weight
-        if self._w_fake is None or self._w_fake.device != self.w_int.device or self._w_fake.dtype != self.weight.dtype:
-            self._w_fake = dequantize_weight(self.w_int, self.w_scale, self.w_zero_point, self.weight.dtype)
+        if self.weight is None and not hasattr(self, "w_dtype_ref"):
+            raise RuntimeError("this layer was prepared for the kernel backend (FP weights freed): only the fully "
+                               "quantized state runs; reload the model to switch quantization off")
+        dtype = self.weight.dtype if self.weight is not None else self.w_dtype_ref.dtype
+        if self._w_fake is None or self._w_fake.device != self.w_int.device or self._w_fake.dtype != dtype:
+            self._w_fake = dequantize_weight(self.w_int, self.w_scale, self.w_zero_point, dtype)
         return self._w_fake
 
     def _apply(self, fn, recurse=True):  # .to()/.half() invalidate the cached dequantized weight
@@ -100,9 +120,6 @@ class QuantLayer(nn.Module):
             from . import kernels
 
             return kernels.forward(self, x)
-        if self.weight is None:
-            raise RuntimeError("this layer was prepared for the kernel backend (FP weights freed): only the fully "
-                               "quantized state runs; reload the model to switch quantization off")
         x = self.quantize_input(x)
         w = self.effective_weight()
         if self.kind == "linear":

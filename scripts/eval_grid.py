@@ -28,7 +28,7 @@ from quant_utils.cli import (add_model_args, add_quant_args, pipeline_from_args,
                              user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
-from quant_utils.mixdq import quantize_pipeline  # noqa: E402
+from quant_utils.mixdq import folder_summary, quantize_pipeline  # noqa: E402
 from quant_utils.pipeline import ConfigError, WeightsNotFoundError, check_resolution  # noqa: E402
 from quant_utils.runtime import StageTimes  # noqa: E402
 
@@ -75,11 +75,14 @@ def main(args: argparse.Namespace) -> None:
         clip_note = "plumbing check: random CLIP weights"
     fp_unet, rows = pipe.unet, []
     # 2. the grid
-    for wbits in args.grid_wbits:
+    for wbits in [None] if args.quantized else args.grid_wbits:  # --quantized: the folder's UNet only
         pipe.unet = fp_unet
         summary = {"avg_wbits": 16.0, "avg_abits": 16.0}
         backend = "none"
-        if wbits != 16:
+        if args.quantized:
+            summary, backend = folder_summary(pipe.unet), pipe.unet.conv_in.backend
+            wbits = round(summary["avg_wbits"], 2)
+        elif wbits != 16:
             pipe.unet = copy.deepcopy(fp_unet)
             summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg, wbits), repo_path(args.ckpt.format(wbits=wbits)),
                                         calib, args.seed, args.res[0], args.res[0], args.steps or cfg.steps,

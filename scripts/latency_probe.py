@@ -26,7 +26,7 @@ from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pi
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
-from quant_utils.mixdq import MODES, quantize_pipeline  # noqa: E402
+from quant_utils.mixdq import MODES, folder_summary, mode_label, quantize_pipeline  # noqa: E402
 from quant_utils.pipeline import ConfigError, check_resolution, resolve_device  # noqa: E402
 
 
@@ -62,7 +62,10 @@ def main(args: argparse.Namespace) -> None:
     prompts = read_prompts(repo_path(args.prompts_file))
     summary = {"avg_wbits": 16.0, "avg_abits": 16.0}
     backend = "none"
-    if args.mode != "fp16":
+    if args.quantized:  # the folder's UNet as it is, labelled by its bits unless --mode names it
+        args.mode = args.mode if args.mode != "fp16" else mode_label(pipe.unet)
+        summary, backend = folder_summary(pipe.unet), pipe.unet.conv_in.backend
+    elif args.mode != "fp16":
         if args.wbits is None and args.config_weight_mp is None:
             args.wbits = MODES[args.mode][0]
         args.abits = MODES[args.mode][1] if args.config_act_mp is None else args.abits

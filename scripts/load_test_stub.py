@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
     if args.live and args.replicas != 1:
         p.error("--live runs one in-process worker: use --replicas 1")
+    if args.quantized and args.quantize_live:
+        p.error("--quantize_live quantizes the FP16 UNet per mode: with --quantized the folder's model is the one served")
     return args
 
 
@@ -130,6 +132,9 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
         return lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)
 
     name = "fp16" if args.fp16 or cfg.dtype == "float16" else cfg.dtype
+    if args.quantized:
+        from quant_utils.mixdq import mode_label
+        name = mode_label(pipe.unet)
     variants = {name: generate(pipe)}
     for mode in dict.fromkeys(modes) if args.quantize_live else ():
         if mode == name or mode not in MODES or mode == "fp16":

@@ -11,6 +11,11 @@ Real model, MixDQ's W4A8 config with protected activations:
 
 The first run calibrates activation ranges and writes <base_path>/ckpt.pth; later runs load it.
 Images use the same prompts and seeds as txt2img.py, so the folders pair up one to one.
+
+Ship a quantized model: --save_quantized DIR writes the packed-integer UNet (config.json + safetensors);
+--quantized DIR (on every script that takes a model) loads it without the FP16 UNet and without calibration:
+    python scripts/quant_txt2img.py --wbits 4 --base_path logs/demo/w4a8 --save_quantized logs/demo/w4a8_packed
+    python scripts/quant_txt2img.py --quantized logs/demo/w4a8_packed --base_path logs/demo/w4a8_loaded
 """
 from __future__ import annotations
 
@@ -38,9 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
     p.add_argument("--prompt", default=None, help="a single prompt used for every image")
     p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
+    p.add_argument("--save_quantized", default=None, metavar="DIR",
+                   help="also write the quantized UNet to this folder (packed integer weights; load it with --quantized)")
     args = p.parse_args(argv)
-    if args.wbits is None and args.config_weight_mp is None:
-        p.error("give --wbits N or --config_weight_mp <yaml>")
+    if args.quantized:
+        given = [f for f, v in (("--wbits", args.wbits), ("--config_weight_mp", args.config_weight_mp),
+                                ("--config_act_mp", args.config_act_mp), ("--act_protect", args.act_protect),
+                                ("--save_quantized", args.save_quantized)) if v is not None]
+        if given:
+            p.error(f"--quantized takes the bit configs from its folder: drop {', '.join(given)}")
+    elif args.wbits is None and args.config_weight_mp is None:
+        p.error("give --wbits N or --config_weight_mp <yaml> (or --quantized DIR)")
     return args
 
 
@@ -51,10 +64,10 @@ def main(args: argparse.Namespace) -> None:
     prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
     calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
     base = repo_path(args.base_path)
-    # 2. quantize: load <base_path>/ckpt.pth or calibrate and write it
+    # 2. quantize: load <base_path>/ckpt.pth or calibrate and write it (--quantized: the folder's UNet as it is)
     summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), base / "ckpt.pth", calib, args.seed,
                                 sampling["height"], sampling["width"], sampling["steps"], sampling["guidance_scale"],
-                                backend=args.backend)
+                                backend=args.backend, save_quantized=args.save_quantized and repo_path(args.save_quantized))
     print(f"{summary['origin']}\nW avg {summary['avg_wbits']:.2f} bits ({summary['layers_per_wbits']}), "
           f"A avg {summary['avg_abits']:.2f} bits ({summary['act_fp_layers']} FP layers); UNet weights "
           f"{summary['weight_bytes'] / 2**20:.2f} MiB at these bits vs {summary['fp16_bytes'] / 2**20:.2f} MiB FP16 "
@@ -64,11 +77,14 @@ def main(args: argparse.Namespace) -> None:
     meta = provenance(script="quant_txt2img", weights=weights_label(cfg, args), model=cfg.name, backend=args.backend,
                       seed=args.seed, avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3),
                       weight_config=summary["weight_config"], act_config=summary["act_config"],
-                      act_protect=summary["act_protect_config"])
+                      act_protect=summary["act_protect_config"], quantized_folder=args.quantized or "")
     manifest = generate_folder(runner_from_args(pipe, args), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
                                meta=meta, desc="quant_txt2img", **sampling)
     print(f"{len(manifest)} images in {out_dir}; mean latency {manifest['latency_ms'].mean():.1f} ms/img on {device} "
           f"({args.backend} backend)")
+    first, warm = manifest[manifest["first_call"] == 1], manifest[manifest["first_call"] != 1]
+    print(f"first call {first['latency_ms'].mean():.1f} ms/img ({len(first)} image(s); includes warm-up: kernel "
+          f"autotuning, graph capture, compilation); warm {warm['latency_ms'].mean():.1f} ms/img ({len(warm)} image(s))")
 
 
 if __name__ == "__main__":

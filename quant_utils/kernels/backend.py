@@ -115,8 +115,12 @@ def plan(layer) -> Plan:
 
 
 @torch.no_grad()
-def prepare(layer) -> None:
-    """Build layer.kernel_state (packed weights, epilogue constants) and free the FP/int8 weight copies."""
+def prepare(layer, packed: tuple[torch.Tensor, packing.PackedFormat] | None = None) -> None:
+    """Build layer.kernel_state (packed weights, epilogue constants) and free the FP/int8 weight copies.
+
+    `packed`: the weight already packed as this layer's plan stores it (bytes on the layer's device, format), e.g.
+    read from a quantized model folder; used as is instead of packing `w_int` again (`w_int` must still hold the
+    codes: the epilogue's column sums and the fp16 mode read them)."""
     if getattr(layer, "kernel_state", None) is not None:
         return
     dev = layer.w_int.device if layer.w_bits is not None else layer.weight.device
@@ -140,7 +144,7 @@ def prepare(layer) -> None:
             st.fp16_weight = ((layer.w_int.float() - zp) * layer.w_scale.view(shape)).half()
         st.bias16 = layer.bias.detach().half() if layer.bias is not None else None
     else:
-        _pack(st, layer, layer.bias.detach().float() if layer.bias is not None else None, dev)
+        _pack(st, layer, layer.bias.detach().float() if layer.bias is not None else None, dev, packed)
     layer.kernel_state = st
     # free the copies the kernels don't read: the FP weight, its bias, and the unpacked int8 weight
     layer.weight = None
@@ -151,10 +155,17 @@ def prepare(layer) -> None:
         layer.w_int = torch.empty(0, dtype=torch.int8, device=dev)
 
 
-def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev) -> None:
+def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev, packed: tuple | None = None) -> None:
     q_w = layer.w_int
     st.bits = packing.storage_bits(layer.w_bits)
-    packed, st.fmt = packing.pack_weight(q_w, st.bits, st.split)  # on the layer's device
+    if packed is None:
+        packed, st.fmt = packing.pack_weight(q_w, st.bits, st.split)  # on the layer's device
+    else:
+        packed, st.fmt = packed
+        pl = plan(layer)
+        if (st.fmt.bits, st.fmt.group) != (st.bits, pl.group) or packed.shape[0] != st.n:
+            raise ValueError(f"packed weight ({st.fmt}, {tuple(packed.shape)}) is not this layer's format "
+                             f"({st.bits} bits, group {pl.group}, {st.n} rows)")
     st.packed = packed.to(dev)
     st.w_scale = layer.w_scale.detach().float().to(dev).contiguous()
     # always a bias (zeros when the layer has none): one compiled kernel variant fewer per tile config

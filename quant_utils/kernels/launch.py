@@ -6,15 +6,22 @@ call of each (shape, format) and cached; never while a CUDA graph is being captu
 candidate runs; warm up before capturing). Tuning results can be saved to and loaded from JSON
 (`save_tuning` / `load_tuning`), so a later process skips the timing.
 
+Tuning is shared and cached: on the first GEMM/conv a process loads the committed tuning files of GPUs with
+this GPU's compute capability (a file tuned on an H100 serves an H200: both sm_90), then the per-user cache of
+this GPU model (~/.cache/mixdq/kernels_tuning_<gpu>.json, $MIXDQ_TUNING_CACHE; `none` disables it); the shapes
+it times itself are merged into that cache at exit, so a GPU model is tuned once.
+
 Because the kernels do not specialise on integer sizes, a compiled kernel depends only on the format and
 the tile config; `precompile(jobs)` compiles many of them in parallel worker processes (Triton's on-disk
 cache then serves the main process), which cuts the first-call cost from minutes to seconds.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -58,16 +65,68 @@ FP16A_CANDIDATES = {
 }
 
 _TUNED: dict[str, dict] = {}
+_TUNED_HERE: set[str] = set()  # keys this process timed itself (merged into the per-user cache at exit)
 TUNING = os.environ.get("MIXDQ_TUNE", "1") != "0"
-# Tile configs that bench_kernels tuned on this GPU model (results/kernels_tuning_<gpu>.json) are loaded on the
-# first GEMM/conv, so a service or a latency grid skips re-timing them; MIXDQ_TUNING_FILE=none disables it.
+# Tile configs that bench_kernels tuned (results/kernels_tuning_<gpu>.json, any GPU of this compute capability) and
+# this user's cache are loaded on the first GEMM/conv, so a service or a latency grid skips re-timing them;
+# MIXDQ_TUNING_FILE=<file> loads that file instead of the committed ones, `none` none of them.
 _DEFAULT_TUNING_LOADED = False
+# Files written before `capability` was stored name only their GPU: these names map to a compute capability.
+KNOWN_CAPABILITIES = {r"NVIDIA (GH|H)(100|200)\b": "sm_90", r"NVIDIA A100\b": "sm_80", r"NVIDIA A10G?$": "sm_86",
+                      r"NVIDIA L(4|40S?)$": "sm_89", r"NVIDIA B200\b": "sm_100"}
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def gpu_tag() -> str:
     """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3' (file-name part of per-GPU results)."""
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", gpu_name().lower()).strip("_")
+
+
+def capability() -> str:
+    """This GPU's compute capability ('sm_90'); 'cpu' without CUDA."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"sm_{major}{minor}"
+
+
+def file_capability(data: dict) -> str | None:
+    """The compute capability a tuning file was made on: stored, or known from its GPU name (older files)."""
+    if data.get("capability"):
+        return data["capability"]
+    gpu = data.get("gpu", "")
+    if gpu == "cpu":
+        return "cpu"
+    return next((cap for pat, cap in KNOWN_CAPABILITIES.items() if re.match(pat, gpu)), None)
+
+
+def tuning_cache_path() -> Path | None:
+    """This user's tuning cache for this GPU model; None when MIXDQ_TUNING_CACHE=none."""
+    env = os.environ.get("MIXDQ_TUNING_CACHE")
+    if env == "none":
+        return None
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mixdq" / f"kernels_tuning_{gpu_tag()}.json"
+
+
+def default_tuning_files() -> list[Path]:
+    """Committed tuning files usable here: other GPU models of this capability first, this GPU model's last
+    (later files win where both tuned a shape), then this user's cache."""
+    env = os.environ.get("MIXDQ_TUNING_FILE")
+    if env == "none":
+        files = []
+    elif env:
+        files = [Path(env)]
+    else:
+        own = REPO_ROOT / "results" / f"kernels_tuning_{gpu_tag()}.json"
+        files = sorted(p for p in (REPO_ROOT / "results").glob("kernels_tuning_*.json") if p != own) + [own]
+    cache = tuning_cache_path()
+    return [p for p in files + ([cache] if cache else []) if p.is_file()]
 
 
 def _load_default_tuning() -> None:
@@ -75,12 +134,14 @@ def _load_default_tuning() -> None:
     if _DEFAULT_TUNING_LOADED:
         return
     _DEFAULT_TUNING_LOADED = True
-    env = os.environ.get("MIXDQ_TUNING_FILE")
-    if env == "none":
-        return
-    path = Path(env) if env else REPO_ROOT / "results" / f"kernels_tuning_{gpu_tag()}.json"
-    if path.exists():
-        print(f"[kernels] {load_tuning(path)} tuned tile configs from {path}")
+    for path in default_tuning_files():
+        try:
+            n, gpu = load_tuning(path, with_source=True)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"[kernels] tuning file {path} skipped: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        same = "" if gpu == gpu_name() else f" (tuned on {gpu}, this is {gpu_name()}, {capability()})"
+        print(f"[kernels] {n} tuned tile configs from {path}{same}")
 
 
 def interpreting() -> bool:
@@ -150,6 +211,9 @@ def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> 
     if best is None:
         raise RuntimeError(f"no kernel config ran for {key}")
     _TUNED[key] = dict(best, ms=round(best_ms, 5))
+    if not _TUNED_HERE:
+        atexit.register(save_tuning_cache)
+    _TUNED_HERE.add(key)
     return _TUNED[key]
 
 
@@ -225,19 +289,54 @@ def tuned() -> dict[str, dict]:
     return dict(_TUNED)
 
 
-def save_tuning(path: str | Path) -> None:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    Path(path).write_text(json.dumps({"gpu": gpu, "configs": _TUNED}, indent=1, sort_keys=True))
+def _write_json(path: Path, data: dict) -> None:
+    """Atomically (temp file + rename): a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def load_tuning(path: str | Path) -> int:
-    """Load configs tuned earlier on the same GPU model; returns how many (0 if the file is for another GPU)."""
+def save_tuning(path: str | Path, configs: dict[str, dict] | None = None) -> None:
+    """Write `configs` (default: every config picked so far) with this GPU's name and compute capability."""
+    _write_json(Path(path), {"gpu": gpu_name(), "capability": capability(),
+                             "configs": _TUNED if configs is None else configs})
+
+
+def load_tuning(path: str | Path, with_source: bool = False):
+    """Load configs tuned earlier on this GPU model or another of the same compute capability (an H100 file serves
+    an H200); returns how many (0 for a file of another architecture), with the file's GPU if `with_source`."""
     data = json.loads(Path(path).read_text())
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    if data.get("gpu") != gpu:
-        return 0
-    _TUNED.update(data["configs"])
-    return len(data["configs"])
+    gpu = data.get("gpu")
+    n = 0
+    if gpu == gpu_name() or file_capability(data) == capability():
+        _TUNED.update(data["configs"])
+        n = len(data["configs"])
+    return (n, gpu) if with_source else n
+
+
+def save_tuning_cache() -> Path | None:
+    """Merge the configs this process timed into this user's cache file of this GPU model (run at exit)."""
+    path = tuning_cache_path()
+    if path is None or not _TUNED_HERE:
+        return None
+    configs = {}
+    try:
+        old = json.loads(path.read_text())
+        if old.get("gpu") == gpu_name():
+            configs = old["configs"]
+    except (OSError, ValueError, KeyError):
+        pass  # no cache yet, or a damaged one: rewritten
+    configs.update({k: _TUNED[k] for k in _TUNED_HERE if k in _TUNED})
+    save_tuning(path, configs)
+    print(f"[kernels] {len(_TUNED_HERE)} newly tuned tile configs saved to {path} ({len(configs)} in all)")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------- precompile

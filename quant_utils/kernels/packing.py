@@ -150,4 +150,6 @@ def unpack_weight(packed: torch.Tensor, fmt: PackedFormat, shape: tuple[int, ...
         outs.append(flat[:, start:start + kseg].reshape(n, taps, cpad)[..., :cs])
         start += kseg
     w = torch.cat(outs, dim=-1)  # [N, taps, C]
-    return w.reshape(n, kh, kw, c).permute(0, 3, 1, 2).contiguous()
+    # standard strides even for 1x1 kernels (.contiguous() would keep the permuted ones, which a CPU conv reads as
+    # channels-last and then sums in another order)
+    return w.reshape(n, kh, kw, c).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
