@@ -20,7 +20,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     if quantized:
         g.add_argument("--quantized", default=None, metavar="DIR",
                        help="take the UNet from this quantized model folder (quant_txt2img.py --save_quantized): the "
-                            "FP16 UNet is not loaded and nothing is calibrated; text encoders and VAE come from --config")
+                            "FP16 UNet is not loaded and nothing is calibrated; text encoders and VAE come from --config; "
+                            "run with --backend where the script has it, else fake")
     g.add_argument("--random_weights", action="store_true",
                    help="full-size architecture with random weights instead of the real weights (latency/memory only)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")

@@ -9,9 +9,9 @@ Tiny model on the CPU (what the tests run):
 1. Build the model once; write the FP16 UNet folder (save_pretrained: safetensors) and, per --formats, the
    quantized folder (weights quantized, activations calibrated on --calib_num prompts; --today's format also
    keeps today's ckpt.pth).
-2. Time each way to a first image in a fresh process (one subprocess per measurement, --repeats each; the disk
-   cache is warm, Triton's and the kernel tuning caches are whatever earlier runs left: the `run` column says
-   which repeat): `fp-folder` (UNet.from_pretrained of the unquantized UNet: float16 on a GPU, the config's dtype,
+2. Time each way to a first image in a fresh process (one subprocess per measurement, --repeats each, after
+   --warmup unmeasured-for-the-summary runs of the last format, which fill Triton's and the kernel tuning caches;
+   they are written as run 0; the disk cache is warm): `fp-folder` (UNet.from_pretrained of the unquantized UNet: float16 on a GPU, the config's dtype,
    float32 for the tiny model, on a CPU), `quantized-folder` (quantized_io.load_quantized) and `fp-then-quantize`
    (today's path: the unquantized folder, quantize_unet, ckpt.pth, the backend switch).
 3. Write <out_dir>/quantized_size_<gpu>.csv: one row per measurement, file sizes on every row (docs/outputs.md).
@@ -56,7 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS), help="quantized formats")
     p.add_argument("--today", default="W4A8", help="format timed on today's path (FP16 folder, then quantize); none: skip")
     p.add_argument("--backend", default=None, choices=["fake", "kernel"], help="default: kernel on CUDA, else fake")
-    p.add_argument("--repeats", type=int, default=None, help="cold processes per variant (default: 2 on CUDA, else 1)")
+    p.add_argument("--repeats", type=int, default=1, help="cold processes per variant")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="processes of the last format first, as run 0, to fill Triton's and the tuning caches "
+                        "(default: 1 with the kernel backend, else 0)")
     p.add_argument("--calib_num", type=int, default=2, help="calibration prompts (sizes and times do not depend on them)")
     p.add_argument("--work_dir", default="logs/quantized_io/work", help="where the FP16 and quantized folders go")
     p.add_argument("--out_dir", default="logs/quantized_io", help="where quantized_size_<gpu>.csv goes")
@@ -134,7 +137,7 @@ def main(args: argparse.Namespace) -> None:
         args.fp16 = True
     cfg, pipe, device = pipeline_from_args(args)
     args.backend = args.backend or ("kernel" if device.startswith("cuda") else "fake")
-    repeats = args.repeats or (2 if device.startswith("cuda") else 1)
+    warmup = args.warmup if args.warmup is not None else int(args.backend == "kernel")
     work = repo_path(args.work_dir)
     fp_dir = work / "fp_unet"
     pipe.unet.save_pretrained(fp_dir)
@@ -164,18 +167,18 @@ def main(args: argparse.Namespace) -> None:
     rows, out = [], repo_path(args.out_dir) / f"quantized_size_{gpu_tag()}.csv"
     meta = provenance(script="bench_quantized_io", weights=weights_label(cfg, args), backend=args.backend,
                       exec=args.exec_mode, model=cfg.name, seed=args.seed)
-    for run in range(1, repeats + 1):
-        for variant, fmt, folder, nbytes, wbits in variants:
-            m = measure(args, f"{variant}:{folder}:{fmt}", device)
-            rows.append({"variant": variant, "format": fmt or fp_dtype, "avg_wbits": round(wbits, 3), "fp_dtype": fp_dtype,
-                         "backend": args.backend if variant != "fp-folder" else "none", "exec": args.exec_mode,
-                         "run": run, "file_bytes": nbytes, "fp_file_bytes": fp_bytes,
-                         "size_ratio": round(nbytes / fp_bytes, 4), **m,
-                         "load_to_first_image_s": m["load_s"] + m["first_image_s"], "gpu": device_name(),
-                         "weights": weights_label(cfg, args)})
-            print(f"run {run} {variant} {fmt}: load {m['load_s']:.2f} s + first image {m['first_image_s']:.2f} s "
-                  f"(process {m['process_s']:.1f} s)")
-            write_csv(pd.DataFrame(rows), out, meta)  # rewritten after each: a timeout keeps what was measured
+    runs = [(0, variants[len(args.formats)])] * warmup + [(r, v) for r in range(1, args.repeats + 1) for v in variants]
+    for run, (variant, fmt, folder, nbytes, wbits) in runs:
+        m = measure(args, f"{variant}:{folder}:{fmt}", device)
+        rows.append({"variant": variant, "format": fmt or fp_dtype, "avg_wbits": round(wbits, 3), "fp_dtype": fp_dtype,
+                     "backend": args.backend if variant != "fp-folder" else "none", "exec": args.exec_mode,
+                     "run": run, "file_bytes": nbytes, "fp_file_bytes": fp_bytes,
+                     "size_ratio": round(nbytes / fp_bytes, 4), **m,
+                     "load_to_first_image_s": m["load_s"] + m["first_image_s"], "gpu": device_name(),
+                     "weights": weights_label(cfg, args)})
+        print(f"run {run} {variant} {fmt}: load {m['load_s']:.2f} s + first image {m['first_image_s']:.2f} s "
+              f"(process {m['process_s']:.1f} s)")
+        write_csv(pd.DataFrame(rows), out, meta)  # rewritten after each: a timeout keeps what was measured
     # 3. print
     df = pd.DataFrame(rows)
     print(df[["variant", "format", "run", "size_ratio", "load_s", "first_image_s", "process_s",

@@ -272,3 +272,16 @@ def test_tiny_model_config_and_format_doc_agree():
     for word in ("weight_packed", "w_scale", "act_quant.scale", "act_quant2", "format_version", "storage_bits",
                  "pack_split", "seg_k"):
         assert word in doc, word
+
+
+def test_latency_probe_and_eval_grid_run_a_quantized_folder(w8_folder, tmp_path):
+    out = tmp_path / "latency.csv"
+    assert run_main("latency_probe.py", "--quantized", w8_folder, "--res", 64, "--batch", 1, "--repeats", 1,
+                    "--warmup", 0, "--out", out) == 0
+    row = read_csv(out).iloc[0]
+    assert (row["mode"], row["wbits"], row["abits"], row["backend"]) == ("w8a8", 8.0, 8.0, "fake")
+    out = tmp_path / "grid.csv"
+    assert run_main("eval_grid.py", "--quantized", w8_folder, "--res", 64, "--num_prompts", 2, "--batch_size", 2,
+                    "--clip_pretrained", "none", "--out_csv", out) == 0
+    grid = read_csv(out)
+    assert len(grid) == 1 and grid["wbits"][0] == 8.0 and grid["backend"][0] == "fake"
