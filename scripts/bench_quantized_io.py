@@ -9,11 +9,12 @@ Tiny model on the CPU (what the tests run):
 1. Build the model once; write the FP16 UNet folder (save_pretrained: safetensors) and, per --formats, the
    quantized folder (weights quantized, activations calibrated on --calib_num prompts; --today's format also
    keeps today's ckpt.pth).
-2. Time each way to a first image in a fresh process (one subprocess per measurement, --repeats each, after
-   --warmup unmeasured-for-the-summary runs of the last format, which fill Triton's and the kernel tuning caches;
-   they are written as run 0; the disk cache is warm): `fp-folder` (UNet.from_pretrained of the unquantized UNet: float16 on a GPU, the config's dtype,
-   float32 for the tiny model, on a CPU), `quantized-folder` (quantized_io.load_quantized) and `fp-then-quantize`
-   (today's path: the unquantized folder, quantize_unet, ckpt.pth, the backend switch).
+2. Time each way to a first image in a fresh process (one subprocess per measurement, --repeats each; first
+   --warmup runs of the last format, written as run 0, fill Triton's and the kernel tuning caches; the disk cache
+   is warm): `fp-folder` (the unquantized UNet, float16 on a GPU, the tiny model's float32 on a CPU: built on the
+   meta device, its safetensors read straight onto the device, as from_pretrained does at best),
+   `quantized-folder` (quantized_io.load_quantized) and `fp-then-quantize` (today's path: the unquantized folder,
+   quantize_unet, ckpt.pth, the backend switch).
 3. Write <out_dir>/quantized_size_<gpu>.csv: one row per measurement, file sizes on every row (docs/outputs.md).
 """
 from __future__ import annotations
@@ -82,10 +83,21 @@ def folder_bytes(*paths: Path) -> int:
     return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
 
 
+def load_fp_unet(folder: str, device: str, dtype: torch.dtype):
+    """An unquantized UNet folder (save_pretrained) the fast way, with or without accelerate installed: built on the
+    meta device, its safetensors read straight onto the device."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
+    state = {k: v for f in sorted(Path(folder).glob("*.safetensors")) for k, v in load_file(str(f), device=device).items()}
+    unet.load_state_dict(state, assign=True)
+    return unet.to(dtype).eval()
+
+
 def child(args: argparse.Namespace) -> None:
     """One measured process: load one way, make the first image, print the timings as one JSON line."""
-    from diffusers import UNet2DConditionModel
-
     from quant_utils.quantized_io import load_quantized
 
     variant, folder, fmt = (args.child.split(":") + [""])[:3]
@@ -95,7 +107,7 @@ def child(args: argparse.Namespace) -> None:
     if variant == "quantized-folder":
         unet = load_quantized(folder, device, dtype, backend=args.backend)
     else:
-        unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype).to(device)
+        unet = load_fp_unet(folder, device, dtype)
     pipe = build_pipeline(cfg, device, dtype, random_weights=args.random_weights, unet=unet)
     if variant == "fp-then-quantize":  # today: quantize, the checkpoint's parameters, the backend switch
         ckpt = Path(folder).parent / f"{fmt}.ckpt.pth"

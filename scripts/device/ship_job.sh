@@ -7,12 +7,12 @@
 # Device tool, carry=["wheels", ".git_sha"]. Writes $OUT/quantized_size_<gpu>.csv (copy into results/), ship.log,
 # gpu_tests_quantized_io.log, and kernels_tuning_<gpu>.json: the tile configs this run tuned, from the per-user
 # cache (commit as results/kernels_tuning_<gpu>.json so later processes on this GPU model skip the tuning).
-#   REPEATS=2 FORMATS="W4A8 weight_3.66" bash scripts/device/ship_job.sh    # other formats / more cold runs
+#   REPEATS=2 FORMATS="W4A8 weight_3.66" TODAY=W4A8 bash scripts/device/ship_job.sh   # fewer formats, more runs
 source "$(dirname "$0")/job_env.sh"
 WORK=${WORK:-/tmp/qio}
 export MIXDQ_TUNING_CACHE=$WORK/tuning_cache.json
 timeout ${BENCH_TIMEOUT:-400} python3 scripts/bench_quantized_io.py $REAL --exec eager --res 512 \
-    --formats ${FORMATS:-W8A8 W4A8 weight_4.00 weight_3.66} --repeats ${REPEATS:-1} --work_dir "$WORK/work" \
+    --formats ${FORMATS:-W8A8 W4A8 weight_4.00 weight_3.66} --today ${TODAY:-W4A8} --repeats ${REPEATS:-1} --work_dir "$WORK/work" \
     --out_dir "$OUT" 2>&1 | grep -v "it/s\|batch/s\|Warning\|warn" | tee "$OUT/ship.log" | tail -25
 tag=$(ls "$OUT"/quantized_size_*.csv 2>/dev/null | head -1 | sed 's/.*quantized_size_\(.*\)\.csv/\1/')
 [ -f "$MIXDQ_TUNING_CACHE" ] && cp "$MIXDQ_TUNING_CACHE" "$OUT/kernels_tuning_${tag:-gpu}.json"
