@@ -148,6 +148,11 @@ def main(args: argparse.Namespace) -> None:
         kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
         if exec_mode == "graph" and mode == "fp16" and len(unet_variants(args, cuda)) > 1:
             kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
+        # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place: the check
+        # that the fast path computes the same images (mean |diff| of uint8 pixels, column diff_vs_eager)
+        r0, b0 = cells[0]
+        check = ([prompts[i % len(prompts)] for i in range(b0)], [args.seed + i for i in range(b0)], r0, r0, steps)
+        refs = {k: Runner(variant, "eager", vae=decoders[k])(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
                             vae_kind=kind, compile_shapes=args.compile_shapes)
@@ -155,6 +160,8 @@ def main(args: argparse.Namespace) -> None:
             for res, batch in tqdm(cells, desc=f"{mode} {exec_mode} vae={kind}", unit="cell"):
                 try:
                     row = _measure(runner, prompts, res, batch, steps, args, others)
+                    row["diff_vs_eager"] = (round(float(abs(runner(*check).astype(float) - refs[kind]).mean()), 3)
+                                            if (res, batch) == (r0, b0) else float("nan"))
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
                     print(f"  {res}px batch {batch}: out of memory, skipped")
