@@ -233,6 +233,7 @@ def tuned() -> dict[str, dict]:
 
 
 def save_tuning(path: str | Path) -> None:
+    _load_default_tuning()  # a save before the first GEMM would otherwise drop the configs that file holds
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     Path(path).write_text(json.dumps({"gpu": gpu, "configs": _TUNED}, indent=1, sort_keys=True))
 
