@@ -246,5 +246,5 @@ def test_script_errors_are_one_line_and_write_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     p = run_script("eval_fp16_mixdq_cleanfid.py", "--fp16_folder", fp16, "--metrics", "clip", "--out", out, check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in p.stderr and "huggingface-cli download" in p.stderr
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in p.stderr and "hf download" in p.stderr
     assert not out.exists()

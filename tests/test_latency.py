@@ -6,7 +6,7 @@ from quant_utils.csvio import read_csv, read_provenance
 LATENCY_COLUMNS = ["mode", "wbits", "abits", "backend", "exec", "vae", "height", "width", "batch", "steps", "repeats",
                    "text_p50_ms", "text_p95_ms", "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms",
                    "total_p50_ms", "total_p95_ms", "total_mean_ms", "images_per_s", "peak_mem_gib",
-                   "unet_weight_bytes", "gpu", "weights"]
+                   "first_call_ms", "unet_weight_bytes", "gpu", "weights"]
 
 
 def test_latency_probe_writes_the_documented_schema(tmp_path, prompts_file):

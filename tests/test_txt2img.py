@@ -15,7 +15,7 @@ def test_txt2img_writes_images_and_manifest_and_resumes(tmp_path, prompts_file):
     assert pngs == [f"{i:05d}.png" for i in range(5)]
     m = read_csv(folder / "manifest.csv")
     assert list(m.columns) == ["index", "file", "prompt", "seed", "height", "width", "steps", "guidance_scale",
-                               "batch_size", "latency_ms"]
+                               "batch_size", "latency_ms", "first_call"]
     assert m["seed"].tolist() == [42 + i for i in range(5)] and (m["height"] == 64).all()
     assert m["prompt"][3] == "a red bicycle leaning on a wall"
     assert read_provenance(folder / "manifest.csv")["weights"] == "random-tiny"
