@@ -43,17 +43,17 @@ def parse_args(argv=None):
 
 def main(args) -> None:
     layers = {name: list(quantizable_layers(build_unet_skeleton(load_model_config(path)))) for name, path in MODELS.items()}
+    keep = set(layers[args.target_model])
+    missing = keep - set(layers[args.source_model])
+    if missing:  # checked before anything is written
+        raise ConfigError(f"{len(missing)} {args.target_model} layers are not in {args.source_model}, "
+                          f"e.g. {sorted(missing)[0]}")
     # 1. uniform configs for every model
     for name, names in layers.items():
         for bits in args.uniform_bits:
             out = write_bit_config({n: bits for n in names}, config_dir(name, "weight") / f"uniform_{bits}.yaml")
             print(f"{out}: {len(names)} layers at {bits} bits")
     # 2. the target model's copies of the source model's mixed configs
-    keep = set(layers[args.target_model])
-    missing = keep - set(layers[args.source_model])
-    if missing:
-        raise ConfigError(f"{len(missing)} {args.target_model} layers are not in {args.source_model}, "
-                          f"e.g. {sorted(missing)[0]}")
     for kind in ("weight", "act"):
         for src in sorted(config_dir(args.source_model, kind).glob(f"{kind}_*.yaml")):
             sub = {k: v for k, v in read_bit_config(src).items() if k in keep}

@@ -176,7 +176,7 @@ def solve_choices(choices: list[Choice], budget: float, time_limit: float = 60.0
                           else f"budget {budget} bits: give a finite number")
     if budget > highest + 1e-9:
         raise ConfigError(f"budget {budget:.3f} bits is above the highest achievable average {highest:.3f} "
-                          f"(every layer at its highest candidate bit-width): it would silently give that config")
+                          f"(every layer at its highest candidate bit-width)")
     c = -np.array([choices[i].options[b] for i, b in cols])          # milp minimises
     one = lil_matrix((len(choices), len(cols)))
     for j, (i, _) in enumerate(cols):

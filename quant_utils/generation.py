@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from . import REPO_ROOT
 from .csvio import clean_stale_temps, read_csv, read_provenance, temp_prefix, write_csv
 from .errors import ConfigError, reading
 from .runtime import Runner, StageTimes
@@ -81,9 +82,15 @@ def _settings_diff(old: pd.DataFrame, old_meta: dict[str, str], settings: dict[s
             diffs.append(f"{col}: image {i} has {short(got)}, this run would give {short(want(i))} "
                          f"({len(bad)} image(s) differ)")
     for key, value in settings.items():
-        if key in old_meta and old_meta[key] != str(value):
+        if key in old_meta and _same_path(old_meta[key]) != _same_path(str(value)):
             diffs.append(f"{key}: folder {old_meta[key]!r}, now {str(value)!r}")
     return diffs
+
+
+def _same_path(value: str) -> str:
+    """Absolute paths inside the repo as repo-relative ones (older manifests recorded absolute config paths)."""
+    p = Path(value)
+    return str(p.relative_to(REPO_ROOT)) if p.is_absolute() and p.is_relative_to(REPO_ROOT) else value
 
 
 def check_folder(out_dir: str | Path, prompts: list[str], seed: int, height: int, width: int, steps: int,

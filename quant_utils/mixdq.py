@@ -70,11 +70,13 @@ def config_sources(req: QuantRequest) -> dict[str, str]:
 def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
     """Read and validate the bit configs a request names against this UNet."""
     wpath = weight_config_path(req)
-    if not req.config_weight_mp:
-        kind = ("MixDQ's mixed-precision config (layers at several bit-widths; the average is printed below), "
-                f"not uniform {req.wbits}-bit" if wpath.name.startswith("weight_") else f"uniform {req.wbits}-bit")
-        print(f"--wbits {req.wbits}: using {_shown(wpath)}: {kind}")
     weight_cfg = read_bit_config(wpath)
+    if not req.config_weight_mp:
+        widths = sorted(set(weight_cfg.values()))
+        kind = (f"uniform {widths[0]}-bit" if len(widths) == 1 else
+                f"MixDQ's mixed-precision config (layers at {'/'.join(map(str, widths))} bits; average below), "
+                f"not uniform {req.wbits}-bit")
+        print(f"--wbits {req.wbits}: using {_shown(wpath)}: {kind}")
     if req.config_act_mp:
         act_cfg = read_bit_config(req.config_act_mp)
     elif req.abits is not None:

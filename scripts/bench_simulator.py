@@ -62,10 +62,10 @@ def cpu_name() -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    # 1. one core, a performance model
+    # 1. a performance model (a bad file stops the run first), one core
+    perf = PerfModel.load(repo_path(args.perf_model)) if args.perf_model else PerfModel.fit(synthetic_latency_frame(), with_loo=False)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    perf = PerfModel.load(repo_path(args.perf_model)) if args.perf_model else PerfModel.fit(synthetic_latency_frame(), with_loo=False)
     load_before = os.getloadavg()[0]
     # 2. time each scenario
     rows = []

@@ -27,8 +27,8 @@ from quant_utils.cli import (DEFAULT_PROMPTS, HelpFormatter, add_model_args, add
                              positive_int, quant_request_from_args, runner_from_args, sampling_from_args, user_errors,
                              weights_label)
 from quant_utils.csvio import provenance  # noqa: E402
-from quant_utils.generation import generate_folder, latency_report, read_prompts  # noqa: E402
-from quant_utils.mixdq import quantize_pipeline  # noqa: E402
+from quant_utils.generation import check_folder, generate_folder, latency_report, read_prompts  # noqa: E402
+from quant_utils.mixdq import config_sources, quantize_pipeline  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,12 +54,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    # 1. model and inputs
-    cfg, pipe, device = pipeline_from_args(args)
+    # 1. inputs; an image folder made with other settings is refused before the model is built and calibrated
+    cfg = model_config_from_args(args)
     sampling = sampling_from_args(args, cfg)
     prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
     calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
     base = repo_path(args.base_path)
+    out_dir = repo_path(args.image_folder) if args.image_folder else base / "generated_images"
+    sources = config_sources(quant_request_from_args(args, cfg))
+    settings = dict(model=cfg.name, weights=weights_label(cfg, args), precision="fp16" if args.fp16 else cfg.dtype,
+                    backend=args.backend, weight_config=sources["weight"], act_config=sources["act"],
+                    act_protect=sources["act_protect"], w_method=args.w_method, a_method=args.a_method,
+                    bos=not args.no_bos, split=not args.no_split)
+    check_folder(out_dir, prompts, args.seed, **sampling, settings=settings)
+    cfg, pipe, device = pipeline_from_args(args)
     # 2. quantize: load <base_path>/ckpt.pth or calibrate and write it
     summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), base / "ckpt.pth", calib, args.seed,
                                 sampling["height"], sampling["width"], sampling["steps"], sampling["guidance_scale"],
@@ -68,13 +76,8 @@ def main(args: argparse.Namespace) -> None:
           f"A avg {summary['avg_abits']:.2f} bits ({summary['act_fp_layers']} FP layers); UNet weights "
           f"{summary['weight_bytes'] / 2**20:.2f} MiB at these bits vs {summary['fp16_bytes'] / 2**20:.2f} MiB FP16 "
           f"({summary['size_ratio']:.3f}x)")
-    # 3. generate (an image folder made with other settings is refused)
-    out_dir = repo_path(args.image_folder) if args.image_folder else base / "generated_images"
-    settings = dict(model=cfg.name, weights=weights_label(cfg, args), precision="fp16" if args.fp16 else cfg.dtype,
-                    backend=args.backend, avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3),
-                    weight_config=summary["weight_config"], act_config=summary["act_config"],
-                    act_protect=summary["act_protect_config"], w_method=args.w_method, a_method=args.a_method,
-                    bos=not args.no_bos, split=not args.no_split)
+    # 3. generate
+    settings.update(avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3))
     manifest = generate_folder(runner_from_args(pipe, args), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
                                meta=provenance(script="quant_txt2img", seed=args.seed), settings=settings,
                                desc="quant_txt2img", **sampling)

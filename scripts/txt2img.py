@@ -23,7 +23,7 @@ from quant_utils.cli import (DEFAULT_PROMPTS, HelpFormatter, add_model_args, che
                              model_config_from_args, pipeline_from_args, positive_int, runner_from_args,
                              sampling_from_args, user_errors, weights_label)
 from quant_utils.csvio import provenance  # noqa: E402
-from quant_utils.generation import generate_folder, latency_report, read_prompts  # noqa: E402
+from quant_utils.generation import check_folder, generate_folder, latency_report, read_prompts  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,14 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    # 1. inputs
-    cfg, pipe, device = pipeline_from_args(args)
+    # 1. inputs; a folder made with other settings is refused before the model is built
+    cfg = model_config_from_args(args)
     sampling = sampling_from_args(args, cfg)
     prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
-    # 2. generate (a folder made with other settings is refused)
     out_dir = repo_path(args.base_path) / "generated_images"
     settings = dict(model=cfg.name, weights=weights_label(cfg, args), precision="fp16" if args.fp16 else cfg.dtype,
                     backend="none")
+    check_folder(out_dir, prompts, args.seed, **sampling, settings=settings)
+    cfg, pipe, device = pipeline_from_args(args)
+    # 2. generate
     manifest = generate_folder(runner_from_args(pipe, args), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
                                meta=provenance(script="txt2img", seed=args.seed), settings=settings, desc="txt2img",
                                **sampling)
