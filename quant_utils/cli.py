@@ -52,19 +52,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def check_device_for_exec(args: argparse.Namespace) -> None:
-    """--exec graph/compile need CUDA: say so before any model is built (auto and eager run anywhere)."""
-    mode = getattr(args, "exec_mode", None)
-    if mode not in ("graph", "compile"):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--exec {mode} needs a CUDA GPU and this machine has none (use --exec eager)")
-    if str(getattr(args, "device", "auto")) == "cpu":
-        raise ConfigError(f"--exec {mode} runs on CUDA only; with --device cpu use --exec eager")
-
-
 def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--config", default=DEFAULT_CONFIG,
@@ -74,13 +61,19 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     g.add_argument("--fp16", action="store_true", help="run in float16 (default: the config's dtype)")
     g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
-    g.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph", "compile"],
-                   help="eager PyTorch, CUDA graphs per (batch, resolution) bucket, or compile: the UNet's resnet/transformer "
-                        "blocks torch.compile'd (fused norms, elementwise and activation quantization; ~1 min per "
-                        "bucket on an H100) and the VAE compiled per bucket, then CUDA graphs (CUDA only)")
+    g.add_argument("--exec", dest="exec_mode", default="auto", choices=["auto", "eager", "graph", "compile"],
+                   help="auto: compile on CUDA, eager on a CPU. eager PyTorch; graph: CUDA graphs per (batch, resolution) "
+                        "bucket; compile: the UNet's resnet/transformer blocks torch.compile'd (fused norms, elementwise "
+                        "and activation quantization) and the VAE compiled, then CUDA graphs (graph/compile: CUDA only)")
     g.add_argument("--vae_exec", default="dynamic", choices=["dynamic", "static", "eager"],
-                   help="with --exec graph, the VAE decode is torch.compile'd first: dynamic shapes (one compile for all "
-                        "buckets), static (one compile per bucket, faster decode), or eager (comparison)")
+                   help="with --exec graph/compile, the VAE decode is torch.compile'd first: dynamic shapes (one compile for "
+                        "all buckets), static (one compile per bucket, faster decode), or eager (comparison)")
+    g.add_argument("--compile_shapes", default="dynamic", choices=["dynamic", "static"],
+                   help="with --exec compile, the UNet blocks are compiled with symbolic batch/height/width (one compile "
+                        "for every bucket but batch 1) or per bucket (static)")
+    g.add_argument("--vae", default="fp16", choices=["fp16", "int8", "tiny"],
+                   help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
+                        "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
     g.add_argument("--steps", type=positive_int, default=None, help="denoising steps, 1-4 (default: the config's)")
     g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:
@@ -89,11 +82,68 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
         g.add_argument("--width", type=positive_int, default=None, help="image width (multiple of 8; default: config's)")
 
 
-def runner_from_args(pipe, args: argparse.Namespace):
-    """The generation Runner for --exec / --vae_exec."""
+VAE_CALIB_PROMPTS = 4
+
+
+def check_device_for_exec(args: argparse.Namespace) -> None:
+    """--exec graph/compile need CUDA: say so before any model is built (auto falls back to eager on a CPU)."""
+    import torch
+
+    if getattr(args, "exec_mode", None) in ("graph", "compile") and (
+            not torch.cuda.is_available() or str(getattr(args, "device", "auto")).startswith("cpu")):
+        raise ConfigError(f"--exec {args.exec_mode} runs CUDA graphs and needs a CUDA GPU; this machine has none "
+                          f"(use --exec auto or eager)")
+
+
+def decoder_from_args(pipe, args: argparse.Namespace, res: int | None = None):
+    """The decoder module --vae names (None for the pipeline's own FP16 VAE): the tiny decoder (real weights from
+    the config's tiny_vae_id unless the model is tiny or --random_weights) or the int8 VAE, calibrated on latents
+    of the first VAE_CALIB_PROMPTS calibration prompts at `res` (default: the config's resolution)."""
+    kind = getattr(args, "vae", "fp16")
+    if kind == "fp16":
+        return None
+    import torch
+
+    from . import decoders
+    from .generation import read_prompts
+    from .pipeline import architecture_configs
+
+    cfg = model_config_from_args(args)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    if kind == "tiny":
+        arch = architecture_configs(cfg).get("vae_tiny")
+        if arch is None:
+            raise ConfigError(f"{cfg.arch_dir}/vae_tiny.json is missing: the tiny decoder's architecture")
+        real = cfg.source != "tiny" and not args.random_weights
+        return decoders.build_tiny_vae(arch, device, dtype, cfg.tiny_vae_id if real else None, seed=cfg.seed)
     from .runtime import Runner
 
-    return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "dynamic"))
+    if pipe.vae.config.get("force_upcast", False) and not args.random_weights and cfg.source != "tiny":
+        print("warning: this VAE overflows in fp16 (force_upcast); the int8 decoder computes in fp16: use an "
+              "fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) with --vae int8")
+    res = res or cfg.height
+    prompts = read_prompts(repo_path(getattr(args, "calib_prompts", None) or "scripts/utils/prompts_32.txt"))
+    prompts = prompts[:VAE_CALIB_PROMPTS]
+    latents = [Runner(pipe, "eager").denoise(prompts, [args.seed + i for i in range(len(prompts))], res, res,
+                                             args.steps or cfg.steps)]
+    vae = pipe.vae if pipe.vae.dtype == dtype else None
+    if vae is None:  # the real SDXL VAE runs in fp32 (force_upcast): the int8 decoder is fp16
+        import copy
+
+        vae = copy.deepcopy(pipe.vae).to(dtype)
+    backend = "kernel" if device.type == "cuda" else "fake"
+    with torch.no_grad():
+        return decoders.make_int8_decoder(vae, latents, backend=backend)
+
+
+def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
+    """The generation Runner for --exec / --vae_exec / --compile_shapes / --vae (`res`: the int8 decoder's
+    calibration resolution)."""
+    from .runtime import Runner
+
+    return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "dynamic"),
+                  vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
+                  compile_shapes=getattr(args, "compile_shapes", "dynamic"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

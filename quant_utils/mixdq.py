@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import REPO_ROOT, repo_path
-from .bitconfig import read_bit_config, read_protect_list, weight_config_for_bits
+from .bitconfig import config_dir, read_bit_config, read_protect_list, weight_config_for_bits
 from .calibrate import calibrate
 from .checkpoint import load_quant_params, save_quant_params
 from .csvio import clean_stale_temps
@@ -18,6 +18,10 @@ from .quantize import QuantSpec, bit_summary, make_spec, quantize_unet, set_back
 from .runtime import Runner
 
 MODES = {"fp16": (16, 16), "w8a8": (8, 8), "w6a8": (6, 8), "w4a8": (4, 8)}
+# MixDQ's own mixed-precision setting (weights 4.00 avg, activations 7.77 avg, 1% most sensitive activations FP16):
+# a benchmark mode beside MODES (its bits are not one number, so the serving study's modes leave it out)
+MIXDQ_CONFIG = {"config_weight_mp": "weight/weight_4.00.yaml", "config_act_mp": "act/act_7.77.yaml",
+                "act_protect": "act/act_sensitivie_a8_1%.pt"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,33 @@ def config_sources(req: QuantRequest) -> dict[str, str]:
     return {"weight": _shown(weight_config_path(req)),
             "act": _shown(req.config_act_mp) if req.config_act_mp else f"uniform {req.abits}",
             "act_protect": _shown(req.act_protect) if req.act_protect else ""}
+
+
+def request_for(mode: str, model_name: str, **kw) -> QuantRequest | None:
+    """The QuantRequest of a mode name: fp16 (None), w<b>a8 (MODES) or `mixdq` (MIXDQ_CONFIG)."""
+    if mode == "mixdq":
+        files = {k: str(config_dir(model_name, v.split("/")[0]) / v.split("/")[1]) for k, v in MIXDQ_CONFIG.items()}
+        return QuantRequest(model_name=model_name, abits=None, **files, **kw)
+    return QuantRequest.from_mode(mode, model_name, **kw)
+
+
+def pipeline_view(pipe, unet):
+    """What a Runner needs of a pipeline, with another UNet: text encoders, tokenizers, VAE, scheduler shared."""
+    from types import SimpleNamespace
+
+    parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
+    return SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=unet)
+
+
+def quantized_variant(pipe, req: QuantRequest, ckpt: str | Path | None, calib_prompts: list[str], calib_seed: int,
+                      res: int, steps: int, backend: str = "fake"):
+    """A pipeline sharing pipe's text encoders, tokenizers, VAE and scheduler, with a quantized copy of its UNet
+    (pipe's own UNet is left as it is); returns (variant, bit summary)."""
+    import copy
+
+    variant = pipeline_view(pipe, copy.deepcopy(pipe.unet))
+    summary = quantize_pipeline(variant, req, ckpt, calib_prompts, calib_seed, res, res, steps, backend=backend)
+    return variant, summary
 
 
 def resolve_spec(unet, req: QuantRequest) -> QuantSpec:

@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> None:
             timed = times[1:] if len(times) > 1 else times  # the first call also captures graphs / tunes kernels
             scores = scorer(images, prompts, args.batch_size) if scorer is not None else np.array([np.nan])
             rows.append({"wbits": wbits, "avg_wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
-                         "backend": backend, "exec": args.exec_mode, "height": res, "width": res,
+                         "backend": backend, "exec": runner.exec_mode, "vae": runner.vae_kind, "height": res, "width": res,
                          "n_images": len(images), "batch_size": args.batch_size, "first_call_ms": times[0],
                          "n_warm_calls": len(times) - 1,
                          "p50_ms": float(np.percentile(timed, 50)), "p95_ms": float(np.percentile(timed, 95)),

@@ -85,14 +85,14 @@ def main(args: argparse.Namespace) -> None:
                                     backend=args.backend)
         print(f"{args.mode}: {summary['origin']}; W avg {summary['avg_wbits']:.2f}, A avg {summary['avg_abits']:.2f}")
         backend = pipe.unet.conv_in.backend  # 'fake' when the kernel backend fell back on a CPU
-    runner = runner_from_args(pipe, args)
+    runner = runner_from_args(pipe, args, res=args.res[0])
     weight_bytes = device_weight_bytes(pipe.unet)
     # 2. the grid; the CSV is rewritten after every cell, so a run stopped by a timeout keeps what it measured
     rows = []
     out = repo_path(args.out or f"logs/latency/latency_{args.mode}.csv")
-    vae = runner.vae_label
+    vae, vae_exec = runner.vae_kind, runner.vae_exec
     meta = provenance(script="latency_probe", weights=weights_label(cfg, args), backend=backend, mode=args.mode,
-                      exec=args.exec_mode, vae=vae, model=cfg.name, seed=args.seed)
+                      exec=runner.exec_mode, vae=vae, vae_exec=vae_exec, model=cfg.name, seed=args.seed)
     cells = [(r, b) for r in args.res for b in args.batch]
     for res, batch in tqdm(cells, desc=f"latency {args.mode}", unit="cell"):
         steps = cfg.steps if args.steps is None else args.steps
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> None:
             print(f"  {res}px batch {batch}: out of memory, skipped")
             continue
         rows.append({"mode": args.mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
-                     "backend": backend, "exec": args.exec_mode, "vae": vae, "height": res, "width": res, "batch": batch,
+                     "backend": backend, "exec": runner.exec_mode, "vae": vae, "vae_exec": vae_exec, "height": res, "width": res, "batch": batch,
                      "steps": steps, "repeats": args.repeats, **m, "first_call_ms": first_ms,
                      "unet_weight_bytes": weight_bytes, "gpu": device_name(), "weights": weights_label(cfg, args)})
         write_csv(pd.DataFrame(rows), out, meta)

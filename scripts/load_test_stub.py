@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
     next(a for a in p._actions if a.dest == "exec_mode").help = (
         "exec mode: the perf model's cells to simulate (default: graph when measured) and, with --live, the Runner's "
-        "(default: graph on CUDA, else eager)")
+        "(default: compile on CUDA, else eager)")
     p.set_defaults(seed=None, exec_mode=None)
     next(a for a in p._actions if a.dest == "seed").help = (
         "arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i")
@@ -130,7 +130,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     if str(device) == "cpu":  # oversubscribed OpenMP threads make CPU latency erratic (seconds instead of ~0.1 s)
         import torch
         torch.set_num_threads(args.cpu_threads)
-    exec_mode = args.exec_mode or ("graph" if str(device).startswith("cuda") else "eager")
+    exec_mode = "auto" if args.exec_mode in (None, "auto") else args.exec_mode  # auto: compile on CUDA, else eager
     steps = args.steps or cfg.steps
     check_steps(steps)
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale

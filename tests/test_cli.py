@@ -13,7 +13,7 @@ from quant_utils.cli import HelpFormatter, user_errors
 from quant_utils.errors import ConfigError, UserError, WeightsNotFoundError, reading
 
 SCRIPTS = ["scripts/txt2img.py", "scripts/quant_txt2img.py", "scripts/latency_probe.py", "scripts/eval_grid.py",
-           "scripts/load_test_stub.py", "scripts/bench_vae.py", "scripts/bench_kernels.py", "scripts/bench_simulator.py",
+           "scripts/load_test_stub.py", "scripts/bench_e2e.py", "scripts/bench_vae.py", "scripts/bench_kernels.py", "scripts/bench_simulator.py",
            "scripts/fit_perf_model.py", "scripts/plot_mixdq_queue_results.py", "scripts/eval_fp16_mixdq_cleanfid.py",
            "scripts/utils/coco_sample.py", "mixed_precision_scripts/bit_allocation.py",
            "mixed_precision_scripts/make_bit_configs.py", "mixed_precision_scripts/sensitivity.py"]
@@ -49,6 +49,7 @@ def bad_input(script: str, d) -> list[str]:
         "scripts/eval_grid.py": ["--config_weight_mp", d / "tagged.yaml"],
         "scripts/load_test_stub.py": ["--patterns", "trace", "--trace", d / "trace.csv"],
         "scripts/bench_vae.py": ["--res", 100],  # no GPU here, or (on a GPU) a bad resolution
+        "scripts/bench_e2e.py": ["--res", 100],
         "scripts/bench_kernels.py": ["--gemm_points", "512xbig"],
         "scripts/bench_simulator.py": ["--perf_model", d / "perf.json"],
         "scripts/fit_perf_model.py": ["--csv", d / "empty.csv"],
@@ -146,5 +147,5 @@ def test_exec_graph_without_cuda_is_refused_before_any_model_is_built(script, mo
 def test_exec_compile_without_cuda_as_a_user_meets_it():
     p = run_script("txt2img.py", "--exec", "compile", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines() == ["error: --exec compile needs a CUDA GPU and this machine has none "
-                                            "(use --exec eager)"]
+    assert p.stderr.strip().splitlines() == ["error: --exec compile runs CUDA graphs and needs a CUDA GPU; this "
+                                            "machine has none (use --exec auto or eager)"]
