@@ -71,10 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not execs or set(execs) - {"graph", "compile"}:
         raise ConfigError(f"--unet_exec takes graph and/or compile, got {args.unet_exec!r}")
     args.unet_exec = [e for e in ("graph", "compile") if e in execs]  # graph first: compiling changes the model
-    import torch
-
-    if not torch.cuda.is_available():  # before anything is built or compiled
-        raise ConfigError("bench_kernels.py needs a CUDA GPU")
     return args
 
 
@@ -87,7 +83,7 @@ def main(args: argparse.Namespace) -> None:
     from quant_utils.quantize import set_backend, skip_split_points
     from quant_utils.runtime import compile_regions
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # first, before anything is built or compiled
         raise ConfigError("bench_kernels.py needs a CUDA GPU")
     unknown = [f for f in args.formats if f not in kb.FORMATS]
     if unknown:
