@@ -172,8 +172,8 @@ class _GraphCache:
 class Runner:
     """Prompt -> image with per-stage timing; `exec_mode` picks eager, CUDA-graph or compiled execution."""
 
-    def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "dynamic", vae: torch.nn.Module | None = None,
-                 vae_kind: str = "fp16", compile_shapes: str = "dynamic"):
+    def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
+                 vae_kind: str = "fp16", compile_shapes: str = "static"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype

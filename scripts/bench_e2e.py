@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UNet modes that are also measured with the non-FP16 decoders")
     p.add_argument("--res", type=int, nargs="+", default=[512, 768, 1024], help="square resolutions")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8], help="batch sizes")
+    p.add_argument("--cells", nargs="*", default=None, metavar="RESxBATCH",
+                   help="measure these cells (e.g. 1024x4 512x1), in this order, instead of --res x --batch")
     p.add_argument("--repeats", type=int, default=6, help="timed calls per cell")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per cell after its first call")
     p.add_argument("--backend", default=None, choices=["fake", "kernel"],
@@ -82,8 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch, --repeats and --calib_num must be >= 1, --warmup >= 0")
     try:
         args.profile_points = [tuple(int(v) for v in s.split("x")) for s in args.profile_points]
+        args.cells = [tuple(int(v) for v in s.split("x")) for s in args.cells] if args.cells else \
+            [(r, b) for r in args.res for b in args.batch]
     except ValueError:
-        p.error(f"--profile_points must look like 1024x4 512x1, got {args.profile_points}")
+        p.error(f"--profile_points and --cells must look like 1024x4 512x1, got {args.profile_points} {args.cells}")
+    for r, b in args.cells:
+        check_resolution(r, r)
+        if b < 1:
+            p.error(f"batch {b} in --cells: must be >= 1")
+    args.res = sorted({r for r, _ in args.cells})
     check_device_for_exec(args)
     return args
 
@@ -133,7 +142,7 @@ def main(args: argparse.Namespace) -> None:
                       repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up")
     out = repo_path(args.out)
     rows, prof_rows = [], []
-    cells = [(r, b) for r in args.res for b in args.batch]
+    cells = args.cells
 
     # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran)
     for mode, exec_mode in unet_variants(args, cuda):
