@@ -2,15 +2,54 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 from . import repo_path
-from .pipeline import ConfigError, ModelConfig, WeightsNotFoundError, check_resolution, check_steps, load_model_config
+from .errors import ConfigError, UserError
+from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help lists every flag's default and keeps the docstring's layout (its example commands)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 never means 'the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
@@ -35,12 +74,12 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True) -> None:
     g.add_argument("--vae", default="fp16", choices=["fp16", "int8", "tiny"],
                    help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
                         "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps, 1-4 (default: the config's)")
+    g.add_argument("--steps", type=positive_int, default=None, help="denoising steps, 1-4 (default: the config's)")
     g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:
-        g.add_argument("--res", type=int, default=None, help="square resolution; sets --height and --width")
-        g.add_argument("--height", type=int, default=None, help="image height (multiple of 8; default: config's)")
-        g.add_argument("--width", type=int, default=None, help="image width (multiple of 8; default: config's)")
+        g.add_argument("--res", type=positive_int, default=None, help="square resolution; sets --height and --width")
+        g.add_argument("--height", type=positive_int, default=None, help="image height (multiple of 8; default: config's)")
+        g.add_argument("--width", type=positive_int, default=None, help="image width (multiple of 8; default: config's)")
 
 
 VAE_CALIB_PROMPTS = 4
@@ -109,12 +148,12 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:
     """height/width/steps/guidance from flags, else from the config; validated."""
-    res = getattr(args, "res", None)
-    height = res or getattr(args, "height", None) or cfg.height
-    width = res or getattr(args, "width", None) or cfg.width
-    if res and (getattr(args, "height", None) or getattr(args, "width", None)):
+    res, h, w = (getattr(args, k, None) for k in ("res", "height", "width"))
+    if res is not None and (h is not None or w is not None):
         raise ConfigError("give either --res or --height/--width, not both")
-    steps = args.steps or cfg.steps
+    height = res if res is not None else (h if h is not None else cfg.height)
+    width = res if res is not None else (w if w is not None else cfg.width)
+    steps = cfg.steps if args.steps is None else args.steps
     check_resolution(height, width)
     check_steps(steps)
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
@@ -127,10 +166,11 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the project's input errors into one clear line on stderr and exit code 2, no traceback."""
+    """Turn every user error (errors.UserError: bad arguments, bad or missing input files, missing weights) into
+    one `error: <reason>` line on stderr and exit code 2; any other exception is a bug and keeps its traceback."""
     try:
         yield
-    except (ConfigError, WeightsNotFoundError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -169,7 +209,7 @@ def add_quant_args(p: argparse.ArgumentParser, wbits: bool = True) -> None:
     g.add_argument("--no_bos", action="store_true", help="disable BOS-aware quantization of cross-attention K/V inputs")
     g.add_argument("--no_split", action="store_true", help="disable split quantization of up-block skip concatenations")
     g.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="calibration prompts file")
-    g.add_argument("--calib_num", type=int, default=32, help="number of calibration prompts")
+    g.add_argument("--calib_num", type=positive_int, default=32, help="number of calibration prompts")
     g.add_argument("--backend", default="fake", choices=["fake", "kernel"],
                    help="fake: simulated quantization; kernel: real low-bit CUDA kernels (falls back to fake on CPU)")
 
@@ -181,3 +221,31 @@ def quant_request_from_args(args: argparse.Namespace, cfg: ModelConfig, wbits: i
     return QuantRequest(model_name=cfg.name, wbits=wbits or getattr(args, "wbits", None), abits=args.abits, config_weight_mp=args.config_weight_mp,
                         config_act_mp=args.config_act_mp, act_protect=args.act_protect, strict=args.strict,
                         w_method=args.w_method, a_method=args.a_method, bos=not args.no_bos, split=not args.no_split)
+
+
+def check_quant_args(args: argparse.Namespace, wbits: list[int] | None = None) -> None:
+    """Everything the quantization flags name, checked before any model is built: bit-widths in range, the
+    bit configs, protect list and calibration prompts readable and well-formed (`wbits`: a grid's bit-widths,
+    16 = FP16; default --wbits)."""
+    from .bitconfig import ACT_BITS, WEIGHT_BITS, read_bit_config, read_protect_list, weight_config_for_bits
+    from .generation import read_prompts
+
+    (wlo, whi), (alo, ahi) = WEIGHT_BITS, ACT_BITS
+    grid = [getattr(args, "wbits", None)] if wbits is None else [b for b in wbits if b != 16]
+    grid = [b for b in grid if b is not None]
+    bad = [b for b in grid if not wlo <= b <= whi]
+    if bad:
+        raise ConfigError(f"--wbits {bad[0]}: weight bits must be {wlo}..{whi}" + (" (or 16 for FP16)" if wbits else ""))
+    if args.config_act_mp is None and args.abits is not None and not alo <= args.abits <= ahi:
+        raise ConfigError(f"--abits {args.abits}: activation bits must be {alo}..{ahi}")
+    if args.config_weight_mp:
+        read_bit_config(args.config_weight_mp)
+    elif grid:
+        name = model_config_from_args(args).name
+        for b in grid:
+            weight_config_for_bits(name, b)
+    if args.config_act_mp:
+        read_bit_config(args.config_act_mp)
+    if args.act_protect:
+        read_protect_list(args.act_protect)
+    read_prompts(repo_path(args.calib_prompts))

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import repo_path
+from . import REPO_ROOT, repo_path
 from .bitconfig import config_dir, read_bit_config, read_protect_list, weight_config_for_bits
 from .calibrate import calibrate
 from .checkpoint import load_quant_params, save_quant_params
-from .pipeline import ConfigError
+from .csvio import clean_stale_temps
+from .errors import ConfigError
 from .quantize import QuantSpec, bit_summary, make_spec, quantize_unet, set_backend, uniform_bits
 from .runtime import Runner
 
@@ -49,6 +50,27 @@ class QuantRequest:
         return cls(model_name=model_name, wbits=wbits if not kw.get("config_weight_mp") else None, abits=abits, **kw)
 
 
+def _shown(path: str | Path) -> str:
+    """A path as the user passed it when inside the repo (repo-relative), else absolute."""
+    p = repo_path(path)
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+
+
+def weight_config_path(req: QuantRequest) -> Path:
+    if req.config_weight_mp:
+        return repo_path(req.config_weight_mp)
+    if req.wbits is not None:
+        return weight_config_for_bits(req.model_name, req.wbits)
+    raise ConfigError("give --wbits N or --config_weight_mp <yaml>")
+
+
+def config_sources(req: QuantRequest) -> dict[str, str]:
+    """The files (or uniform bits) a request quantizes with, as recorded in provenance: weight, act, act_protect."""
+    return {"weight": _shown(weight_config_path(req)),
+            "act": _shown(req.config_act_mp) if req.config_act_mp else f"uniform {req.abits}",
+            "act_protect": _shown(req.act_protect) if req.act_protect else ""}
+
+
 def request_for(mode: str, model_name: str, **kw) -> QuantRequest | None:
     """The QuantRequest of a mode name: fp16 (None), w<b>a8 (MODES) or `mixdq` (MIXDQ_CONFIG)."""
     if mode == "mixdq":
@@ -78,14 +100,14 @@ def quantized_variant(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
 
 def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
     """Read and validate the bit configs a request names against this UNet."""
-    if req.config_weight_mp:
-        wpath = repo_path(req.config_weight_mp)
-    elif req.wbits is not None:
-        wpath = weight_config_for_bits(req.model_name, req.wbits)
-        print(f"--wbits {req.wbits}: using {wpath.relative_to(repo_path('.')) if wpath.is_relative_to(repo_path('.')) else wpath}")
-    else:
-        raise ConfigError("give --wbits N or --config_weight_mp <yaml>")
+    wpath = weight_config_path(req)
     weight_cfg = read_bit_config(wpath)
+    if not req.config_weight_mp:
+        widths = sorted(set(weight_cfg.values()))
+        kind = (f"uniform {widths[0]}-bit" if len(widths) == 1 else
+                f"MixDQ's mixed-precision config (layers at {'/'.join(map(str, widths))} bits; average below), "
+                f"not uniform {req.wbits}-bit")
+        print(f"--wbits {req.wbits}: using {_shown(wpath)}: {kind}")
     if req.config_act_mp:
         act_cfg = read_bit_config(req.config_act_mp)
     elif req.abits is not None:
@@ -95,8 +117,7 @@ def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
     protect = read_protect_list(req.act_protect) if req.act_protect else []
     if req.act_protect and not req.config_act_mp:
         act_cfg = {k: v for k, v in (act_cfg or {}).items() if k not in set(protect)}
-    sources = {"weight": str(wpath), "act": str(req.config_act_mp or f"uniform {req.abits}"),
-               "act_protect": str(req.act_protect or "")}
+    sources = config_sources(req)
     return make_spec(unet, weight_cfg, act_cfg, protect, strict=req.strict, sources=sources,
                      w_symmetric=req.w_symmetric, w_method=req.w_method, a_method=req.a_method,
                      bos=req.bos, split=req.split)
@@ -111,6 +132,8 @@ def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
     """
     spec = resolve_spec(pipe.unet, req)
     ckpt = Path(ckpt) if ckpt else None
+    if ckpt is not None and ckpt.parent.is_dir():
+        clean_stale_temps(ckpt.parent)  # a save killed mid-write (kill -9) leaves its temp file behind
     quantize_unet(pipe.unet, spec, search=not (ckpt is not None and ckpt.is_file()))
     if ckpt is not None and ckpt.is_file():
         load_quant_params(pipe.unet, ckpt)

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from . import repo_path
-from .errors import ConfigError, WeightsNotFoundError  # noqa: F401 - re-exported
+from .errors import ConfigError, WeightsNotFoundError, reading  # noqa: F401 - re-exported
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 SOURCES = ("pretrained", "tiny")
@@ -69,10 +69,8 @@ def load_model_config(path: str | Path) -> ModelConfig:
     p = repo_path(path)
     if not p.is_file():
         raise ConfigError(f"model config {p} does not exist (try configs/stable-diffusion/sdxl_turbo_tiny.yaml)")
-    try:
+    with reading(p, "model config"):
         raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
     if not isinstance(raw, dict) or set(raw) - {"model", "sampling"}:
         raise ConfigError(f"{p}: top-level keys must be 'model' and 'sampling', got {sorted(raw) if isinstance(raw, dict) else raw!r}")
     model, sampling = raw.get("model") or {}, raw.get("sampling") or {}
@@ -229,7 +227,7 @@ def build_pretrained_pipeline(cfg: ModelConfig, device: str | torch.device = "cp
             f"could not load the weights of '{src}' (revision {cfg.revision}, variant {cfg.variant}) from "
             f"{'that folder' if cfg.local_path else f'the local Hugging Face cache (HF_HOME={hf_home})'}: "
             f"{str(e).splitlines()[0]}\n"
-            f"  - download it where there is network (`huggingface-cli download {cfg.id}`) and copy HF_HOME here, "
+            f"  - download it where there is network (`hf download {cfg.id}`) and copy HF_HOME here, "
             f"or set model.path in {cfg.path} to a local diffusers folder;\n"
             f"  - or pass --random_weights for the full-size architecture with random weights (latency/memory only);\n"
             f"  - or use --config configs/stable-diffusion/sdxl_turbo_tiny.yaml (embedded tiny model)."

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (add_model_args, check_device_for_exec, decoder_from_args, pipeline_from_args,  # noqa: E402
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, decoder_from_args, pipeline_from_args,  # noqa: E402
                              user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
@@ -41,7 +41,7 @@ E2E_MODES = tuple(MODES) + ("mixdq",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, resolution=False)
     p.add_argument("--modes", nargs="+", default=list(E2E_MODES), choices=E2E_MODES,
                    help="UNet precision modes (mixdq: MixDQ's weight_4.00 + act_7.77 + its 1%% FP16 activations)")
