@@ -7,7 +7,7 @@ mixed_precision_scripts/bit_allocation.py reads. Resumable: a rerun skips what <
 
 Example (embedded tiny model, a few layers, CPU):
     python mixed_precision_scripts/sensitivity.py --kind weight --bits 4 8 --layers "mid_block" \
-        --num_imgs 2 --out_dir logs/demo/sensitivity
+        --num_imgs 2 --out_dir logs/sensitivity_tiny
 Real model, all 794 layers (hours on one GPU):
     python mixed_precision_scripts/sensitivity.py --config configs/stable-diffusion/sdxl_turbo.yaml --fp16 \
         --kind weight --bits 2 4 8 --num_imgs 32 --batch_size 8 --out_dir mixed_precision_scripts/sensitivity_log/sdxl_turbo_ours
@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.bit_allocation import load_sensitivity  # noqa: E402
-from quant_utils.cli import add_model_args, pipeline_from_args, sampling_from_args, user_errors  # noqa: E402
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, model_config_from_args,  # noqa: E402
+                             pipeline_from_args, positive_int, sampling_from_args, user_errors)
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.quantize import quantizable_layers  # noqa: E402
 from quant_utils.sensitivity import SensitivitySetup, measure, select_layers  # noqa: E402
@@ -31,22 +32,25 @@ DEFAULT_BITS = {"weight": [2, 4, 8], "act": [4, 8]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, quantized=False)  # measures layers of the FP16 UNet
     p.add_argument("--kind", choices=["weight", "act"], default="weight", help="quantize weights or input activations")
     p.add_argument("--bits", type=int, nargs="+", default=None, help="candidate bit-widths (default: weight 2 4 8, act 4 8)")
     p.add_argument("--layers", default=None, help="regex over diffusers layer names (re.search); default: all layers")
-    p.add_argument("--num_imgs", type=int, default=8, help="images per measurement (prompt i, seed --seed + i)")
-    p.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--num_imgs", type=positive_int, default=8, help="images per measurement (prompt i, seed --seed + i)")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="images per forward pass")
     p.add_argument("--prompts_file", default="scripts/utils/prompts_32.txt", help="prompts, image i uses line i mod N")
     p.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="act only: calibration prompts")
-    p.add_argument("--calib_num", type=int, default=8, help="act only: number of calibration prompts")
+    p.add_argument("--calib_num", type=positive_int, default=8, help="act only: number of calibration prompts")
     p.add_argument("--out_dir", default=None,
-                   help="model folder for the logs (default mixed_precision_scripts/sensitivity_log/<config name>)")
+                   help="model folder for the logs (default logs/sensitivity/<config name>)")
     p.add_argument("--restart", action="store_true", help="discard an earlier run's state.json instead of resuming")
     args = p.parse_args(argv)
-    if args.num_imgs < 1 or args.batch_size < 1:
-        p.error("--num_imgs and --batch_size must be >= 1")
+    check_device_for_exec(args)
+    sampling_from_args(args, model_config_from_args(args))
+    read_prompts(repo_path(args.prompts_file))
+    if args.kind == "act":
+        read_prompts(repo_path(args.calib_prompts))
     return args
 
 
@@ -62,7 +66,7 @@ def main(args: argparse.Namespace) -> dict:
                              guidance_scale=sampling["guidance_scale"], batch_size=args.batch_size,
                              calib_prompts=tuple(calib), dtype=str(pipe.unet.dtype).replace("torch.", ""))
     layers = select_layers(list(quantizable_layers(pipe.unet)), args.layers)
-    out_dir = repo_path(args.out_dir or f"mixed_precision_scripts/sensitivity_log/{cfg.name}")
+    out_dir = repo_path(args.out_dir or f"logs/sensitivity/{cfg.name}")
 
     # 2. measure (resumes from <out_dir>/<kind>/state.json)
     counts = measure(pipe, setup, layers, out_dir, restart=args.restart)

@@ -169,9 +169,14 @@ def solve_choices(choices: list[Choice], budget: float, time_limit: float = 60.0
     cols = [(i, b) for i, ch in enumerate(choices) for b in sorted(ch.options)]
     total = sum(ch.size for ch in choices)
     lowest = sum(ch.size * min(ch.options) for ch in choices) / total
-    if budget < lowest - 1e-9:
+    highest = sum(ch.size * max(ch.options) for ch in choices) / total
+    if not math.isfinite(budget) or budget < lowest - 1e-9:
         raise ConfigError(f"budget {budget:.3f} bits is below the lowest achievable average {lowest:.3f} "
-                          f"(every layer at its lowest candidate bit-width)")
+                          f"(every layer at its lowest candidate bit-width)" if math.isfinite(budget)
+                          else f"budget {budget} bits: give a finite number")
+    if budget > highest + 1e-9:
+        raise ConfigError(f"budget {budget:.3f} bits is above the highest achievable average {highest:.3f} "
+                          f"(every layer at its highest candidate bit-width)")
     c = -np.array([choices[i].options[b] for i, b in cols])          # milp minimises
     one = lil_matrix((len(choices), len(cols)))
     for j, (i, _) in enumerate(cols):

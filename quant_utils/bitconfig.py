@@ -13,7 +13,7 @@ from typing import Iterable
 import yaml
 
 from . import repo_path
-from .pipeline import ConfigError
+from .errors import ConfigError, reading
 
 PREFIX = "model."
 CONFIG_ROOT = "mixed_precision_scripts/mixed_percision_config"
@@ -31,10 +31,8 @@ def read_yaml_mapping(path: str | Path, what: str = "bit config") -> dict:
     p = repo_path(path)
     if not p.is_file():
         raise ConfigError(f"{what} {p} does not exist")
-    try:
+    with reading(p, what):
         raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {p}: not valid YAML: {e}") from e
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{what} {p}: expected a non-empty mapping 'layer_name: value', got {type(raw).__name__}")
     return raw
@@ -64,22 +62,46 @@ def write_bit_config(bits: dict[str, int], path: str | Path) -> Path:
     return repo_path(path)
 
 
+def load_plain_torch(path: str | Path, what: str):
+    """torch.load with weights_only=True (tensors, lists, dicts, numbers: a crafted file cannot run code); a file
+    holding other pickled objects is refused, saying so, and never loaded with weights_only=False."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise ConfigError(f"{what} {p}: not a plain tensor/list file (it holds pickled Python objects, which could "
+                              f"run code when loaded); it was not loaded, for safety") from None
+        raise ConfigError(f"{what} {p}: not a readable torch file ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for damaged files
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ConfigError(f"{what} {p}: not a readable torch file ({type(e).__name__}: {first[:120]})") from None
+
+
+def _is_torch_file(p: Path) -> bool:
+    """A torch.save zip archive or a raw pickle (protocol >= 2 starts with 0x80), whatever its name."""
+    with reading(p, "act protect list"), open(p, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def read_protect_list(path: str | Path) -> list[str]:
     """Layers whose activations stay FP16: a torch-saved list (.pt, loaded weights_only), a YAML list or a text file."""
     p = repo_path(path)
     if not p.is_file():
         raise ConfigError(f"act protect list {p} does not exist")
-    if p.suffix == ".pt":
-        import torch
-
-        try:
-            names = torch.load(p, weights_only=True)  # weights_only: a crafted file cannot run code
-        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-            raise ConfigError(f"act protect list {p}: cannot load as a plain list ({type(e).__name__}: {str(e)[:200]})") from e
+    if p.suffix in (".pt", ".pth") or _is_torch_file(p):
+        names = load_plain_torch(p, "act protect list")
     elif p.suffix in (".yaml", ".yml"):
-        names = yaml.safe_load(p.read_text())
+        with reading(p, "act protect list"):
+            names = yaml.safe_load(p.read_text())
     else:
-        names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        with reading(p, "act protect list"):
+            names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"act protect list {p}: expected a list of layer names")
     return [normalize_name(n) for n in names]
@@ -121,6 +143,9 @@ def config_dir(model_name: str, kind: str) -> Path:
 
 def weight_config_for_bits(model_name: str, wbits: int) -> Path:
     """`--wbits N`: MixDQ's mixed `weight_N.00.yaml` when it exists, else `uniform_N.yaml`."""
+    lo, hi = WEIGHT_BITS
+    if not lo <= wbits <= hi:
+        raise ConfigError(f"--wbits {wbits}: weight bits must be {lo}..{hi}")
     d = config_dir(model_name, "weight")
     for cand in (d / f"weight_{wbits}.00.yaml", d / f"uniform_{wbits}.yaml"):
         if cand.is_file():

@@ -12,6 +12,7 @@ from typing import Iterator
 from torch import nn
 from tqdm import tqdm
 
+from .errors import ConfigError
 from .quantize import quant_layers
 from .runtime import Runner
 
@@ -39,7 +40,7 @@ def calibrate(runner: Runner, prompts: list[str], seed: int, height: int, width:
               guidance_scale: float = 0.0, batch_size: int = 4) -> int:
     """Calibrate every activation quantizer of runner.pipe.unet; returns the number calibrated."""
     if not prompts:
-        raise ValueError("calibration needs at least one prompt")
+        raise ConfigError("calibration needs at least one prompt (--calib_num >= 1 and a non-empty --calib_prompts)")
     with observing(runner.pipe.unet) as n:
         if n:
             for start in tqdm(range(0, len(prompts), batch_size), desc="calibrating", unit="batch"):

@@ -13,10 +13,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .pipeline import ConfigError
+from .bitconfig import load_plain_torch
+from .csvio import temp_prefix
+from .errors import ConfigError
 from .quantize import QuantSpec, quant_layers, unet_fingerprint
 
 FORMAT = "mixdq-quant-params/1"
+KEYS = ("format", "spec", "sources", "layers", "fingerprint")
 
 
 def save_quant_params(unet: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
@@ -37,7 +40,7 @@ def save_quant_params(unet: nn.Module, path: str | Path, extra: dict | None = No
              "fingerprint": unet_fingerprint(unet), **(extra or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         torch.save(state, tmp)
@@ -67,12 +70,15 @@ def _spec_diff(saved: dict, current: dict) -> list[str]:
 def load_quant_params(unet: nn.Module, path: str | Path) -> dict:
     """Install a checkpoint's parameters into a UNet quantized with the same spec; returns its metadata."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"checkpoint {path} cannot be read: {type(e).__name__}: {str(e)[:200]}") from e
+    state = load_plain_torch(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {path} is not a {FORMAT} file")
+    missing = [k for k in KEYS if k not in state]
+    malformed = missing or [k for k, t in (("spec", dict), ("layers", dict), ("fingerprint", (int, float)))
+                            if not isinstance(state[k], t)]
+    if malformed:
+        raise ConfigError(f"checkpoint {path} is damaged (missing or malformed: {malformed}); "
+                          f"delete it to recalibrate")
     diffs = _spec_diff(state["spec"], unet.mixdq_spec.to_dict())
     if diffs:
         raise ConfigError(f"checkpoint {path} was made with other quantization settings:\n  - " + "\n  - ".join(diffs)
@@ -85,6 +91,11 @@ def load_quant_params(unet: nn.Module, path: str | Path) -> dict:
         entry = state["layers"].get(name)
         if entry is None:
             raise ConfigError(f"checkpoint {path} has no entry for layer {name}")
+        need = (["w_scale", "w_zero_point"] if m.w_bits is not None else []) + [
+            f"{k}_{v}" for k, q in (("a", m.act_quant), ("a2", m.act_quant2)) if q is not None for v in ("scale", "zero_point")]
+        absent = [k for k in need if not isinstance(entry, dict) or not isinstance(entry.get(k), torch.Tensor)]
+        if absent:
+            raise ConfigError(f"checkpoint {path} is damaged: layer {name} lacks {absent}; delete it to recalibrate")
         if m.w_bits is not None:
             m.set_weight_qparams(entry["w_scale"].to(m.w_scale.device), entry["w_zero_point"].to(m.w_scale.device))
         for key, q in (("a", m.act_quant), ("a2", m.act_quant2)):

@@ -2,15 +2,54 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 from . import repo_path
-from .pipeline import ConfigError, ModelConfig, WeightsNotFoundError, check_resolution, check_steps, load_model_config
+from .errors import ConfigError, UserError
+from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help lists every flag's default and keeps the docstring's layout (its example commands)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 never means 'the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantized: bool = True) -> None:
@@ -27,36 +66,99 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     g.add_argument("--fp16", action="store_true", help="run in float16 (default: the config's dtype)")
     g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
-    g.add_argument("--exec", dest="exec_mode", default="eager", choices=["eager", "graph", "compile"],
-                   help="eager PyTorch, CUDA graphs per (batch, resolution) bucket, or compile: the UNet's resnet/transformer "
-                        "blocks torch.compile'd (fused norms, elementwise and activation quantization; ~1 min per "
-                        "bucket on an H100) and the VAE compiled per bucket, then CUDA graphs (CUDA only)")
-    g.add_argument("--vae_exec", default="dynamic", choices=["dynamic", "static", "eager"],
-                   help="with --exec graph, the VAE decode is torch.compile'd first: dynamic shapes (one compile for all "
-                        "buckets), static (one compile per bucket, faster decode), or eager (comparison)")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps, 1-4 (default: the config's)")
+    g.add_argument("--exec", dest="exec_mode", default="auto", choices=["auto", "eager", "graph", "compile"],
+                   help="auto: compile on CUDA, eager on a CPU. eager PyTorch; graph: CUDA graphs per (batch, resolution) "
+                        "bucket; compile: the UNet's resnet/transformer blocks torch.compile'd (fused norms, elementwise "
+                        "and activation quantization) and the VAE compiled, then CUDA graphs (graph/compile: CUDA only)")
+    g.add_argument("--vae_exec", default="static", choices=["dynamic", "static", "eager"],
+                   help="with --exec graph/compile, the VAE decode is torch.compile'd first: static (one compile per "
+                        "bucket, the fastest decode), dynamic shapes (one compile for all buckets, slower decodes), or eager")
+    g.add_argument("--compile_shapes", default="static", choices=["dynamic", "static"],
+                   help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
+                        "with symbolic batch/height/width (dynamic: cheap new buckets, measured slower on the H200)")
+    g.add_argument("--vae", default="fp16", choices=["fp16", "int8", "tiny"],
+                   help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
+                        "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
+    g.add_argument("--steps", type=positive_int, default=None, help="denoising steps, 1-4 (default: the config's)")
     g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:
-        g.add_argument("--res", type=int, default=None, help="square resolution; sets --height and --width")
-        g.add_argument("--height", type=int, default=None, help="image height (multiple of 8; default: config's)")
-        g.add_argument("--width", type=int, default=None, help="image width (multiple of 8; default: config's)")
+        g.add_argument("--res", type=positive_int, default=None, help="square resolution; sets --height and --width")
+        g.add_argument("--height", type=positive_int, default=None, help="image height (multiple of 8; default: config's)")
+        g.add_argument("--width", type=positive_int, default=None, help="image width (multiple of 8; default: config's)")
 
 
-def runner_from_args(pipe, args: argparse.Namespace):
-    """The generation Runner for --exec / --vae_exec."""
+VAE_CALIB_PROMPTS = 4
+
+
+def check_device_for_exec(args: argparse.Namespace) -> None:
+    """--exec graph/compile need CUDA: say so before any model is built (auto falls back to eager on a CPU)."""
+    import torch
+
+    if getattr(args, "exec_mode", None) in ("graph", "compile") and (
+            not torch.cuda.is_available() or str(getattr(args, "device", "auto")).startswith("cpu")):
+        raise ConfigError(f"--exec {args.exec_mode} runs CUDA graphs and needs a CUDA GPU; this machine has none "
+                          f"(use --exec auto or eager)")
+
+
+def decoder_from_args(pipe, args: argparse.Namespace, res: int | None = None):
+    """The decoder module --vae names (None for the pipeline's own FP16 VAE): the tiny decoder (real weights from
+    the config's tiny_vae_id unless the model is tiny or --random_weights) or the int8 VAE, calibrated on latents
+    of the first VAE_CALIB_PROMPTS calibration prompts at `res` (default: the config's resolution)."""
+    kind = getattr(args, "vae", "fp16")
+    if kind == "fp16":
+        return None
+    import torch
+
+    from . import decoders
+    from .generation import read_prompts
+    from .pipeline import architecture_configs
+
+    cfg = model_config_from_args(args)
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    if kind == "tiny":
+        arch = architecture_configs(cfg).get("vae_tiny")
+        if arch is None:
+            raise ConfigError(f"{cfg.arch_dir}/vae_tiny.json is missing: the tiny decoder's architecture")
+        real = cfg.source != "tiny" and not args.random_weights
+        return decoders.build_tiny_vae(arch, device, dtype, cfg.tiny_vae_id if real else None, seed=cfg.seed)
     from .runtime import Runner
 
-    return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "dynamic"))
+    if pipe.vae.config.get("force_upcast", False) and not args.random_weights and cfg.source != "tiny":
+        print("warning: this VAE overflows in fp16 (force_upcast); the int8 decoder computes in fp16: use an "
+              "fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) with --vae int8")
+    res = res or cfg.height
+    prompts = read_prompts(repo_path(getattr(args, "calib_prompts", None) or "scripts/utils/prompts_32.txt"))
+    prompts = prompts[:VAE_CALIB_PROMPTS]
+    latents = [Runner(pipe, "eager").denoise(prompts, [args.seed + i for i in range(len(prompts))], res, res,
+                                             args.steps or cfg.steps)]
+    vae = pipe.vae if pipe.vae.dtype == dtype else None
+    if vae is None:  # the real SDXL VAE runs in fp32 (force_upcast): the int8 decoder is fp16
+        import copy
+
+        vae = copy.deepcopy(pipe.vae).to(dtype)
+    backend = "kernel" if device.type == "cuda" else "fake"
+    with torch.no_grad():
+        return decoders.make_int8_decoder(vae, latents, backend=backend)
+
+
+def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
+    """The generation Runner for --exec / --vae_exec / --compile_shapes / --vae (`res`: the int8 decoder's
+    calibration resolution)."""
+    from .runtime import Runner
+
+    return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
+                  vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
+                  compile_shapes=getattr(args, "compile_shapes", "static"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:
     """height/width/steps/guidance from flags, else from the config; validated."""
-    res = getattr(args, "res", None)
-    height = res or getattr(args, "height", None) or cfg.height
-    width = res or getattr(args, "width", None) or cfg.width
-    if res and (getattr(args, "height", None) or getattr(args, "width", None)):
+    res, h, w = (getattr(args, k, None) for k in ("res", "height", "width"))
+    if res is not None and (h is not None or w is not None):
         raise ConfigError("give either --res or --height/--width, not both")
-    steps = args.steps or cfg.steps
+    height = res if res is not None else (h if h is not None else cfg.height)
+    width = res if res is not None else (w if w is not None else cfg.width)
+    steps = cfg.steps if args.steps is None else args.steps
     check_resolution(height, width)
     check_steps(steps)
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
@@ -69,10 +171,11 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the project's input errors into one clear line on stderr and exit code 2, no traceback."""
+    """Turn every user error (errors.UserError: bad arguments, bad or missing input files, missing weights) into
+    one `error: <reason>` line on stderr and exit code 2; any other exception is a bug and keeps its traceback."""
     try:
         yield
-    except (ConfigError, WeightsNotFoundError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -129,7 +232,7 @@ def add_quant_args(p: argparse.ArgumentParser, wbits: bool = True) -> None:
     g.add_argument("--no_bos", action="store_true", help="disable BOS-aware quantization of cross-attention K/V inputs")
     g.add_argument("--no_split", action="store_true", help="disable split quantization of up-block skip concatenations")
     g.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="calibration prompts file")
-    g.add_argument("--calib_num", type=int, default=32, help="number of calibration prompts")
+    g.add_argument("--calib_num", type=positive_int, default=32, help="number of calibration prompts")
     g.add_argument("--backend", default="fake", choices=["fake", "kernel"],
                    help="fake: simulated quantization; kernel: real low-bit CUDA kernels (falls back to fake on CPU)")
 
@@ -141,3 +244,31 @@ def quant_request_from_args(args: argparse.Namespace, cfg: ModelConfig, wbits: i
     return QuantRequest(model_name=cfg.name, wbits=wbits or getattr(args, "wbits", None), abits=args.abits, config_weight_mp=args.config_weight_mp,
                         config_act_mp=args.config_act_mp, act_protect=args.act_protect, strict=args.strict,
                         w_method=args.w_method, a_method=args.a_method, bos=not args.no_bos, split=not args.no_split)
+
+
+def check_quant_args(args: argparse.Namespace, wbits: list[int] | None = None) -> None:
+    """Everything the quantization flags name, checked before any model is built: bit-widths in range, the
+    bit configs, protect list and calibration prompts readable and well-formed (`wbits`: a grid's bit-widths,
+    16 = FP16; default --wbits)."""
+    from .bitconfig import ACT_BITS, WEIGHT_BITS, read_bit_config, read_protect_list, weight_config_for_bits
+    from .generation import read_prompts
+
+    (wlo, whi), (alo, ahi) = WEIGHT_BITS, ACT_BITS
+    grid = [getattr(args, "wbits", None)] if wbits is None else [b for b in wbits if b != 16]
+    grid = [b for b in grid if b is not None]
+    bad = [b for b in grid if not wlo <= b <= whi]
+    if bad:
+        raise ConfigError(f"--wbits {bad[0]}: weight bits must be {wlo}..{whi}" + (" (or 16 for FP16)" if wbits else ""))
+    if args.config_act_mp is None and args.abits is not None and not alo <= args.abits <= ahi:
+        raise ConfigError(f"--abits {args.abits}: activation bits must be {alo}..{ahi}")
+    if args.config_weight_mp:
+        read_bit_config(args.config_weight_mp)
+    elif grid:
+        name = model_config_from_args(args).name
+        for b in grid:
+            weight_config_for_bits(name, b)
+    if args.config_act_mp:
+        read_bit_config(args.config_act_mp)
+    if args.act_protect:
+        read_protect_list(args.act_protect)
+    read_prompts(repo_path(args.calib_prompts))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .csvio import atomic_write_text, write_csv
 from .generation import MANIFEST, image_name
-from .pipeline import ConfigError
+from .errors import ConfigError
 
 REF_COLUMNS = ["index", "file", "prompt", "coco_image_id", "coco_file"]
 

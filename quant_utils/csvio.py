@@ -17,6 +17,10 @@ from typing import Any
 import pandas as pd
 
 from . import REPO_ROOT
+from .errors import reading
+
+# Provenance keys that describe the run, not the result (see `write_csv(keep_unchanged=True)`).
+RUN_KEYS = ("git_sha", "command", "date_utc", "device", "torch", "diffusers")
 
 
 def git_sha() -> str:
@@ -65,10 +69,35 @@ def provenance(**extra: Any) -> dict[str, Any]:
     }
 
 
+def temp_prefix(path: Path) -> str:
+    """Temp files of `path` are `.<name>.<pid>.<random>.tmp` beside it: `clean_stale_temps` knows whose they are."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def clean_stale_temps(folder: str | Path) -> int:
+    """Remove temp files left in `folder` by writers that died mid-write (e.g. `kill -9` during a save): those whose
+    process is gone. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name.split(".")  # ['', name..., pid, random, 'tmp']
+        if len(parts) < 5 or not parts[-3].isdigit() or int(parts[-3]) == os.getpid():
+            continue  # not one of ours, or our own
+        try:
+            os.kill(int(parts[-3]), 0)
+            continue  # its writer is still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -79,16 +108,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def write_csv(df: pd.DataFrame, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write `df` atomically with `# key: value` provenance lines above the header."""
+def _without_run_keys(text: str) -> str:
+    return "".join(ln for ln in text.splitlines(keepends=True)
+                   if not (ln.startswith("# ") and ln[2:].split(":", 1)[0] in RUN_KEYS))
+
+
+def write_csv(df: pd.DataFrame, path: str | Path, meta: dict[str, Any] | None = None, keep_unchanged: bool = False,
+              float_format: str | None = None) -> Path:
+    """Write `df` atomically with `# key: value` provenance lines above the header.
+
+    `keep_unchanged`: when the file already holds this very table and provenance (only the git sha, command and
+    date and machine differ), leave it as it is, so a rerun on the same inputs reproduces a committed file byte for byte.
+    `float_format` (e.g. '%.6g') rounds floats, so last-bit noise of another BLAS does not show either."""
     head = "".join(f"# {k}: {str(v).replace(chr(10), ' ')}\n" for k, v in (meta or {}).items())
-    atomic_write_text(path, head + df.to_csv(index=False))
-    return Path(path)
+    text = head + df.to_csv(index=False, float_format=float_format)
+    path = Path(path)
+    if keep_unchanged and path.is_file():
+        try:
+            if _without_run_keys(path.read_text()) == _without_run_keys(text):
+                return path
+        except (OSError, UnicodeDecodeError):
+            pass  # unreadable: overwrite it
+    atomic_write_text(path, text)
+    return path
 
 
 def _comment_lines(path: Path) -> list[str]:
     lines = []
-    with open(path) as f:
+    with reading(path), open(path) as f:
         for line in f:
             if not line.startswith("#"):
                 break
@@ -97,9 +144,12 @@ def _comment_lines(path: Path) -> list[str]:
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV written by `write_csv` (only the leading `#` lines are skipped, so '#' in data is safe)."""
+    """Read a CSV written by `write_csv` (only the leading `#` lines are skipped, so '#' in data is safe).
+    A missing, empty, binary or malformed file is a ConfigError naming it."""
     path = Path(path)
-    return pd.read_csv(path, skiprows=len(_comment_lines(path)))
+    skip = len(_comment_lines(path))
+    with reading(path):
+        return pd.read_csv(path, skiprows=skip)
 
 
 def read_provenance(path: str | Path) -> dict[str, str]:

@@ -32,7 +32,8 @@ from PIL import Image
 
 from .csvio import read_csv, read_provenance, write_csv
 from .generation import MANIFEST, image_name, save_png
-from .pipeline import ConfigError, WeightsNotFoundError, network_allowed
+from .errors import ConfigError, WeightsNotFoundError
+from .pipeline import network_allowed
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FID_MODES = ("clean", "legacy_pytorch")
@@ -307,7 +308,7 @@ def _clip_weights_help(model_name: str, pretrained: str, err: Exception) -> str:
     hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     return (f"the CLIP weights {model_name}/{pretrained} are not available offline ({why}).\n"
             f"  - they are {files} of the Hugging Face repo {repo}: on a machine with network run "
-            f"`huggingface-cli download {repo} {fname or 'open_clip_model.safetensors'}` and copy the cache "
+            f"`hf download {repo} {fname or 'open_clip_model.safetensors'}` and copy the cache "
             f"(HF_HOME={hf_home}) here; with network and without HF_HUB_OFFLINE=1 open_clip downloads it itself;\n"
             f"  - or pass --clip_pretrained /path/to/{fname or 'open_clip_model.safetensors'} (a local weights file);\n"
             f"  - or use --metrics fid pixel to skip the CLIP score.")

@@ -8,16 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import repo_path
-from .bitconfig import read_bit_config, read_protect_list, weight_config_for_bits
+from . import REPO_ROOT, repo_path
+from .bitconfig import config_dir, read_bit_config, read_protect_list, weight_config_for_bits
 from .calibrate import calibrate
 from .checkpoint import load_quant_params, save_quant_params
-from .pipeline import ConfigError
+from .csvio import clean_stale_temps
+from .errors import ConfigError
 from .quantize import QuantSpec, bit_summary, make_spec, quantize_unet, set_backend, uniform_bits
 from .quantized_io import save_quantized as save_quantized_folder
 from .runtime import Runner
 
 MODES = {"fp16": (16, 16), "w8a8": (8, 8), "w6a8": (6, 8), "w4a8": (4, 8)}
+# MixDQ's own mixed-precision setting (weights 4.00 avg, activations 7.77 avg, 1% most sensitive activations FP16):
+# a benchmark mode beside MODES (its bits are not one number, so the serving study's modes leave it out)
+MIXDQ_CONFIG = {"config_weight_mp": "weight/weight_4.00.yaml", "config_act_mp": "act/act_7.77.yaml",
+                "act_protect": "act/act_sensitivie_a8_1%.pt"}
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,66 @@ class QuantRequest:
         return cls(model_name=model_name, wbits=wbits if not kw.get("config_weight_mp") else None, abits=abits, **kw)
 
 
+def _shown(path: str | Path) -> str:
+    """A path as the user passed it when inside the repo (repo-relative), else absolute."""
+    p = repo_path(path)
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+
+
+def weight_config_path(req: QuantRequest) -> Path:
+    if req.config_weight_mp:
+        return repo_path(req.config_weight_mp)
+    if req.wbits is not None:
+        return weight_config_for_bits(req.model_name, req.wbits)
+    raise ConfigError("give --wbits N or --config_weight_mp <yaml>")
+
+
+def config_sources(req: QuantRequest) -> dict[str, str]:
+    """The files (or uniform bits) a request quantizes with, as recorded in provenance: weight, act, act_protect."""
+    return {"weight": _shown(weight_config_path(req)),
+            "act": _shown(req.config_act_mp) if req.config_act_mp else f"uniform {req.abits}",
+            "act_protect": _shown(req.act_protect) if req.act_protect else ""}
+
+
+def request_for(mode: str, model_name: str, **kw) -> QuantRequest | None:
+    """The QuantRequest of a mode name: fp16 (None), w<b>a8 (MODES) or `mixdq` (MIXDQ_CONFIG)."""
+    if mode == "mixdq":
+        files = {k: str(config_dir(model_name, v.split("/")[0]) / v.split("/")[1]) for k, v in MIXDQ_CONFIG.items()}
+        return QuantRequest(model_name=model_name, abits=None, **files, **kw)
+    return QuantRequest.from_mode(mode, model_name, **kw)
+
+
+def pipeline_view(pipe, unet):
+    """What a Runner needs of a pipeline, with another UNet: text encoders, tokenizers, VAE, scheduler shared."""
+    from types import SimpleNamespace
+
+    parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
+    return SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=unet)
+
+
+def quantized_variant(pipe, req: QuantRequest, ckpt: str | Path | None, calib_prompts: list[str], calib_seed: int,
+                      res: int, steps: int, backend: str = "fake"):
+    """A pipeline sharing pipe's text encoders, tokenizers, VAE and scheduler, with a quantized copy of its UNet
+    (pipe's own UNet is left as it is); returns (variant, bit summary)."""
+    import copy
+
+    variant = pipeline_view(pipe, copy.deepcopy(pipe.unet))
+    summary = quantize_pipeline(variant, req, ckpt, calib_prompts, calib_seed, res, res, steps, backend=backend)
+    return variant, summary
+
+
 def folder_summary(unet) -> dict:
     """What quantize_pipeline reports, for a UNet loaded from a quantized folder (quantized_io.load_quantized)."""
     sources = unet.mixdq_spec.sources
     return {**bit_summary(unet), "origin": f"loaded quantized folder {unet.mixdq_folder}",
             **{f"{k}_config": sources.get(k, "") for k in ("weight", "act", "act_protect")}}
+
+
+def folder_settings(config: dict) -> dict:
+    """The quantization settings a quantized folder's config.json records, as image folders record them."""
+    q, src = config["quantization"], config.get("sources", {})
+    return dict(weight_config=src.get("weight", ""), act_config=src.get("act", ""), act_protect=src.get("act_protect", ""),
+                w_method=q["w_method"], a_method=q["a_method"], bos=q["bos"], split=q["split"])
 
 
 def mode_label(unet) -> str:
@@ -65,14 +125,14 @@ def mode_label(unet) -> str:
 
 def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
     """Read and validate the bit configs a request names against this UNet."""
-    if req.config_weight_mp:
-        wpath = repo_path(req.config_weight_mp)
-    elif req.wbits is not None:
-        wpath = weight_config_for_bits(req.model_name, req.wbits)
-        print(f"--wbits {req.wbits}: using {wpath.relative_to(repo_path('.')) if wpath.is_relative_to(repo_path('.')) else wpath}")
-    else:
-        raise ConfigError("give --wbits N or --config_weight_mp <yaml>")
+    wpath = weight_config_path(req)
     weight_cfg = read_bit_config(wpath)
+    if not req.config_weight_mp:
+        widths = sorted(set(weight_cfg.values()))
+        kind = (f"uniform {widths[0]}-bit" if len(widths) == 1 else
+                f"MixDQ's mixed-precision config (layers at {'/'.join(map(str, widths))} bits; average below), "
+                f"not uniform {req.wbits}-bit")
+        print(f"--wbits {req.wbits}: using {_shown(wpath)}: {kind}")
     if req.config_act_mp:
         act_cfg = read_bit_config(req.config_act_mp)
     elif req.abits is not None:
@@ -82,8 +142,7 @@ def resolve_spec(unet, req: QuantRequest) -> QuantSpec:
     protect = read_protect_list(req.act_protect) if req.act_protect else []
     if req.act_protect and not req.config_act_mp:
         act_cfg = {k: v for k, v in (act_cfg or {}).items() if k not in set(protect)}
-    sources = {"weight": str(wpath), "act": str(req.config_act_mp or f"uniform {req.abits}"),
-               "act_protect": str(req.act_protect or "")}
+    sources = config_sources(req)
     return make_spec(unet, weight_cfg, act_cfg, protect, strict=req.strict, sources=sources,
                      w_symmetric=req.w_symmetric, w_method=req.w_method, a_method=req.a_method,
                      bos=req.bos, split=req.split)
@@ -104,6 +163,8 @@ def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
         return folder_summary(pipe.unet)
     spec = resolve_spec(pipe.unet, req)
     ckpt = Path(ckpt) if ckpt else None
+    if ckpt is not None and ckpt.parent.is_dir():
+        clean_stale_temps(ckpt.parent)  # a save killed mid-write (kill -9) leaves its temp file behind
     quantize_unet(pipe.unet, spec, search=not (ckpt is not None and ckpt.is_file()))
     if ckpt is not None and ckpt.is_file():
         load_quant_params(pipe.unet, ckpt)

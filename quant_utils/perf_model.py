@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from .csvio import atomic_write_text, read_csv, read_provenance
-from .errors import ConfigError
+from .errors import ConfigError, reading
 
 FORMAT = "mixdq-perf-model/1"
 STAGES = ("text", "unet", "vae")
@@ -365,9 +365,10 @@ class PerfModel:
                 f"  python scripts/fit_perf_model.py --csv results/latency_*.csv --out {_repo_relative(p)}\n"
                 f"  (or, to try things out, a labelled synthetic one: python scripts/fit_perf_model.py --synthetic "
                 f"--out logs/perf_model_synthetic.json, then pass --perf_model logs/perf_model_synthetic.json)")
-        d = json.loads(p.read_text())
-        if d.get("format") != FORMAT:
-            raise ConfigError(f"{p}: format {d.get('format')!r}, expected {FORMAT!r}")
+        with reading(p, "performance model"):
+            d = json.loads(p.read_text())
+        if not isinstance(d, dict) or d.get("format") != FORMAT or not isinstance(d.get("models"), dict):
+            raise ConfigError(f"{p}: format {d.get('format') if isinstance(d, dict) else None!r}, expected {FORMAT!r}")
         groups = {m: {e: GroupModel.from_dict(g) for e, g in ex.items()} for m, ex in d["models"].items()}
         return cls(groups=groups, gpu=d.get("gpu", "unknown"), weights=d.get("weights", "unknown"),
                    sources=d.get("sources", []), synthetic=bool(d.get("synthetic", False)), note=d.get("note", ""),

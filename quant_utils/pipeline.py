@@ -18,14 +18,15 @@ import torch
 import yaml
 
 from . import repo_path
-from .errors import ConfigError, WeightsNotFoundError  # noqa: F401 - re-exported
+from .errors import ConfigError, WeightsNotFoundError, reading  # noqa: F401 - re-exported
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 SOURCES = ("pretrained", "tiny")
 MAX_STEPS = 4
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+OPTIONAL_COMPONENTS = ("vae_tiny",)  # the tiny decoder (--vae tiny): architecture of madebyollin/taesdxl
 
-_MODEL_KEYS = {"source", "id", "path", "revision", "variant", "arch_dir", "dtype", "seed", "overrides"}
+_MODEL_KEYS = {"source", "id", "path", "revision", "variant", "arch_dir", "dtype", "seed", "overrides", "tiny_vae_id"}
 _SAMPLING_KEYS = {"steps", "guidance_scale", "height", "width"}
 
 
@@ -41,6 +42,7 @@ class ModelConfig:
     dtype: str
     seed: int
     overrides: dict = field(default_factory=dict)
+    tiny_vae_id: str = "madebyollin/taesdxl"  # --vae tiny with real weights
     steps: int = 1
     guidance_scale: float = 0.0
     height: int = 512
@@ -67,10 +69,8 @@ def load_model_config(path: str | Path) -> ModelConfig:
     p = repo_path(path)
     if not p.is_file():
         raise ConfigError(f"model config {p} does not exist (try configs/stable-diffusion/sdxl_turbo_tiny.yaml)")
-    try:
+    with reading(p, "model config"):
         raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
     if not isinstance(raw, dict) or set(raw) - {"model", "sampling"}:
         raise ConfigError(f"{p}: top-level keys must be 'model' and 'sampling', got {sorted(raw) if isinstance(raw, dict) else raw!r}")
     model, sampling = raw.get("model") or {}, raw.get("sampling") or {}
@@ -85,13 +85,14 @@ def load_model_config(path: str | Path) -> ModelConfig:
     if dtype not in DTYPES:
         raise ConfigError(f"{p}: model.dtype={dtype!r}, expected one of {sorted(DTYPES)}")
     overrides = model.get("overrides") or {}
-    if set(overrides) - set(COMPONENTS):
-        raise ConfigError(f"{p}: model.overrides may only name {COMPONENTS}, got {sorted(overrides)}")
+    if set(overrides) - set(COMPONENTS + OPTIONAL_COMPONENTS):
+        raise ConfigError(f"{p}: model.overrides may only name {COMPONENTS + OPTIONAL_COMPONENTS}, got {sorted(overrides)}")
     cfg = ModelConfig(
         path=str(p), source=source, id=model.get("id"), local_path=model.get("path"),
         revision=model.get("revision"), variant=model.get("variant"),
         arch_dir=repo_path(model.get("arch_dir", "configs/stable-diffusion/sdxl_turbo_arch")),
         dtype=dtype, seed=int(model.get("seed", 0)), overrides=overrides,
+        tiny_vae_id=str(model.get("tiny_vae_id", "madebyollin/taesdxl")),
         steps=int(sampling.get("steps", 1)), guidance_scale=float(sampling.get("guidance_scale", 0.0)),
         height=int(sampling.get("height", 512)), width=int(sampling.get("width", 512)),
     )
@@ -152,9 +153,11 @@ def _deep_update(base: dict, upd: dict) -> dict:
 def architecture_configs(cfg: ModelConfig) -> dict[str, dict]:
     """Full-size component configs from arch_dir, with the config's overrides applied."""
     out = {}
-    for comp in COMPONENTS + ("scheduler",):
+    for comp in COMPONENTS + ("scheduler",) + OPTIONAL_COMPONENTS:
         f = cfg.arch_dir / f"{comp}.json"
         if not f.is_file():
+            if comp in OPTIONAL_COMPONENTS:
+                continue
             raise ConfigError(f"architecture config {f} is missing")
         out[comp] = _deep_update(json.loads(f.read_text()), cfg.overrides.get(comp, {}))
     return out
@@ -232,7 +235,7 @@ def build_pretrained_pipeline(cfg: ModelConfig, device: str | torch.device = "cp
             f"could not load the weights of '{src}' (revision {cfg.revision}, variant {cfg.variant}) from "
             f"{'that folder' if cfg.local_path else f'the local Hugging Face cache (HF_HOME={hf_home})'}: "
             f"{str(e).splitlines()[0]}\n"
-            f"  - download it where there is network (`huggingface-cli download {cfg.id}`) and copy HF_HOME here, "
+            f"  - download it where there is network (`hf download {cfg.id}`) and copy HF_HOME here, "
             f"or set model.path in {cfg.path} to a local diffusers folder;\n"
             f"  - or pass --random_weights for the full-size architecture with random weights (latency/memory only);\n"
             f"  - or use --config configs/stable-diffusion/sdxl_turbo_tiny.yaml (embedded tiny model)."

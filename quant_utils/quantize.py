@@ -12,8 +12,10 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .bitconfig import resolve_layer_bits
+from .errors import ConfigError
 from .qlayers import QuantLayer
 
 _BOS_LAYER = re.compile(r"attn2\.to_[kv]$")
@@ -77,8 +79,6 @@ def make_spec(unet: nn.Module, weight_cfg: dict[str, int], act_cfg: dict[str, in
     protect = tuple(sorted(set(act_protect)))
     unknown = sorted(set(protect) - set(layers))
     if unknown:
-        from .pipeline import ConfigError
-
         raise ConfigError(f"act protect list names {len(unknown)} layer(s) not in this UNet: {', '.join(unknown[:5])}")
     wbits = resolve_layer_bits(layers, weight_cfg, "weight", strict, default_bits, source=sources.get("weight", ""))
     abits = (resolve_layer_bits(layers, act_cfg, "act", strict, default_bits, exempt=protect, source=sources.get("act", ""))
@@ -97,7 +97,9 @@ def quantize_unet(unet: nn.Module, spec: QuantSpec, search: bool = True) -> nn.M
     scales are loaded next anyway.
     """
     splits = skip_split_points(unet) if spec.split else {}
-    for name, module in list(quantizable_layers(unet).items()):
+    layers = list(quantizable_layers(unet).items())
+    # minutes on a full-size UNet with the MSE range search: show progress
+    for name, module in tqdm(layers, desc="quantizing weights", unit="layer"):
         if isinstance(module, QuantLayer):
             raise ValueError("this UNet is already quantized")
         layer = QuantLayer(module, spec.weight_bits.get(name), spec.act_bits.get(name),

@@ -8,9 +8,15 @@
   compile with symbolic shapes for every bucket (about 90 s once; 1.6-1.9x over eager at 1024 batch 1,
   1.3x at batch 4 on an H100), `static` one compile per bucket (25-40 s each; 2.4x at batch 1, 1.6x at
   batch 4: results/vae_decode*_h100.csv), `eager` captured as is, for comparison;
-- `compile`: the UNet's resnet and transformer blocks compiled by torch.compile (`compile_regions`:
-  Inductor fuses norms, elementwise ops and the activation quantization into their producers; blocks of
-  one shape share one compiled graph) and the VAE decode compiled per bucket, then captured as in `graph`.
+- `compile` (the default on CUDA, `auto`): the UNet's resnet and transformer blocks compiled by torch.compile
+  (`compile_regions`: Inductor fuses norms, elementwise ops and the activation quantization into their
+  producers; blocks of one shape share one compiled graph; `compile_shapes="dynamic"` compiles each block once
+  with symbolic batch/height/width, so a new bucket costs a CUDA-graph capture, not a compile, apart from
+  batch 1, which torch specialises) and the VAE decode compiled as in `graph`, then everything captured.
+The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_utils/decoders.py: the SDXL VAE
+with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
+Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
+`load_compile_cache` carry it to another machine of the same GPU and software (torch's mega-cache).
 
 Latents and ancestral noise come from one CPU generator per image (seeded `seed`), so an image
 depends on its own seed only, never on the batch it was generated in.
@@ -19,29 +25,86 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 EXEC_MODES = ("eager", "graph", "compile")
+EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
 VAE_EXEC = ("dynamic", "static", "eager")
+COMPILE_SHAPES = ("dynamic", "static")
 # The UNet's repeated blocks, compiled one by one (regional compilation): same-shape blocks reuse one compiled
 # graph (weights and quantizer parameters are graph inputs), so the compile costs a few blocks, not 70.
 REGION_TYPES = ("ResnetBlock2D", "Transformer2DModel")
 
 
-def compile_regions(unet: torch.nn.Module, types: tuple[str, ...] = REGION_TYPES, backend: str = "inductor") -> int:
-    """torch.compile (static shapes) every sub-module of the given class names, in place: every later call of this
-    UNet, from any Runner, runs the compiled blocks (deep-copy the UNet first to keep an uncompiled one).
-    Returns how many modules were compiled."""
-    cfg = torch._dynamo.config  # one compiled graph per distinct (block shape, input shape): allow them all
+def _allow_recompiles() -> None:
+    """One compiled graph per distinct (block or decoder, input shape): dynamo's default limit of 8 per code object
+    would silently fall back to eager after a few buckets."""
+    cfg = torch._dynamo.config
     cfg.recompile_limit = max(cfg.recompile_limit, 256)
     cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
+
+
+def resolve_exec(exec_mode: str, device: str | torch.device) -> str:
+    """`auto` -> `compile` on CUDA (compiled blocks + compiled VAE + CUDA graphs), `eager` elsewhere."""
+    if exec_mode not in EXEC_CHOICES:
+        raise ValueError(f"exec_mode={exec_mode!r}, expected one of {EXEC_CHOICES}")
+    if exec_mode == "auto":
+        return "compile" if torch.device(device).type == "cuda" else "eager"
+    return exec_mode
+
+
+def compile_regions(unet: torch.nn.Module, types: tuple[str, ...] = REGION_TYPES, backend: str = "inductor",
+                    dynamic: bool = False) -> int:
+    """torch.compile every sub-module of the given class names, in place: every later call of this UNet, from any
+    Runner, runs the compiled blocks (deep-copy the UNet first to keep an uncompiled one). `dynamic`: symbolic
+    batch/height/width (one compile serves every bucket but batch 1); else one compile per input shape.
+    Returns how many modules were compiled."""
+    _allow_recompiles()
     mods = [m for m in unet.modules() if type(m).__name__ in types]
     for m in mods:
-        m.compile(dynamic=False, backend=backend)
+        m.compile(dynamic=dynamic, backend=backend)
     return len(mods)
+
+
+def decode_images(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1] (NCHW, the decoder's dtype); any diffusers VAE (AutoencoderKL, AutoencoderTiny)."""
+    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (image / 2 + 0.5).clamp(0, 1)
+
+
+# One compiled decode per (decoder, vae_exec), shared by every Runner of a process: a second Runner on the same
+# decoder (another UNet mode in a benchmark, a service's second variant) reuses the compiled code, no re-trace.
+_COMPILED_DECODES: dict[tuple[int, str], Callable] = {}
+
+
+def compiled_decode(vae: torch.nn.Module, vae_exec: str) -> Callable:
+    key = (id(vae), vae_exec)  # the cached closure keeps `vae` alive, so its id is never reused meanwhile
+    if key not in _COMPILED_DECODES:
+        _allow_recompiles()
+        _COMPILED_DECODES[key] = torch.compile(lambda z: decode_images(vae, z), dynamic=vae_exec == "dynamic")
+    return _COMPILED_DECODES[key]
+
+
+def save_compile_cache(path: str | Path) -> int:
+    """Write everything torch.compile compiled in this process (Inductor/Triton artifacts) to `path`; returns bytes."""
+    art = torch.compiler.save_cache_artifacts()
+    if not art:
+        return 0
+    data, _ = art
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def load_compile_cache(path: str | Path) -> str:
+    """Load a cache written by save_compile_cache (same GPU model, torch and Triton); returns a one-line summary."""
+    info = torch.compiler.load_cache_artifacts(Path(path).read_bytes())
+    n = sum(len(v) for v in vars(info).values() if isinstance(v, list)) if info is not None else 0
+    return f"{n} compile artifacts from {path}"
 
 
 @dataclass
@@ -107,33 +170,34 @@ class _GraphCache:
 
 
 class Runner:
-    """Prompt -> image with per-stage timing; `exec_mode` picks eager or CUDA-graph execution."""
+    """Prompt -> image with per-stage timing; `exec_mode` picks eager, CUDA-graph or compiled execution."""
 
-    def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "dynamic"):
-        if exec_mode not in EXEC_MODES:
-            raise ValueError(f"exec_mode={exec_mode!r}, expected one of {EXEC_MODES}")
+    def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
+                 vae_kind: str = "fp16", compile_shapes: str = "static"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
+        exec_mode = resolve_exec(exec_mode, self.device)
         if vae_exec not in VAE_EXEC:
             raise ValueError(f"vae_exec={vae_exec!r}, expected one of {VAE_EXEC}")
+        if compile_shapes not in COMPILE_SHAPES:
+            raise ValueError(f"compile_shapes={compile_shapes!r}, expected one of {COMPILE_SHAPES}")
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
         self.graphs = _GraphCache()
-        self.vae_dtype = pipe.vae.dtype
-        self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": self._decode}
+        self.vae = vae if vae is not None else pipe.vae
+        self.vae_kind = vae_kind
+        self.vae_dtype = self.vae.dtype
+        self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}
         if exec_mode == "compile":
-            compile_regions(pipe.unet)
-            self.stage_fns["vae"] = torch.compile(self._decode, dynamic=False)
-        elif exec_mode == "graph" and vae_exec != "eager":
-            self.stage_fns["vae"] = torch.compile(self._decode, dynamic=vae_exec == "dynamic")
-        if exec_mode == "compile" or (exec_mode == "graph" and vae_exec == "static"):
-            self.vae_label = "compiled-static"
-        elif exec_mode == "graph" and vae_exec == "dynamic":
-            self.vae_label = "compiled"
-        else:
-            self.vae_label = "eager"
+            compile_regions(pipe.unet, dynamic=compile_shapes == "dynamic")
+        if exec_mode != "eager" and vae_exec != "eager":
+            self.stage_fns["vae"] = compiled_decode(self.vae, vae_exec)
+        # how the decode runs: eager (also inside a CUDA graph), compiled (symbolic shapes), compiled-static
+        self.vae_exec = "eager" if exec_mode == "eager" or vae_exec == "eager" else \
+            "compiled-static" if vae_exec == "static" else "compiled"
+        self.vae_label = self.vae_exec  # older name, kept for callers that print it
 
     # ------------------------------------------------------------------ stages
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,11 +216,6 @@ class Runner:
     def _unet(self, latents, t, embeds, pooled, time_ids):
         return self.pipe.unet(latents, t, encoder_hidden_states=embeds,
                               added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-
-    def _decode(self, latents):
-        vae = self.pipe.vae
-        image = vae.decode(latents.to(self.vae_dtype) / vae.config.scaling_factor).sample
-        return (image / 2 + 0.5).clamp(0, 1)
 
     def _call(self, stage: str, *inputs):
         fn = self.stage_fns[stage]
@@ -177,13 +236,31 @@ class Runner:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         t0 = time.perf_counter()
         clock = _StageClock(self.device)
-        cfg = guidance_scale > 1.0
         clock.mark("start")
+        latents = self._denoise(prompts, seeds, height, width, steps, guidance_scale, clock)
+        images = self._call("vae", latents.to(self.vae_dtype))
+        images = (images.float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        clock.mark("vae_ms")
+        if times is not None:
+            for k, v in clock.elapsed().items():
+                setattr(times, k, v)
+            times.total_ms = (time.perf_counter() - t0) * 1e3
+        return images
+
+    @torch.no_grad()
+    def denoise(self, prompts: list[str], seeds: list[int], height: int, width: int, steps: int = 1,
+                guidance_scale: float = 0.0) -> torch.Tensor:
+        """The latents the decoder would get (text encode + UNet steps), float32 [B, 4, H/8, W/8]."""
+        return self._denoise(prompts, seeds, height, width, steps, guidance_scale, None).clone()
+
+    def _denoise(self, prompts, seeds, height, width, steps, guidance_scale, clock) -> torch.Tensor:
+        mark = clock.mark if clock is not None else (lambda name: None)
+        cfg = guidance_scale > 1.0
         embeds, pooled = self.encode(list(prompts))
         if cfg:  # SDXL-Turbo's pipeline zeroes the unconditional embeddings (force_zeros_for_empty_prompt)
             embeds = torch.cat([torch.zeros_like(embeds), embeds])
             pooled = torch.cat([torch.zeros_like(pooled), pooled])
-        clock.mark("text_ms")
+        mark("text_ms")
 
         sched = self.pipe.scheduler
         sched.set_timesteps(steps, device=self.device)
@@ -202,12 +279,5 @@ class Runner:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
             latents = sched.step(noise, t, latents, generator=gens).prev_sample
-        clock.mark("unet_ms")
-        images = self._call("vae", latents.to(self.vae_dtype))
-        images = (images.float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        clock.mark("vae_ms")
-        if times is not None:
-            for k, v in clock.elapsed().items():
-                setattr(times, k, v)
-            times.total_ms = (time.perf_counter() - t0) * 1e3
-        return images
+        mark("unet_ms")
+        return latents

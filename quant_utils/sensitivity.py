@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .bitconfig import PREFIX
 from .csvio import atomic_write_text
 from .evaluation import ssim
-from .pipeline import ConfigError
+from .errors import ConfigError, reading
 from .quantize import QuantSpec, quant_layers, quantizable_layers, quantize_unet, set_quant_state
 from .runtime import Runner
 
@@ -160,7 +160,10 @@ class SensitivityLog:
         self.state_path = self.dir / "state.json"
         self.scores: dict[str, dict[str, list]] = {}   # str(bits) -> layer -> [sqnr, ssim]
         if self.state_path.is_file() and not restart:
-            state = json.loads(self.state_path.read_text())
+            with reading(self.state_path, "sensitivity state"):
+                state = json.loads(self.state_path.read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("scores"), dict):
+                raise ConfigError(f"{self.state_path} is damaged (no scores); pass --restart to start over")
             if state.get("setup") != setup.key():
                 diff = sorted(k for k in setup.key() if state.get("setup", {}).get(k) != setup.key()[k])
                 raise ConfigError(f"{self.state_path} was measured with other settings ({', '.join(diff)}); "

@@ -1,7 +1,7 @@
 """Benchmark the low-bit kernels on a GPU: per-shape GEMM/conv timings and whole UNet steps (README: kernels).
 
 Example (on the H100, full-size SDXL-Turbo UNet with random weights):
-    python scripts/bench_kernels.py --out_dir results
+    python scripts/bench_kernels.py --out_dir results      (default --out_dir: logs/kernels)
 Quick look at one point:
     python scripts/bench_kernels.py --gemm_points 1024x4 --unet_points 1024x4 --formats W8A8
 
@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import model_config_from_args, user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, model_config_from_args, user_errors  # noqa: E402
 from quant_utils.csvio import provenance, write_csv  # noqa: E402
 from quant_utils.latency import device_weight_bytes  # noqa: E402
-from quant_utils.pipeline import ConfigError  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
 
 
 def _points(text: str) -> list[tuple[int, int]]:
@@ -39,10 +39,10 @@ def _points(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="configs/stable-diffusion/sdxl_turbo.yaml",
                    help="model config whose full-size UNet architecture is benchmarked (random weights)")
-    p.add_argument("--out_dir", default="results", help="where the CSVs and the tuning JSON go")
+    p.add_argument("--out_dir", default="logs/kernels", help="where the CSVs and the tuning JSON go")
     p.add_argument("--gemm_points", default="512x1,1024x4", help="resolution x batch points of the per-shape table")
     p.add_argument("--unet_points", default="1024x4,512x1,768x4,1024x1,512x4,768x1",
                    help="resolution x batch points of the UNet-step table (in this order)")
@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> None:
     from quant_utils.quantize import set_backend, skip_split_points
     from quant_utils.runtime import compile_regions
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # first, before anything is built or compiled
         raise ConfigError("bench_kernels.py needs a CUDA GPU")
     unknown = [f for f in args.formats if f not in kb.FORMATS]
     if unknown:

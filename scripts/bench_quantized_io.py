@@ -129,7 +129,8 @@ def child(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace, spec: str, device: str) -> dict:
     """Run one child process; its timings plus the whole process's wall-clock seconds."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", spec, "--config", args.config, "--device", device,
-           "--exec", args.exec_mode, "--vae_exec", args.vae_exec, "--backend", args.backend, "--seed", str(args.seed)]
+           "--exec", args.exec_mode, "--vae_exec", args.vae_exec, "--vae", args.vae, "--compile_shapes", args.compile_shapes,
+           "--backend", args.backend, "--seed", str(args.seed)]
     cmd += ["--random_weights"] * args.random_weights + ["--fp16"] * args.fp16
     cmd += [a for k in ("res", "steps") if getattr(args, k) for a in (f"--{k}", str(getattr(args, k)))]
     t = time.perf_counter()
@@ -183,7 +184,7 @@ def main(args: argparse.Namespace) -> None:
     for run, (variant, fmt, folder, nbytes, wbits) in runs:
         m = measure(args, f"{variant}:{folder}:{fmt}", device)
         rows.append({"variant": variant, "format": fmt or fp_dtype, "avg_wbits": round(wbits, 3), "fp_dtype": fp_dtype,
-                     "backend": args.backend if variant != "fp-folder" else "none", "exec": args.exec_mode,
+                     "backend": args.backend if variant != "fp-folder" else "none", "exec": args.exec_mode, "vae": args.vae,
                      "run": run, "file_bytes": nbytes, "fp_file_bytes": fp_bytes,
                      "size_ratio": round(nbytes / fp_bytes, 4), **m,
                      "load_to_first_image_s": m["load_s"] + m["first_image_s"], "gpu": device_name(),

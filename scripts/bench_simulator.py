@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import git_sha, write_csv  # noqa: E402
 from quant_utils.perf_model import PerfModel, synthetic_latency_frame  # noqa: E402
 from quant_utils.serving import workloads as wl  # noqa: E402
@@ -41,9 +41,9 @@ SCENARIOS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/bench_simulator.csv", help="CSV to write")
-    p.add_argument("--num_requests", type=int, default=1_000_000, help="requests per scenario")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--out", default="logs/bench_simulator.csv", help="CSV to write")
+    p.add_argument("--num_requests", type=positive_int, default=1_000_000, help="requests per scenario")
     p.add_argument("--load", type=float, default=0.8, help="Poisson rate as a fraction of the replicas' capacity")
     p.add_argument("--perf_model", default=None, help="performance model JSON (default: a synthetic one, in memory)")
     p.add_argument("--seed", type=int, default=0, help="arrival and noise seed")
@@ -62,10 +62,10 @@ def cpu_name() -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    # 1. one core, a performance model
+    # 1. a performance model (a bad file stops the run first), one core
+    perf = PerfModel.load(repo_path(args.perf_model)) if args.perf_model else PerfModel.fit(synthetic_latency_frame(), with_loo=False)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    perf = PerfModel.load(repo_path(args.perf_model)) if args.perf_model else PerfModel.fit(synthetic_latency_frame(), with_loo=False)
     load_before = os.getloadavg()[0]
     # 2. time each scenario
     rows = []

@@ -3,6 +3,8 @@
     python scripts/bench_vae.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
         --res 1024 512 768 --out results/vae_decode_h100.csv
 
+Needs a CUDA GPU (checked before the model is built). Default output: logs/vae_decode.csv.
+
 Every variant decodes the same latents; `psnr_db_vs_eager` compares its image with the eager FP16 decode.
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes.
@@ -21,9 +23,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import add_model_args, pipeline_from_args, user_errors, weights_label  # noqa: E402
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, pipeline_from_args,  # noqa: E402
+                             positive_int, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
-from quant_utils.pipeline import ConfigError  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
 
 # name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark, dynamic shapes)
@@ -40,16 +44,27 @@ VARIANTS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, resolution=False)
-    p.add_argument("--res", type=int, nargs="+", default=[1024, 512, 768])
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--res", type=positive_int, nargs="+", default=[1024, 512, 768],
+                   help="square resolutions (pixels) of the decoded images, in this order")
+    p.add_argument("--batch", type=positive_int, default=1, help="latents decoded per call")
     p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "compile-max-autotune"],
-                   choices=list(VARIANTS))
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--out", default="results/vae_decode.csv")
+                   choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"decode variants to time, each against the eager decode (choices: {', '.join(VARIANTS)})")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed decodes per (variant, resolution)")
+    p.add_argument("--out", default="logs/vae_decode.csv", help="output CSV (one row per variant and resolution)")
     p.add_argument("--profile_out", default=None, help="CSV of GPU time by kernel category (eager and compile)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # a GPU benchmark: say so before building the (full-size) model
+    import torch
+
+    if not torch.cuda.is_available() or args.device == "cpu":
+        raise ConfigError("bench_vae times CUDA kernels: run it on a GPU (no CUDA device here or --device cpu)")
+    check_device_for_exec(args)
+    for r in args.res:
+        check_resolution(r, r)
+    return args
 
 
 def time_ms(fn, repeats: int) -> list[float]:

@@ -24,19 +24,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.evaluation import (FID_MODES, check_images, check_prompts, evaluate, inception_extractor,  # noqa: E402
                                     load_clip, load_image_set, load_rgb, random_extractor, write_synthetic_reference)
 from quant_utils.generation import read_prompts  # noqa: E402
-from quant_utils.pipeline import ConfigError, resolve_device  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.pipeline import resolve_device  # noqa: E402
 
 METRICS = ("fid", "clip", "pixel")
 PLUMBING = "plumbing check, not a real number"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ref_folder", default=None, help="reference images (e.g. COCO, from scripts/utils/coco_sample.py); "
                    "its manifest.csv is used when present, else its image files in name order")
     p.add_argument("--fp16_folder", default=None, help="FP16 images + manifest.csv (txt2img.py: <base_path>/generated_images)")

@@ -6,8 +6,10 @@ Example (after scripts/latency_probe.py has written the H100 grid):
 Without measurements (a labelled synthetic model, for trying the load test out):
     python scripts/fit_perf_model.py --synthetic --out logs/perf_model_synthetic.json
 
-Writes the model JSON, a per-cell leave-one-out CSV next to it (<out stem>_loo.csv) and, with --plot,
-latency per stage and peak memory vs resolution: measured points and model curves. Prints the fit error.
+Writes the model JSON (default logs/perf_model.json; results/ only when given), a per-cell leave-one-out CSV next
+to it (<out stem>_loo.csv) and, with --plot, latency per stage and peak memory vs resolution: measured points and
+model curves. Prints the fit error. The CSVs are read in sorted order, and a rerun on the same CSVs reproduces
+every output byte for byte (`make report` leaves the committed files as they are).
 """
 from __future__ import annotations
 
@@ -21,17 +23,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
 from quant_utils.csvio import provenance, read_csv, write_csv  # noqa: E402
 from quant_utils.perf_model import STAGES, PerfModel, synthetic_latency_frame  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--csv", nargs="+", default=None, help="latency_probe CSVs (results/latency_<mode>.csv)")
     p.add_argument("--synthetic", action="store_true",
                    help="no measurements: fit a synthetic table made from the model's own form (+2%% noise); labelled synthetic")
-    p.add_argument("--out", default="results/perf_model.json", help="model JSON to write")
+    p.add_argument("--out", default="logs/perf_model.json", help="model JSON to write")
     p.add_argument("--plot", default=None, help="PNG of latency per stage and memory vs resolution (optional)")
     p.add_argument("--plot_exec", default=None, help="exec mode to plot (default: graph when measured)")
     args = p.parse_args(argv)
@@ -84,10 +86,11 @@ def main(args: argparse.Namespace) -> None:
     if args.synthetic:
         src = out.with_name(out.stem + "_synthetic_latency.csv")
         write_csv(synthetic_latency_frame(), src, provenance(script="fit_perf_model --synthetic", gpu="synthetic",
-                                                              weights="synthetic", note="SYNTHETIC: not a measurement"))
+                                                              weights="synthetic", note="SYNTHETIC: not a measurement"),
+                  keep_unchanged=True)
         paths = [src]
     else:
-        paths = [repo_path(p) for p in args.csv]
+        paths = sorted(dict.fromkeys(repo_path(p) for p in args.csv))  # the same model whatever the order or glob
     # 2. fit (with leave-one-out error) and save
     model = PerfModel.fit_csvs(paths)
     model.save(out)
@@ -95,7 +98,8 @@ def main(args: argparse.Namespace) -> None:
     write_csv(model.loo_cells, out.with_name(out.stem + "_loo.csv"),
               provenance(script="fit_perf_model", gpu=model.gpu, weights=model.weights, synthetic=model.synthetic,
                          backends=" ".join(f"{m}={'/'.join(sorted({g.backend for g in model.groups[m].values()}))}"
-                                           for m in sorted(model.groups))))
+                                           for m in sorted(model.groups))),
+              keep_unchanged=True, float_format="%.6g")
     # 3. plot and report
     if args.plot:
         plot_model(model, df, repo_path(args.plot), args.plot_exec)

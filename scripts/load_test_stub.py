@@ -32,28 +32,32 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import add_model_args, user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, add_model_args, check_device_for_exec, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.perf_model import PerfModel, wbits_mode  # noqa: E402
 from quant_utils.serving import live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
 from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
-from quant_utils.serving.workloads import PATTERNS, resolve_seed  # noqa: E402
+from quant_utils.serving.workloads import PATTERNS, read_trace, resolve_seed  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("workload")
     g.add_argument("--patterns", nargs="+", default=["burst", "poisson"], choices=PATTERNS, help="arrival patterns")
-    g.add_argument("--conc", nargs="+", type=int, default=[1, 2], help="burst: closed-loop concurrency (clients)")
+    g.add_argument("--conc", nargs="+", type=positive_int, default=[1, 2], help="burst: closed-loop concurrency (clients)")
     g.add_argument("--burst_size", type=int, default=None, help="burst: open-loop bursts of this many requests ...")
     g.add_argument("--burst_every_s", type=float, default=None, help="... every this many seconds (0 = all at once)")
     g.add_argument("--rates", nargs="*", type=float, default=None, help="Poisson/gamma rates, req/s (default 0.5 1 2 4 without --load)")
     g.add_argument("--load", nargs="*", type=float, default=[], help="Poisson/gamma rates as fractions of the static config's capacity")
     g.add_argument("--burstiness", type=float, default=0.5, help="gamma: shape of inter-arrivals (1 = Poisson, <1 burstier)")
     g.add_argument("--trace", default=None, help="trace CSV (arrival_s[, prompt, res]) for --patterns trace")
-    g.add_argument("--num_requests", type=int, default=None, help="requests per run (default 2000 simulated, 100 with --live)")
+    g.add_argument("--num_requests", type=positive_int, default=None,
+                   help="requests per run (default 2000 simulated, 100 with --live; a trace run has the trace's)")
+    g.add_argument("--retry_backoff_ms", type=float, default=100.0,
+                   help="burst (closed loop): a client whose request is rejected resends it after this many ms "
+                        "(a retry, counted apart from first attempts)")
     s = p.add_argument_group("policies")
     s.add_argument("--wbits", nargs="+", type=int, default=[8, 6, 4], help="weight bit-widths (16 = fp16); mode w<b>a8")
     s.add_argument("--policies", nargs="+", default=["static", "adaptive"], choices=POLICIES, help="policies to compare")
@@ -68,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--quality_col", default="clip_score", help="column of --quality_csv to rank by (higher = better)")
     v = p.add_argument_group("server")
     v.add_argument("--perf_model", default="results/perf_model.json", help="performance model JSON (scripts/fit_perf_model.py)")
-    v.add_argument("--replicas", type=int, default=1, help="GPU replicas (simulated)")
-    v.add_argument("--max_batch", type=int, default=1, help="largest batch a replica serves")
+    v.add_argument("--replicas", type=positive_int, default=1, help="GPU replicas (simulated)")
+    v.add_argument("--max_batch", type=positive_int, default=1, help="largest batch a replica serves")
     v.add_argument("--dispatch", default="rr", choices=DISPATCH, help="round robin or join-shortest-queue")
     v.add_argument("--noise", default="lognormal", choices=NOISE, help="service-time noise (lognormal: the model's p50->p95)")
     o = p.add_argument_group("output and live")
@@ -87,12 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.add_argument("--quantize_live", action="store_true",
                    help="--live: quantize a copy of the UNet for each w<b>a8 mode (else every mode runs the loaded model)")
     q.add_argument("--backend", default="fake", choices=["fake", "kernel"], help="--quantize_live: quantized backend")
-    q.add_argument("--calib_num", type=int, default=8, help="--quantize_live: calibration prompts per new checkpoint")
+    q.add_argument("--calib_num", type=positive_int, default=8, help="--quantize_live: calibration prompts per new checkpoint")
     if not any("--exec" in a.option_strings for a in p._actions):
         p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
     next(a for a in p._actions if a.dest == "exec_mode").help = (
         "exec mode: the perf model's cells to simulate (default: graph when measured) and, with --live, the Runner's "
-        "(default: graph on CUDA, else eager)")
+        "(default: compile on CUDA, else eager)")
     p.set_defaults(seed=None, exec_mode=None)
     next(a for a in p._actions if a.dest == "seed").help = (
         "arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i")
@@ -103,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--live runs one in-process worker: use --replicas 1")
     if args.quantized and args.quantize_live:
         p.error("--quantize_live quantizes the FP16 UNet per mode: with --quantized the folder's model is the one served")
+    if not 0 <= args.retry_backoff_ms < float("inf"):
+        p.error(f"--retry_backoff_ms {args.retry_backoff_ms}: must be finite and >= 0")
+    if args.trace:  # a bad trace stops the run before any model is built
+        read_trace(repo_path(args.trace))
+    if args.live:
+        check_device_for_exec(args)  # before any model is built
     return args
 
 
@@ -122,7 +132,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     if str(device) == "cpu":  # oversubscribed OpenMP threads make CPU latency erratic (seconds instead of ~0.1 s)
         import torch
         torch.set_num_threads(args.cpu_threads)
-    exec_mode = args.exec_mode or ("graph" if str(device).startswith("cuda") else "eager")
+    exec_mode = "auto" if args.exec_mode in (None, "auto") else args.exec_mode  # auto: compile on CUDA, else eager
     steps = args.steps or cfg.steps
     check_steps(steps)
     guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
@@ -193,7 +203,7 @@ def main(args: argparse.Namespace) -> None:
         quality = read_csv(repo_path(args.quality_csv))
     cells = sweep.build_cells(args.patterns, modes, args.policies, n, conc=args.conc, rates=args.rates, loads=args.load,
                               burstiness=args.burstiness, burst_size=args.burst_size, burst_every_s=args.burst_every_s,
-                              trace=args.trace and str(repo_path(args.trace)),
+                              trace=args.trace and str(repo_path(args.trace)), retry_backoff_ms=args.retry_backoff_ms,
                               capacity=lambda m: perf.capacity(m, args.res, args.max_batch, args.exec_mode) * args.replicas)
     make_policy = lambda c: build_policy(c.policy, c.mode, args.res, ladder, bits_ladder=extra_modes,  # noqa: E731
                                          q_high=args.q_high, q_low=args.q_low, slo_ms=args.slo_ms,
@@ -213,6 +223,8 @@ def main(args: argparse.Namespace) -> None:
         requests = pd.concat([requests, live_req], ignore_index=True)
     # 5. write the results, the per-request table, the report and the resolved config
     backends = {m: sorted({g.backend for g in perf.groups[m].values()}) for m in perf.groups}
+    counts = sorted(int(c) for c in results["n_requests"].unique())  # a trace run has the trace's length
+    per_run = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
                       perf_backends=" ".join(f"{m}={'/'.join(b)}" for m, b in sorted(backends.items())),
                       perf_synthetic=perf.synthetic, sources="sim" + ("+live" if args.live else ""), seed=seed,
@@ -220,7 +232,7 @@ def main(args: argparse.Namespace) -> None:
     write_csv(results, out / "mixdq_queue_results.csv", meta)
     write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)
     header = [f"MixDQ queue test @ {out.name}", f"performance model: {perf_src} ({perf.gpu}"
-              f"{', SYNTHETIC' if perf.synthetic else ''}); seed {seed}; {n} requests per run",
+              f"{', SYNTHETIC' if perf.synthetic else ''}); seed {seed}; {per_run} requests per run",
               f"server: {args.replicas} replica(s), max batch {args.max_batch}, dispatch {args.dispatch}, "
               f"SLO {args.slo_ms:g} ms; 'sim' rows are simulated, 'live' rows measured", *notes]
     lines = sweep.text_report(results, header)
@@ -228,7 +240,8 @@ def main(args: argparse.Namespace) -> None:
         write_csv(fidelity, out / "mixdq_queue_fidelity.csv", meta)
         lines += ["", "fidelity (simulated vs live):", fidelity.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
     atomic_write_text(out / "mixdq_queue_results.txt", "\n".join(lines) + "\n")
-    config = dict(vars(args), seed=seed, modes=modes, num_requests=n, ladder=ladder, perf_model=perf_src,
+    config = dict(vars(args), seed=seed, modes=modes, num_requests=counts[0] if len(counts) == 1 else counts,
+                  ladder=ladder, perf_model=perf_src,
                   perf_gpu=perf.gpu, perf_synthetic=perf.synthetic, notes=notes,
                   policies_resolved={c.run_id: make_policy(c).describe() for c in cells}, cells=sweep.cell_config(cells))
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, default=str) + "\n")

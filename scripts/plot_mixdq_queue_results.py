@@ -19,15 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
 from quant_utils.csvio import read_csv, read_provenance  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.serving import plots  # noqa: E402
-from quant_utils.serving.sweep import RESULT_COLUMNS  # noqa: E402
+from quant_utils.serving.sweep import NEWER_COLUMNS, RESULT_COLUMNS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("csv", help="mixdq_queue_results.csv written by scripts/load_test_stub.py")
     p.add_argument("--requests_csv", default=None, help="per-request CSV (default: mixdq_queue_requests.csv beside csv)")
     p.add_argument("--run_id", default=None, help="run for the time-series plot (default: picked automatically)")
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise ConfigError(f"{path} does not exist (scripts/load_test_stub.py writes it)")
     results = read_csv(path)
-    missing = [c for c in RESULT_COLUMNS if c not in results]
+    missing = [c for c in RESULT_COLUMNS if c not in results and c not in NEWER_COLUMNS]
     if missing:
         raise ConfigError(f"{path} is not a load_test_stub results CSV (missing columns {missing})")
     req_path = repo_path(args.requests_csv) if args.requests_csv else path.with_name("mixdq_queue_requests.csv")

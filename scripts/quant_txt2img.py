@@ -10,7 +10,8 @@ Real model, MixDQ's W4A8 config with protected activations:
         --act_protect "mixed_precision_scripts/mixed_percision_config/sdxl_turbo/final_config/act/act_sensitivie_a8_1%.pt"
 
 The first run calibrates activation ranges and writes <base_path>/ckpt.pth; later runs load it.
-Images use the same prompts and seeds as txt2img.py, so the folders pair up one to one.
+Images use the same prompts and seeds as txt2img.py, so the folders pair up one to one. A rerun into an image
+folder made with other settings (bits, configs, resolution, steps, seed, prompts, ...) is refused.
 
 Ship a quantized model: --save_quantized DIR writes the packed-integer UNet (config.json + safetensors);
 --quantized DIR (on every script that takes a model) loads it without the FP16 UNet and without calibration:
@@ -26,21 +27,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (DEFAULT_PROMPTS, add_model_args, add_quant_args, pipeline_from_args, runner_from_args,  # noqa: E402
-                             quant_request_from_args, sampling_from_args, user_errors, weights_label)
+from quant_utils.cli import (DEFAULT_PROMPTS, HelpFormatter, add_model_args, add_quant_args,  # noqa: E402
+                             check_device_for_exec, check_quant_args, model_config_from_args, pipeline_from_args,
+                             positive_int, quant_request_from_args, runner_from_args, sampling_from_args, user_errors,
+                             weights_label)
 from quant_utils.csvio import provenance  # noqa: E402
-from quant_utils.generation import generate_folder, read_prompts  # noqa: E402
-from quant_utils.mixdq import quantize_pipeline  # noqa: E402
+from quant_utils.generation import check_folder, generate_folder, latency_report, read_prompts  # noqa: E402
+from quant_utils.mixdq import config_sources, folder_settings, quantize_pipeline  # noqa: E402
+from quant_utils.quantized_io import read_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     add_quant_args(p)
     p.add_argument("--base_path", default="logs/sdxl_mixdq", help="run folder: ckpt.pth lives here")
     p.add_argument("--image_folder", default=None, help="where images go (default <base_path>/generated_images)")
-    p.add_argument("--num_imgs", type=int, default=8, help="number of images")
-    p.add_argument("--batch_size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--num_imgs", type=positive_int, default=8, help="number of images")
+    p.add_argument("--batch_size", type=positive_int, default=4, help="images per forward pass")
     p.add_argument("--prompt", default=None, help="a single prompt used for every image")
     p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
     p.add_argument("--save_quantized", default=None, metavar="DIR",
@@ -54,16 +58,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--quantized takes the bit configs from its folder: drop {', '.join(given)}")
     elif args.wbits is None and args.config_weight_mp is None:
         p.error("give --wbits N or --config_weight_mp <yaml> (or --quantized DIR)")
+    # everything checkable is checked before the model is built and calibrated
+    check_device_for_exec(args)
+    sampling_from_args(args, model_config_from_args(args))
+    if args.quantized:
+        read_config(repo_path(args.quantized))
+    else:
+        check_quant_args(args)
+    if not args.prompt:
+        read_prompts(repo_path(args.prompts_file))
     return args
 
 
 def main(args: argparse.Namespace) -> None:
-    # 1. model and inputs
-    cfg, pipe, device = pipeline_from_args(args)
+    # 1. inputs; an image folder made with other settings is refused before the model is built and calibrated
+    cfg = model_config_from_args(args)
     sampling = sampling_from_args(args, cfg)
     prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
     calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
     base = repo_path(args.base_path)
+    out_dir = repo_path(args.image_folder) if args.image_folder else base / "generated_images"
+    if args.quantized:  # the bit configs and options the folder was made with
+        quant = folder_settings(read_config(repo_path(args.quantized)))
+    else:
+        sources = config_sources(quant_request_from_args(args, cfg))
+        quant = dict(weight_config=sources["weight"], act_config=sources["act"], act_protect=sources["act_protect"],
+                     w_method=args.w_method, a_method=args.a_method, bos=not args.no_bos, split=not args.no_split)
+    settings = dict(model=cfg.name, weights=weights_label(cfg, args), precision="fp16" if args.fp16 else cfg.dtype,
+                    backend=args.backend, **quant)
+    check_folder(out_dir, prompts, args.seed, **sampling, settings=settings)
+    cfg, pipe, device = pipeline_from_args(args)
     # 2. quantize: load <base_path>/ckpt.pth or calibrate and write it (--quantized: the folder's UNet as it is)
     summary = quantize_pipeline(pipe, quant_request_from_args(args, cfg), base / "ckpt.pth", calib, args.seed,
                                 sampling["height"], sampling["width"], sampling["steps"], sampling["guidance_scale"],
@@ -73,18 +97,12 @@ def main(args: argparse.Namespace) -> None:
           f"{summary['weight_bytes'] / 2**20:.2f} MiB at these bits vs {summary['fp16_bytes'] / 2**20:.2f} MiB FP16 "
           f"({summary['size_ratio']:.3f}x)")
     # 3. generate
-    out_dir = repo_path(args.image_folder) if args.image_folder else base / "generated_images"
-    meta = provenance(script="quant_txt2img", weights=weights_label(cfg, args), model=cfg.name, backend=args.backend,
-                      seed=args.seed, avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3),
-                      weight_config=summary["weight_config"], act_config=summary["act_config"],
-                      act_protect=summary["act_protect_config"], quantized_folder=args.quantized or "")
+    settings.update(avg_wbits=round(summary["avg_wbits"], 3), avg_abits=round(summary["avg_abits"], 3))
     manifest = generate_folder(runner_from_args(pipe, args), prompts, out_dir, args.num_imgs, args.batch_size, args.seed,
-                               meta=meta, desc="quant_txt2img", **sampling)
-    print(f"{len(manifest)} images in {out_dir}; mean latency {manifest['latency_ms'].mean():.1f} ms/img on {device} "
-          f"({args.backend} backend)")
-    first, warm = manifest[manifest["first_call"] == 1], manifest[manifest["first_call"] != 1]
-    print(f"first call {first['latency_ms'].mean():.1f} ms/img ({len(first)} image(s); includes warm-up: kernel "
-          f"autotuning, graph capture, compilation); warm {warm['latency_ms'].mean():.1f} ms/img ({len(warm)} image(s))")
+                               meta=provenance(script="quant_txt2img", seed=args.seed, quantized_folder=args.quantized or ""),
+                               settings=settings,
+                               desc="quant_txt2img", **sampling)
+    print(f"{len(manifest)} images in {out_dir} on {device} ({args.backend} backend); {latency_report(manifest)}")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,32 @@ def test_script_bad_inputs(tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr
     p = run_mp("bit_allocation.py", "--target_bits", 1.0, "--out_dir", tmp_path)
     assert p.returncode == 2 and "below the lowest achievable" in p.stderr
+
+
+def test_every_budget_is_checked_before_anything_is_written(tmp_path, capsys):
+    """A budget out of reach (below, above, infinite) stops the run with no config, protect list or summary behind."""
+    from conftest import run_main
+
+    mp = "../mixed_precision_scripts/bit_allocation.py"
+    for kind, budgets, message in (("weight", [4.0, 1.0], "below the lowest achievable"),
+                                   ("act", [3.0], "below the lowest achievable"),
+                                   ("weight", [9], "above the highest achievable average 8.000"),
+                                   ("weight", [6.0, "inf"], "finite")):
+        out = tmp_path / f"{kind}_{budgets[-1]}"
+        assert run_main(mp, "--kind", kind, "--target_bits", *budgets, "--out_dir", out) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+
+
+def test_rerun_reproduces_the_summary_byte_for_byte_with_its_data_line(tmp_path, capsys):
+    from conftest import run_main
+
+    mp = "../mixed_precision_scripts/bit_allocation.py"
+    args = ["--kind", "weight", "--target_bits", 6.0, "--out_dir", tmp_path, "--summary_csv", tmp_path / "s.csv"]
+    assert run_main(mp, *args) == 0
+    first = (tmp_path / "s.csv").read_bytes()
+    assert b"# data: MixDQ's published per-layer sensitivities" in first
+    assert run_main(mp, *args) == 0
+    assert (tmp_path / "s.csv").read_bytes() == first
+    # the committed table is what the README's command gives
+    assert read_csv(tmp_path / "s.csv").equals(read_csv(REPO / "results/bit_allocation_weight_6.00.csv"))

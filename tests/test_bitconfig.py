@@ -72,8 +72,22 @@ def test_protect_list_formats_and_safety(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
     torch.save([Evil()], tmp_path / "evil.pt")
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(ConfigError, match="not a plain tensor/list file") as e:
         read_protect_list(tmp_path / "evil.pt")
+    assert "weights_only" not in str(e.value) and "not loaded, for safety" in str(e.value)  # no advice to disable it
+    # the same pickle by another name, a YAML list with a python tag, a non-UTF-8 file: refused, never run
+    (tmp_path / "evil.txt").write_bytes((tmp_path / "evil.pt").read_bytes())
+    with pytest.raises(ConfigError, match="evil.txt: not a plain tensor/list file"):
+        read_protect_list(tmp_path / "evil.txt")
+    (tmp_path / "tag.yaml").write_text("- !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="tag.yaml: not valid YAML"):
+        read_protect_list(tmp_path / "tag.yaml")
+    (tmp_path / "latin1.txt").write_bytes("conv_in # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.txt: not UTF-8"):
+        read_protect_list(tmp_path / "latin1.txt")
+    (tmp_path / "latin1.yaml").write_bytes("model.conv_in: 8  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="bit config .*latin1.yaml: not UTF-8"):
+        read_bit_config(tmp_path / "latin1.yaml")
 
 
 def test_wbits_picks_mixdq_config_else_uniform():

@@ -149,6 +149,15 @@ def test_folder_errors(tmp_path):
         load_image_set("fp16", folder)
 
 
+def test_empty_binary_or_foreign_manifest_is_a_clear_error(tmp_path):
+    folder = make_folder(tmp_path / "gen", smooth_images(2))
+    for content, match in ((b"", "not a readable CSV table"), (bytes(range(256)) * 8, "not UTF-8"),
+                           (b"a,b\n1,2\n", "no 'index' column")):
+        (folder / "manifest.csv").write_bytes(content)
+        with pytest.raises(ConfigError, match=match):
+            load_image_set("fp16", folder)
+
+
 def test_corrupt_image_is_a_clear_error(tmp_path):
     folder = make_folder(tmp_path / "gen", smooth_images(3))
     (folder / "00002.png").write_bytes((folder / "00002.png").read_bytes()[:100])  # truncated PNG
@@ -246,5 +255,5 @@ def test_script_errors_are_one_line_and_write_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     p = run_script("eval_fp16_mixdq_cleanfid.py", "--fp16_folder", fp16, "--metrics", "clip", "--out", out, check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in p.stderr and "huggingface-cli download" in p.stderr
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in p.stderr and "hf download" in p.stderr
     assert not out.exists()

@@ -1,25 +1,30 @@
 import pandas as pd
+import pytest
 
 from conftest import run_main
 from quant_utils.csvio import read_csv, read_provenance
 
-LATENCY_COLUMNS = ["mode", "wbits", "abits", "backend", "exec", "vae", "height", "width", "batch", "steps", "repeats",
+LATENCY_COLUMNS = ["mode", "wbits", "abits", "backend", "exec", "vae", "vae_exec", "height", "width", "batch", "steps", "repeats",
                    "text_p50_ms", "text_p95_ms", "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms",
                    "total_p50_ms", "total_p95_ms", "total_mean_ms", "images_per_s", "peak_mem_gib",
-                   "unet_weight_bytes", "gpu", "weights"]
+                   "first_call_ms", "unet_weight_bytes", "gpu", "weights"]
 
 
-def test_latency_probe_writes_the_documented_schema(tmp_path, prompts_file):
+def test_latency_probe_writes_the_documented_schema(tmp_path, prompts_file, capsys):
     out = tmp_path / "lat.csv"
     assert run_main("latency_probe.py", "--mode", "w8a8", "--res", 64, 128, "--batch", 1, 2, "--repeats", 2,
-                    "--warmup", 0, "--calib_prompts", prompts_file, "--calib_num", 2, "--base_path", tmp_path,
+                    "--warmup", 1, "--calib_prompts", prompts_file, "--calib_num", 2, "--base_path", tmp_path,
                     "--prompts_file", prompts_file, "--out", out) == 0
     df = read_csv(out)
     assert list(df.columns) == LATENCY_COLUMNS
+    assert (df["first_call_ms"] > 0).all()  # the first call of each cell, kept apart from the timed ones
+    stdout = capsys.readouterr().out
+    assert "fake quantization keeps the FP weights" in stdout and f"wrote {out}" in stdout
     assert len(df) == 4 and set(df["height"]) == {64, 128} and set(df["batch"]) == {1, 2}
     assert (df["total_p50_ms"] >= df["unet_p50_ms"]).all() and (df["total_p95_ms"] >= df["total_p50_ms"]).all()
     assert (df["wbits"] == 8).all() and (df["backend"] == "fake").all() and (df["weights"] == "random-tiny").all()
-    assert (df["vae"] == "eager").all()  # --exec eager: nothing compiled
+    assert (df["vae"] == "fp16").all() and (df["vae_exec"] == "eager").all()  # auto on a CPU: eager, nothing compiled
+    assert (df["exec"] == "eager").all()
     assert read_provenance(out)["mode"] == "w8a8"
     assert (tmp_path / "w8a8" / "ckpt.pth").is_file()
 
@@ -32,13 +37,67 @@ def test_latency_probe_bad_inputs(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_eval_grid_one_row_per_cell(tmp_path, prompts_file):
+def test_latency_probe_writes_under_logs_by_default(prompts_file, monkeypatch, tmp_path):
+    """Without --out the CSV goes to logs/latency/, never over a committed results/ table."""
+    import quant_utils.csvio as csvio
+
+    written = []
+    real = csvio.write_csv
+    monkeypatch.setattr(csvio, "write_csv", lambda df, path, meta=None, **kw: written.append(str(path)) or
+                        real(df, tmp_path / "lat.csv", meta, **kw))
+    assert run_main("latency_probe.py", "--res", 64, "--batch", 1, "--repeats", 1, "--warmup", 0,
+                    "--prompts_file", prompts_file) == 0
+    assert written and all(w.endswith("logs/latency/latency_fp16.csv") for w in written)
+
+
+def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
     out = tmp_path / "grid.csv"
-    assert run_main("eval_grid.py", "--res", 64, "--wbits", 16, 4, "--prompts_file", prompts_file, "--num_prompts", 2,
+    assert run_main("eval_grid.py", "--res", 64, "--wbits", 16, 4, "--prompts_file", prompts_file, "--num_prompts", 3,
                     "--batch_size", 2, "--calib_prompts", prompts_file, "--calib_num", 2, "--clip_pretrained", "none",
                     "--ckpt", str(tmp_path / "ckpt_w{wbits}.pth"), "--out_csv", out) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
     df = read_csv(out)
     assert df[["wbits", "height"]].values.tolist() == [[16, 64], [4, 64]]
+    assert (df["first_call_ms"] > 0).all() and (df["n_warm_calls"] == 1).all()  # 3 prompts, batches of 2: 2 calls
     assert df["avg_wbits"].tolist()[0] == 16 and df["avg_wbits"].tolist()[1] < 8
     assert df["clip_note"].str.contains("plumbing").all() and pd.notna(df["clip_score"]).all()
     assert (tmp_path / "ckpt_w4.pth").is_file()
+
+
+E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "res", "batch", "text_p50_ms", "text_p95_ms",
+               "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
+               "total_mean_ms", "images_per_s", "repeats", "first_call_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
+               "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
+
+
+def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
+    out = tmp_path / "e2e.csv"
+    assert run_main("bench_e2e.py", "--modes", "fp16", "w8a8", "mixdq", "--vae_kinds", "fp16", "tiny", "int8",
+                    "--vae_modes", "w8a8", "--res", 64, "--batch", 1, 2, "--repeats", 1, "--calib_num", 1,
+                    "--prompts_file", prompts_file, "--calib_prompts", prompts_file, "--out", out,
+                    "--vae_errors_out", tmp_path / "vae_err.csv") == 0
+    df = read_csv(out)
+    assert list(df.columns) == E2E_COLUMNS
+    combos = set(zip(df["mode"], df["vae"]))
+    assert combos == {("fp16", "fp16"), ("w8a8", "fp16"), ("w8a8", "tiny"), ("w8a8", "int8"), ("mixdq", "fp16")}
+    assert len(df) == 2 * len(combos) and (df["unet_exec"] == "eager").all()
+    fp16 = df[(df["mode"] == "fp16")].set_index("batch")["total_p50_ms"]
+    for _, r in df.iterrows():  # the speedup is the FP16 image's time over this row's, same cell
+        assert r["speedup_vs_fp16"] == pytest.approx(fp16[r["batch"]] / r["total_p50_ms"], abs=2e-3)
+    assert df[df["vae"] != "fp16"]["speedup_same_vae"].isna().all()  # no FP16 UNet with those decoders here
+    assert set(df[df["mode"] == "mixdq"]["act_config"]) == {"act_7.77.yaml"}
+    assert (df["weight_bytes"] > 0).all() and (df["first_call_s"] >= 0).all()
+    first = df[df["batch"] == 1]  # the check cell: eager vs eager here, so identical images
+    assert (first["diff_vs_eager"] == 0).all() and df[df["batch"] == 2]["diff_vs_eager"].isna().all()
+    err = read_csv(tmp_path / "vae_err.csv")
+    assert set(err["kind"]) == {"layer", "image"} and (err["rel_err"] > 0).all()
+
+
+def test_bench_e2e_refuses_graph_exec_without_cuda(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    assert run_main("bench_e2e.py", "--exec", "compile", "--out", tmp_path / "x.csv") == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()

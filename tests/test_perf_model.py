@@ -150,6 +150,25 @@ def test_fit_script_on_synthetic_csvs(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     assert run_main("fit_perf_model.py", "--csv", tmp_path / "missing.csv", "--out", out) == 2
     assert "does not exist" in capsys.readouterr().err
+    # a rerun on the same CSVs, in any order, reproduces every file byte for byte (make report leaves results/ as is)
+    files = [out, tmp_path / "pm_loo.csv", png]
+    before = [f.read_bytes() for f in files]
+    assert run_main("fit_perf_model.py", "--csv", *reversed(paths), paths[0], "--out", out, "--plot", png) == 0
+    assert [f.read_bytes() for f in files] == before
+
+
+def test_readme_and_makefile_fit_one_model_from_one_list_of_csvs():
+    """README sections 3 and 3.x and `make report` fit the performance model from the same latency CSVs."""
+    import re
+
+    from conftest import REPO
+
+    make = re.search(r"^LATENCY_CSVS := (.*)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    assert "--csv $(LATENCY_CSVS) --out results/perf_model.json" in (REPO / "Makefile").read_text()
+    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
+    lists = [sorted(re.findall(r"results/latency_\S+\.csv", cmd))
+             for cmd in re.findall(r"fit_perf_model\.py --csv (.*?)--out results/perf_model\.json", readme)]
+    assert len(lists) >= 2 and all(lst == sorted(make) for lst in lists), (lists, make)
 
 
 def test_target_on_the_committed_h100_grid():

@@ -41,8 +41,9 @@ def test_real_config_without_weights_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     cfg = load_model_config("configs/stable-diffusion/sdxl_turbo.yaml")
-    with pytest.raises(WeightsNotFoundError, match="stabilityai/sdxl-turbo.*\n.*HF_HOME|random_weights"):
+    with pytest.raises(WeightsNotFoundError, match="stabilityai/sdxl-turbo.*\n.*HF_HOME|random_weights") as e:
         build_pipeline(cfg)
+    assert "`hf download stabilityai/sdxl-turbo`" in str(e.value)  # the CLI huggingface_hub ships
 
 
 @pytest.mark.parametrize("text,match", [

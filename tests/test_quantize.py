@@ -135,6 +135,32 @@ def test_checkpoint_with_other_bits_is_reported(w8a8, tmp_path):
         load_quant_params(other.unet, path)
 
 
+def test_damaged_or_unsafe_checkpoint_is_a_clear_error(w8a8, tmp_path):
+    pipe, _ = w8a8
+    path = save_quant_params(pipe.unet, tmp_path / "ckpt.pth")
+    state = torch.load(path, weights_only=True)
+    other = fresh_pipe()
+    quantize_unet(other.unet, pipe.unet.mixdq_spec, search=False)
+    for damage, match in ((lambda d: d.pop("spec"), r"damaged \(missing or malformed: \['spec'\]\)"),
+                          (lambda d: d["layers"]["conv_in"].pop("w_scale"), "layer conv_in lacks \\['w_scale'\\]")):
+        broken = copy.deepcopy(state)
+        damage(broken)
+        torch.save(broken, tmp_path / "broken.pth")
+        with pytest.raises(ConfigError, match=match):
+            load_quant_params(other.unet, tmp_path / "broken.pth")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({**state, "x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ConfigError, match="not a plain tensor/list file.*not loaded, for safety") as e:
+        load_quant_params(other.unet, tmp_path / "evil.pth")
+    assert "weights_only" not in str(e.value)
+    (tmp_path / "truncated.pth").write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ConfigError, match="not a readable torch file"):
+        load_quant_params(other.unet, tmp_path / "truncated.pth")
+
+
 def test_bit_summary_counts_bytes(w8a8):
     s = bit_summary(w8a8[0].unet)
     assert s["avg_wbits"] == 8 and s["avg_abits"] == 8 and s["act_fp_layers"] == 0

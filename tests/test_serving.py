@@ -68,8 +68,46 @@ def test_burst_closed_loop_and_trace(tmp_path):
     np.testing.assert_allclose(t.arrival_s, [0.0, 1.5, 2.0])
     assert t.prompts == ["a", "b", "c"] and t.res.tolist() == [1024, 768, 512]
     pd.DataFrame({"t": [1.0]}).to_csv(trace, index=False)
-    with pytest.raises(ConfigError, match="arrival_s"):
+    with pytest.raises(ConfigError, match="unknown column"):
         wl.read_trace(trace)
+
+
+def test_trace_columns_are_checked_and_resolution_is_an_alias(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,resolution\n0.0,512\n0.5,768\n")
+    assert wl.read_trace(trace).res.tolist() == [512, 768]  # honoured, not silently served at --res
+    for text, match in (("arrival_s,res,user\n0.0,512,a\n", r"unknown column\(s\) \['user'\]"),
+                        ("arrival_s,res\n0.0,512\nabc,512\n", "arrival_s has a non-number, 'abc' \\(row 2\\)"),
+                        ("arrival_s,res\n0.0,big\n", "res has a non-number, 'big'"),
+                        ("arrival_s,res\n0.0,500\n", "multiple of 8"),
+                        ("", "not a readable CSV")):
+        trace.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            wl.read_trace(trace)
+
+
+def test_closed_loop_rejected_clients_back_off_and_retries_are_counted_apart(perf):
+    """Admission control rejecting a closed loop: a rejected client resends after its back-off, not at once."""
+    reject_all = AdmissionControl(Static(Option(1024, W8)), slo_ms=1.0)  # nothing meets a 1 ms SLO
+    run = simulate(wl.closed_loop(300, 4, retry_backoff_s=0.1), reject_all, perf, ServerConfig(noise="none"))
+    r = run.requests
+    assert r["rejected"].all() and r["arrival_s"].is_monotonic_increasing
+    assert (r["attempt"] == 1).sum() == 4 and r["attempt"].max() == 75  # 4 clients, each retrying
+    assert r["arrival_s"].max() == pytest.approx(74 * 0.1)  # 74 back-offs of 100 ms, not 300 resends in no time
+    m = summarize(run, 1000)
+    assert (m["n_retries"], m["n_rejected_retries"], m["n_rejected"]) == (296, 296, 300)
+    # the live replay follows the same rule
+    from quant_utils.serving import live
+    from quant_utils.serving.simulator import ServiceTable
+
+    calls = []
+    fn = lambda pr, se, h, w: calls.append(len(pr))  # noqa: E731
+    lr = live.run_live(wl.closed_loop(6, 2, retry_backoff_s=0.02), reject_all, {W8: fn}, ServiceTable(perf, 1), ["p"])
+    assert not calls and lr.requests["attempt"].tolist() == [1, 1, 2, 2, 3, 3]
+    assert np.diff(lr.requests["arrival_s"].to_numpy()[::2]).min() >= 0.02
+    # served requests of a closed loop are first attempts
+    ok = simulate(wl.closed_loop(20, 2), Static(Option(512, W8)), perf, ServerConfig(noise="none")).requests
+    assert (ok["attempt"] == 1).all()
 
 
 # --------------------------------------------------------------------------- policies on hand-built queues
@@ -260,6 +298,35 @@ def test_load_test_loads_slo_admission_and_errors(tmp_path, perf_json, capsys):
     assert "does not exist" in err and "fit_perf_model.py --csv results/latency_" in err
     assert run_main("load_test_stub.py", "--perf_model", perf_json, "--base_path", tmp_path, "--wbits", 5) == 2
     assert "w5a8" in capsys.readouterr().err
+
+
+def test_load_test_trace_run_and_burst_retries(tmp_path, perf_json, capsys):
+    trace = tmp_path / "trace.csv"
+    pd.DataFrame({"arrival_s": np.arange(30) * 0.05, "resolution": [512] * 30}).to_csv(trace, index=False)
+    args = ["--perf_model", perf_json, "--base_path", tmp_path, "--wbits", 8, "--policies", "static", "--admission",
+            "--slo_ms", 200, "--conc", 4, "--num_requests", 100]
+    assert run_main("load_test_stub.py", *args, "--patterns", "trace", "burst", "--trace", trace, "--run_name", "t") == 0
+    out = tmp_path / "queue_tests" / "t"
+    res = read_csv(out / "mixdq_queue_results.csv").set_index("pattern")
+    assert res.loc["trace", "n_requests"] == 30 and res.loc["burst", "n_requests"] == 100
+    assert res.loc["trace", "mean_res"] == 512  # the trace's `resolution` column was honoured
+    assert res.loc["burst", "retry_backoff_ms"] == 100 and res.loc["burst", "n_retries"] > 0
+    assert "30-100 requests per run" in (out / "mixdq_queue_results.txt").read_text()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_requests"] == [30, 100] and {c["n"] for c in cfg["cells"]} == {30, 100}
+    req = read_csv(out / "mixdq_queue_requests.csv")
+    burst = req[req["run_id"].str.startswith("burst")]
+    assert (burst["attempt"] > 1).sum() == res.loc["burst", "n_retries"]
+
+
+def test_readme_and_report_quote_the_slo_policy_numbers_of_the_committed_sweep():
+    """The `slo` policy's SLO attainment at 0.95-1.3x capacity, as README and report state it."""
+    from conftest import REPO
+
+    res = read_csv(REPO / "results/queue_sweep_load/mixdq_queue_results.csv")
+    slo = res[(res["policy"] == "slo") & (res["load"] >= 0.95)]["slo_attainment"]
+    quoted = f"{100 * slo.min():.1f}–{100 * slo.max():.1f}%"  # 67.4–94.0% when written
+    assert quoted in (REPO / "README.md").read_text() and quoted in (REPO / "report/README.md").read_text()
 
 
 def test_load_test_live_on_the_tiny_model(tmp_path, perf_json):

@@ -177,6 +177,7 @@ def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:
 
 
 _FORCED: dict | None = None
+INT32_LIMIT = 2**31  # the conv kernel's offsets are int32: larger batches run in parts
 
 
 @contextmanager
@@ -271,7 +272,13 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
 def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
          zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
          stride: int, pad: int, cfg: dict | None = None) -> torch.Tensor:
-    """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config."""
+    """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config. A batch whose input or
+    output passes the kernel's int32 offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
+    b, hp, wp, _ = x_pad.shape
+    if b > 1 and max(x_pad.numel(), b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)) >= INT32_LIMIT:
+        h = b // 2
+        return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg)
+                          for x in (x_pad[:h], x_pad[h:])])
     if cfg is None:
         b, hp, wp, _ = x_pad.shape
         m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
@@ -304,7 +311,10 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def save_tuning(path: str | Path, configs: dict[str, dict] | None = None) -> None:
-    """Write `configs` (default: every config picked so far) with this GPU's name and compute capability."""
+    """Write `configs` (default: every config picked so far, the default tuning files' included) with this GPU's
+    name and compute capability."""
+    if configs is None:
+        _load_default_tuning()  # a save before the first GEMM would otherwise drop the configs those files hold
     _write_json(Path(path), {"gpu": gpu_name(), "capability": capability(),
                              "configs": _TUNED if configs is None else configs})
 

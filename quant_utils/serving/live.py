@@ -9,6 +9,7 @@ the notes say so.
 """
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -84,7 +85,12 @@ def run_live(workload: Workload, policy: Policy, variants: dict[str, GenerateFn]
     policy.bind({o: table.cost_ms(o) for o in policy.options()})
     n, B = workload.n, table.max_batch
     nan = math.nan
-    arrival = [0.0] * min(workload.clients, n) if workload.closed else workload.arrival_s.tolist()
+    closed = workload.closed
+    # closed loop: (send time, order, attempt) of the clients' next requests, moved into `arrival` when due
+    pending = [(0.0, c, 1) for c in range(min(workload.clients, n))] if closed else []
+    sched = {"n": len(pending)}  # requests scheduled so far (at most n, retries included)
+    arrival = [] if closed else workload.arrival_s.tolist()
+    attempt: list[int] = [] if closed else [1] * n
     start, finish, service = [nan] * n, [nan] * n, [nan] * n
     opt_of, bsize, qlen_of = [-1] * n, [0] * n, [0] * n
     req_res = workload.res.tolist()
@@ -94,10 +100,11 @@ def run_live(workload: Workload, policy: Policy, variants: dict[str, GenerateFn]
     t0 = time.perf_counter()
     now = lambda: time.perf_counter() - t0  # noqa: E731
 
-    def next_arrivals(t: float, count: int) -> None:  # closed loop: each finished client sends again
+    def schedule(t: float, count: int, tries: int = 1) -> None:  # closed loop: clients send (again) at t
         for _ in range(count):
-            if workload.closed and len(arrival) < n:
-                arrival.append(t)
+            if closed and sched["n"] < n:
+                heapq.heappush(pending, (t, sched["n"], tries))
+                sched["n"] += 1
 
     def worker() -> None:
         while True:
@@ -123,7 +130,7 @@ def run_live(workload: Workload, policy: Policy, variants: dict[str, GenerateFn]
                 for j in batch:
                     start[j], finish[j], service[j], bsize[j] = ts, te, (te - ts) * 1e3, len(batch)
                 state["busy"], state["busy_s"] = False, state["busy_s"] + (te - ts)
-                next_arrivals(te, len(batch))
+                schedule(te, len(batch))
                 cond.notify_all()
 
     th = threading.Thread(target=worker, name="live-generator", daemon=True)
@@ -131,6 +138,14 @@ def run_live(workload: Workload, policy: Policy, variants: dict[str, GenerateFn]
     with cond:
         i = 0
         while i < n and state["error"] is None:
+            if i >= len(arrival) and pending:  # closed loop: the next send, when due, becomes the next arrival
+                delay = pending[0][0] - now()
+                if delay > 0:
+                    cond.wait(delay)
+                    continue
+                t_send, _, tries = heapq.heappop(pending)
+                arrival.append(t_send)
+                attempt.append(tries)
             if i >= len(arrival):  # closed loop: wait for a completion
                 cond.wait()
                 continue
@@ -142,9 +157,9 @@ def run_live(workload: Workload, policy: Policy, variants: dict[str, GenerateFn]
             backlog = (max(state["end_pred"] - t, 0.0) * 1e3 if state["busy"] else 0.0) + queue.backlog_ms
             opt = policy.decide(t, queue.n, backlog, req_res[i])
             qlen_of[i] = queue.n
-            if opt is None:
+            if opt is None:  # rejected: a closed-loop client sends it again after its back-off (a retry)
                 start[i] = finish[i] = arrival[i]
-                next_arrivals(t, 1)
+                schedule(t + workload.retry_backoff_s, 1, attempt[i] + 1)
             else:
                 opt_of[i] = table.add(opt)
                 queue.push(opt_of[i], i)
@@ -154,7 +169,8 @@ def run_live(workload: Workload, policy: Policy, variants: dict[str, GenerateFn]
     th.join()
     if state["error"] is not None:
         raise state["error"]
-    df = request_frame(arrival[:n], start, finish, service, opt_of, bsize, [0] * n, qlen_of, table.options)
+    df = request_frame(arrival[:n], start, finish, service, opt_of, bsize, [0] * n, qlen_of, table.options,
+                       attempt[:n])
     from .metrics import queue_stats
     mean_q, max_q = queue_stats(df)
     return RunResult(df, 1, [state["busy_s"]], mean_q, max_q)

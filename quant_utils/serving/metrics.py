@@ -7,7 +7,7 @@ import pandas as pd
 
 from .simulator import RunResult
 
-SUMMARY_COLUMNS = ["n_requests", "n_done", "n_rejected", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "mean_wait_ms",
+SUMMARY_COLUMNS = ["n_requests", "n_done", "n_rejected", "n_retries", "n_rejected_retries", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "mean_wait_ms",
                    "slo_ms", "slo_attainment", "goodput_rps", "throughput_rps", "mean_res", "mean_wbits",
                    "utilisation", "mean_queue_len", "max_queue_len", "duration_s"]
 
@@ -21,9 +21,12 @@ def percentile(x: np.ndarray, q: float) -> float:
 
 def summarize(run: RunResult, slo_ms: float) -> dict[str, float]:
     """One row of metrics. Rejected requests count as SLO misses; latency percentiles are over served ones.
-    Duration runs from the first arrival to the last finish."""
+    Duration runs from the first arrival to the last finish. Retries (a closed-loop client resending a rejected
+    request after its back-off) are requests too; `n_retries` / `n_rejected_retries` count them apart (first
+    attempts: n_requests - n_retries, of which n_rejected - n_rejected_retries were rejected)."""
     df = run.requests
     done = df[~df["rejected"] & df["finish_s"].notna()]
+    retry = df["attempt"] > 1 if "attempt" in df else pd.Series(False, index=df.index)
     lat = done["latency_ms"].to_numpy(float)
     t0 = float(df["arrival_s"].min()) if len(df) else 0.0
     t1 = float(np.nanmax(df["finish_s"])) if df["finish_s"].notna().any() else t0
@@ -31,6 +34,7 @@ def summarize(run: RunResult, slo_ms: float) -> dict[str, float]:
     ok = int((lat <= slo_ms).sum())
     return {
         "n_requests": int(len(df)), "n_done": int(len(done)), "n_rejected": int(df["rejected"].sum()),
+        "n_retries": int(retry.sum()), "n_rejected_retries": int((retry & df["rejected"]).sum()),
         "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
         "mean_ms": float(lat.mean()) if len(lat) else float("nan"),
         "mean_wait_ms": float(done["wait_ms"].mean()) if len(done) else float("nan"),

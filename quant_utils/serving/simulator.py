@@ -8,9 +8,10 @@ total p50 for (mode, res, b) times a noise factor: lognormal with the model's p9
 (default), none (deterministic), or exponential of mean p50 (queueing-theory checks).
 
 The event loop keeps only completions in a heap (at most one per replica); arrivals come from a sorted
-list (a closed loop appends each client's next request at its previous one's finish time, which keeps
-it sorted). All events at one instant are applied before idle replicas start batches, so requests that
-arrive together can share a batch.
+list. A closed loop keeps its clients' next sends in a second heap (the next request at the previous
+one's finish time; a rejected one again after the workload's retry back-off) and moves each into the
+arrival list when it is due, which keeps that list sorted. All events at one instant are applied before
+idle replicas start batches, so requests that arrive together can share a batch.
 """
 from __future__ import annotations
 
@@ -137,11 +138,13 @@ class RunResult:
 # Microsecond resolution when written to CSV (full precision in memory): keeps per-request CSVs small.
 REQUEST_CSV_DECIMALS = {"arrival_s": 6, "start_s": 6, "finish_s": 6, "latency_ms": 3, "wait_ms": 3, "service_ms": 3}
 REQUEST_COLUMNS = ["request", "arrival_s", "start_s", "finish_s", "latency_ms", "wait_ms", "service_ms", "res", "mode",
-                   "wbits", "batch_size", "replica", "rejected", "queue_len_at_arrival"]
+                   "wbits", "batch_size", "replica", "rejected", "attempt", "queue_len_at_arrival"]
 
 
-def request_frame(arrival, start, finish, service, opt_of, bsize, replica, qlen, options: list[Option]) -> pd.DataFrame:
-    """The per-request table (shared by the simulator and the live runner); times in s, durations in ms."""
+def request_frame(arrival, start, finish, service, opt_of, bsize, replica, qlen, options: list[Option],
+                  attempt=None) -> pd.DataFrame:
+    """The per-request table (shared by the simulator and the live runner); times in s, durations in ms.
+    `attempt`: 1 for a first attempt, k for the (k-1)-th retry of a rejected closed-loop request."""
     arrival, start, finish = (np.asarray(x, float) for x in (arrival, start, finish))
     opt_of = np.asarray(opt_of, int)
     rejected = opt_of < 0
@@ -153,7 +156,8 @@ def request_frame(arrival, start, finish, service, opt_of, bsize, replica, qlen,
         "request": np.arange(len(arrival)), "arrival_s": arrival, "start_s": start, "finish_s": finish,
         "latency_ms": (finish - arrival) * 1e3, "wait_ms": (start - arrival) * 1e3, "service_ms": np.asarray(service, float),
         "res": res, "mode": modes, "wbits": wbits, "batch_size": np.asarray(bsize, int), "replica": np.asarray(replica, int),
-        "rejected": rejected, "queue_len_at_arrival": np.asarray(qlen, int)})
+        "rejected": rejected, "attempt": np.ones(len(arrival), int) if attempt is None else np.asarray(attempt, int),
+        "queue_len_at_arrival": np.asarray(qlen, int)})
 
 
 def draw_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray | None:
@@ -179,7 +183,12 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     noise = noise.tolist() if noise is not None else None
     lognormal = server.noise == "lognormal"
     closed = workload.closed
-    arrival = [0.0] * min(workload.clients, n) if closed else workload.arrival_s.tolist()
+    # closed loop: (send time, order, attempt) of the clients' next requests; moved into `arrival` when due
+    pending = [(0.0, c, 1) for c in range(min(workload.clients, n))] if closed else []
+    n_sched = len(pending)  # requests scheduled so far (at most n, retries included)
+    backoff = workload.retry_backoff_s
+    arrival = [] if closed else workload.arrival_s.tolist()
+    attempt: list[int] = [] if closed else [1] * n
     n_arr = len(arrival)
     req_res = workload.res.tolist()
     has_req = bool(workload.res.any())
@@ -201,8 +210,9 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     q_area = t_last = 0.0
     touched: list[int] = []
 
-    while i < n_arr or heap:
-        t = heap[0][0] if heap and (i >= n_arr or heap[0][0] <= arrival[i]) else arrival[i]
+    while i < n_arr or heap or pending:
+        na = pending[0][0] if closed and i >= n_arr and pending else (arrival[i] if i < n_arr else math.inf)
+        t = heap[0][0] if heap and heap[0][0] <= na else na
         q_area += waiting * (t - t_last)
         t_last = t
         # 1. completions at t
@@ -213,13 +223,20 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
             in_system[r] -= len(running[r])
             if closed:  # each finished client sends its next request now
                 for _ in running[r]:
-                    if n_arr < n:
-                        arrival.append(t)
-                        n_arr += 1
+                    if n_sched < n:
+                        heappush(pending, (t, n_sched, 1))
+                        n_sched += 1
             busy[r] = False
             touched.append(r)
         # 2. arrivals at t
-        while i < n_arr and arrival[i] == t:
+        while True:
+            if closed:
+                while pending and pending[0][0] == t:  # due sends become arrivals (ids grow with time)
+                    attempt.append(heappop(pending)[2])
+                    arrival.append(t)
+                n_arr = len(arrival)
+            if not (i < n_arr and arrival[i] == t):
+                break
             if R == 1:
                 r = 0
             elif jsq:
@@ -231,11 +248,11 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
             opt = decide(t, q.n, backlog, req_res[i]) if has_req else choose(t, q.n, backlog)
             qlen_of[i] = q.n
             replica_of[i] = r
-            if opt is None:  # rejected: a closed-loop client sends its next request right away
+            if opt is None:  # rejected: a closed-loop client sends it again after its back-off (a retry)
                 finish[i] = start[i] = t
-                if closed and n_arr < n:
-                    arrival.append(t)
-                    n_arr += 1
+                if closed and n_sched < n:
+                    heappush(pending, (t + backoff, n_sched, attempt[i] + 1))
+                    n_sched += 1
             else:
                 k = index.get(opt)
                 opt_of[i] = k = table_add(opt) if k is None else k
@@ -267,6 +284,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
         touched.clear()
         if waiting > q_max:
             q_max = waiting
-    df = request_frame(arrival[:n], start, finish, service, opt_of, bsize, replica_of, qlen_of, table.options)
+    df = request_frame(arrival[:n], start, finish, service, opt_of, bsize, replica_of, qlen_of, table.options,
+                       attempt[:n])
     duration = max(t_last - (arrival[0] if arrival else 0.0), 1e-12)
     return RunResult(df, R, busy_s, q_area / duration, q_max)

@@ -20,8 +20,11 @@ from .policies import Policy
 from .simulator import RunResult, ServerConfig
 
 CELL_COLUMNS = ["run_id", "source", "pattern", "wbits", "mode", "policy", "conc", "lam", "load", "burstiness",
-                "burst_size", "burst_every_s", "replicas", "max_batch", "dispatch", "static_res", "seed"]
+                "burst_size", "burst_every_s", "retry_backoff_ms", "replicas", "max_batch", "dispatch", "static_res",
+                "seed"]
 RESULT_COLUMNS = CELL_COLUMNS + SUMMARY_COLUMNS
+# added after results were committed: readers (plots) do not require them
+NEWER_COLUMNS = ("retry_backoff_ms", "n_retries", "n_rejected_retries")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Cell:
     burstiness: float | None = None
     burst_size: int | None = None
     burst_every_s: float | None = None
+    retry_backoff_ms: float | None = None  # closed loop: a rejected client's wait before it resends
     trace: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -54,8 +58,10 @@ class Cell:
 
 def build_cells(patterns: list[str], modes: list[str], policies: list[str], n: int, *, conc=(1, 2), rates=(),
                 loads=(), burstiness: float = 0.5, burst_size: int | None = None, burst_every_s: float | None = None,
-                trace: str | None = None, capacity: Callable[[str], float] | None = None) -> list[Cell]:
-    """The sweep's cells. Rates come from `rates` (req/s) and/or `loads` x capacity(mode) (req/s at 100%)."""
+                trace: str | None = None, capacity: Callable[[str], float] | None = None,
+                retry_backoff_ms: float = 1e3 * wl.RETRY_BACKOFF_S) -> list[Cell]:
+    """The sweep's cells. Rates come from `rates` (req/s) and/or `loads` x capacity(mode) (req/s at 100%).
+    Closed-loop bursts resend a rejected request after `retry_backoff_ms`."""
     cells = []
     for pattern in patterns:
         if pattern not in wl.PATTERNS:
@@ -63,7 +69,7 @@ def build_cells(patterns: list[str], modes: list[str], policies: list[str], n: i
         for mode in modes:
             if pattern == "burst":
                 shapes = ([dict(burst_size=burst_size, burst_every_s=burst_every_s)] if burst_every_s is not None
-                          else [dict(conc=int(c)) for c in conc])
+                          else [dict(conc=int(c), retry_backoff_ms=float(retry_backoff_ms)) for c in conc])
             elif pattern in ("poisson", "gamma"):
                 if not rates and not loads:
                     raise ConfigError(f"pattern {pattern}: give --rates (req/s) or --load (fraction of capacity)")
@@ -75,13 +81,17 @@ def build_cells(patterns: list[str], modes: list[str], policies: list[str], n: i
                 if not trace:
                     raise ConfigError("pattern trace needs --trace FILE.csv")
                 shapes = [dict(trace=trace)]
-            cells += [Cell(pattern, mode, pol, n, **s) for s in shapes for pol in policies]
+            n_cell = wl.read_trace(trace).n if pattern == "trace" else n  # a trace run has the trace's requests
+            cells += [Cell(pattern, mode, pol, n_cell, **s) for s in shapes for pol in policies]
     return cells
 
 
 def make_workload(cell: Cell, seed: int) -> wl.Workload:
     if cell.pattern == "burst":
-        return wl.closed_loop(cell.n, cell.conc) if cell.conc else wl.burst(cell.n, cell.burst_size, cell.burst_every_s)
+        if cell.conc:
+            backoff_ms = 1e3 * wl.RETRY_BACKOFF_S if cell.retry_backoff_ms is None else cell.retry_backoff_ms
+            return wl.closed_loop(cell.n, cell.conc, backoff_ms / 1e3)
+        return wl.burst(cell.n, cell.burst_size, cell.burst_every_s)
     if cell.pattern in ("poisson", "gamma"):
         return wl.gamma(cell.n, cell.lam, cell.burstiness or 1.0, seed)
     return wl.read_trace(cell.trace)
@@ -96,7 +106,8 @@ def result_row(cell: Cell, run: RunResult, source: str, server: ServerConfig, st
         load = cell.lam / cap
     d = dict(run_id=cell.run_id, source=source, pattern=cell.pattern, wbits=mode_wbits(cell.mode), mode=cell.mode,
              policy=policy_name or cell.policy, conc=cell.conc, lam=cell.lam, load=load, burstiness=cell.burstiness,
-             burst_size=cell.burst_size, burst_every_s=cell.burst_every_s, replicas=server.replicas,
+             burst_size=cell.burst_size, burst_every_s=cell.burst_every_s, retry_backoff_ms=cell.retry_backoff_ms,
+             replicas=server.replicas,
              max_batch=server.max_batch, dispatch=server.dispatch, static_res=static_res, seed=seed)
     return d | summarize(run, slo_ms)
 

@@ -18,13 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import user_errors  # noqa: E402
+from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
 from quant_utils.coco import load_captions, sample_pairs, write_reference_set  # noqa: E402
 from quant_utils.csvio import provenance  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--captions", default="data/coco/annotations/captions_val2014.json", help="COCO captions JSON")
     p.add_argument("--images", default="data/coco/val2014", help="folder holding the COCO images named in the JSON")
     p.add_argument("--num_samples", type=int, default=1000, help="number of distinct images (one caption each)")

@@ -54,3 +54,52 @@ def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode
     # same integers; fp16 epilogue rounding only (compiled: quantized from fp32 norm/GELU outputs, codes at
     # rounding boundaries may move by one)
     assert np.abs(kernel - fake).mean() < 2.0, exec_mode
+
+
+def test_dynamic_compiled_blocks_serve_new_buckets_like_eager(cuda_pipe):
+    """compile_shapes=dynamic (the default): buckets after the first reuse the symbolic-shape graphs and still give
+    the eager images (fp16 rounding of fused kernels only)."""
+    from quant_utils.runtime import Runner
+
+    eager, fast = Runner(cuda_pipe, "eager"), Runner(_with_own_unet(cuda_pipe), "compile", compile_shapes="dynamic")
+    for res, seeds in ((64, [1]), (64, [2, 3]), (96, [4, 5, 6]), (96, [7])):
+        prompts = ["a cat"] * len(seeds)
+        ref = eager(prompts, seeds, res, res).astype(int)
+        out = fast(prompts, seeds, res, res).astype(int)
+        assert np.abs(out - ref).max() <= 3, (res, len(seeds))
+
+
+def test_int8_decoder_kernels_match_the_fake_path(cuda_pipe):
+    """The int8 VAE decoder on the kernel backend computes what its fake-quant twin computes (same integers), and
+    both stay close to the FP16 decode."""
+    import copy
+
+    from quant_utils.decoders import decoder_errors, make_int8_decoder
+    from quant_utils.quantize import set_backend
+    from quant_utils.runtime import Runner, decode_images
+
+    z = Runner(cuda_pipe).denoise(["a cat", "a dog"], [1, 2], 64, 64)
+    fake = make_int8_decoder(cuda_pipe.vae, [z], backend="fake")
+    kern = copy.deepcopy(fake)
+    set_backend(kern.decoder, "kernel")
+    with torch.no_grad():
+        a, b = decode_images(fake, z).float(), decode_images(kern, z).float()
+    assert (a - b).abs().mean() < 2 / 255 and not torch.isnan(b).any()
+    assert all(r["rel_err"] < 0.1 for r in decoder_errors(cuda_pipe.vae, kern, z.half()) if r["kind"] == "image")
+
+
+@pytest.mark.parametrize("kind", ["tiny", "int8"])
+def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
+    from types import SimpleNamespace
+
+    from quant_utils.cli import decoder_from_args
+    from quant_utils.runtime import Runner
+
+    args = SimpleNamespace(vae=kind, config=TINY, random_weights=False, seed=0, steps=None,
+                           calib_prompts="scripts/utils/prompts_32.txt")
+    vae = decoder_from_args(cuda_pipe, args, res=64)
+    eager = Runner(cuda_pipe, "eager", vae=vae, vae_kind=kind)
+    fast = Runner(_with_own_unet(cuda_pipe), "compile", vae=vae, vae_kind=kind)
+    ref = eager(["a cat", "a dog"], [1, 2], 64, 64).astype(int)
+    out = fast(["a cat", "a dog"], [1, 2], 64, 64).astype(int)
+    assert np.abs(out - ref).max() <= 3 and fast.vae_kind == kind and fast.vae_exec == "compiled"

@@ -1,0 +1,270 @@
+"""The whole image, every precision mode in its fastest execution, in one process and one run (README: performance).
+
+Example (one GPU, full-size SDXL-Turbo architecture with random weights: latency does not depend on weight values):
+    python scripts/bench_e2e.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
+        --out results/e2e_nvidia_h200.csv --profile_out results/e2e_profile_nvidia_h200.csv
+Tiny model on the CPU (eager; what the tests run; the numbers mean nothing):
+    python scripts/bench_e2e.py --modes fp16 w8a8 --vae fp16 tiny int8 --res 64 --batch 1 2 --repeats 2
+
+Every variant goes through the serving Runner (quant_utils/runtime.py), the one the load test, latency_probe and
+quant_txt2img use: UNet variants `fp16/graph` (CUDA graphs), `fp16/compile` and every quantized mode with compiled
+blocks (`--quant_exec`), each with the decoders `--vae` (`--vae_modes` limits which UNet modes get the non-FP16
+decoders). speedup_vs_fp16 = total p50 of the fastest FP16 variant with the FP16 decoder at the same cell / this
+row's; speedup_same_vae: the same against the fastest FP16 UNet with this row's decoder. Columns: docs/outputs.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from quant_utils import repo_path  # noqa: E402
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, decoder_from_args, pipeline_from_args,  # noqa: E402
+                             user_errors, weights_label)
+from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.generation import read_prompts  # noqa: E402
+from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
+from quant_utils.mixdq import MODES, pipeline_view, quantized_variant, request_for  # noqa: E402
+from quant_utils.pipeline import check_resolution  # noqa: E402
+from quant_utils.runtime import Runner, StageTimes, load_compile_cache, resolve_exec, save_compile_cache  # noqa: E402
+
+E2E_MODES = tuple(MODES) + ("mixdq",)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_model_args(p, resolution=False)
+    p.add_argument("--modes", nargs="+", default=list(E2E_MODES), choices=E2E_MODES,
+                   help="UNet precision modes (mixdq: MixDQ's weight_4.00 + act_7.77 + its 1%% FP16 activations)")
+    p.add_argument("--fp16_exec", nargs="+", default=None, choices=["graph", "compile"],
+                   help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager)")
+    p.add_argument("--quant_exec", default=None, choices=["graph", "compile"],
+                   help="quantized UNets' execution (default on CUDA: compile; on a CPU: eager)")
+    p.add_argument("--vae_kinds", "--vaes", dest="vae_kinds", nargs="+", default=["fp16", "int8", "tiny"],
+                   choices=["fp16", "int8", "tiny"], help="decoders measured")
+    p.add_argument("--vae_modes", nargs="+", default=["fp16", "w8a8"], choices=E2E_MODES,
+                   help="UNet modes that are also measured with the non-FP16 decoders")
+    p.add_argument("--res", type=int, nargs="+", default=[512, 768, 1024], help="square resolutions")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 2, 4, 8], help="batch sizes")
+    p.add_argument("--cells", nargs="*", default=None, metavar="RESxBATCH",
+                   help="measure these cells (e.g. 1024x4 512x1), in this order, instead of --res x --batch")
+    p.add_argument("--repeats", type=int, default=6, help="timed calls per cell")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per cell after its first call")
+    p.add_argument("--backend", default=None, choices=["fake", "kernel"],
+                   help="quantized backend (default: kernel on CUDA, fake on a CPU)")
+    p.add_argument("--calib_num", type=int, default=4, help="calibration prompts per quantized mode (and the int8 VAE)")
+    p.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="calibration prompts file")
+    p.add_argument("--prompts_file", default="scripts/utils/prompts_32.txt", help="prompts (latency does not depend on them)")
+    p.add_argument("--profile_points", nargs="*", default=[], metavar="RESxBATCH",
+                   help="cells (e.g. 1024x4 512x1) whose image is profiled by kernel category into --profile_out")
+    p.add_argument("--profile_out", default=None, help="profile CSV (default <out stem>_profile.csv)")
+    p.add_argument("--vae_errors_out", default=None,
+                   help="int8 decoder vs FP16 decoder, relative error per layer and per image (CSV)")
+    p.add_argument("--compile_cache", default=None,
+                   help="load torch.compile's artifacts from this file first if it exists, and save this process's "
+                        "to it at the end (carries a warm compile to another machine of the same GPU/software)")
+    p.add_argument("--tuning_out", default=None, help="save the kernel tile configs tuned in this run (JSON) here")
+    p.add_argument("--cache_state", default="unknown",
+                   help="recorded in the provenance: whether Inductor's on-disk cache was cold or warm at the start")
+    p.add_argument("--out", default="logs/e2e/e2e.csv", help="output CSV (results/ only when asked)")
+    args = p.parse_args(argv)
+    args.vae = "fp16"
+    for r in args.res:
+        check_resolution(r, r)
+    if min(args.batch) < 1 or args.repeats < 1 or args.warmup < 0 or args.calib_num < 1:
+        p.error("--batch, --repeats and --calib_num must be >= 1, --warmup >= 0")
+    try:
+        args.profile_points = [tuple(int(v) for v in s.split("x")) for s in args.profile_points]
+        args.cells = [tuple(int(v) for v in s.split("x")) for s in args.cells] if args.cells else \
+            [(r, b) for r in args.res for b in args.batch]
+    except ValueError:
+        p.error(f"--profile_points and --cells must look like 1024x4 512x1, got {args.profile_points} {args.cells}")
+    for r, b in args.cells:
+        check_resolution(r, r)
+        if b < 1:
+            p.error(f"batch {b} in --cells: must be >= 1")
+    args.res = sorted({r for r, _ in args.cells})
+    check_device_for_exec(args)
+    return args
+
+
+def unet_variants(args, cuda: bool) -> list[tuple[str, str]]:
+    """(mode, exec) in run order: CUDA-graph FP16 before compiled (compiling changes a UNet in place)."""
+    fp16_exec = args.fp16_exec or (["graph", "compile"] if cuda else ["eager"])
+    quant_exec = args.quant_exec or ("compile" if cuda else "eager")
+    out = [("fp16", e) for e in sorted(fp16_exec, key=["eager", "graph", "compile"].index)] if "fp16" in args.modes else []
+    return out + [(m, quant_exec) for m in args.modes if m != "fp16"]
+
+
+def main(args: argparse.Namespace) -> None:
+    import copy
+
+    # 1. the FP16 pipeline, the decoders, the compile cache
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
+        args.fp16 = True
+    cfg, pipe, device = pipeline_from_args(args)
+    backend = args.backend or ("kernel" if cuda else "fake")
+    cache = "none"
+    if args.compile_cache and repo_path(args.compile_cache).is_file():
+        cache = load_compile_cache(repo_path(args.compile_cache))
+        print(f"loaded {cache}")
+    prompts = read_prompts(repo_path(args.prompts_file))
+    calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
+    steps = args.steps or cfg.steps
+    decoders = {}
+    for kind in args.vae_kinds:
+        t0 = time.perf_counter()
+        args.vae = kind
+        decoders[kind] = decoder_from_args(pipe, args, res=min(args.res)) or pipe.vae
+        print(f"decoder {kind}: ready in {time.perf_counter() - t0:.1f} s")
+    args.vae = "fp16"
+    if args.vae_errors_out and "int8" in decoders:
+        from quant_utils.decoders import decoder_errors
+
+        z = Runner(pipe, "eager").denoise(prompts[:2], [args.seed, args.seed + 1], min(args.res), min(args.res), steps)
+        err = pd.DataFrame(decoder_errors(pipe.vae, decoders["int8"], z.to(pipe.vae.dtype)))
+        write_csv(err, repo_path(args.vae_errors_out),
+                  provenance(script="bench_e2e", part="int8 decoder error vs fp16 decoder", weights=weights_label(cfg, args),
+                             backend=backend, res=min(args.res)))
+    fp16_unet = pipe.unet
+    meta = provenance(script="bench_e2e", weights=weights_label(cfg, args), backend=f"{backend} (quantized modes)",
+                      model=cfg.name, compile_cache=cache, inductor_cache=args.cache_state, seed=args.seed,
+                      repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up")
+    out = repo_path(args.out)
+    rows, prof_rows = [], []
+    cells = args.cells
+
+    # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran)
+    for mode, exec_mode in unet_variants(args, cuda):
+        t0 = time.perf_counter()
+        if mode == "fp16":
+            variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if exec_mode == "compile" else fp16_unet)
+            summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
+        else:
+            variant, summary = quantized_variant(pipe, request_for(mode, cfg.name), None, calib, args.seed,
+                                                 min(args.res), steps, backend)
+        print(f"{mode}: UNet ready in {time.perf_counter() - t0:.1f} s")
+        kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
+        if exec_mode == "graph" and mode == "fp16" and len(unet_variants(args, cuda)) > 1:
+            kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
+        # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place: the check
+        # that the fast path computes the same images (mean |diff| of uint8 pixels, column diff_vs_eager)
+        r0, b0 = cells[0]
+        check = ([prompts[i % len(prompts)] for i in range(b0)], [args.seed + i for i in range(b0)], r0, r0, steps)
+        refs = {k: Runner(variant, "eager", vae=decoders[k])(*check).astype(float) for k in kinds}
+        for kind in kinds:
+            runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
+                            vae_kind=kind, compile_shapes=args.compile_shapes)
+            others = _bytes_not_in(pipe, fp16_unet, variant.unet, decoders, decoders[kind])
+            for res, batch in tqdm(cells, desc=f"{mode} {exec_mode} vae={kind}", unit="cell"):
+                try:
+                    row = _measure(runner, prompts, res, batch, steps, args, others)
+                    row["diff_vs_eager"] = (round(float(abs(runner(*check).astype(float) - refs[kind]).mean()), 3)
+                                            if (res, batch) == (r0, b0) else float("nan"))
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    print(f"  {res}px batch {batch}: out of memory, skipped")
+                    continue
+                rows.append({"mode": mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
+                             "unet_exec": runner.exec_mode, "vae": kind, "vae_exec": runner.vae_exec, "res": res,
+                             "batch": batch, **row, "weight_bytes": device_weight_bytes(variant.unet),
+                             "vae_weight_bytes": device_weight_bytes(decoders[kind]),
+                             "weight_config": Path(summary.get("weight_config", "")).name,
+                             "act_config": Path(summary.get("act_config", "")).name, "gpu": device_name(),
+                             "weights": weights_label(cfg, args)})
+                write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
+                if (res, batch) in args.profile_points and cuda:
+                    prof_rows += _profile(runner, prompts, res, batch, steps, mode, kind)
+                    write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv")),
+                              {**meta, "timing": "torch.profiler, one image (compiled code run outside its CUDA graph)"})
+            del runner
+            _free()
+        del variant
+        _free()
+        if args.tuning_out and cuda:
+            from quant_utils.kernels import launch
+
+            launch.save_tuning(repo_path(args.tuning_out))
+    if not rows:
+        raise ConfigError("no cell could be measured")
+    if args.compile_cache and cuda:
+        n = save_compile_cache(repo_path(args.compile_cache))
+        print(f"saved {n / 2**20:.1f} MiB of compile artifacts to {args.compile_cache}")
+
+    # 3. print the image table
+    df = with_speedups(pd.DataFrame(rows))
+    cols = ["mode", "unet_exec", "vae", "res", "batch", "text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms",
+            "speedup_vs_fp16", "speedup_same_vae", "first_call_s"]
+    print(df[cols].round(3).to_string(index=False))
+    print(f"-> {out}")
+
+
+def _measure(runner: Runner, prompts: list[str], res: int, batch: int, steps: int, args, others: int) -> dict:
+    """First call (compile/capture/autotune) timed apart, then measure_cell's warm-up and timed calls."""
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    sync()
+    if runner.device.type == "cuda":  # the peak includes the bucket's first call: its CUDA-graph pools
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    runner([prompts[i % len(prompts)] for i in range(batch)], [args.seed + i for i in range(batch)], res, res, steps,
+           times=StageTimes())
+    sync()
+    first = time.perf_counter() - t0
+    peak_first = torch.cuda.max_memory_allocated() / 2**30 if runner.device.type == "cuda" else float("nan")
+    m = measure_cell(runner, prompts, res, res, batch, steps, args.warmup, args.repeats, args.seed)
+    peak = max(m.pop("peak_mem_gib"), peak_first)
+    return {**{k: round(v, 3) for k, v in m.items()}, "repeats": args.repeats, "first_call_s": round(first, 2),
+            "peak_mem_gib": round(peak - others / 2**30, 3) if peak == peak else peak}
+
+
+def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """speedup_vs_fp16: fastest FP16 UNet with the FP16 decoder at the cell / this total p50; speedup_same_vae: the
+    fastest FP16 UNet with this row's decoder / this total p50 (NaN where that FP16 row was not measured)."""
+    fp16 = df[df["mode"] == "fp16"].groupby(["vae", "res", "batch"])["total_p50_ms"].min()
+    key = list(zip(df["vae"], df["res"], df["batch"]))
+    base = [fp16.get(("fp16", r, b), float("nan")) for _, r, b in key]
+    same = [fp16.get(k, float("nan")) for k in key]
+    df = df.copy()
+    df["speedup_vs_fp16"] = (pd.Series(base, index=df.index) / df["total_p50_ms"]).round(3)
+    df["speedup_same_vae"] = (pd.Series(same, index=df.index) / df["total_p50_ms"]).round(3)
+    return df
+
+
+def _bytes_not_in(pipe, fp16_unet, unet, decoders: dict, vae) -> int:
+    """Device bytes of the models resident in this process that the measured variant does not use (subtracted from
+    the peak, so peak_mem_gib is what the variant alone would hold)."""
+    mods = {id(m): m for m in [fp16_unet, *decoders.values()]}
+    used = {id(unet), id(vae)}
+    return sum(device_weight_bytes(m) for k, m in mods.items() if k not in used)
+
+
+def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str) -> list[dict]:
+    from quant_utils.kernel_bench import profile_step
+
+    exec_mode, runner.exec_mode = runner.exec_mode, "eager"  # the stages' (compiled) code outside the CUDA graphs
+    try:
+        fn = lambda: runner([prompts[0]] * batch, list(range(batch)), res, res, steps)  # noqa: E731
+        return [dict(mode=mode, unet_exec=exec_mode, vae=kind, res=res, batch=batch, **r) for r in profile_step(fn)]
+    finally:
+        runner.exec_mode = exec_mode
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(parse_args())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU job (issue 14): the whole image through the serving Runner, every mode in its fastest execution, in one process
+# (scripts/bench_e2e.py), plus optionally the GPU tests first. Device tool, carry=["wheels", ".git_sha"]; results in $OUT.
+# A session runs it in parts on one warm machine (Inductor's on-disk cache and the tuned tile configs persist in /tmp
+# between the calls, so later parts pay no compile for what an earlier part compiled):
+#   TESTS=1 MODES="fp16" FP16_EXEC="graph compile" TAG=e2e_a bash scripts/device/e2e_job.sh
+#   MODES="fp16 w8a8" FP16_EXEC="compile" PROFILE="1024x4 512x1" TAG=e2e_b bash scripts/device/e2e_job.sh
+#   MODES="fp16 w6a8 w4a8 mixdq" FP16_EXEC="compile" VAES=fp16 TAG=e2e_c bash scripts/device/e2e_job.sh
+source "$(dirname "$0")/job_env.sh"
+TAG=${TAG:-e2e}
+TUNING=/tmp/mixdq_tuning_$(python3 -c 'import re,torch;print(re.sub("[^a-z0-9]+","_",torch.cuda.get_device_name(0).lower()))').json
+export MIXDQ_TUNING_FILE=$TUNING  # tile configs tuned by an earlier part on this machine
+if [ ! -f "$TUNING" ]; then  # first part: start from the H100's tuned configs (same sm_90 chip family); new shapes tune here
+  python3 -c "import json,sys,torch; d=json.load(open('results/kernels_tuning_nvidia_h100_80gb_hbm3.json')); \
+d['gpu']=torch.cuda.get_device_name(0); d['seeded_from']='NVIDIA H100 80GB HBM3'; json.dump(d,open(sys.argv[1],'w'))" "$TUNING"
+fi
+STATE=$([ -d /tmp/torchinductor_root ] && echo "warm (earlier job on this machine)" || echo cold)
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
+if [ "${TESTS:-0}" = 1 ]; then
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x tests/gpu/test_runtime_gpu.py tests/gpu/test_kernels_gpu.py \
+      -k "${TEST_K:-runtime or decoder or dynamic or whole_unet}" -p no:cacheprovider 2>&1 | grep -v Warning \
+      | tee "$OUT/gpu_tests_$TAG.log" | tail -12
+fi
+timeout ${E2E_TIMEOUT:-480} python3 scripts/bench_e2e.py $REAL --modes ${MODES:-fp16 w8a8} --fp16_exec ${FP16_EXEC:-compile} \
+    --vae_kinds ${VAES:-fp16 int8 tiny} --vae_modes ${VAE_MODES:-fp16 w8a8} --res ${RES:-512 768 1024} \
+    --batch ${BATCHES:-1 2 4 8} ${CELLS:+--cells $CELLS} --compile_shapes ${SHAPES:-static} --vae_exec ${VAE_EXEC:-static} --repeats ${REPEATS:-6} --profile_points ${PROFILE:-} \
+    ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" \
+    --out "$OUT/$TAG.csv" 2>&1 | grep -v "Warning\|warn(\|it/s]\|cell/s]\|s/cell]" | tee "$OUT/$TAG.log" | tail -45
+cp "$TUNING" "$OUT/tuning_$TAG.json" 2>/dev/null
+ls -la "$OUT"

@@ -1,0 +1,83 @@
+"""Image decoders (quant_utils/decoders.py): the tiny TAESD-XL decoder and the int8 SDXL VAE decoder."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+
+
+@pytest.fixture(scope="module")
+def latents(tiny_pipe):
+    from quant_utils.runtime import Runner
+
+    return Runner(tiny_pipe).denoise(["a red bicycle", "a bowl of fruit"], [1, 2], 64, 64)
+
+
+def test_tiny_decoder_from_the_arch_config_and_offline_error(tiny_pipe):
+    from quant_utils.decoders import build_tiny_vae
+    from quant_utils.errors import WeightsNotFoundError
+    from quant_utils.pipeline import architecture_configs, load_model_config
+    from quant_utils.runtime import Runner
+
+    arch = architecture_configs(load_model_config(TINY))["vae_tiny"]
+    assert arch["decoder_block_out_channels"] == [16, 16, 16, 16]  # the tiny model's override of TAESD-XL
+    vae = build_tiny_vae(arch, "cpu", torch.float32)
+    img = Runner(tiny_pipe, vae=vae, vae_kind="tiny")(["a cat"], [3], 64, 64)
+    assert img.shape == (1, 64, 64, 3) and img.std() > 0
+    with pytest.raises(WeightsNotFoundError, match="hf download"):
+        build_tiny_vae(arch, "cpu", torch.float32, pretrained_id="madebyollin/taesdxl")
+
+
+def test_int8_decoder_quantizes_the_convs_it_can_and_names_the_rest(tiny_pipe, latents):
+    from quant_utils.decoders import decoder_errors, int8_fp16_layers, make_int8_decoder
+    from quant_utils.qlayers import QuantLayer
+
+    q = make_int8_decoder(tiny_pipe.vae, [latents], backend="fake")
+    quantized = {n for n, m in q.decoder.named_modules() if isinstance(m, QuantLayer)}
+    keep = int8_fp16_layers(tiny_pipe.vae)
+    convs = {n for n, m in tiny_pipe.vae.decoder.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert {"decoder.conv_in", "decoder.conv_out"} <= set(keep)  # 4 and 3 channels: no int8 tile
+    assert quantized == {n for n in convs if f"decoder.{n}" not in keep} and len(quantized) > 10
+    assert q.encoder is None and tiny_pipe.vae.encoder is not None  # a decode-only copy; the original intact
+    assert all(m.act_quant.scale is not None for n, m in q.decoder.named_modules() if isinstance(m, QuantLayer))
+    rows = decoder_errors(tiny_pipe.vae, q, latents)
+    layers = [r for r in rows if r["kind"] == "layer"]
+    images = [r for r in rows if r["kind"] == "image"]
+    assert len(layers) == len(quantized) and len(images) == 2
+    assert all(0 < r["rel_err"] < 0.05 for r in layers)  # 8-bit weights and activations: about 1e-2 per layer
+    assert all(0 < r["rel_err"] < 0.1 and r["psnr_db"] > 30 for r in images)
+
+
+def test_int8_decoder_needs_calibration_latents(tiny_pipe):
+    from quant_utils.decoders import make_int8_decoder
+    from quant_utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="calibration latents"):
+        make_int8_decoder(tiny_pipe.vae, [], backend="fake")
+
+
+CONV_HALVES = """
+import torch
+from quant_utils.kernels import launch, packing
+torch.manual_seed(0)
+x = torch.randint(-20, 20, (3, 10, 10, 32), dtype=torch.int8)
+w, fmt = packing.pack_weight(torch.randint(-50, 50, (16, 32, 3, 3), dtype=torch.int8), 8)
+s, z, b = torch.rand(16) / 100, torch.randint(-9, 9, (16,), dtype=torch.int32), torch.rand(16)
+cfg = dict(BM=16, BN=16, num_warps=4, num_stages=1, SWAP=False, SPLIT_K=1, GROUP_M=8)
+whole = launch.conv(x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, cfg)
+launch.INT32_LIMIT = 2000  # forces the batch into parts (1 + 2 images, then 1 + 1)
+parts = launch.conv(x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, cfg)
+print("same", whole.shape == parts.shape == (3, 16, 8, 8), bool(torch.equal(whole, parts)))
+"""
+
+
+def test_conv_splits_a_batch_past_int32_offsets():
+    """The int8 VAE decoder at 1024 px batch 8 passes the conv kernel's int32 offsets: the launcher runs the batch
+    in parts, with the same result (Triton kernels in the interpreter)."""
+    proc = subprocess.run([sys.executable, "-c", CONV_HALVES], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "same True True" in proc.stdout, proc.stdout

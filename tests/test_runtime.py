@@ -1,0 +1,75 @@
+"""The serving Runner (quant_utils/runtime.py): exec resolution, decoders, denoise/decode split, dynamic-shape
+compiled regions sharing graphs across buckets."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+
+def test_auto_exec_is_compile_on_cuda_and_eager_on_a_cpu():
+    from quant_utils.runtime import resolve_exec
+
+    assert resolve_exec("auto", "cpu") == "eager"
+    assert resolve_exec("auto", "cuda") == "compile"
+    assert resolve_exec("graph", "cpu") == "graph"  # Runner then refuses it without CUDA
+    with pytest.raises(ValueError, match="exec_mode"):
+        resolve_exec("fast", "cpu")
+
+
+def test_runner_labels_and_rejects(tiny_pipe):
+    from quant_utils.runtime import Runner
+
+    run = Runner(tiny_pipe, "auto")
+    assert (run.exec_mode, run.vae_kind, run.vae_exec) == ("eager", "fp16", "eager")
+    with pytest.raises(ValueError, match="compile_shapes"):
+        Runner(tiny_pipe, "eager", compile_shapes="sometimes")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            Runner(tiny_pipe, "compile")
+
+
+def test_call_is_denoise_then_decode(tiny_pipe):
+    """__call__ = decode(denoise): the latents a decoder calibrates on are the ones the images come from."""
+    from quant_utils.runtime import Runner, decode_images
+
+    run = Runner(tiny_pipe)
+    z = run.denoise(["a cat", "a dog"], [1, 2], 64, 64)
+    assert z.shape == (2, 4, 8, 8) and z.dtype == torch.float32
+    img = run(["a cat", "a dog"], [1, 2], 64, 64)
+    with torch.no_grad():
+        ref = (decode_images(tiny_pipe.vae, z).float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(img, ref)
+
+
+DYNAMIC_REGIONS = """
+import torch
+from torch._dynamo.utils import counters
+from quant_utils import kernel_bench as kb
+from quant_utils.pipeline import build_pipeline, load_model_config
+from quant_utils.runtime import compile_regions
+unet = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"), dtype=torch.float16).unet
+buckets = [(1, 64), (2, 64), (3, 64), (2, 96), (1, 96), (4, 128)]
+with torch.no_grad():
+    refs = [unet(**kb.unet_inputs(unet, b, r, seed=b)).sample for b, r in buckets]
+    compile_regions(unet, backend="eager", dynamic=True)
+    for (b, r), ref in zip(buckets, refs):
+        out = unet(**kb.unet_inputs(unet, b, r, seed=b)).sample
+        print(b, r, counters["stats"]["unique_graphs"], bool(torch.equal(out, ref)))
+"""
+
+
+def test_dynamic_compiled_regions_serve_every_bucket_with_two_compiles():
+    """compile_shapes=dynamic: each block is traced for batch 1 (torch specialises size 1) and once with symbolic
+    batch/height/width; every later bucket (other batches, other resolutions) reuses those graphs."""
+    proc = subprocess.run([sys.executable, "-c", DYNAMIC_REGIONS], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln.split() for ln in proc.stdout.splitlines() if ln[:1].isdigit()]
+    graphs = [int(ln[2]) for ln in lines]
+    assert all(ln[3] == "True" for ln in lines), proc.stdout
+    assert graphs[1] == 2 * graphs[0] and graphs[-1] == graphs[1], graphs  # no graph after the second bucket
