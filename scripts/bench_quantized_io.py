@@ -37,7 +37,9 @@ import torch  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.bitconfig import config_dir  # noqa: E402
-from quant_utils.cli import add_model_args, pipeline_from_args, runner_from_args, user_errors, weights_label  # noqa: E402
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, model_config_from_args,  # noqa: E402
+                             nonnegative_int, pipeline_from_args, positive_int, runner_from_args, user_errors,
+                             weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.latency import device_weight_bytes  # noqa: E402
 from quant_utils.mixdq import QuantRequest, quantize_pipeline  # noqa: E402
@@ -52,22 +54,24 @@ RESULT = "BENCH_RESULT "
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, quantized=False)
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS), help="quantized formats")
     p.add_argument("--today", default="W4A8", help="format timed on today's path (FP16 folder, then quantize); none: skip")
     p.add_argument("--backend", default=None, choices=["fake", "kernel"], help="default: kernel on CUDA, else fake")
-    p.add_argument("--repeats", type=int, default=1, help="cold processes per variant")
-    p.add_argument("--warmup", type=int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=1, help="cold processes per variant")
+    p.add_argument("--warmup", type=nonnegative_int, default=None,
                    help="processes of the last format first, as run 0, to fill Triton's and the tuning caches "
                         "(default: 1 with the kernel backend, else 0)")
-    p.add_argument("--calib_num", type=int, default=2, help="calibration prompts (sizes and times do not depend on them)")
+    p.add_argument("--calib_num", type=positive_int, default=2, help="calibration prompts (sizes and times do not depend on them)")
     p.add_argument("--work_dir", default="logs/quantized_io/work", help="where the FP16 and quantized folders go")
     p.add_argument("--out_dir", default="logs/quantized_io", help="where quantized_size_<gpu>.csv goes")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # 'variant:folder[:format]' in a measured process
     args = p.parse_args(argv)
     if args.today not in ("none", *args.formats):
         p.error(f"--today {args.today}: must be one of --formats or none")
+    check_device_for_exec(args)  # everything checkable is checked before the model is built
+    model_config_from_args(args)
     return args
 
 

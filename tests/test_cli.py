@@ -16,7 +16,8 @@ SCRIPTS = ["scripts/txt2img.py", "scripts/quant_txt2img.py", "scripts/latency_pr
            "scripts/load_test_stub.py", "scripts/bench_e2e.py", "scripts/bench_vae.py", "scripts/bench_kernels.py", "scripts/bench_simulator.py",
            "scripts/fit_perf_model.py", "scripts/plot_mixdq_queue_results.py", "scripts/eval_fp16_mixdq_cleanfid.py",
            "scripts/utils/coco_sample.py", "mixed_precision_scripts/bit_allocation.py",
-           "mixed_precision_scripts/make_bit_configs.py", "mixed_precision_scripts/sensitivity.py"]
+           "mixed_precision_scripts/make_bit_configs.py", "mixed_precision_scripts/sensitivity.py",
+           "scripts/bench_quantized_io.py"]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,7 @@ def bad_input(script: str, d) -> list[str]:
         "mixed_precision_scripts/bit_allocation.py": ["--target_bits", 9, "--out_dir", d / "alloc"],
         "mixed_precision_scripts/make_bit_configs.py": ["--source_model", "sdxl_turbo_tiny", "--target_model", "sdxl_turbo"],
         "mixed_precision_scripts/sensitivity.py": ["--kind", "act", "--calib_prompts", d / "latin1.txt"],
+        "scripts/bench_quantized_io.py": ["--config", d / "latin1.yaml"],
     }[script]
 
 
