@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from . import repo_path
@@ -76,6 +78,10 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     g.add_argument("--compile_shapes", default="static", choices=["dynamic", "static"],
                    help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
                         "with symbolic batch/height/width (dynamic: cheap new buckets, measured slower on the H200)")
+    g.add_argument("--compile_cache", default=None,
+                   help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
+                        "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "
+                        "Inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/mixdq/inductor) is reused anyway")
     g.add_argument("--vae", default="fp16", choices=["fp16", "int8", "tiny"],
                    help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
                         "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
@@ -141,11 +147,30 @@ def decoder_from_args(pipe, args: argparse.Namespace, res: int | None = None):
         return decoders.make_int8_decoder(vae, latents, backend=backend)
 
 
+def compile_cache_from_args(args: argparse.Namespace) -> str:
+    """Load --compile_cache if it exists and save this process's compile artifacts there at exit (CUDA only);
+    returns what was loaded, for provenance."""
+    import atexit
+
+    import torch
+
+    from .runtime import load_compile_cache, save_compile_cache
+
+    path = getattr(args, "compile_cache", None)
+    if not path or not torch.cuda.is_available():
+        return "none"
+    path = repo_path(path)
+    loaded = load_compile_cache(path) if path.is_file() else "none (cold)"
+    atexit.register(save_compile_cache, path)
+    return loaded
+
+
 def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
-    """The generation Runner for --exec / --vae_exec / --compile_shapes / --vae (`res`: the int8 decoder's
-    calibration resolution)."""
+    """The generation Runner for --exec / --vae_exec / --compile_shapes / --vae / --compile_cache (`res`: the int8
+    decoder's calibration resolution)."""
     from .runtime import Runner
 
+    compile_cache_from_args(args)
     return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"))
@@ -188,6 +213,8 @@ def pipeline_from_args(args: argparse.Namespace):
 
     cfg = model_config_from_args(args)
     device = resolve_device(args.device)
+    # compiled code survives reboots (Inductor's default, /tmp/torchinductor_<user>, does not)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "mixdq" / "inductor"))
     dtype = torch.float16 if args.fp16 else cfg.torch_dtype
     unet = None
     if getattr(args, "quantized", None):  # the UNet from its quantized folder; the FP16 one is never built

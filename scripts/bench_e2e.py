@@ -27,15 +27,15 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, decoder_from_args, pipeline_from_args,  # noqa: E402
-                             user_errors, weights_label)
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, compile_cache_from_args,  # noqa: E402
+                             decoder_from_args, pipeline_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
 from quant_utils.mixdq import MODES, pipeline_view, quantized_variant, request_for  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
-from quant_utils.runtime import Runner, StageTimes, load_compile_cache, resolve_exec, save_compile_cache  # noqa: E402
+from quant_utils.runtime import Runner, StageTimes, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(MODES) + ("mixdq",)
 
@@ -69,9 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile_out", default=None, help="profile CSV (default <out stem>_profile.csv)")
     p.add_argument("--vae_errors_out", default=None,
                    help="int8 decoder vs FP16 decoder, relative error per layer and per image (CSV)")
-    p.add_argument("--compile_cache", default=None,
-                   help="load torch.compile's artifacts from this file first if it exists, and save this process's "
-                        "to it at the end (carries a warm compile to another machine of the same GPU/software)")
     p.add_argument("--tuning_out", default=None, help="save the kernel tile configs tuned in this run (JSON) here")
     p.add_argument("--cache_state", default="unknown",
                    help="recorded in the provenance: whether Inductor's on-disk cache was cold or warm at the start")
@@ -114,10 +111,7 @@ def main(args: argparse.Namespace) -> None:
         args.fp16 = True
     cfg, pipe, device = pipeline_from_args(args)
     backend = args.backend or ("kernel" if cuda else "fake")
-    cache = "none"
-    if args.compile_cache and repo_path(args.compile_cache).is_file():
-        cache = load_compile_cache(repo_path(args.compile_cache))
-        print(f"loaded {cache}")
+    cache = compile_cache_from_args(args)
     prompts = read_prompts(repo_path(args.prompts_file))
     calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
     steps = args.steps or cfg.steps
@@ -197,9 +191,6 @@ def main(args: argparse.Namespace) -> None:
             launch.save_tuning(repo_path(args.tuning_out))
     if not rows:
         raise ConfigError("no cell could be measured")
-    if args.compile_cache and cuda:
-        n = save_compile_cache(repo_path(args.compile_cache))
-        print(f"saved {n / 2**20:.1f} MiB of compile artifacts to {args.compile_cache}")
 
     # 3. print the image table
     df = with_speedups(pd.DataFrame(rows))

@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--res", type=int, default=1024, help="static resolution (and the most a request gets)")
     s.add_argument("--ladder", nargs="+", type=int, default=[1024, 768, 512], help="adaptive/slo resolutions, best first")
     s.add_argument("--adaptive_wbits", nargs="*", type=int, default=[], help="lower bit-widths adaptive/slo may also use")
+    s.add_argument("--adaptive_vae", nargs="*", default=[], choices=["int8", "tiny"],
+                   help="faster decoders adaptive/slo may also switch to, at the lowest resolution (modes <mode>+<decoder>: "
+                        "the performance model needs them, e.g. fitted from bench_e2e's CSV)")
     s.add_argument("--q_high", type=int, default=4, help="adaptive: step k down at q_high*(k+1) waiting requests")
     s.add_argument("--q_low", type=int, default=1, help="adaptive: step back up at q_low + q_high*k (hysteresis)")
     s.add_argument("--slo_ms", type=float, default=1000.0, help="latency SLO, ms (metrics, slo policy, admission)")
@@ -193,7 +196,8 @@ def main(args: argparse.Namespace) -> None:
     # 2. generators (live) and the performance model
     variants, runs_as = live_variants(args, modes + extra_modes) if args.live else ({}, {})
     notes = live.substitution_notes(runs_as)
-    options = [Option(r, m) for r in ladder for m in modes + extra_modes]
+    vae_modes = lambda m: [f"{m}+{v}" for v in args.adaptive_vae]  # noqa: E731
+    options = [Option(r, m) for r in ladder for m in modes + extra_modes + [x for m in modes for x in vae_modes(m)]]
     perf, perf_src = perf_for_run(args, variants, options, out)
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
     # 3. the cells and their policies
@@ -205,7 +209,7 @@ def main(args: argparse.Namespace) -> None:
                               burstiness=args.burstiness, burst_size=args.burst_size, burst_every_s=args.burst_every_s,
                               trace=args.trace and str(repo_path(args.trace)), retry_backoff_ms=args.retry_backoff_ms,
                               capacity=lambda m: perf.capacity(m, args.res, args.max_batch, args.exec_mode) * args.replicas)
-    make_policy = lambda c: build_policy(c.policy, c.mode, args.res, ladder, bits_ladder=extra_modes,  # noqa: E731
+    make_policy = lambda c: build_policy(c.policy, c.mode, args.res, ladder, bits_ladder=extra_modes + vae_modes(c.mode),  # noqa: E731
                                          q_high=args.q_high, q_low=args.q_low, slo_ms=args.slo_ms,
                                          admission=args.admission, quality=quality, score=args.quality_col)
     # 4. simulate every cell; with --live, replay the same traces against the pipeline

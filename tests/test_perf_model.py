@@ -182,3 +182,33 @@ def test_target_on_the_committed_h100_grid():
     err = leave_one_out(df[df["exec"] == "graph"])
     tot = err.loc[err["target"] == "total_p50_ms", "err_pct"].abs()
     assert len(tot) >= 9 and tot.median() <= 5 and tot.max() <= 15
+
+
+def test_the_decoder_is_a_dimension_of_the_model_and_of_the_policy_ladder():
+    """bench_e2e's table (res, unet_exec, vae) fits directly; every (mode, decoder) is its own group, keyed
+    `<mode>+<decoder>`, which the simulator and the policies use like any other mode."""
+    from quant_utils.perf_model import PerfModel, mode_wbits, split_mode, synthetic_latency_frame
+    from quant_utils.serving.policies import Option, build_policy, quality_order
+
+    frames = []
+    for vae, scale in (("fp16", 1.0), ("int8", 0.7), ("tiny", 0.1)):
+        f = synthetic_latency_frame(modes=("fp16", "w8a8"), noise=0.0)
+        f["vae_p50_ms"] *= scale
+        f["vae_p95_ms"] *= scale
+        f["total_p50_ms"] = f[["text_p50_ms", "unet_p50_ms", "vae_p50_ms"]].sum(axis=1) + 1.0
+        f["total_p95_ms"] = f["total_p50_ms"] * 1.05
+        frames.append(f.assign(vae=vae).rename(columns={"height": "res", "exec": "unet_exec"}).drop(columns="width"))
+    model = PerfModel.fit(pd.concat(frames, ignore_index=True), with_loo=False)
+    assert set(model.groups) == {"fp16", "w8a8", "fp16+int8", "w8a8+int8", "fp16+tiny", "w8a8+tiny"}
+    t = {m: model.predict(m, 1024, 1024, 4)["total_p50_ms"] for m in ("w8a8", "w8a8+int8", "w8a8+tiny")}
+    assert t["w8a8+tiny"] < t["w8a8+int8"] < t["w8a8"]
+    assert model.predict("w8a8+tiny", 1024, 1024, 4)["vae_p50_ms"] == pytest.approx(
+        0.1 * model.predict("w8a8", 1024, 1024, 4)["vae_p50_ms"], rel=0.05)
+    assert mode_wbits("w8a8+tiny") == 8 and split_mode("w8a8+tiny") == ("w8a8", "tiny") and split_mode("w4a8")[1] == "fp16"
+    with pytest.raises(ConfigError, match="decoder"):
+        split_mode("w8a8+huge")
+    # quality: same resolution and bits, the FP16 decoder first, the tiny one last
+    opts = [Option(1024, "w8a8+tiny"), Option(1024, "w8a8"), Option(1024, "w8a8+int8")]
+    assert [o.mode for o in quality_order(opts)] == ["w8a8", "w8a8+int8", "w8a8+tiny"]
+    pol = build_policy("adaptive", "w8a8", 1024, [1024, 512], bits_ladder=["w8a8+tiny"])
+    assert pol.ladder == [Option(1024, "w8a8"), Option(512, "w8a8"), Option(512, "w8a8+tiny")]

@@ -349,3 +349,23 @@ def test_load_test_live_on_the_tiny_model(tmp_path, perf_json):
     assert pm["gpu"].startswith("cpu") and pm["synthetic"] is False
     req = read_csv(out / "mixdq_queue_requests.csv")
     assert set(req.loc[req["source"] == "live", "res"]) <= {64, 32}
+
+
+def test_adaptive_policy_switches_to_a_faster_decoder_under_overload(tmp_path):
+    """--adaptive_vae tiny: past the resolution ladder the adaptive controller serves <mode>+tiny (a group of the
+    performance model), and the per-request table says which requests got it."""
+    frames = []
+    for vae, scale in (("fp16", 1.0), ("tiny", 0.1)):
+        f = synthetic_latency_frame(modes=("w8a8",), noise=0.0)
+        f["vae_p50_ms"] *= scale
+        f["total_p50_ms"] = f[["text_p50_ms", "unet_p50_ms", "vae_p50_ms"]].sum(axis=1)
+        f["total_p95_ms"] = f["total_p50_ms"] * 1.05
+        frames.append(f.assign(vae=vae))
+    pm = PerfModel.fit(pd.concat(frames, ignore_index=True), with_loo=False, synthetic=True, note="SYNTHETIC test")
+    pm.save(tmp_path / "pm.json")
+    assert run_main("load_test_stub.py", "--perf_model", tmp_path / "pm.json", "--wbits", 8, "--patterns", "poisson",
+                    "--load", 1.5, "--policies", "adaptive", "--adaptive_vae", "tiny", "--ladder", 1024, 512,
+                    "--num_requests", 300, "--out_dir", tmp_path / "run", "--seed", 1) == 0
+    req = read_csv(tmp_path / "run" / "mixdq_queue_requests.csv")
+    served = set(req.loc[~req["rejected"], "mode"])
+    assert "w8a8+tiny" in served and "w8a8" in served

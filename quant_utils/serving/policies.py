@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import pandas as pd
 
 from ..errors import ConfigError
-from ..perf_model import mode_wbits
+from ..perf_model import DECODER_QUALITY, mode_wbits, split_mode
 
 
 class Option(NamedTuple):
@@ -188,7 +188,7 @@ def quality_order(options: Sequence[Option], quality: pd.DataFrame | None = None
     eval_grid's CSV: columns res or height, mode or wbits, and `score`), higher score first."""
     opts = list(dict.fromkeys(options))
     if quality is None:
-        return sorted(opts, key=lambda o: (-o.res, -mode_wbits(o.mode)))
+        return sorted(opts, key=lambda o: (-o.res, -mode_wbits(o.mode), DECODER_QUALITY[split_mode(o.mode)[1]]))
     q = quality.copy()
     if "res" not in q and "height" in q:
         q["res"] = q["height"]
