@@ -5,8 +5,9 @@
 # Then the GPU tests of the format (images after save -> load bit-identical, kernel and fake backends).
 # About 3-4 min of GPU time; writes ~12 GB under $WORK (removed at the end; the machine has ~64 GB of disk).
 # Device tool, carry=["wheels", ".git_sha"]. Writes $OUT/quantized_size_<gpu>.csv (copy into results/), ship.log,
-# gpu_tests_quantized_io.log, and kernels_tuning_<gpu>.json: the tile configs this run tuned, from the per-user
-# cache (commit as results/kernels_tuning_<gpu>.json so later processes on this GPU model skip the tuning).
+# gpu_tests_quantized_io.log, and kernels_tuning_<gpu>.json (only if a shape needed tuning): the tile configs this
+# run tuned beyond the committed files, from the tuning cache (merge its configs into results/kernels_tuning_<gpu>.json
+# so later processes on this GPU model skip the tuning).
 #   REPEATS=2 FORMATS="W4A8 weight_3.66" TODAY=W4A8 bash scripts/device/ship_job.sh   # fewer formats, more runs
 source "$(dirname "$0")/job_env.sh"
 WORK=${WORK:-/tmp/qio}
