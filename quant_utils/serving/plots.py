@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from .metrics import queue_length_series  # noqa: E402
 
 MARKERS = {"static": "o", "adaptive": "s", "slo": "^"}
-LINESTYLE = {"sim": "-", "live": "--"}
+LINESTYLE = {"sim": "-", "live": "--", "http": ":"}
 
 
 def _color(wbits: float, all_wbits: list[float]):
