@@ -50,6 +50,11 @@ download() {
   done
   echo "device calls (each within 30 s of the last): carry [\"$DIR/part1\"] then [\"$DIR/part2\"], command:"
   echo "  bash scripts/device/ray_wheels.sh device      then the job (e.g. bash scripts/device/serve_job.sh)"
+  local p2 whl2; p2=$(du -cb "$DIR/part2" | tail -1 | cut -f1); whl2=$(du -cb wheels 2>/dev/null | tail -1 | cut -f1)
+  if [ -d wheels ] && [ $(((p2 + whl2 + repo) / 1048576)) -lt 63 ]; then
+    echo "part2 + wheels/ + repo = $(((p2 + whl2 + repo) / 1048576)) MiB: the job can ride in call 2 instead of a third call:"
+    echo "  carry [\"$DIR/part2\", \"wheels\", \".git_sha\"]: bash scripts/device/ray_wheels.sh device && BUDGET_S=540 bash scripts/device/serve_job.sh"
+  fi
 }
 
 device() {  # stash the carried part; once every part is there, join the Ray wheel, check it, install everything
