@@ -202,11 +202,11 @@ def scrape(url: str, name: str) -> float:
 
 
 def test_burst_is_batched_and_admission_rejects_with_429(service, tmp_path):
-    """An open-loop burst large enough (from the service's own latency model) to queue twice the SLO."""
+    """An open-loop burst large enough (from the service's own latency model) to queue three times the SLO."""
     info = client.server_info(service["url"])
     (tmp_path / "pm.json").write_text(json.dumps(info["perf_model"]))
     batch4_ms = PerfModel.load(tmp_path / "pm.json").predict("fp16", 64, 64, 4)["total_p50_ms"]
-    n = int(min(400, 2 * 4 * (2 * SLO_MS / batch4_ms + 2)))
+    n = int(min(400, 2 * 4 * (3 * SLO_MS / batch4_ms + 2)))  # 2 replicas x batches of 4
     run = client.run_http(wl.burst(n), service["url"], "fp16", ["a burst"], timeout_s=120, replicas=2)
     df = run.requests
     counts = client.accounting(df, n)
