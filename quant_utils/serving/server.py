@@ -87,11 +87,13 @@ class ServeConfig:
     png_level: int = 0
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
+    extra: dict = field(default_factory=dict)  # the other flags (e.g. the model group's newer ones) for make_runner
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServeConfig":
         names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+        known = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        return cls(**known, extra={k: v for k, v in vars(args).items() if k not in names})
 
     @property
     def served_modes(self) -> list[str]:
@@ -137,11 +139,13 @@ class ServeConfig:
 
 # --------------------------------------------------------------------------- model side (torch imported lazily)
 def make_runner(pipe, cfg: ServeConfig):
-    """The one place the service builds a generation Runner: graph execution on CUDA by default, eager on CPU."""
-    from ..runtime import Runner
+    """The one place the service builds a generation Runner (through the scripts' shared `runner_from_args`, so every
+    model flag applies): graph execution on CUDA by default, eager on CPU."""
+    from ..cli import runner_from_args
 
-    exec_mode = cfg.exec_mode or ("graph" if pipe.unet.device.type == "cuda" else "eager")
-    return Runner(pipe, exec_mode, vae_exec=cfg.vae_exec)
+    args = argparse.Namespace(**{**cfg.extra, **asdict(cfg)})
+    args.exec_mode = cfg.exec_mode or ("graph" if pipe.unet.device.type == "cuda" else "eager")
+    return runner_from_args(pipe, args)
 
 
 def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], dict[str, str], Any]:
