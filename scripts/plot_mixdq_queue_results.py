@@ -23,7 +23,7 @@ from quant_utils.cli import user_errors  # noqa: E402
 from quant_utils.csvio import read_csv, read_provenance  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.serving import plots  # noqa: E402
-from quant_utils.serving.sweep import LATER_COLUMNS, RESULT_COLUMNS  # noqa: E402
+from quant_utils.serving.sweep import NEWER_COLUMNS, RESULT_COLUMNS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise ConfigError(f"{path} does not exist (scripts/load_test_stub.py writes it)")
     results = read_csv(path)
-    missing = [c for c in RESULT_COLUMNS if c not in results and c not in LATER_COLUMNS]
+    missing = [c for c in RESULT_COLUMNS if c not in results and c not in NEWER_COLUMNS]
     if missing:
         raise ConfigError(f"{path} is not a load_test_stub results CSV (missing columns {missing})")
     req_path = repo_path(args.requests_csv) if args.requests_csv else path.with_name("mixdq_queue_requests.csv")

@@ -94,6 +94,43 @@ def test_http_accounting_refuses_a_lost_request():
         client.accounting(df, 3)
 
 
+def test_http_client_open_and_closed_loop_with_retries_on_a_mock_service():
+    """The client against httpx's MockTransport: 429s, 500s and broken connections recorded, a closed-loop client
+    resends a rejected request (same body, attempt + 1) after the back-off, and nothing is lost."""
+    png = encode_png(np.zeros((8, 8, 3), np.uint8))
+    seen = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        k = len(seen)
+        if k % 5 == 1:
+            return httpx.Response(429, json={"error": "rejected by admission control: test"})
+        if k % 7 == 0:
+            return httpx.Response(500, json={"error": "generation failed: test"})
+        if k % 11 == 0:
+            raise httpx.ConnectError("reset")
+        return httpx.Response(200, content=png, headers={"x-res": "8", "x-mode": body["mode"], "x-service-ms": "1.5",
+                                                         "x-queue-ms": "0.5", "x-batch-size": "1", "x-replica": "r1"})
+    closed = wl.closed_loop(30, 3)
+    closed.retry_backoff_s = 0.01  # the closed-loop retry back-off (the simulator's default when it has one)
+    for w in (wl.poisson(30, 200.0, seed=1), closed):
+        seen.clear()
+        run = client.run_http(w, "http://mock", "w8a8", ["p"], seed=10, transport=httpx.MockTransport(service))
+        df = run.requests
+        counts = client.accounting(df, 30)
+        assert counts["rejected"] > 0 and counts["error"] > 0 and counts["ok"] > 0 and counts["timeout"] == 0
+        assert set(df.loc[df["outcome"] == "error", "status"]) <= {0, 500} and (df["reason"].str.len() > 0).sum() >= 7
+        ok = df[df["outcome"] == "ok"]
+        assert (ok["res"] == 8).all() and (ok["mode"] == "w8a8").all() and (ok["replica_id"] == "r1").all()
+        seeds = [b["seed"] for b in seen]
+        if w.closed:  # a rejected request is sent again (same seed, next attempt) while requests remain
+            retries = int((df["attempt"] > 1).sum())
+            assert retries > 0 and retries == len(seeds) - len(set(seeds)) and retries <= counts["rejected"]
+        else:
+            assert (df["attempt"] == 1).all() and len(set(seeds)) == 30
+
+
 def test_serve_script_user_errors_before_ray_starts(tmp_path, capsys):
     assert run_main("serve.py", "--modes", "w5a8") == 2
     assert "w5a8" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """HTTP load client: the load test's arrival traces replayed against the Ray Serve service (scripts/serve.py).
 
 Open loop: each request is sent at its arrival time, whatever is still in flight. Closed loop (`burst` with a
-concurrency): `clients` coroutines each send their next request when their previous one is answered (rejected
-ones too, at once, as in the simulator). Every request ends in exactly one outcome: `ok` (HTTP 200 with a PNG),
+concurrency): `clients` coroutines each send their next request when their previous one is answered; a rejected
+one is sent again (same prompt and seed, `attempt` + 1) after the workload's `retry_backoff_s` (0 when the
+workload has none), as the simulator does. Every request ends in exactly one outcome: `ok` (HTTP 200 with a PNG),
 `rejected` (HTTP 429: admission control), `error` (any other status, a body that is not a PNG, or a transport
 failure such as a reset connection) or `timeout` (no answer within the timeout); `accounting` checks that they add
 up to what was sent. Latencies are client-side (send to last byte), server-side parts come from the headers.
@@ -27,8 +28,8 @@ from .workloads import Workload
 OUTCOMES = ("ok", "rejected", "error", "timeout")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Per-request columns an HTTP run adds to the simulator's (docs/outputs.md)
-HTTP_COLUMNS = ["status", "outcome", "reason", "model", "vae", "server_queue_ms", "overhead_ms", "elapsed_ms",
-                "replica_id"]
+HTTP_COLUMNS = ["attempt", "status", "outcome", "reason", "model", "vae", "server_queue_ms", "overhead_ms",
+                "elapsed_ms", "replica_id"]
 
 
 def get_json(target: str, path: str, timeout_s: float = 10.0) -> dict:
@@ -71,18 +72,18 @@ def simulator_settings(info: dict) -> dict[str, Any]:
 
 
 async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int,
-                  timeout_s: float) -> list[dict]:
+                  timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> list[dict]:
     n = workload.n
     url = target.rstrip("/") + "/generate"
     records: list[dict] = [{} for _ in range(n)]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s, transport=transport) as client:
         t0 = time.perf_counter()
 
-        async def send(i: int) -> None:
+        async def send(i: int, body: dict | None = None, attempt: int = 1) -> dict:
             res = int(workload.res[i])
-            body = {"prompt": prompts[i % len(prompts)], "seed": seed + i, "mode": mode} | ({"res": res} if res else {})
-            rec = records[i] = {"request": i, "arrival_s": time.perf_counter() - t0}
+            body = body or {"prompt": prompts[i % len(prompts)], "seed": seed + i, "mode": mode} | ({"res": res} if res else {})
+            rec = records[i] = {"request": i, "arrival_s": time.perf_counter() - t0, "attempt": attempt, "body": body}
             try:
                 r = await client.post(url, json=body)
                 rec["status"] = r.status_code
@@ -101,13 +102,19 @@ async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[
             except httpx.HTTPError as e:
                 rec.update(status=0, outcome="error", reason=f"{type(e).__name__}: {e}"[:300])
             rec["done_s"] = time.perf_counter() - t0
+            return rec
 
         if workload.closed:
             ids = iter(range(n))
+            backoff_s = float(getattr(workload, "retry_backoff_s", 0.0) or 0.0)
 
             async def client_loop() -> None:
+                retry = None
                 for i in ids:  # a shared iterator: each client takes the next request when it is free
-                    await send(i)
+                    rec = await send(i, *(retry or ()))
+                    retry = (rec["body"], rec["attempt"] + 1) if rec["outcome"] == "rejected" else None
+                    if retry and backoff_s:
+                        await asyncio.sleep(backoff_s)
 
             await asyncio.gather(*(client_loop() for _ in range(min(workload.clients, n))))
         else:
@@ -141,7 +148,7 @@ def request_table(records: list[dict], mode: str) -> pd.DataFrame:
             "res": int(h.get("x-res", 0)) if ok else 0, "mode": served_mode,
             "wbits": mode_wbits(served_mode) if ok else math.nan, "batch_size": int(h.get("x-batch-size", 0)),
             "replica": -1, "rejected": rejected, "queue_len_at_arrival": int(h.get("x-queue-len", -1)),
-            "status": rec["status"], "outcome": rec["outcome"], "reason": rec.get("reason", ""),
+            "attempt": rec.get("attempt", 1), "status": rec["status"], "outcome": rec["outcome"], "reason": rec.get("reason", ""),
             "model": h.get("x-model", ""), "vae": h.get("x-vae", ""), "server_queue_ms": queue_ms,
             "overhead_ms": latency - queue_ms - service if ok else math.nan,
             "elapsed_ms": (done - rec["arrival_s"]) * 1e3, "replica_id": h.get("x-replica", "")})
@@ -165,9 +172,10 @@ def accounting_line(counts: dict[str, int]) -> str:
 
 
 def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int = 0,
-             timeout_s: float = 120.0, replicas: int = 1) -> RunResult:
-    """Replay `workload` against target's /generate (every request asks for `mode`; request i uses seed + i)."""
-    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s))
+             timeout_s: float = 120.0, replicas: int = 1, transport: httpx.AsyncBaseTransport | None = None) -> RunResult:
+    """Replay `workload` against target's /generate (every request asks for `mode`; request i uses seed + i;
+    `transport`: an httpx transport instead of the network, for tests)."""
+    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, transport))
     df = request_table(records, mode)
     counts = accounting(df, workload.n)
     ok = df[df["outcome"] == "ok"]

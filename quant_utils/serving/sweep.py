@@ -22,7 +22,8 @@ from .simulator import RunResult, ServerConfig
 CELL_COLUMNS = ["run_id", "source", "pattern", "wbits", "mode", "policy", "conc", "lam", "load", "burstiness",
                 "burst_size", "burst_every_s", "replicas", "max_batch", "dispatch", "static_res", "seed"]
 RESULT_COLUMNS = CELL_COLUMNS + SUMMARY_COLUMNS
-LATER_COLUMNS = ("n_error", "n_timeout")  # added with HTTP runs: results CSVs written before lack them
+# added after results were committed: readers (plots) do not require them
+NEWER_COLUMNS = ("n_error", "n_timeout")
 
 
 @dataclass
