@@ -9,6 +9,7 @@
 # Every step has a timeout inside one 10-minute call; what finished is packed even if a later step ran out.
 source "$(dirname "$0")/job_env.sh"
 T0=$SECONDS
+get() { python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())" "$1" 2>/dev/null; }
 left() { echo $((${BUDGET_S:-570} - (SECONDS - T0))); }   # seconds left in this call
 upto() { local s=$(($(left) - $1)); echo $((s > 30 ? s : 30)); }   # a step's timeout, keeping $1 s for later steps
 python3 -c "import ray.serve" 2>/dev/null || {
@@ -17,7 +18,7 @@ RES=${RES:-1024} N=${N:-100} MAX_BATCH=${MAX_BATCH:-1} PORT=8000 CK=/tmp/serve_c
 URL=http://127.0.0.1:$PORT
 mkdir -p $RUNS
 pack() {
-  curl -s localhost:8080/metrics > $RUNS/prometheus_metrics.txt 2>/dev/null
+  get http://127.0.0.1:8080/metrics > $RUNS/prometheus_metrics.txt
   tar czf "$OUT/serve_results.tgz" -C $RUNS . && ls -la "$OUT" && tar tzf "$OUT/serve_results.tgz" | head -40
 }
 # 1. the W8A8 checkpoint (random weights: activation ranges need only be plausible; 4 calibration prompts)
@@ -33,7 +34,7 @@ until grep -q "ready; Ctrl-C stops" "$OUT/serve.log"; do
   fi
   sleep 2
 done
-echo "service ready after $((SECONDS - T0)) s"; curl -s $URL/healthz; echo
+echo "service ready after $((SECONDS - T0)) s"; get $URL/healthz; echo
 # 3. HTTP: FP16 and W8A8, sim vs HTTP (fidelity), accounting per run
 LT="--patterns poisson burst --load 0.5 0.8 --conc 4 --num_requests $N --request_timeout_s 60"
 timeout $(upto 150) python3 scripts/load_test_stub.py --target $URL $LT --out_dir $RUNS/http 2>&1 \

@@ -14,6 +14,7 @@
 source "$(dirname "$0")/job_env.sh"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast stays off
 T0=$SECONDS
+get() { python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())" "$1" 2>/dev/null; }
 python3 -c "import ray.serve" 2>/dev/null || {
   echo "error: Ray is not installed on this machine: run the two 'ray_wheels.sh device' calls first (same warm machine)"; exit 1; }
 NS=${NS:-1} ROUTER=${ROUTER:-pow2} MAX_BATCH=${MAX_BATCH:-1} N_PER_GPU=${N_PER_GPU:-100} PORT=8000
@@ -60,7 +61,7 @@ print(f"trace: {n} requests at {w.rate:.1f} req/s, burstiness 0.25, res {s['ladd
 PY
   timeout 200 python3 scripts/load_test_stub.py --target $URL --patterns trace --trace $RUNS/trace_$run.csv --wbits 8 \
       --request_timeout_s 60 --out_dir $RUNS/${run}_trace 2>&1 | grep -v "it/s\|run/s\|Warning\|warn" | tail -8
-  curl -s localhost:8080/metrics > $RUNS/prometheus_$run.txt
+  get http://127.0.0.1:8080/metrics > $RUNS/prometheus_$run.txt
   kill -INT $SERVE; timeout 30 tail --pid=$SERVE -f /dev/null
 done
 # 5. the scale-out table and plots over every N run so far
