@@ -21,6 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even when started as a shell background job
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils.cli import add_model_args, user_errors  # noqa: E402
@@ -83,10 +84,19 @@ def main(args: argparse.Namespace) -> None:
     from quant_utils.serving import server
 
     cfg = server.ServeConfig.from_args(args).resolve()
-    # 2. Ray, the application, and every replica warm
+    # 2. Ray, the application, and every replica warm. Ctrl-C / SIGTERM stop it, while starting too (a shell's
+    #    background job inherits SIGINT ignored: install the handler explicitly)
+    stop, ready = threading.Event(), threading.Event()
+
+    def on_signal(*_):
+        if not ready.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     print(f"starting {cfg.replicas} replica(s) of {cfg.config}, modes {cfg.served_modes}, res {cfg.ladder}, policy "
           f"{cfg.policy}{'+admission' if cfg.admission else ''}, max batch {cfg.max_batch} (loading and warming up)")
-    stop = threading.Event()
     try:
         where = server.start(cfg, address=args.address, host=args.host, port=args.port, metrics_port=args.metrics_port,
                              num_cpus=args.num_cpus, object_store_mb=args.object_store_mb)
@@ -97,9 +107,10 @@ def main(args: argparse.Namespace) -> None:
         server.stop(joined=bool(args.address))
         print("stopped before it was ready")
         return
-    # 3. serve until Ctrl-C / SIGTERM
+    # 3. serve until Ctrl-C / SIGTERM (Ray's driver set its own SIGTERM handler: ours again)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    ready.set()
     print(f"serving on {where['device']} at {where['url']}: POST /generate, GET /healthz, GET /config")
     if where["metrics"]:
         print(f"metrics: {where['metrics']} (ray_serve_*, ray_mixdq_*)")

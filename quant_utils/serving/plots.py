@@ -244,7 +244,7 @@ def plot_scaleout(scaleout: pd.DataFrame, out: Path, tag: str = "") -> list[Path
         g = g.sort_values("replicas")
         line, = ax.plot(g["replicas"], g["goodput_rps"], marker="o", label=f"{mode} load {load:g}")
         ax.plot(g["replicas"], g["replicas"] * g["goodput_1_rps"], ls=":", color=line.get_color())
-    ax.set(xlabel="replicas (GPUs)", ylabel="goodput (requests/s within the SLO)")
+    ax.set(xlabel="replicas (GPUs)", ylabel="goodput (requests/s within the SLO)", xticks=sorted(df["replicas"].unique()))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("goodput vs replicas (dotted: N x one replica)" + (f"\n{tag}" if tag else ""), fontsize=10)

@@ -154,6 +154,7 @@ def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], dict[str, str], Any]:
     from ..cli import pipeline_from_args
     from ..generation import read_prompts
     from ..mixdq import quantized_copy
+    from ..quantize import quant_layers
 
     ns = argparse.Namespace(config=cfg.config, device=cfg.device, fp16=cfg.fp16, random_weights=cfg.random_weights)
     mcfg, pipe, _ = pipeline_from_args(ns)
@@ -166,7 +167,8 @@ def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], dict[str, str], Any]:
         else:
             model, _ = quantized_copy(pipe, mode, mcfg.name, cfg.ckpt_path(mode), calib, 0, cfg.res, cfg.res, steps,
                                       backend=cfg.backend)
-            labels[mode] = f"{mode}-{cfg.backend}"
+            ran = sorted({layer.backend for _, layer in quant_layers(model.unet)})  # kernel falls back to fake on CPU
+            labels[mode] = f"{mode}-{'/'.join(ran)}"
         runners[mode] = make_runner(model, cfg)
     return runners, labels, mcfg
 
@@ -572,8 +574,6 @@ def stop(joined: bool = False) -> None:
     """Delete the app (a joined cluster keeps running) or shut Serve and the local Ray instance down."""
     import ray
 
-    if joined:
-        serve.delete(APP_NAME)
-    else:
-        serve.shutdown()
+    if ray.is_initialized():  # (stopped while Ray itself was starting: nothing to delete)
+        serve.delete(APP_NAME) if joined else serve.shutdown()
     ray.shutdown()

@@ -28,7 +28,7 @@ pack() {
 python3 scripts/serve.py $REAL --fp16 --modes fp16 w8a8 --ckpt_base $CK --backend kernel --res $RES \
     --max_batch $MAX_BATCH --port $PORT --calibrate_repeats 8 > "$OUT/serve.log" 2>&1 &
 SERVE=$!
-until grep -q "ready; Ctrl-C stops" "$OUT/serve.log"; do
+until grep -qs "ready; Ctrl-C stops" "$OUT/serve.log"; do
   if ! kill -0 $SERVE 2>/dev/null || [ "$(left)" -lt 200 ]; then
     echo "error: the service did not start in time"; tail -30 "$OUT/serve.log"; kill -INT $SERVE 2>/dev/null; exit 1
   fi

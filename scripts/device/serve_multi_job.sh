@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU job (issue 20), on nvidia-h200-x2 or -x4 (ask `status` first: multi-GPU kinds are often withheld): the Ray
 # Serve service with N replicas (one GPU each), W8A8 and FP16 at 1024 px, Poisson at 50/80/95% of N x one-replica
-# capacity and a bursty (gamma, burstiness 0.25) trace of mixed resolutions (1024/768/512) at 80%; the simulator with
+# capacity and a bursty (gamma, burstiness 0.25) trace of mixed resolutions (LADDER: 1024 768 512) at 80%; the simulator with
 # --replicas N and the matching dispatch (Ray's pow2 ~ jsq, or rr) against the live service.
 # Ray first: the two `ray_wheels.sh device` calls on the same kind (see its header). Then one N per call (10 minutes
 # each), every call within 30 s of the last so that the checkpoint, Inductor's cache and earlier runs stay in /tmp:
@@ -18,27 +18,28 @@ get() { python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.
 python3 -c "import ray.serve" 2>/dev/null || {
   echo "error: Ray is not installed on this machine: run the two 'ray_wheels.sh device' calls first (same warm machine)"; exit 1; }
 NS=${NS:-1} ROUTER=${ROUTER:-pow2} MAX_BATCH=${MAX_BATCH:-1} N_PER_GPU=${N_PER_GPU:-100} PORT=8000
+RES=${RES:-1024} LADDER=${LADDER:-1024 768 512}
 CK=/tmp/serve_ckpt RUNS=/tmp/serve_multi URL=http://127.0.0.1:8000
 GPUS=$(nvidia-smi -L | wc -l)
 mkdir -p $RUNS
 echo "$GPUS GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader | sort | uniq -c | xargs)"
 # 1. the W8A8 checkpoint (once per machine)
 [ -f $CK/w8a8/ckpt.pth ] || timeout 200 python3 scripts/quant_txt2img.py $REAL --fp16 --wbits 8 --calib_num 4 \
-    --num_imgs 1 --batch_size 1 --res 1024 --base_path $CK/w8a8 2>&1 | grep -v "it/s\|Warning\|warn" | tail -3
+    --num_imgs 1 --batch_size 1 --res $RES --base_path $CK/w8a8 2>&1 | grep -v "it/s\|Warning\|warn" | tail -3
 for N in $NS; do
   [ "$N" -le "$GPUS" ] || { echo "skip N=$N: $GPUS GPU(s) here"; continue; }
   run=n${N}_${ROUTER}
   # 2. the service: N replicas, each FP16 + W8A8 (kernel backend), every bucket warmed and calibrated
-  python3 scripts/serve.py $REAL --fp16 --modes w8a8 fp16 --ckpt_base $CK --backend kernel --res 1024 \
-      --ladder 1024 768 512 --replicas $N --max_batch $MAX_BATCH --router $ROUTER --port $PORT \
+  python3 scripts/serve.py $REAL --fp16 --modes w8a8 fp16 --ckpt_base $CK --backend kernel --res $RES \
+      --ladder $LADDER --replicas $N --max_batch $MAX_BATCH --router $ROUTER --port $PORT \
       --calibrate_repeats 8 > $RUNS/serve_$run.log 2>&1 &
-  SERVE=$!
-  until grep -q "ready; Ctrl-C stops" $RUNS/serve_$run.log; do
-    kill -0 $SERVE 2>/dev/null && [ $((SECONDS - T0)) -lt 420 ] || {
+  SERVE=$! T_N=$SECONDS
+  until grep -qs "ready; Ctrl-C stops" $RUNS/serve_$run.log; do
+    kill -0 $SERVE 2>/dev/null && [ $((SECONDS - T_N)) -lt 360 ] || {
       echo "error: the $N-replica service did not start"; tail -20 $RUNS/serve_$run.log; kill -INT $SERVE; exit 1; }
     sleep 2
   done
-  echo "N=$N ready after $((SECONDS - T0)) s"
+  echo "N=$N ready after $((SECONDS - T_N)) s"
   # 3. Poisson at 50/80/95% of N x capacity, both modes (rates and the simulator come from the service's /config)
   timeout 300 python3 scripts/load_test_stub.py --target $URL --patterns poisson --load 0.5 0.8 0.95 \
       --num_requests $((N * N_PER_GPU)) --request_timeout_s 60 --out_dir $RUNS/$run 2>&1 \
