@@ -182,3 +182,22 @@ def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
         origin += f"; quantized folder written to {save_quantized}"
     set_backend(pipe.unet, backend)
     return {**bit_summary(pipe.unet), "origin": origin, **{f"{k}_config": v for k, v in spec.sources.items()}}
+
+
+def quantized_copy(pipe, mode: str, model_name: str, ckpt: str | Path | None, calib_prompts: list[str],
+                   calib_seed: int, height: int, width: int, steps: int, guidance_scale: float = 0.0,
+                   backend: str = "fake"):
+    """A MixDQ-quantized copy of pipe's UNet for `mode` (w<b>a8), sharing pipe's text encoders, VAE and scheduler.
+
+    Returns (a pipeline-like namespace that `Runner` accepts, quantize_pipeline's summary); `pipe` is untouched."""
+    import copy
+    from types import SimpleNamespace
+
+    req = QuantRequest.from_mode(mode, model_name)
+    if req is None:
+        raise ConfigError(f"mode {mode!r} is not a quantized mode")
+    parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
+    qpipe = SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=copy.deepcopy(pipe.unet))
+    info = quantize_pipeline(qpipe, req, ckpt, calib_prompts, calib_seed, height, width, steps, guidance_scale,
+                             backend=backend)
+    return qpipe, info

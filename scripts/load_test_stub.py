@@ -13,9 +13,14 @@ table of simulated vs live p50/p95 (the simulator then uses a model calibrated o
     python scripts/load_test_stub.py --live --res 64 --ladder 64 32 --patterns poisson --load 0.5 0.8 --wbits 8 4 \
         --num_requests 12
 
+HTTP: the same traces against the Ray Serve service (scripts/serve.py), the simulator configured like it (modes,
+policy, replicas, max batch, dispatch, its performance model); add --live for the in-process comparison:
+    python scripts/load_test_stub.py --target http://127.0.0.1:8000 --patterns poisson burst --load 0.5 0.8 --conc 4
+
 Writes <base_path>/queue_tests/<run_name>/: mixdq_queue_results.csv and .txt (one row/line per run),
-mixdq_queue_requests.csv (one row per request), config.json (the resolved configuration) and, with --live,
-mixdq_queue_fidelity.csv and perf_model_live.json. Seeds: --seed, else $MIXDQ_LOADTEST_SEED, else 0.
+mixdq_queue_requests.csv (one row per request), config.json (the resolved configuration), with --live
+mixdq_queue_fidelity.csv and perf_model_live.json, with --target mixdq_queue_fidelity_http.csv and
+perf_model_server.json, with both mixdq_queue_overhead.csv (columns: docs/outputs.md). Seeds: --seed, else $MIXDQ_LOADTEST_SEED, else 0.
 Plot with: python scripts/plot_mixdq_queue_results.py <...>/mixdq_queue_results.csv
 """
 from __future__ import annotations
@@ -36,7 +41,7 @@ from quant_utils.cli import HelpFormatter, add_model_args, check_device_for_exec
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.perf_model import PerfModel, wbits_mode  # noqa: E402
-from quant_utils.serving import live, sweep  # noqa: E402
+from quant_utils.serving import client, live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
 from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
 from quant_utils.serving.workloads import PATTERNS, read_trace, resolve_seed  # noqa: E402
@@ -59,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="burst (closed loop): a client whose request is rejected resends it after this many ms "
                         "(a retry, counted apart from first attempts)")
     s = p.add_argument_group("policies")
-    s.add_argument("--wbits", nargs="+", type=int, default=[8, 6, 4], help="weight bit-widths (16 = fp16); mode w<b>a8")
+    s.add_argument("--wbits", nargs="+", type=int, default=None,
+                   help="weight bit-widths (16 = fp16); mode w<b>a8 (default 8 6 4; with --target the service's modes)")
     s.add_argument("--policies", nargs="+", default=["static", "adaptive"], choices=POLICIES, help="policies to compare")
     s.add_argument("--res", type=int, default=1024, help="static resolution (and the most a request gets)")
     s.add_argument("--ladder", nargs="+", type=int, default=[1024, 768, 512], help="adaptive/slo resolutions, best first")
@@ -95,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--live: quantize a copy of the UNet for each w<b>a8 mode (else every mode runs the loaded model)")
     q.add_argument("--backend", default="fake", choices=["fake", "kernel"], help="--quantize_live: quantized backend")
     q.add_argument("--calib_num", type=positive_int, default=8, help="--quantize_live: calibration prompts per new checkpoint")
+    h = p.add_argument_group("HTTP service (scripts/serve.py)")
+    h.add_argument("--target", default=None, help="also replay every run against this service, e.g. http://127.0.0.1:8000 "
+                   "(its modes, policy, replicas, max batch, routing and performance model configure the simulator)")
+    h.add_argument("--request_timeout_s", type=float, default=120.0, help="--target: a request unanswered this long times out")
+    h.add_argument("--wait_s", type=float, default=0.0, help="--target: wait up to this long for the service to be ready")
     if not any("--exec" in a.option_strings for a in p._actions):
         p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
     next(a for a in p._actions if a.dest == "exec_mode").help = (
@@ -106,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
+    if args.wbits is None and not args.target:
+        args.wbits = [8, 6, 4]
     if args.live and args.replicas != 1:
         p.error("--live runs one in-process worker: use --replicas 1")
     if args.quantized and args.quantize_live:
@@ -122,12 +135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dict[str, str]]:
     """One generate callable per mode: the --config model, plus a MixDQ-quantized copy of its UNet for every
     w<b>a8 mode with --quantize_live (sharing text encoders and VAE); other modes run the loaded model."""
-    import copy
-    from types import SimpleNamespace
-
     from quant_utils.cli import pipeline_from_args
     from quant_utils.generation import read_prompts
-    from quant_utils.mixdq import MODES, QuantRequest, quantize_pipeline
+    from quant_utils.mixdq import MODES, quantized_copy
     from quant_utils.pipeline import check_steps
     from quant_utils.runtime import Runner
 
@@ -152,11 +162,9 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     for mode in dict.fromkeys(modes) if args.quantize_live else ():
         if mode == name or mode not in MODES or mode == "fp16":
             continue
-        parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
-        qpipe = SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=copy.deepcopy(pipe.unet))
         calib = read_prompts(repo_path("scripts/utils/prompts_32.txt"))[: args.calib_num]
-        info = quantize_pipeline(qpipe, QuantRequest.from_mode(mode, cfg.name), repo_path(args.base_path) / mode / "ckpt.pth",
-                                 calib, 0, args.res, args.res, steps, backend=args.backend)
+        qpipe, info = quantized_copy(pipe, mode, cfg.name, repo_path(args.base_path) / mode / "ckpt.pth", calib, 0,
+                                     args.res, args.res, steps, backend=args.backend)
         print(f"live {mode}: {info['origin']}, W avg {info['avg_wbits']:.2f} bits, {args.backend} backend")
         variants[mode] = generate(qpipe)
     return live.resolve_variants(variants, modes)
@@ -182,14 +190,35 @@ def perf_for_run(args, variants: dict, options: list[Option], out: Path) -> tupl
     return pm, str(out / "perf_model_live.json")
 
 
+def configure_like_service(args: argparse.Namespace, out: Path) -> dict:
+    """--target: the simulator (and --live) set up like the service: its modes (or the --wbits subset of them),
+    policy, replicas, batching, routing and performance model (saved as perf_model_server.json)."""
+    client.wait_ready(args.target, args.wait_s)
+    info = client.server_info(args.target)
+    settings = client.simulator_settings(info)
+    served = settings.pop("wbits")
+    if args.wbits and set(args.wbits) - set(served):
+        raise ConfigError(f"--wbits {args.wbits}: the service at {args.target} serves {[wbits_mode(b) for b in served]}")
+    vars(args).update(settings, wbits=args.wbits or served,
+                      perf_model=str(out / "perf_model_server.json"))
+    atomic_write_text(out / "perf_model_server.json", json.dumps(info["perf_model"], indent=1) + "\n")
+    if args.live and args.replicas != 1:
+        raise ConfigError(f"--live runs one in-process worker: compare it with a one-replica service, not {args.replicas}")
+    print(f"service {args.target}: {info['serve']['replicas']} replica(s) on {info['device']}, modes {info['labels']}, "
+          f"policy {info['serve']['policy']}{'+admission' if args.admission else ''}, max batch {args.max_batch}, "
+          f"dispatch {args.dispatch}; performance model: {info['perf_source']}")
+    return info
+
+
 def main(args: argparse.Namespace) -> None:
-    # 1. seed, modes, output folder
+    # 1. seed, output folder, (--target) the service's configuration, modes
     seed = resolve_seed(args.seed)
-    modes = [wbits_mode(b) for b in args.wbits]
-    extra_modes = [wbits_mode(b) for b in args.adaptive_wbits]
-    n = args.num_requests or (100 if args.live else 2000)
+    n = args.num_requests or (100 if args.live or args.target else 2000)
     out = repo_path(args.out_dir) if args.out_dir else (
         repo_path(args.base_path) / "queue_tests" / (args.run_name or time.strftime("%Y%m%d_%H%M%S")))
+    service = configure_like_service(args, out) if args.target else None
+    modes = [wbits_mode(b) for b in args.wbits]
+    extra_modes = [wbits_mode(b) for b in args.adaptive_wbits]
     if args.res not in args.ladder and any(p != "static" for p in args.policies):
         raise ConfigError(f"--res {args.res} must be one of --ladder {args.ladder} (the adaptive ladder starts there)")
     ladder = args.ladder[args.ladder.index(args.res):] if args.res in args.ladder else [args.res]
@@ -216,7 +245,8 @@ def main(args: argparse.Namespace) -> None:
     common = dict(server=server, static_res=args.res, seed=seed, slo_ms=args.slo_ms, perf=perf)
     results, requests = sweep.run_cells(cells, make_policy, lambda w, p: simulate(w, p, perf, server, seed), "sim",
                                         progress=lambda c: tqdm(c, desc="simulating", unit="run"), **common)
-    fidelity = None
+    fidelity = fidelity_http = overhead = None
+    sim_results, live_res = results, None
     if args.live:
         prompts = [args.prompt]
         run = lambda w, p: live.run_live(w, p, variants, ServiceTable(perf, args.max_batch, args.exec_mode, args.steps), prompts, seed)  # noqa: E731
@@ -225,29 +255,64 @@ def main(args: argparse.Namespace) -> None:
         fidelity = sweep.fidelity_table(results, live_res, runs_as)
         results = pd.concat([results, live_res], ignore_index=True)
         requests = pd.concat([requests, live_req], ignore_index=True)
+    if args.target:  # the same traces over HTTP; the service's policy decides, each request asks for its cell's mode
+        current = {}
+
+        def http_policy(c):  # run_cells asks for the policy just before each run: remember the cell (its mode)
+            current["cell"] = c
+            return make_policy(c)
+
+        def run_http(w, p):
+            cell = current["cell"]
+            r = client.run_http(w, args.target, cell.mode, w.prompts or [args.prompt], seed, args.request_timeout_s,
+                                args.replicas)
+            tqdm.write(f"http {cell.run_id}: {r.notes[0]}")
+            return r
+
+        http_res, http_req = sweep.run_cells(cells, http_policy, run_http, "http",
+                                             progress=lambda c: tqdm(c, desc="http", unit="run"), **common)
+        fidelity_http = sweep.fidelity_table(sim_results, http_res, service["labels"])
+        if live_res is not None:
+            overhead = client.overhead_table(live_res, http_res, http_req)
+        results = pd.concat([results, http_res], ignore_index=True)
+        requests = pd.concat([requests, http_req], ignore_index=True)
     # 5. write the results, the per-request table, the report and the resolved config
     backends = {m: sorted({g.backend for g in perf.groups[m].values()}) for m in perf.groups}
     counts = sorted(int(c) for c in results["n_requests"].unique())  # a trace run has the trace's length
     per_run = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
                       perf_backends=" ".join(f"{m}={'/'.join(b)}" for m, b in sorted(backends.items())),
-                      perf_synthetic=perf.synthetic, sources="sim" + ("+live" if args.live else ""), seed=seed,
+                      perf_synthetic=perf.synthetic, seed=seed,
+                      sources="sim" + ("+live" if args.live else "") + (f"+http {args.target}" if args.target else ""),
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
     write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)
     header = [f"MixDQ queue test @ {out.name}", f"performance model: {perf_src} ({perf.gpu}"
               f"{', SYNTHETIC' if perf.synthetic else ''}); seed {seed}; {per_run} requests per run",
               f"server: {args.replicas} replica(s), max batch {args.max_batch}, dispatch {args.dispatch}, "
-              f"SLO {args.slo_ms:g} ms; 'sim' rows are simulated, 'live' rows measured", *notes]
+              f"SLO {args.slo_ms:g} ms; 'sim' rows are simulated, 'live' and 'http' rows measured", *notes]
     lines = sweep.text_report(results, header)
     if fidelity is not None:
         write_csv(fidelity, out / "mixdq_queue_fidelity.csv", meta)
         lines += ["", "fidelity (simulated vs live):", fidelity.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
+    if fidelity_http is not None:
+        write_csv(fidelity_http, out / "mixdq_queue_fidelity_http.csv", meta)
+        lines += ["", "fidelity (simulated vs HTTP service):",
+                  fidelity_http.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
+        http_rows = results[results["source"] == "http"]
+        lines += ["", "HTTP accounting (ok + rejected + error + timeout = sent):"] + [
+            f"  {r.run_id}: sent {r.n_requests} = ok {r.n_done} + rejected {r.n_rejected} + error {r.n_error} + "
+            f"timeout {r.n_timeout}" for r in http_rows.itertuples()]
+    if overhead is not None:
+        write_csv(overhead, out / "mixdq_queue_overhead.csv", meta)
+        lines += ["", "HTTP + Ray overhead (HTTP - in-process; per-request latency - queue - service):",
+                  overhead.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
     atomic_write_text(out / "mixdq_queue_results.txt", "\n".join(lines) + "\n")
     config = dict(vars(args), seed=seed, modes=modes, num_requests=counts[0] if len(counts) == 1 else counts,
                   ladder=ladder, perf_model=perf_src,
                   perf_gpu=perf.gpu, perf_synthetic=perf.synthetic, notes=notes,
-                  policies_resolved={c.run_id: make_policy(c).describe() for c in cells}, cells=sweep.cell_config(cells))
+                  policies_resolved={c.run_id: make_policy(c).describe() for c in cells}, cells=sweep.cell_config(cells),
+                  service={k: v for k, v in service.items() if k != "perf_model"} if service else None)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, default=str) + "\n")
     print("\n".join(lines))
     print(f"\nWrote {out}/mixdq_queue_results.csv (+ .txt, mixdq_queue_requests.csv, config.json)")

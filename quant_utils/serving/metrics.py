@@ -7,7 +7,8 @@ import pandas as pd
 
 from .simulator import RunResult
 
-SUMMARY_COLUMNS = ["n_requests", "n_done", "n_rejected", "n_retries", "n_rejected_retries", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "mean_wait_ms",
+SUMMARY_COLUMNS = ["n_requests", "n_done", "n_rejected", "n_retries", "n_rejected_retries", "n_error", "n_timeout",
+                   "p50_ms", "p95_ms", "p99_ms", "mean_ms", "mean_wait_ms",
                    "slo_ms", "slo_attainment", "goodput_rps", "throughput_rps", "mean_res", "mean_wbits",
                    "utilisation", "mean_queue_len", "max_queue_len", "duration_s"]
 
@@ -23,7 +24,8 @@ def summarize(run: RunResult, slo_ms: float) -> dict[str, float]:
     """One row of metrics. Rejected requests count as SLO misses; latency percentiles are over served ones.
     Duration runs from the first arrival to the last finish. Retries (a closed-loop client resending a rejected
     request after its back-off) are requests too; `n_retries` / `n_rejected_retries` count them apart (first
-    attempts: n_requests - n_retries, of which n_rejected - n_rejected_retries were rejected)."""
+    attempts: n_requests - n_retries, of which n_rejected - n_rejected_retries were rejected). HTTP runs (an
+    `outcome` column) also count requests that failed (error) or got no answer (timeout): neither served nor rejected."""
     df = run.requests
     done = df[~df["rejected"] & df["finish_s"].notna()]
     retry = df["attempt"] > 1 if "attempt" in df else pd.Series(False, index=df.index)
@@ -35,6 +37,7 @@ def summarize(run: RunResult, slo_ms: float) -> dict[str, float]:
     return {
         "n_requests": int(len(df)), "n_done": int(len(done)), "n_rejected": int(df["rejected"].sum()),
         "n_retries": int(retry.sum()), "n_rejected_retries": int((retry & df["rejected"]).sum()),
+        **{f"n_{o}": int((df["outcome"] == o).sum()) if "outcome" in df else 0 for o in ("error", "timeout")},
         "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
         "mean_ms": float(lat.mean()) if len(lat) else float("nan"),
         "mean_wait_ms": float(done["wait_ms"].mean()) if len(done) else float("nan"),

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from .metrics import queue_length_series  # noqa: E402
 
 MARKERS = {"static": "o", "adaptive": "s", "slo": "^"}
-LINESTYLE = {"sim": "-", "live": "--"}
+LINESTYLE = {"sim": "-", "live": "--", "http": ":"}
 
 
 def _color(wbits: float, all_wbits: list[float]):
@@ -218,3 +218,35 @@ def plot_timeseries(requests: pd.DataFrame, run_id: str, out: Path, tag: str = "
     a2.grid(alpha=0.3)
     fig.suptitle(f"{run_id} ({r['source'].iloc[0]}): queue length and chosen resolution" + (f"\n{tag}" if tag else ""))
     return _save(fig, out / f"timeseries_{run_id}.png")
+
+
+def plot_scaleout(scaleout: pd.DataFrame, out: Path, tag: str = "") -> list[Path]:
+    """From capacity.scaleout_table: HTTP p95 (and simulated, dashed) vs load per replica count, and goodput vs
+    replica count against perfect scaling of the one-replica goodput, one line per mode x load."""
+    df = scaleout[scaleout["load"].notna()]
+    if df.empty:
+        return []
+    paths = []
+    modes = sorted(df["mode"].unique())
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for n, g in df[df["mode"] == mode].groupby("replicas"):
+            g = g.sort_values("load")
+            line, = ax.plot(g["load"], g["p95_ms"], marker="o", label=f"{n} replica(s), HTTP")
+            ax.plot(g["load"], g["sim_p95_ms"], ls="--", color=line.get_color(), label=f"{n} replica(s), simulated")
+        ax.set(xlabel="load (fraction of N x one-replica capacity)", ylabel="p95 latency (ms)", title=mode)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("p95 vs load per replica count" + (f"\n{tag}" if tag else ""))
+    paths.append(_save(fig, out / "scaleout_p95_vs_load.png"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (mode, load), g in df.groupby(["mode", "load"]):
+        g = g.sort_values("replicas")
+        line, = ax.plot(g["replicas"], g["goodput_rps"], marker="o", label=f"{mode} load {load:g}")
+        ax.plot(g["replicas"], g["replicas"] * g["goodput_1_rps"], ls=":", color=line.get_color())
+    ax.set(xlabel="replicas (GPUs)", ylabel="goodput (requests/s within the SLO)", xticks=sorted(df["replicas"].unique()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("goodput vs replicas (dotted: N x one replica)" + (f"\n{tag}" if tag else ""), fontsize=10)
+    paths.append(_save(fig, out / "scaleout_goodput_vs_replicas.png"))
+    return paths

@@ -24,7 +24,7 @@ CELL_COLUMNS = ["run_id", "source", "pattern", "wbits", "mode", "policy", "conc"
                 "seed"]
 RESULT_COLUMNS = CELL_COLUMNS + SUMMARY_COLUMNS
 # added after results were committed: readers (plots) do not require them
-NEWER_COLUMNS = ("retry_backoff_ms", "n_retries", "n_rejected_retries")
+NEWER_COLUMNS = ("retry_backoff_ms", "n_retries", "n_rejected_retries", "n_error", "n_timeout")
 
 
 @dataclass

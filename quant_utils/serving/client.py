@@ -1,0 +1,212 @@
+"""HTTP load client: the load test's arrival traces replayed against the Ray Serve service (scripts/serve.py).
+
+Open loop: each request is sent at its arrival time, whatever is still in flight. Closed loop (`burst` with a
+concurrency): `clients` coroutines each send their next request when their previous one is answered; a rejected
+one is sent again (same prompt and seed, `attempt` + 1) after the workload's `retry_backoff_s` (0 when the
+workload has none), as the simulator does. Every request ends in exactly one outcome: `ok` (HTTP 200 with a PNG),
+`rejected` (HTTP 429: admission control), `error` (any other status, a body that is not a PNG, or a transport
+failure such as a reset connection) or `timeout` (no answer within the timeout); `accounting` checks that they add
+up to what was sent. Latencies are client-side (send to last byte), server-side parts come from the headers.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any, Sequence
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..perf_model import mode_wbits
+from .metrics import queue_stats
+from .simulator import RunResult
+from .workloads import Workload
+
+OUTCOMES = ("ok", "rejected", "error", "timeout")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Per-request columns an HTTP run adds to the simulator's (docs/outputs.md)
+HTTP_COLUMNS = ["attempt", "status", "outcome", "reason", "model", "vae", "server_queue_ms", "overhead_ms",
+                "elapsed_ms", "replica_id"]
+
+
+def get_json(target: str, path: str, timeout_s: float = 10.0) -> dict:
+    """GET target/path as JSON; a clear error when nothing answers there."""
+    url = target.rstrip("/") + path
+    try:
+        r = httpx.get(url, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise ConfigError(f"no service at {url} ({type(e).__name__}: {e}); start one with: python scripts/serve.py") from None
+    if r.status_code != 200:
+        raise ConfigError(f"{url} answered HTTP {r.status_code}: {r.text[:200]}")
+    return r.json()
+
+
+def wait_ready(target: str, timeout_s: float = 0.0) -> dict:
+    """The service's /healthz, polling for up to `timeout_s` seconds while it starts."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return get_json(target, "/healthz", timeout_s=5.0)
+        except ConfigError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
+
+
+def server_info(target: str) -> dict:
+    """The service's /config: its ServeConfig, model labels, dispatch rule and performance model."""
+    return get_json(target, "/config", timeout_s=30.0)
+
+
+def simulator_settings(info: dict) -> dict[str, Any]:
+    """The load test's flags that make its simulator match the service (argparse dest -> value)."""
+    s = info["serve"]
+    return dict(wbits=[int(mode_wbits(m)) for m in s["modes"]], policies=[s["policy"]], res=s["res"],
+                ladder=s["ladder"], adaptive_wbits=[int(mode_wbits(m)) for m in s["adaptive_modes"]],
+                q_high=s["q_high"], q_low=s["q_low"], slo_ms=s["slo_ms"], admission=s["admission"],
+                replicas=s["replicas"], max_batch=s["max_batch"], dispatch=info["dispatch"], steps=info["steps"],
+                exec_mode=info["perf_exec"])
+
+
+async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int,
+                  timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> list[dict]:
+    n = workload.n
+    url = target.rstrip("/") + "/generate"
+    records: list[dict] = [{} for _ in range(n)]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s, transport=transport) as client:
+        t0 = time.perf_counter()
+
+        async def send(i: int, body: dict | None = None, attempt: int = 1) -> dict:
+            res = int(workload.res[i])
+            body = body or {"prompt": prompts[i % len(prompts)], "seed": seed + i, "mode": mode} | ({"res": res} if res else {})
+            rec = records[i] = {"request": i, "arrival_s": time.perf_counter() - t0, "attempt": attempt, "body": body}
+            try:
+                r = await client.post(url, json=body)
+                rec["status"] = r.status_code
+                rec["headers"] = r.headers
+                if r.status_code == 200:
+                    rec["outcome"] = "ok" if r.content[:8] == PNG_SIGNATURE else "error"
+                    rec["reason"] = "" if rec["outcome"] == "ok" else "HTTP 200 without a PNG body"
+                else:
+                    rec["outcome"] = "rejected" if r.status_code == 429 else "error"
+                    try:
+                        rec["reason"] = str(r.json().get("error", r.text))[:300]
+                    except ValueError:
+                        rec["reason"] = r.text[:300]
+            except httpx.TimeoutException as e:
+                rec.update(status=0, outcome="timeout", reason=f"{type(e).__name__} after {timeout_s:g} s")
+            except httpx.HTTPError as e:
+                rec.update(status=0, outcome="error", reason=f"{type(e).__name__}: {e}"[:300])
+            rec["done_s"] = time.perf_counter() - t0
+            return rec
+
+        if workload.closed:
+            ids = iter(range(n))
+            backoff_s = float(getattr(workload, "retry_backoff_s", 0.0) or 0.0)
+
+            async def client_loop() -> None:
+                retry = None
+                for i in ids:  # a shared iterator: each client takes the next request when it is free
+                    rec = await send(i, *(retry or ()))
+                    retry = (rec["body"], rec["attempt"] + 1) if rec["outcome"] == "rejected" else None
+                    if retry and backoff_s:
+                        await asyncio.sleep(backoff_s)
+
+            await asyncio.gather(*(client_loop() for _ in range(min(workload.clients, n))))
+        else:
+            tasks = []
+            for i, t in enumerate(workload.arrival_s.tolist()):
+                delay = t - (time.perf_counter() - t0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(send(i)))
+            await asyncio.gather(*tasks)
+    return records
+
+
+def request_table(records: list[dict], mode: str) -> pd.DataFrame:
+    """Per-request rows in the simulator's columns (times in s from the run's start, durations in ms) plus
+    HTTP_COLUMNS; errors and timeouts have no finish time (they are neither served nor rejected)."""
+    rows = []
+    for rec in records:
+        h = rec.get("headers") or {}
+        ok, rejected = rec["outcome"] == "ok", rec["outcome"] == "rejected"
+        done = rec["done_s"]
+        service = float(h.get("x-service-ms", "nan")) if ok else math.nan
+        queue_ms = float(h.get("x-queue-ms", "nan")) if ok else math.nan
+        finish = done if ok or rejected else math.nan
+        start = finish - service / 1e3 if ok else finish
+        latency = (finish - rec["arrival_s"]) * 1e3
+        served_mode = h.get("x-mode", mode) if ok else mode
+        rows.append({
+            "request": rec["request"], "arrival_s": rec["arrival_s"], "start_s": start, "finish_s": finish,
+            "latency_ms": latency, "wait_ms": (start - rec["arrival_s"]) * 1e3, "service_ms": service,
+            "res": int(h.get("x-res", 0)) if ok else 0, "mode": served_mode,
+            "wbits": mode_wbits(served_mode) if ok else math.nan, "batch_size": int(h.get("x-batch-size", 0)),
+            "replica": -1, "rejected": rejected, "queue_len_at_arrival": int(h.get("x-queue-len", -1)),
+            "attempt": rec.get("attempt", 1), "status": rec["status"], "outcome": rec["outcome"], "reason": rec.get("reason", ""),
+            "model": h.get("x-model", ""), "vae": h.get("x-vae", ""), "server_queue_ms": queue_ms,
+            "overhead_ms": latency - queue_ms - service if ok else math.nan,
+            "elapsed_ms": (done - rec["arrival_s"]) * 1e3, "replica_id": h.get("x-replica", "")})
+    df = pd.DataFrame(rows)
+    ids = [r for r in dict.fromkeys(df["replica_id"]) if r]
+    df["replica"] = df["replica_id"].map({r: k for k, r in enumerate(ids)}).fillna(-1).astype(int)
+    return df
+
+
+def accounting(df: pd.DataFrame, sent: int) -> dict[str, int]:
+    """Outcome counts; raises if ok + rejected + error + timeout differs from what was sent."""
+    counts = {o: int((df["outcome"] == o).sum()) for o in OUTCOMES}
+    if sum(counts.values()) != sent or len(df) != sent:
+        raise RuntimeError(f"HTTP accounting: sent {sent}, recorded {len(df)}, outcomes {counts} (lost requests)")
+    return counts
+
+
+def accounting_line(counts: dict[str, int]) -> str:
+    return (f"sent {sum(counts.values())} = ok {counts['ok']} + rejected {counts['rejected']} + error "
+            f"{counts['error']} + timeout {counts['timeout']}")
+
+
+def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int = 0,
+             timeout_s: float = 120.0, replicas: int = 1, transport: httpx.AsyncBaseTransport | None = None) -> RunResult:
+    """Replay `workload` against target's /generate (every request asks for `mode`; request i uses seed + i;
+    `transport`: an httpx transport instead of the network, for tests)."""
+    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, transport))
+    df = request_table(records, mode)
+    counts = accounting(df, workload.n)
+    ok = df[df["outcome"] == "ok"]
+    busy = [float((g["service_ms"] / g["batch_size"].clip(lower=1)).sum() / 1e3) for _, g in ok.groupby("replica")]
+    busy += [0.0] * max(replicas - len(busy), 0)
+    mean_q, max_q = queue_stats(df.assign(rejected=df["outcome"] != "ok"))
+    return RunResult(df, max(replicas, len(busy)), busy, mean_q, max_q, notes=[accounting_line(counts)])
+
+
+def overhead_table(live: pd.DataFrame, http: pd.DataFrame, http_requests: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the same trace in process (--live) and over HTTP. `delta_*` = HTTP - in-process latency;
+    `overhead_*` = per-request HTTP latency minus the replica's queue and service time (HTTP, proxy, routing,
+    PNG encoding and transfer), from the response headers."""
+    m = live.merge(http, on="run_id", suffixes=("_live", "_http"))
+    out = pd.DataFrame({"run_id": m["run_id"], "mode": m["mode_live"], "n_requests": m["n_requests_http"]})
+    for q in ("p50_ms", "p95_ms"):
+        out[f"live_{q}"], out[f"http_{q}"] = m[f"{q}_live"], m[f"{q}_http"]
+        out[f"delta_{q}"] = m[f"{q}_http"] - m[f"{q}_live"]
+    ovh = http_requests.groupby("run_id")["overhead_ms"]
+    out["overhead_p50_ms"] = out["run_id"].map(ovh.median())
+    out["overhead_p95_ms"] = out["run_id"].map(ovh.quantile(0.95))
+    return out
+
+
+def fetch_png(target: str, prompt: str, **fields) -> tuple[np.ndarray, dict]:
+    """One image as uint8 [H, W, 3] plus the response headers (for scripts and tests)."""
+    import io
+
+    from PIL import Image
+
+    r = httpx.post(target.rstrip("/") + "/generate", json={"prompt": prompt, **fields}, timeout=120.0)
+    if r.status_code != 200:
+        raise ConfigError(f"HTTP {r.status_code}: {r.text[:200]}")
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), dict(r.headers)

@@ -1,0 +1,318 @@
+"""The Ray Serve service (quant_utils/serving/server.py, scripts/serve.py) and its HTTP load client, on the CPU.
+
+One module-scoped service: scripts/serve.py with 2 replicas of the tiny model (fp16 + a w8a8 checkpoint), batches
+of 4, static policy with admission control, on loopback ports; the last test stops it with SIGINT and checks that
+no process is left. Pure functions (request parsing, PNG encoding, the replica queue) are tested without Ray.
+"""
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, TINY, run_main
+from quant_utils.csvio import read_csv
+from quant_utils.perf_model import PerfModel, synthetic_latency_frame
+from quant_utils.serving import client
+from quant_utils.serving import workloads as wl
+from quant_utils.serving.policies import Option
+from quant_utils.serving.server import ReplicaQueue, RequestError, encode_png, parse_generate
+from quant_utils.serving.simulator import BucketQueue, ServiceTable
+from quant_utils.serving.sweep import RESULT_COLUMNS
+
+SLO_MS = 250.0
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Serve's pydantic models
+
+
+# --------------------------------------------------------------------------- without Ray
+def test_parse_generate_accepts_good_and_names_what_is_wrong():
+    r = parse_generate(b'{"prompt": "a cat", "seed": 3, "res": 32, "mode": "w8a8", "steps": 2}', ["fp16", "w8a8"], [64, 32])
+    assert (r.prompt, r.seed, r.res, r.mode, r.steps) == ("a cat", 3, 32, "w8a8", 2)
+    r = parse_generate(b'{"prompt": "a cat"}', ["fp16", "w8a8"], [64, 32])
+    assert (r.seed, r.res, r.mode, r.steps) == (0, 0, "fp16", 0)
+    bad = {b"nope": "not valid JSON", b"[1]": "JSON object", b'{"prompt": " "}': "non-empty", b"{}": "non-empty",
+           b'{"prompt": "x", "mode": "w4a8"}': "unknown mode", b'{"prompt": "x", "res": 128}': "ladder",
+           b'{"prompt": "x", "seed": -1}': "seed", b'{"prompt": "x", "seed": true}': "seed",
+           b'{"prompt": "x", "steps": 5}': "steps", b'{"prompt": "x", "colour": 1}': "unknown field",
+           b'{"prompt": 7}': "non-empty", b"\xff\xfe": "not valid JSON"}
+    for body, reason in bad.items():
+        with pytest.raises(RequestError, match=reason) as e:
+            parse_generate(body, ["fp16", "w8a8"], [64, 32])
+        assert e.value.status == 400 and "\n" not in str(e.value)
+
+
+def test_encode_png_is_lossless_at_every_level():
+    img = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    for level in (0, 1, 6):
+        back = np.asarray(Image.open(io.BytesIO(encode_png(img, level))).convert("RGB"))
+        assert back.shape == img.shape and np.array_equal(back, img)
+
+
+def test_replica_queue_backlog_matches_the_simulators():
+    perf = PerfModel.fit(synthetic_latency_frame(), gpu="synthetic", with_loo=False)
+    table = ServiceTable(perf, 4)
+    ks = [table.add(Option(r, "w8a8")) for r in (512, 1024)]
+    ours, sims = ReplicaQueue(table), BucketQueue(table)
+    for rid in range(11):
+        k = ks[rid % 3 == 0]
+        ours.push((k, 1), client_job(rid))
+        sims.push(k, rid)
+        assert ours.n == sims.n and ours.backlog_ms == pytest.approx(sims.backlog_ms)
+    key = ours.oldest()
+    taken = ours.take(key, 4)
+    k_sim, batch = sims.pop_batch(4)
+    assert key[0] == k_sim and [j.rid for j in taken] == batch and ours.backlog_ms == pytest.approx(sims.backlog_ms)
+    other = next(k for k, q in ours.buckets.items() if q)
+    ours.remove(other, ours.buckets[other][1])
+    assert ours.n == sims.n - 1 and [j.rid for j in ours.buckets[other]][:2] == [1, 4]
+
+
+def client_job(rid):
+    from quant_utils.serving.server import GenerateRequest, _Job
+
+    return _Job(rid, GenerateRequest("x"), Option(512, "w8a8"), 1, 0.0, None)
+
+
+def test_http_accounting_refuses_a_lost_request():
+    recs = [{"request": 0, "arrival_s": 0.0, "done_s": 0.1, "status": 200, "outcome": "ok",
+             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-res": "64", "x-mode": "fp16", "x-batch-size": "1",
+                         "x-replica": "a"}},
+            {"request": 1, "arrival_s": 0.0, "done_s": 0.2, "status": 0, "outcome": "timeout", "reason": "t"}]
+    df = client.request_table(recs, "fp16")
+    assert client.accounting(df, 2) == {"ok": 1, "rejected": 0, "error": 0, "timeout": 1}
+    assert df.loc[0, "overhead_ms"] == pytest.approx(100 - 10 - 50) and np.isnan(df.loc[1, "finish_s"])
+    with pytest.raises(RuntimeError, match="lost"):
+        client.accounting(df, 3)
+
+
+def test_http_client_open_and_closed_loop_with_retries_on_a_mock_service():
+    """The client against httpx's MockTransport: 429s, 500s and broken connections recorded, a closed-loop client
+    resends a rejected request (same body, attempt + 1) after the back-off, and nothing is lost."""
+    png = encode_png(np.zeros((8, 8, 3), np.uint8))
+    seen = []
+
+    def service(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        k = len(seen)
+        if k % 5 == 1:
+            return httpx.Response(429, json={"error": "rejected by admission control: test"})
+        if k % 7 == 0:
+            return httpx.Response(500, json={"error": "generation failed: test"})
+        if k % 11 == 0:
+            raise httpx.ConnectError("reset")
+        return httpx.Response(200, content=png, headers={"x-res": "8", "x-mode": body["mode"], "x-service-ms": "1.5",
+                                                         "x-queue-ms": "0.5", "x-batch-size": "1", "x-replica": "r1"})
+    closed = wl.closed_loop(30, 3)
+    closed.retry_backoff_s = 0.01  # the closed-loop retry back-off (the simulator's default when it has one)
+    for w in (wl.poisson(30, 200.0, seed=1), closed):
+        seen.clear()
+        run = client.run_http(w, "http://mock", "w8a8", ["p"], seed=10, transport=httpx.MockTransport(service))
+        df = run.requests
+        counts = client.accounting(df, 30)
+        assert counts["rejected"] > 0 and counts["error"] > 0 and counts["ok"] > 0 and counts["timeout"] == 0
+        assert set(df.loc[df["outcome"] == "error", "status"]) <= {0, 500} and (df["reason"].str.len() > 0).sum() >= 7
+        ok = df[df["outcome"] == "ok"]
+        assert (ok["res"] == 8).all() and (ok["mode"] == "w8a8").all() and (ok["replica_id"] == "r1").all()
+        seeds = [b["seed"] for b in seen]
+        if w.closed:  # a rejected request is sent again (same seed, next attempt) while requests remain
+            retries = int((df["attempt"] > 1).sum())
+            assert retries > 0 and retries == len(seeds) - len(set(seeds)) and retries <= counts["rejected"]
+        else:
+            assert (df["attempt"] == 1).all() and len(set(seeds)) == 30
+
+
+def test_serve_script_user_errors_before_ray_starts(tmp_path, capsys):
+    assert run_main("serve.py", "--modes", "w5a8") == 2
+    assert "w5a8" in capsys.readouterr().err
+    assert run_main("serve.py", "--modes", "fp16", "w8a8", "--ckpt_base", tmp_path) == 2
+    assert "quant_txt2img.py" in capsys.readouterr().err
+    assert run_main("serve.py", "--res", 48, "--ladder", 64, 32) == 2
+    assert "ladder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the service
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_pipe):
+    from quant_utils.mixdq import quantized_copy
+
+    base = tmp_path_factory.mktemp("serve")
+    quantized_copy(tiny_pipe, "w8a8", "sdxl_turbo_tiny", base / "w8a8" / "ckpt.pth", ["a cat", "a dog"], 0, 64, 64, 1)
+    port, metrics_port = free_port(), free_port()
+    log = base / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "RAY_metrics_report_interval_ms": "1000",
+           "RAY_AUTH_MODE": "disabled"}  # so that this test process can join the cluster to kill a replica
+    cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--config", TINY, "--replicas", 2, "--max_batch", 4,
+           "--modes", "fp16", "w8a8", "--ckpt_base", base, "--ladder", 64, 32, "--admission", "--slo_ms", SLO_MS,
+           "--calibrate_repeats", 2, "--port", port, "--metrics_port", metrics_port, "--num_cpus", 2,
+           "--health_check_period_s", 2]
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 150
+    while "ready; Ctrl-C stops" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"serve.py did not start:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    address = next(ln.split(": ", 1)[1] for ln in log.read_text().splitlines() if ln.startswith("ray address: "))
+    yield dict(url=f"http://127.0.0.1:{port}", metrics=f"http://127.0.0.1:{metrics_port}/metrics", proc=proc,
+               log=log, address=address)
+    if proc.poll() is None:  # the last test stops it; this is only for a failed run
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_bad_requests_get_4xx_with_a_one_line_reason(service):
+    url = service["url"]
+    assert httpx.get(url + "/healthz").json()["status"] == "ok"
+    cases = [({"prompt": ""}, 400, "non-empty"), ({"prompt": "x", "mode": "w4a8"}, 400, "unknown mode"),
+             ({"prompt": "x", "res": 128}, 400, "ladder"), ({"prompt": "x", "steps": 0}, 400, "steps")]
+    for body, status, reason in cases:
+        r = httpx.post(url + "/generate", json=body)
+        assert r.status_code == status and reason in r.json()["error"] and "\n" not in r.json()["error"]
+    r = httpx.post(url + "/generate", content=b"{not json")
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = httpx.post(url + "/generate", content=json.dumps({"prompt": "x" * 20000}).encode())
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert httpx.get(url + "/generate").status_code == 405 and httpx.get(url + "/nothing").status_code == 404
+
+
+def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
+    url = service["url"]
+    img, h = client.fetch_png(url, "a red bicycle", seed=5)
+    assert img.shape == (64, 64, 3) and (h["x-res"], h["x-mode"], h["x-model"]) == ("64", "fp16", "float32")
+    assert float(h["x-service-ms"]) > 0 and float(h["x-queue-ms"]) >= 0 and h["x-vae"] == "eager" and h["x-replica"]
+    again, _ = client.fetch_png(url, "a red bicycle", seed=5)
+    other, _ = client.fetch_png(url, "a red bicycle", seed=6)
+    assert np.array_equal(img, again) and not np.array_equal(img, other)
+    small, h = client.fetch_png(url, "a red bicycle", seed=5, res=32, mode="w8a8")
+    assert small.shape == (32, 32, 3) and (h["x-mode"], h["x-model"]) == ("w8a8", "w8a8-fake")
+
+
+def test_load_test_against_the_service(service, tmp_path):
+    """Poisson and a closed-loop burst over HTTP: sim and http rows, fidelity vs the simulator set up like the
+    service, every request accounted for."""
+    out = tmp_path / "lt"
+    assert run_main("load_test_stub.py", "--target", service["url"], "--patterns", "poisson", "burst", "--rates", 6,
+                    "--conc", 4, "--num_requests", 16, "--wbits", 16, "--out_dir", out) == 0
+    res = read_csv(out / "mixdq_queue_results.csv")
+    assert list(res.columns) == RESULT_COLUMNS and set(res["source"]) == {"sim", "http"} and len(res) == 4
+    assert set(res["policy"]) == {"static+admission"} and set(res["replicas"]) == {2} and set(res["max_batch"]) == {4}
+    http = res[res["source"] == "http"]
+    assert (http["n_done"] + http["n_rejected"] + http["n_error"] + http["n_timeout"] == 16).all()
+    assert (http["n_done"] > 0).all() and (http["p50_ms"] > 0).all()
+    fid = read_csv(out / "mixdq_queue_fidelity_http.csv")
+    assert len(fid) == 2 and set(fid["live_model"]) == {"float32"} and fid["p95_err_pct"].notna().all()
+    req = read_csv(out / "mixdq_queue_requests.csv")
+    hreq = req[req["source"] == "http"]
+    assert len(hreq) == 32 and set(hreq["outcome"]) <= set(client.OUTCOMES)
+    ok = hreq[hreq["outcome"] == "ok"]
+    assert (ok["status"] == 200).all() and (ok["overhead_ms"] > 0).all() and set(ok["res"]) == {64}
+    assert json.loads((out / "perf_model_server.json").read_text())["gpu"].startswith("cpu")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["service"]["serve"]["replicas"] == 2 and "perf_model" not in cfg["service"]
+    assert "HTTP accounting" in (out / "mixdq_queue_results.txt").read_text()
+
+
+def scrape(url: str, name: str) -> float:
+    """Sum of a Prometheus metric over all its series."""
+    txt = httpx.get(url, timeout=10).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in txt.splitlines() if ln.startswith(name + "{"))
+
+
+def test_burst_is_batched_and_admission_rejects_with_429(service, tmp_path):
+    """An open-loop burst large enough (from the service's own latency model) to queue three times the SLO."""
+    info = client.server_info(service["url"])
+    (tmp_path / "pm.json").write_text(json.dumps(info["perf_model"]))
+    batch4_ms = PerfModel.load(tmp_path / "pm.json").predict("fp16", 64, 64, 4)["total_p50_ms"]
+    n = int(min(400, 2 * 4 * (3 * SLO_MS / batch4_ms + 2)))  # 2 replicas x batches of 4
+    run = client.run_http(wl.burst(n), service["url"], "fp16", ["a burst"], timeout_s=120, replicas=2)
+    df = run.requests
+    counts = client.accounting(df, n)
+    assert counts["ok"] > 0 and counts["rejected"] > 0 and counts["error"] == counts["timeout"] == 0
+    rej = df[df["outcome"] == "rejected"]
+    assert (rej["status"] == 429).all() and rej["reason"].str.contains("admission control").all()
+    assert df.loc[df["outcome"] == "ok", "batch_size"].max() > 1
+    deadline = time.monotonic() + 30  # Prometheus: Ray exports every second here
+    while True:
+        names = ("ray_mixdq_batch_size_count", "ray_mixdq_batch_size_sum", "ray_mixdq_requests_total",
+                 "ray_serve_num_http_requests_total")  # ours, and Ray Serve's own
+        count, total, ours, serves = (scrape(service["metrics"], m) for m in names)
+        if (count and total / count > 1 and ours >= n and serves >= n) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert count > 0 and total / count > 1, "mean batch size in the metrics should exceed 1 after a burst"
+    assert ours >= n and serves >= n
+
+
+def test_a_killed_replica_is_replaced_and_nothing_is_lost(service):
+    """ray.kill one replica under a closed-loop load: failures are recorded, the sum still matches what was sent,
+    Serve starts a replacement and both replicas serve again within a bounded time."""
+    import ray
+    from ray import serve
+
+    ray.init(address=service["address"], logging_level="ERROR", log_to_driver=False)
+    try:
+        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith("SERVE_REPLICA::"))
+        assert len(names) == 2
+        result = {}
+        load = threading.Thread(target=lambda: result.update(run=client.run_http(
+            wl.closed_loop(60, 4), service["url"], "fp16", ["under fire"], timeout_s=60, replicas=2)))
+        load.start()
+        time.sleep(0.5)
+        t_kill = time.monotonic()
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        load.join(120)
+        df = result["run"].requests
+        counts = client.accounting(df, 60)
+        failed = df[df["outcome"] != "ok"]
+        assert counts["ok"] > 0 and (failed["reason"].str.len() > 0).all()
+        assert ((failed["status"] >= 500) | (failed["status"] == 0)).all()  # server errors or broken connections
+        while time.monotonic() - t_kill < 120:
+            now = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["name"].startswith("SERVE_REPLICA::")}
+            states = serve.status().applications["mixdq"].deployments["ImageService"].replica_states
+            if names[0] not in now and len(now) == 2 and states == {"RUNNING": 2}:
+                break
+            time.sleep(0.25)
+        recovery_s = time.monotonic() - t_kill
+        print(f"\nreplica kill: {counts} during the load; back to 2 healthy replicas {recovery_s:.1f} s after the kill")
+        assert recovery_s < 120
+        seen = {client.fetch_png(service["url"], "after", seed=i)[1]["x-replica"] for i in range(12)}
+        assert names[0].rsplit("#", 1)[1] not in seen
+    finally:
+        ray.shutdown()
+
+
+def test_ctrl_c_stops_the_service_and_leaves_no_process(service):
+    import psutil
+
+    proc = service["proc"]
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 4  # Ray's GCS, raylet, the Serve controller, proxy and replicas
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(90) == 0
+    assert "stopped" in service["log"].read_text()
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, f"left behind: {[p.pid for p in alive]}"
