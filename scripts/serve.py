@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, resolution=False)
     p.set_defaults(exec_mode=None, seed=None)
-    next(a for a in p._actions if a.dest == "exec_mode").help = "Runner execution (default: graph on CUDA, eager on CPU)"
+    next(a for a in p._actions if a.dest == "exec_mode").help = "Runner execution (default: auto = compiled blocks + compiled decoder + CUDA graphs on CUDA, eager on CPU)"
     next(a for a in p._actions if a.dest == "seed").help = "unused: each request carries its seed (default 0)"
     m = p.add_argument_group("modes")
     m.add_argument("--modes", nargs="+", default=["fp16"], help="modes a request may ask for (first = default): "

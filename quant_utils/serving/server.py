@@ -56,8 +56,8 @@ class ServeConfig:
     random_weights: bool = False
     device: str = "auto"
     fp16: bool = False
-    exec_mode: str | None = None           # None: graph on CUDA, eager on CPU (make_runner)
-    vae_exec: str = "dynamic"
+    exec_mode: str | None = None           # None: auto = compiled blocks + CUDA graphs on CUDA, eager on CPU
+    vae_exec: str = "static"
     steps: int | None = None               # default: the model config's
     guidance_scale: float | None = None
     modes: list[str] = field(default_factory=lambda: ["fp16"])
@@ -140,11 +140,12 @@ class ServeConfig:
 # --------------------------------------------------------------------------- model side (torch imported lazily)
 def make_runner(pipe, cfg: ServeConfig):
     """The one place the service builds a generation Runner (through the scripts' shared `runner_from_args`, so every
-    model flag applies): graph execution on CUDA by default, eager on CPU."""
+    model flag applies): the fastest path on CUDA by default (compiled blocks, compiled decoder, CUDA graphs), eager
+    on a CPU."""
     from ..cli import runner_from_args
 
     args = argparse.Namespace(**{**cfg.extra, **asdict(cfg)})
-    args.exec_mode = cfg.exec_mode or ("graph" if pipe.unet.device.type == "cuda" else "eager")
+    args.exec_mode = cfg.exec_mode or "auto"
     return runner_from_args(pipe, args)
 
 
@@ -390,7 +391,7 @@ class ImageService:
     async def config(self) -> Response:
         """What this service is, for clients and the load test's simulator (NaN kept, as PerfModel.save writes)."""
         return Response(json.dumps({"serve": asdict(self.cfg), "replica": self.replica_id, "labels": self.labels,
-                "vae": {m: r.vae_label for m, r in self.runners.items()}, "exec": self.exec, "perf_exec": self.perf_exec,
+                "vae": {m: f"{r.vae_kind} ({r.vae_exec})" for m, r in self.runners.items()}, "exec": self.exec, "perf_exec": self.perf_exec,
                 "steps": self.steps,
                 "guidance_scale": self.guidance, "dispatch": ROUTERS[self.cfg.router], "perf_source": self.perf_source,
                 "perf_model": self.perf.to_dict(), "device": str(next(iter(self.runners.values())).device)}),
@@ -441,7 +442,7 @@ class ImageService:
         self.served += 1
         return Response(png, media_type="image/png", headers={
             "x-res": str(opt.res), "x-mode": opt.mode, "x-model": self.labels[opt.mode],
-            "x-vae": self.runners[opt.mode].vae_label, "x-steps": str(job.steps), "x-seed": str(req.seed),
+            "x-vae": self.runners[opt.mode].vae_kind, "x-steps": str(job.steps), "x-seed": str(req.seed),
             "x-queue-ms": f"{(job.start - arrival) * 1e3:.3f}", "x-service-ms": f"{job.service_ms:.3f}",
             "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen), "x-replica": self.replica_id})
 
