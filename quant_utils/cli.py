@@ -11,6 +11,7 @@ from typing import Iterator
 
 from . import repo_path
 from .errors import ConfigError, UserError
+from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
@@ -82,7 +83,7 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
                    help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
                         "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "
                         "Inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/mixdq/inductor) is reused anyway")
-    g.add_argument("--vae", default="fp16", choices=["fp16", "int8", "tiny"],
+    g.add_argument("--vae", default="fp16", choices=DECODERS,
                    help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
                         "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
     g.add_argument("--steps", type=positive_int, default=None, help="denoising steps, 1-4 (default: the config's)")

@@ -21,7 +21,6 @@ from torch import nn
 
 from .errors import ConfigError, WeightsNotFoundError
 
-DECODERS = ("fp16", "int8", "tiny")
 TINY_VAE_ID = "madebyollin/taesdxl"
 
 

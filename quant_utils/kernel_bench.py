@@ -25,8 +25,9 @@ from . import kernels
 from .kernels import launch, packing
 from .kernels import reference as ref
 from .kernels import triton_kernels as tk
+from .modes import QUANTIZED, format_name, mode_wbits
 
-FORMATS = {"W8A8": 8, "W6A8": 6, "W4A8": 4}
+FORMATS = {format_name(m): int(mode_wbits(m)) for m in QUANTIZED}  # W8A8 -> 8 weight bits (activations 8 bits)
 
 
 # ----------------------------------------------------------------------------------------------- model

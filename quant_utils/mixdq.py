@@ -14,15 +14,10 @@ from .calibrate import calibrate
 from .checkpoint import load_quant_params, save_quant_params
 from .csvio import clean_stale_temps
 from .errors import ConfigError
+from .modes import FP16, MIXDQ, MIXDQ_CONFIG, name_for_bits, uniform_mode_bits
 from .quantize import QuantSpec, bit_summary, make_spec, quantize_unet, set_backend, uniform_bits
 from .quantized_io import save_quantized as save_quantized_folder
 from .runtime import Runner
-
-MODES = {"fp16": (16, 16), "w8a8": (8, 8), "w6a8": (6, 8), "w4a8": (4, 8)}
-# MixDQ's own mixed-precision setting (weights 4.00 avg, activations 7.77 avg, 1% most sensitive activations FP16):
-# a benchmark mode beside MODES (its bits are not one number, so the serving study's modes leave it out)
-MIXDQ_CONFIG = {"config_weight_mp": "weight/weight_4.00.yaml", "config_act_mp": "act/act_7.77.yaml",
-                "act_protect": "act/act_sensitivie_a8_1%.pt"}
 
 
 @dataclass(frozen=True)
@@ -43,11 +38,9 @@ class QuantRequest:
 
     @classmethod
     def from_mode(cls, mode: str, model_name: str, **kw) -> "QuantRequest | None":
-        if mode not in MODES:
-            raise ConfigError(f"mode {mode!r}: expected one of {sorted(MODES)}")
-        if mode == "fp16":
+        wbits, abits = uniform_mode_bits(mode)
+        if mode == FP16:
             return None
-        wbits, abits = MODES[mode]
         return cls(model_name=model_name, wbits=wbits if not kw.get("config_weight_mp") else None, abits=abits, **kw)
 
 
@@ -73,8 +66,8 @@ def config_sources(req: QuantRequest) -> dict[str, str]:
 
 
 def request_for(mode: str, model_name: str, **kw) -> QuantRequest | None:
-    """The QuantRequest of a mode name: fp16 (None), w<b>a8 (MODES) or `mixdq` (MIXDQ_CONFIG)."""
-    if mode == "mixdq":
+    """The QuantRequest of a mode name (quant_utils/modes.py): fp16 (None), a uniform w<b>a<b> or `mixdq`."""
+    if mode == MIXDQ:
         files = {k: str(config_dir(model_name, v.split("/")[0]) / v.split("/")[1]) for k, v in MIXDQ_CONFIG.items()}
         return QuantRequest(model_name=model_name, abits=None, **files, **kw)
     return QuantRequest.from_mode(mode, model_name, **kw)
@@ -119,8 +112,8 @@ def mode_label(unet) -> str:
     spec, s = unet.mixdq_spec, bit_summary(unet)
     w, a = set(spec.weight_bits.values()), set(spec.act_bits.values())
     if len(w) == 1 and len(a) == 1 and not spec.act_protect:
-        return f"w{w.pop()}a{a.pop()}"
-    return f"w{s['avg_wbits']:.2f}a{s['avg_abits']:.2f}"
+        return name_for_bits(w.pop(), a.pop())
+    return name_for_bits(float(s["avg_wbits"]), float(s["avg_abits"]))
 
 
 def resolve_spec(unet, req: QuantRequest) -> QuantSpec:

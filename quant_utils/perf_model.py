@@ -31,6 +31,7 @@ from scipy.optimize import nnls
 
 from .csvio import atomic_write_text, read_csv, read_provenance
 from .errors import ConfigError, reading
+from .modes import mode_key, mode_wbits
 
 FORMAT = "mixdq-perf-model/1"
 STAGES = ("text", "unet", "vae")
@@ -50,41 +51,8 @@ FEATURE_UNITS = {
 }
 LOO_TARGETS = ("text_p50_ms", "unet_p50_ms", "vae_p50_ms", "total_p50_ms", "total_p95_ms", "peak_mem_gib")
 REQUIRED_COLUMNS = ("mode", "exec", "height", "width", "batch", "total_p50_ms", "total_p95_ms")
-
-
-# A serving "mode" is a UNet precision, optionally with a decoder other than the FP16 SDXL VAE: `w8a8+tiny`,
-# `fp16+int8`. The performance model fits each such key as its own group, so the simulator and the policies trade
-# the decoder like any other option of the ladder (fastest-first: tiny, int8, fp16; quality the other way).
-DECODER_SEP = "+"
-DECODER_QUALITY = {"fp16": 0, "int8": 1, "tiny": 2}   # lower = closer to the FP16 SDXL decode
-LEGACY_VAE_LABELS = ("compiled", "compiled-static", "eager")  # older latency CSVs' `vae` held the decode's exec
-
-
-def split_mode(mode: str) -> tuple[str, str]:
-    """'w8a8+tiny' -> ('w8a8', 'tiny'); 'w8a8' -> ('w8a8', 'fp16')."""
-    unet, _, vae = mode.partition(DECODER_SEP)
-    if vae and vae not in DECODER_QUALITY:
-        raise ConfigError(f"mode {mode!r}: decoder {vae!r} is not one of {sorted(DECODER_QUALITY)}")
-    return unet, vae or "fp16"
-
-
-def mode_key(mode: str, vae: object = None) -> str:
-    """The key of a UNet mode with a decoder (a latency CSV's `vae` column): 'w8a8' for the FP16 SDXL VAE."""
-    if vae is None or (isinstance(vae, float) and np.isnan(vae)) or vae in ("", "fp16") or vae in LEGACY_VAE_LABELS:
-        return mode
-    return f"{mode}{DECODER_SEP}{vae}"
-
-
-def mode_wbits(mode: str) -> float:
-    """Nominal weight bits of a mode name: fp16 -> 16, w8a8 -> 8, w4a8(+tiny) -> 4, mixdq (weight_4.00) -> 4."""
-    unet, _ = split_mode(mode)
-    if unet == "fp16":
-        return 16.0
-    if unet == "mixdq":
-        return 4.0
-    if unet.startswith("w") and "a" in unet and unet[1:unet.index("a")].replace(".", "").isdigit():
-        return float(unet[1:unet.index("a")])
-    raise ConfigError(f"mode {mode!r}: expected fp16, mixdq or w<bits>a<bits> (e.g. w8a8), optionally +int8 or +tiny")
+# A mode (quant_utils/modes.py) may carry its decoder, `w8a8+tiny`: each such key is fitted as its own group, so the
+# simulator and the policies trade the decoder like any other option of the ladder.
 
 
 def normalize_latency_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -98,11 +66,6 @@ def normalize_latency_frame(df: pd.DataFrame) -> pd.DataFrame:
     if "vae" in df and "mode" in df:
         df["mode"] = [mode_key(str(m), v) for m, v in zip(df["mode"], df["vae"])]
     return df
-
-
-def wbits_mode(wbits: int) -> str:
-    """Inverse of mode_wbits for the project's modes: 16 -> fp16, 8 -> w8a8."""
-    return "fp16" if int(wbits) == 16 else f"w{int(wbits)}a8"
 
 
 # --------------------------------------------------------------------------- features and fits

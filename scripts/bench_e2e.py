@@ -33,11 +33,12 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
-from quant_utils.mixdq import MODES, pipeline_view, quantized_variant, request_for  # noqa: E402
+from quant_utils.mixdq import pipeline_view, quantized_variant, request_for  # noqa: E402
+from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.runtime import Runner, StageTimes, resolve_exec  # noqa: E402
 
-E2E_MODES = tuple(MODES) + ("mixdq",)
+E2E_MODES = tuple(BITS) + (MIXDQ,)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quant_exec", default=None, choices=["graph", "compile"],
                    help="quantized UNets' execution (default on CUDA: compile; on a CPU: eager)")
     p.add_argument("--vae_kinds", "--vaes", dest="vae_kinds", nargs="+", default=["fp16", "int8", "tiny"],
-                   choices=["fp16", "int8", "tiny"], help="decoders measured")
+                   choices=DECODERS, help="decoders measured")
     p.add_argument("--vae_modes", nargs="+", default=["fp16", "w8a8"], choices=E2E_MODES,
                    help="UNet modes that are also measured with the non-FP16 decoders")
     p.add_argument("--res", type=int, nargs="+", default=[512, 768, 1024], help="square resolutions")

@@ -29,7 +29,8 @@ from quant_utils.cli import (HelpFormatter, DEFAULT_PROMPTS, add_model_args, add
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
-from quant_utils.mixdq import MODES, folder_summary, mode_label, quantize_pipeline  # noqa: E402
+from quant_utils.mixdq import folder_summary, mode_label, quantize_pipeline  # noqa: E402
+from quant_utils.modes import BITS  # noqa: E402
 from quant_utils.runtime import StageTimes  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.pipeline import check_resolution, resolve_device  # noqa: E402
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, resolution=False)
     add_quant_args(p)
-    p.add_argument("--mode", default="fp16", choices=sorted(MODES), help="precision: fp16 or WxA8")
+    p.add_argument("--mode", default="fp16", choices=sorted(BITS), help="precision: fp16 or WxA8")
     p.add_argument("--res", type=positive_int, nargs="+", default=[512, 768, 1024], help="square resolutions")
     p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 2, 4, 8], help="batch sizes")
     p.add_argument("--repeats", type=positive_int, default=30, help="timed calls per cell")
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # everything checkable is checked before the model is built
     check_device_for_exec(args)
     if args.mode != "fp16":
-        check_quant_args(args, wbits=[] if args.config_weight_mp else [args.wbits or MODES[args.mode][0]])
+        check_quant_args(args, wbits=[] if args.config_weight_mp else [args.wbits or BITS[args.mode][0]])
     read_prompts(repo_path(args.prompts_file))
     if args.ckpt and not repo_path(args.ckpt).is_file():
         raise ConfigError(f"--ckpt {args.ckpt} does not exist (omit it to calibrate into {args.base_path}/{args.mode}/)")
@@ -78,8 +79,8 @@ def main(args: argparse.Namespace) -> None:
         summary, backend = folder_summary(pipe.unet), pipe.unet.conv_in.backend
     elif args.mode != "fp16":
         if args.wbits is None and args.config_weight_mp is None:
-            args.wbits = MODES[args.mode][0]
-        args.abits = MODES[args.mode][1] if args.config_act_mp is None else args.abits
+            args.wbits = BITS[args.mode][0]
+        args.abits = BITS[args.mode][1] if args.config_act_mp is None else args.abits
         calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
         r0 = args.res[0]
         ckpt = repo_path(args.ckpt) if args.ckpt else repo_path(args.base_path) / args.mode / "ckpt.pth"

@@ -40,7 +40,8 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, add_model_args, check_device_for_exec, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
-from quant_utils.perf_model import PerfModel, wbits_mode  # noqa: E402
+from quant_utils.modes import BITS, FP16, wbits_mode  # noqa: E402
+from quant_utils.perf_model import PerfModel  # noqa: E402
 from quant_utils.serving import client, live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
 from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
@@ -137,7 +138,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     w<b>a8 mode with --quantize_live (sharing text encoders and VAE); other modes run the loaded model."""
     from quant_utils.cli import pipeline_from_args
     from quant_utils.generation import read_prompts
-    from quant_utils.mixdq import MODES, quantized_copy
+    from quant_utils.mixdq import quantized_copy
     from quant_utils.pipeline import check_steps
     from quant_utils.runtime import Runner
 
@@ -160,7 +161,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
         name = mode_label(pipe.unet)
     variants = {name: generate(pipe)}
     for mode in dict.fromkeys(modes) if args.quantize_live else ():
-        if mode == name or mode not in MODES or mode == "fp16":
+        if mode == name or mode not in BITS or mode == FP16:
             continue
         calib = read_prompts(repo_path("scripts/utils/prompts_32.txt"))[: args.calib_num]
         qpipe, info = quantized_copy(pipe, mode, cfg.name, repo_path(args.base_path) / mode / "ckpt.pth", calib, 0,

@@ -10,7 +10,7 @@ from quant_utils.bit_allocation import (Choice, Sensitivity, agreement, allocate
                                         protect_list, solve_choices, tie_groups, weighted_avg_bits)
 from quant_utils.bitconfig import read_bit_config, read_protect_list
 from quant_utils.csvio import read_csv
-from quant_utils.pipeline import ConfigError
+from quant_utils.errors import ConfigError
 
 REAL_SENS = REPO / "mixed_precision_scripts/sensitivity_log/sdxl_turbo"
 FINAL = REPO / "mixed_precision_scripts/mixed_percision_config/sdxl_turbo/final_config"

@@ -3,7 +3,7 @@ import torch
 
 from quant_utils.bitconfig import (config_dir, normalize_name, read_bit_config, read_protect_list, resolve_layer_bits,
                                    weight_config_for_bits, write_bit_config)
-from quant_utils.pipeline import ConfigError
+from quant_utils.errors import ConfigError
 
 LAYERS = ["conv_in", "down_blocks.0.resnets.0.conv1", "mid_block.attentions.0.proj_in"]
 

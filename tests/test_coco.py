@@ -8,7 +8,7 @@ from conftest import REPO, run_script
 from quant_utils.cli import user_errors
 from quant_utils.coco import REF_COLUMNS, center_crop_resize, clean_caption, load_captions, sample_pairs, write_reference_set
 from quant_utils.csvio import read_csv, read_provenance
-from quant_utils.pipeline import ConfigError
+from quant_utils.errors import ConfigError
 
 SIZES = [(64, 48), (40, 80), (50, 50), (96, 32), (33, 45), (70, 60)]  # landscape, portrait, square, odd
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from conftest import run_script
 from quant_utils.csvio import read_csv, read_provenance, write_csv
-from quant_utils.evaluation import (ConfigError, WeightsNotFoundError, check_images, check_prompts, evaluate,
+from quant_utils.errors import ConfigError, WeightsNotFoundError
+from quant_utils.evaluation import (check_images, check_prompts, evaluate,
                                     fid_features, fid_from_features, inception_extractor, load_clip, load_image_set,
                                     pair_manifests, psnr, random_extractor, ssim, write_synthetic_reference)
 from quant_utils.generation import MANIFEST_COLUMNS, image_name

@@ -261,7 +261,7 @@ def test_bench_kernels_exec_modes_parse_in_run_order():
     sys.path.insert(0, str(REPO / "scripts"))
     import bench_kernels
 
-    from quant_utils.pipeline import ConfigError
+    from quant_utils.errors import ConfigError
 
     assert bench_kernels.parse_args(["--unet_exec", "compile,graph"]).unet_exec == ["graph", "compile"]
     for bad in ("", "eager", "graph,jit"):

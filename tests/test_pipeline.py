@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import TINY
-from quant_utils.pipeline import (ConfigError, WeightsNotFoundError, build_clip_tokenizers, build_pipeline,
+from quant_utils.errors import ConfigError, WeightsNotFoundError
+from quant_utils.pipeline import (build_clip_tokenizers, build_pipeline,
                                   load_model_config)
 
 

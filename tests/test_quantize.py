@@ -6,7 +6,8 @@ from torch import nn
 
 from conftest import TINY
 from quant_utils.checkpoint import load_quant_params, save_quant_params
-from quant_utils.pipeline import ConfigError, build_pipeline, load_model_config
+from quant_utils.errors import ConfigError
+from quant_utils.pipeline import build_pipeline, load_model_config
 from quant_utils.qlayers import QuantLayer
 from quant_utils.quantize import (bit_summary, make_spec, quant_layers, quantize_unet, set_backend, set_quant_state,
                                   skip_split_points, uniform_bits)

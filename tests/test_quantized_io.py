@@ -16,7 +16,7 @@ from quant_utils.bitconfig import config_dir, read_bit_config, read_protect_list
 from quant_utils.calibrate import observing
 from quant_utils.csvio import read_csv
 from quant_utils.kernels import packing
-from quant_utils.pipeline import ConfigError
+from quant_utils.errors import ConfigError
 from quant_utils.quantize import make_spec, quant_layers, quantize_unet, uniform_bits
 from quant_utils.quantized_io import (WEIGHTS_FILE, build_skeleton, fill_layer, load_quantized, read_config,
                                       save_quantized)

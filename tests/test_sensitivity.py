@@ -8,7 +8,7 @@ from conftest import run_script
 from test_bit_allocation import run_mp
 from quant_utils.bit_allocation import load_sensitivity
 from quant_utils.bitconfig import read_bit_config
-from quant_utils.pipeline import ConfigError
+from quant_utils.errors import ConfigError
 from quant_utils.quantize import quantizable_layers
 from quant_utils.runtime import Runner
 from quant_utils.sensitivity import SQNR_CAP_DB, SensitivitySetup, measure, select_layers, sqnr_db

@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY, run_main, run_script
 from quant_utils.csvio import read_csv, read_provenance
 from quant_utils.perf_model import PerfModel, synthetic_latency_frame
-from quant_utils.pipeline import ConfigError
+from quant_utils.errors import ConfigError
 from quant_utils.serving import workloads as wl
 from quant_utils.serving.metrics import SUMMARY_COLUMNS, queue_stats, summarize
 from quant_utils.serving.policies import (Adaptive, AdmissionControl, Option, Policy, SLOPredictive, Static,

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..perf_model import PerfModel, mode_wbits
+from ..modes import mode_wbits
+from ..perf_model import PerfModel
 from . import workloads as wl
 from .metrics import percentile, summarize
 from .policies import Option, Static

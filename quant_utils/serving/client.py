@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..perf_model import mode_wbits
+from ..modes import mode_wbits
 from .metrics import queue_stats
 from .simulator import RunResult
 from .workloads import Workload

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..perf_model import mode_wbits
+from ..modes import mode_wbits
 from .policies import Option, Policy
 from .simulator import BucketQueue, RunResult, ServiceTable, request_frame
 from .workloads import Workload

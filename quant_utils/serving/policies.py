@@ -21,21 +21,12 @@ from typing import NamedTuple, Sequence
 import pandas as pd
 
 from ..errors import ConfigError
-from ..perf_model import DECODER_QUALITY, mode_wbits, split_mode
+from ..modes import DECODER_QUALITY, mode_wbits, split_mode, wbits_mode
 
 
 class Option(NamedTuple):
     res: int
     mode: str
-
-
-def parse_option(text: str) -> Option:
-    """'1024:w8a8' -> Option(1024, 'w8a8')."""
-    res, sep, mode = text.partition(":")
-    if not sep or not res.isdigit() or not mode:
-        raise ConfigError(f"option {text!r}: expected RES:MODE, e.g. 1024:w8a8")
-    mode_wbits(mode)
-    return Option(int(res), mode)
 
 
 class Policy(ABC):
@@ -193,7 +184,6 @@ def quality_order(options: Sequence[Option], quality: pd.DataFrame | None = None
     if "res" not in q and "height" in q:
         q["res"] = q["height"]
     if "mode" not in q and "wbits" in q:
-        from ..perf_model import wbits_mode
         q["mode"] = q["wbits"].map(wbits_mode)
     if not {"res", "mode", score} <= set(q.columns):
         raise ConfigError(f"quality table needs columns res (or height), mode (or wbits) and {score!r}; has {list(quality.columns)}")

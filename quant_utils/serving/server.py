@@ -37,11 +37,11 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 
 from .. import REPO_ROOT, repo_path
 from ..errors import ConfigError
+from ..modes import FP16, uniform_mode_bits
 from .policies import POLICIES, Option, build_policy
 from .simulator import ServiceTable
 
 APP_NAME = "mixdq"
-SERVED_MODES = ("fp16", "w8a8", "w6a8", "w4a8")  # quant_utils.mixdq.MODES (not imported: it pulls in torch)
 ROUTERS = {"pow2": "jsq", "rr": "rr"}  # Ray Serve router -> the simulator's nearest dispatch rule
 REQUEST_FIELDS = ("prompt", "seed", "res", "mode", "steps")
 MAX_PROMPT_CHARS = 2000
@@ -110,11 +110,10 @@ class ServeConfig:
         self.res = self.res or mcfg.height
         self.ladder = list(self.ladder or [self.res])
         for m in self.served_modes:
-            if m not in SERVED_MODES:
-                raise ConfigError(f"mode {m!r}: expected one of {list(SERVED_MODES)}")
-            if m != "fp16" and not self.ckpt_path(m).is_file():
+            wbits, _ = uniform_mode_bits(m)  # the service runs the uniform modes
+            if m != FP16 and not self.ckpt_path(m).is_file():
                 raise ConfigError(f"mode {m} needs its checkpoint {self.ckpt_path(m)}; make it with: python "
-                                  f"scripts/quant_txt2img.py --config {self.config} --wbits {m[1:m.index('a')]} "
+                                  f"scripts/quant_txt2img.py --config {self.config} --wbits {wbits} "
                                   f"--num_imgs 1 --base_path {self.ckpt_base}/{m} (plus your model flags)")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy {self.policy!r}: expected one of {list(POLICIES)}")

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..modes import mode_wbits
 from ..perf_model import PerfModel
 from .policies import Option, Policy
 from .workloads import Workload
@@ -150,7 +151,6 @@ def request_frame(arrival, start, finish, service, opt_of, bsize, replica, qlen,
     rejected = opt_of < 0
     res = np.array([o.res for o in options] + [0])[opt_of]
     modes = np.array([o.mode for o in options] + [""], dtype=object)[opt_of]
-    from ..perf_model import mode_wbits
     wbits = np.array([mode_wbits(o.mode) for o in options] + [np.nan])[opt_of]
     return pd.DataFrame({
         "request": np.arange(len(arrival)), "arrival_s": arrival, "start_s": start, "finish_s": finish,

@@ -13,7 +13,8 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import ConfigError
-from ..perf_model import PerfModel, mode_wbits
+from ..modes import mode_wbits
+from ..perf_model import PerfModel
 from . import workloads as wl
 from .metrics import SUMMARY_COLUMNS, summarize
 from .policies import Policy

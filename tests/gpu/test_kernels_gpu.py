@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from quant_utils.kernel_bench import FORMATS as UNET_FORMATS  # noqa: E402
 from quant_utils.kernels import selfcheck  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-UNET_FORMATS = {"W8A8": 8, "W6A8": 6, "W4A8": 4}
 TOL_UNET = 1e-2
 FLOOR_MULT = 2.0
 
