@@ -36,7 +36,7 @@ from .errors import ConfigError, WeightsNotFoundError
 from .pipeline import network_allowed
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-FID_MODES = ("clean", "legacy_pytorch")
+FID_KINDS = ("clean", "legacy_pytorch")  # clean-fid's `mode`: its resizing and Inception variant (--fid_mode)
 # A feature extractor maps a float batch [B, 3, H, W] with values in 0..255 to features [B, D] (clean-fid's contract).
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -168,32 +168,32 @@ def _download(url: str, target: Path) -> None:
         raise
 
 
-def inception_weights(mode: str) -> tuple[Path, str, str]:
-    """(local file, URL, where the folder comes from) of the Inception weights clean-fid uses in `mode`."""
-    if mode == "clean":  # clean-fid's TorchScript Inception; clean-fid itself looks in /tmp
+def inception_weights(fid_kind: str) -> tuple[Path, str, str]:
+    """(local file, URL, where the folder comes from) of the Inception weights clean-fid uses for `fid_kind`."""
+    if fid_kind == "clean":  # clean-fid's TorchScript Inception; clean-fid itself looks in /tmp
         from cleanfid.downloads_helper import inception_url
         folder = os.environ.get("MIXDQ_INCEPTION_DIR", "/tmp")
         return Path(folder) / "inception-2015-12-05.pt", inception_url, "MIXDQ_INCEPTION_DIR (default /tmp)"
-    if mode == "legacy_pytorch":  # pytorch-fid's port, loaded through torch.hub's cache
+    if fid_kind == "legacy_pytorch":  # pytorch-fid's port, loaded through torch.hub's cache
         from cleanfid.inception_pytorch import FID_WEIGHTS_URL
         return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(FID_WEIGHTS_URL), FID_WEIGHTS_URL,
                 "TORCH_HOME (torch.hub cache, default ~/.cache/torch)")
-    raise ConfigError(f"--fid_mode {mode}: choose one of {', '.join(FID_MODES)}")
+    raise ConfigError(f"--fid_mode {fid_kind}: choose one of {', '.join(FID_KINDS)}")
 
 
-def inception_extractor(mode: str = "clean", device: str = "cpu") -> FeatureExtractor:
-    """clean-fid's Inception-v3 pool features (2048-d) for `mode`; weights must be local or downloadable."""
-    path, url, where = inception_weights(mode)
+def inception_extractor(fid_kind: str = "clean", device: str = "cpu") -> FeatureExtractor:
+    """clean-fid's Inception-v3 pool features (2048-d) for `fid_kind`; weights must be local or downloadable."""
+    path, url, where = inception_weights(fid_kind)
     if not path.is_file():
         if not network_allowed():
             raise WeightsNotFoundError(
-                f"the Inception weights for FID (--fid_mode {mode}) are not cached: {path} is missing "
+                f"the Inception weights for FID (--fid_mode {fid_kind}) are not cached: {path} is missing "
                 f"(folder from {where}).\n  - download {url} where there is network and copy it to {path};\n"
                 f"  - or rerun with MIXDQ_ALLOW_DOWNLOAD=1 on a machine with network to fetch it (about 100 MB);\n"
                 f"  - or use --metrics clip pixel to skip FID.")
         _download(url, path)
     try:
-        if mode == "clean":
+        if fid_kind == "clean":
             from cleanfid.inception_torchscript import InceptionV3W
             model = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
             return lambda x: model(x)
@@ -215,13 +215,13 @@ def random_extractor(dim: int = 4, seed: int = 0, device: str = "cpu") -> Featur
     return lambda x: torch.relu(torch.nn.functional.conv2d(x.to(device) / 127.5 - 1, w, stride=16)).mean(dim=(2, 3))
 
 
-def fid_features(images: ImageSet, extractor: FeatureExtractor, mode: str = "clean", batch_size: int = 32,
+def fid_features(images: ImageSet, extractor: FeatureExtractor, fid_kind: str = "clean", batch_size: int = 32,
                  device: str = "cpu", num_workers: int = 0, verbose: bool = True) -> np.ndarray:
     """Features [N, D] of a set's images, resized and batched by clean-fid exactly as its compute_fid does."""
     from cleanfid.fid import get_files_features
 
     return get_files_features([str(p) for p in images.paths], extractor, num_workers=num_workers, batch_size=batch_size,
-                              device=torch.device(device), mode=mode, description=f"FID features {images.name}",
+                              device=torch.device(device), mode=fid_kind, description=f"FID features {images.name}",
                               verbose=verbose)
 
 
@@ -401,7 +401,7 @@ def summary_row(folder: str, metric: str, values: np.ndarray | float, reference:
 
 
 def evaluate(sets: dict[str, ImageSet], metrics: Sequence[str], extractor: FeatureExtractor | None = None,
-             fid_mode: str = "clean", fid_label: str = "inception_v3", clip: ClipScorer | None = None,
+             fid_kind: str = "clean", fid_label: str = "inception_v3", clip: ClipScorer | None = None,
              batch_size: int = 32, device: str = "cpu", num_workers: int = 0,
              plumbing: dict[str, list[str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """All metrics over the sets {'ref', 'fp16', 'mixdq'} present: (summary, per-pair table or None).
@@ -419,8 +419,8 @@ def evaluate(sets: dict[str, ImageSet], metrics: Sequence[str], extractor: Featu
 
     pairs = pair_manifests(sets["fp16"], sets["mixdq"]) if "fp16" in sets and "mixdq" in sets else None
     if "fid" in metrics:
-        feats = {k: fid_features(s, extractor, fid_mode, batch_size, device, num_workers) for k, s in sets.items()}
-        setting = f"{fid_mode}/{fid_label}"
+        feats = {k: fid_features(s, extractor, fid_kind, batch_size, device, num_workers) for k, s in sets.items()}
+        setting = f"{fid_kind}/{fid_label}"
         for a, b in (("fp16", "ref"), ("mixdq", "ref"), ("mixdq", "fp16")):
             if a in feats and b in feats:
                 fid = fid_from_features(feats[a], feats[b])

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
-from quant_utils.evaluation import (FID_MODES, check_images, check_prompts, evaluate, inception_extractor,  # noqa: E402
+from quant_utils.evaluation import (FID_KINDS, check_images, check_prompts, evaluate, inception_extractor,  # noqa: E402
                                     load_clip, load_image_set, load_rgb, random_extractor, write_synthetic_reference)
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers for clean-fid's resizing")
     p.add_argument("--out", default="logs/eval/fid_clip.csv", help="summary file (.csv or .json)")
-    p.add_argument("--fid_mode", default="clean", choices=FID_MODES, help="clean-fid resizing/Inception variant")
+    p.add_argument("--fid_mode", default="clean", choices=FID_KINDS, help="clean-fid resizing/Inception variant")
     p.add_argument("--feature_extractor", default="inception", choices=["inception", "random"],
                    help="FID features: clean-fid's Inception, or 'random' (offline plumbing check; FID meaningless)")
     p.add_argument("--clip_model", default="ViT-B-32", help="open_clip architecture")

@@ -47,12 +47,12 @@ def clip_random():
 
 
 # --------------------------------------------------------------------------- FID
-@pytest.mark.parametrize("mode", ["clean", "legacy_pytorch"])
-def test_fid_is_zero_for_a_folder_with_itself_and_grows_with_noise(tmp_path, mode):
+@pytest.mark.parametrize("fid_kind", ["clean", "legacy_pytorch"])
+def test_fid_is_zero_for_a_folder_with_itself_and_grows_with_noise(tmp_path, fid_kind):
     base = smooth_images(12)
     sets = {s: load_image_set(s, make_folder(tmp_path / f"n{s}", base, noise=s)) for s in (0, 20, 60)}
     ex = random_extractor(seed=0)
-    f = {s: fid_features(v, ex, mode, batch_size=5, verbose=False) for s, v in sets.items()}
+    f = {s: fid_features(v, ex, fid_kind, batch_size=5, verbose=False) for s, v in sets.items()}
     assert f[0].shape == (12, 4)
     assert abs(fid_from_features(f[0], f[0])) < 1e-9
     assert 0 < fid_from_features(f[0], f[20]) < fid_from_features(f[0], f[60])
@@ -75,13 +75,13 @@ def test_fid_needs_two_images():
         fid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
 
 
-@pytest.mark.parametrize("mode", ["clean", "legacy_pytorch"])
-def test_missing_inception_weights_is_a_clear_error(monkeypatch, tmp_path, mode):
+@pytest.mark.parametrize("fid_kind", ["clean", "legacy_pytorch"])
+def test_missing_inception_weights_is_a_clear_error(monkeypatch, tmp_path, fid_kind):
     monkeypatch.setenv("MIXDQ_INCEPTION_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("MIXDQ_ALLOW_DOWNLOAD", raising=False)
     with pytest.raises(WeightsNotFoundError) as e:
-        inception_extractor(mode)
+        inception_extractor(fid_kind)
     msg = str(e.value)
     assert str(tmp_path) in msg and "inception" in msg and "MIXDQ_ALLOW_DOWNLOAD=1" in msg and "https://" in msg
 
