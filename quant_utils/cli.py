@@ -143,9 +143,10 @@ def decoder_from_args(pipe, args: argparse.Namespace, res: int | None = None):
         import copy
 
         vae = copy.deepcopy(pipe.vae).to(dtype)
-    backend = "kernel" if device.type == "cuda" else "fake"
+    from .qlayers import Backend
+
     with torch.no_grad():
-        return decoders.make_int8_decoder(vae, latents, backend=backend)
+        return decoders.make_int8_decoder(vae, latents, backend=Backend.for_device(device))
 
 
 def compile_cache_from_args(args: argparse.Namespace) -> str:

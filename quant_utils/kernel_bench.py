@@ -13,7 +13,6 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -25,6 +24,7 @@ from . import kernels
 from .kernels import launch, packing
 from .kernels import reference as ref
 from .kernels import triton_kernels as tk
+from .kernels.tuning import current_tuning
 from .modes import QUANTIZED, format_name, mode_wbits
 
 FORMATS = {format_name(m): int(mode_wbits(m)) for m in QUANTIZED}  # W8A8 -> 8 weight bits (activations 8 bits)
@@ -107,8 +107,11 @@ def quantize_random(unet: nn.Module, wbits: int, abits: int = 8, calib: dict | N
     return unet
 
 
-def kernel_modes(unet: nn.Module) -> Counter:
-    return Counter(m.kernel_state.mode for m in unet.modules() if getattr(m, "kernel_state", None) is not None)
+def kernel_paths(unet: nn.Module) -> Counter:
+    """How many prepared layers take each kernel path (int | wonly | fp16)."""
+    from .quantize import quant_layers
+
+    return Counter(m.kernel_state.path for _, m in quant_layers(unet) if m.kernel_state is not None)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -224,7 +227,7 @@ def linear_shape_rows(m: int, k: int, n: int) -> list[dict]:
     for fmt, bits in FORMATS.items():
         packed, pf = _packed(n, (k,), bits)
         launch.linear(a8, packed, scale, zc, bias, bits, pf.group, n)  # autotune
-        cfg = launch.tuned().get(launch.linear_key(m, n, k, bits, pf.group, False), {})
+        cfg = current_tuning().configs.get(launch.linear_key(m, n, k, bits, pf.group, False), {})
         rows.append(dict(impl=fmt, us=bench_us(lambda: launch.linear(a8, packed, scale, zc, bias, bits, pf.group, n)),
                          config=_cfg_str(cfg)))
         rows.append(dict(impl=fmt + " +quant", config=_cfg_str(cfg), us=bench_us(
@@ -253,7 +256,7 @@ def conv_shape_rows(x_shape: tuple, n: int, ksize: int, stride: int, pad: int, s
         args = (packed, s, z, s if split else None, z if split else None, bias, bits, pf.group, n, c1, ksize, ksize,
                 stride, pad)
         launch.conv(xq, *args)  # autotune
-        cfg = launch.tuned().get(launch.conv_key(tuple(xq.shape), n, c1, ksize, stride, bits, pf.group), {})
+        cfg = current_tuning().configs.get(launch.conv_key(tuple(xq.shape), n, c1, ksize, stride, bits, pf.group), {})
         rows.append(dict(impl=fmt, us=bench_us(lambda: launch.conv(xq, *args)), config=_cfg_str(cfg)))
         rows.append(dict(impl=fmt + " +quant", config=_cfg_str(cfg),
                          us=bench_us(lambda: launch.conv(tk.quant_nchw_to_nhwc(x16, c1, p, p, pad), *args))))
@@ -274,13 +277,11 @@ def _cfg_str(cfg: dict) -> str:
 # ----------------------------------------------------------------------------------------------- precompile
 
 
-def _layer_namespace(call: LayerCall, wbits: int, abits: int, split: int | None, bos: bool) -> SimpleNamespace:
+def layer_spec(call: LayerCall, wbits: int, abits: int, split: int | None, bos: bool) -> kernels.LayerSpec:
+    """The kernels' view of a recorded layer call quantized to W{wbits}A{abits} (UNet convs: ungrouped, undilated)."""
     ws = call.weight_shape
-    ns = SimpleNamespace(kind=call.kind, w_bits=wbits, a_bits=abits, split=split, bos=bos, in_features=ws[1],
-                         out_features=ws[0], weight_shape=ws)
-    if call.kind == "conv":
-        ns.stride, ns.padding, ns.groups, ns.dilation = (call.stride,) * 2, (call.padding,) * 2, 1, (1, 1)
-    return ns
+    conv = dict(stride=(call.stride,) * 2, padding=(call.padding,) * 2) if call.kind == "conv" else {}
+    return kernels.LayerSpec(call.kind, ws[1], ws[0], ws, wbits, abits, split, bos, **conv)
 
 
 _BOS = re.compile(r"attn2\.to_[kv]$")
@@ -292,12 +293,12 @@ def precompile_jobs(calls: list[LayerCall], wbits_list: list[int], splits: dict[
     for wbits in wbits_list:
         for c in calls:
             split, bos = splits.get(c.name), bool(_BOS.search(c.name))
-            pl = kernels.plan(_layer_namespace(c, wbits, 8, split, bos))
-            if pl.mode == "fp16":
+            pl = kernels.plan(layer_spec(c, wbits, 8, split, bos))
+            if pl.path == "fp16":
                 continue
             if c.kind == "linear":
                 m = int(np.prod(c.in_shape[:-1]))
-                jobs += launch.linear_jobs(m, c.in_shape[-1], pl.bits, pl.group, pl.mode == "wonly")
+                jobs += launch.linear_jobs(m, c.in_shape[-1], pl.bits, pl.group, pl.path == "wonly")
                 if bos:
                     jobs += launch.linear_jobs(c.in_shape[0], c.in_shape[-1], pl.bits, pl.group, True)
             else:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .qlayers import QuantLayer
 from .runtime import Runner, StageTimes
 
 STAGES = ("text", "unet", "vae", "total")
@@ -20,10 +21,7 @@ def device_weight_bytes(unet: nn.Module) -> int:
     """Bytes of every distinct storage the UNet holds: parameters, buffers and the kernel backend's packed
     states (shared storages counted once). The one measure used by latency_probe and bench_kernels."""
     tensors = list(chain(unet.parameters(), unet.buffers()))
-    for m in unet.modules():
-        state = getattr(m, "kernel_state", None)
-        if state is not None:
-            tensors += state.tensors()
+    tensors += [t for m in unet.modules() if isinstance(m, QuantLayer) for t in m.kernel_tensors()]
     seen, total = set(), 0
     for t in tensors:
         if t is None:

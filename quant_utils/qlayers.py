@@ -3,19 +3,34 @@
 - `fake`: simulated quantization in floating point (any device): activations are quantized and
   dequantized, weights are the dequantized integers (computed once and cached).
 - `kernel`: real low-bit CUDA kernels from `quant_utils.kernels` (packed weights, int8 GEMMs); on a
-  CPU it falls back to `fake` with a warning.
+  CPU it falls back to `fake` with a warning. The layer asks `kernels.prepare` for its KernelState once, owns
+  it, and frees the weight copies the kernels do not read.
 """
 from __future__ import annotations
 
 import warnings
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .quantizers import ActQuantizer, dequantize_weight, quantize_weight, weight_qparams
 
-BACKENDS = ("fake", "kernel")
+
+class Backend(StrEnum):
+    """How a QuantLayer computes: `Backend("kernel")` parses the --backend flag; members equal their names."""
+    FAKE = "fake"
+    KERNEL = "kernel"
+
+    @classmethod
+    def for_device(cls, device: torch.device | str) -> "Backend":
+        """The fastest backend a device runs: the kernels on CUDA, the fake-quant reference elsewhere."""
+        return cls.KERNEL if torch.device(device).type == "cuda" else cls.FAKE
+
+
+BACKENDS = tuple(b.value for b in Backend)
 
 
 class QuantLayer(nn.Module):
@@ -36,7 +51,8 @@ class QuantLayer(nn.Module):
         self.w_bits, self.a_bits = w_bits, a_bits
         self.w_symmetric, self.split, self.bos = w_symmetric, split, bos
         self.use_wq, self.use_aq, self.calibrating = True, True, False
-        self.backend = "fake"
+        self.backend = Backend.FAKE
+        self.kernel_state: kernels.KernelState | None = None  # built by prepare_kernels()
         self._w_fake: torch.Tensor | None = None
         if w_bits is not None and orig.weight.is_meta:  # structure only, filled later (a quantized folder)
             n = self.out_features
@@ -116,10 +132,8 @@ class QuantLayer(nn.Module):
         return out[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "kernel" and not self.calibrating and self.use_wq and self.use_aq:
-            from . import kernels
-
-            return kernels.forward(self, x)
+        if self.backend is Backend.KERNEL and not self.calibrating and self.use_wq and self.use_aq:
+            return kernels.forward(self.kernel_state, x)
         x = self.quantize_input(x)
         w = self.effective_weight()
         if self.kind == "linear":
@@ -129,16 +143,35 @@ class QuantLayer(nn.Module):
     def storage_device(self) -> torch.device:
         return (self.w_int if self.w_bits is not None else self.weight).device
 
-    def set_backend(self, backend: str) -> None:
+    def set_backend(self, backend: Backend | str, fp16_convs: frozenset = frozenset()) -> None:
+        """`fp16_convs`: (C_in, C_out, k, stride) of convs the kernel backend keeps on cuDNN (kernels.plan)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
-        if backend == "kernel":
+        backend = Backend(backend)
+        if backend is Backend.KERNEL:
             if self.storage_device().type != "cuda":
                 warnings.warn("kernel backend needs CUDA: falling back to the fake-quant reference on this device",
                               stacklevel=3)
-                backend = "fake"
+                backend = Backend.FAKE
             else:
-                from . import kernels
-
-                kernels.prepare(self)
+                self.prepare_kernels(fp16_convs=fp16_convs)
         self.backend = backend
+
+    @torch.no_grad()
+    def prepare_kernels(self, packed: tuple | None = None, fp16_convs: frozenset = frozenset()) -> None:
+        """Build this layer's KernelState (once) and free the copies the kernels do not read: the FP weight, its bias,
+        the cached dequantized weight and the unpacked integer weight (see kernels.unpacked_weight). `packed`: the
+        weight already packed (bytes, format), e.g. from a quantized folder (kernels.prepare)."""
+        if self.kernel_state is not None:
+            return
+        self.kernel_state = kernels.prepare(self, packed, fp16_convs)
+        self.weight = None
+        self.bias = None
+        self._w_fake = None
+        if self.w_bits is not None:  # the packed bytes (or the fp16 weight) now hold it
+            self.w_int = torch.empty(0, dtype=torch.int8, device=self.w_int.device)
+
+    def kernel_tensors(self) -> list[torch.Tensor]:
+        """The device tensors of the kernel state (packed weights, scales, epilogue constants); none before
+        prepare_kernels. With parameters() and buffers(), everything the layer holds on its device."""
+        return self.kernel_state.tensors() if self.kernel_state is not None else []

@@ -118,10 +118,11 @@ def set_quant_state(unet: nn.Module, weight: bool = True, act: bool = True) -> N
         layer.use_wq, layer.use_aq = weight, act
 
 
-def set_backend(unet: nn.Module, backend: str) -> None:
-    """`fake` (simulated, any device) or `kernel` (real CUDA kernels; falls back to fake on CPU)."""
+def set_backend(unet: nn.Module, backend: str, fp16_convs: frozenset = frozenset()) -> None:
+    """`fake` (simulated, any device) or `kernel` (real CUDA kernels; falls back to fake on CPU); `fp16_convs`:
+    (C_in, C_out, k, stride) of convs the kernel backend keeps on cuDNN."""
     for _, layer in quant_layers(unet):
-        layer.set_backend(backend)
+        layer.set_backend(backend, fp16_convs)
 
 
 def bit_summary(unet: nn.Module) -> dict:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .kernels import packing
-from .qlayers import QuantLayer
+from .qlayers import Backend, QuantLayer
 from .quantize import (
     QuantSpec,
     bit_summary,
@@ -107,7 +107,7 @@ def save_quantized(unet: nn.Module, folder: str | Path, created: dict | None = N
     layers, fp_tensors, q_tensors, owned = {}, {}, {}, set()
     for name, m in quant_layers(unet):
         owned.update(f"{name}.{k}" for k in m.state_dict())
-        if getattr(m, "kernel_state", None) is not None:
+        if m.kernel_state is not None:
             raise ValueError(f"layer {name}: prepared for the kernel backend (integer weights and biases freed); "
                              "save the UNet before set_backend('kernel')")
         shape = tuple((m.w_int if m.w_bits is not None else m.weight).shape)
@@ -325,7 +325,7 @@ def load_quantized(folder: str | Path, device: str | torch.device = "cpu", dtype
             return t.to(dtype) if key in fp_keys and t.is_floating_point() else t
 
         unet.load_state_dict({k: get(k) for k in others}, strict=False, assign=True)
-        kernel = backend == "kernel" and device.type == "cuda"
+        kernel = Backend(backend) is Backend.KERNEL and device.type == "cuda"
         for name, m in layers.items():
             fill_layer(m, name, cfg["layers"][name], get, dtype, kernel)
     left = [n for n, t in list(unet.named_parameters()) + list(unet.named_buffers()) if t.is_meta]
@@ -345,8 +345,6 @@ def fill_layer(m: QuantLayer, name: str, rec: dict, get, dtype: torch.dtype, ker
     """Install one layer's tensors (`get(key)` reads one from the file, on the device, FP ones in `dtype`).
     kernel=True builds the kernels' state from the packed bytes as they are; else the layer keeps int8 codes and
     no FP weight (the fake path dequantizes them on first use)."""
-    from . import kernels
-
     m.bias = nn.Parameter(get(f"{name}.bias"), requires_grad=False) if rec["bias"] else None
     for key, q in (("act_quant", m.act_quant), ("act_quant2", m.act_quant2)):
         if q is not None:
@@ -363,6 +361,6 @@ def fill_layer(m: QuantLayer, name: str, rec: dict, get, dtype: torch.dtype, ker
     m.w_int = packing.unpack_weight(packed, fmt, tuple(rec["shape"]), rec["pack_split"])  # on the device
     if kernel:
         m.weight = None
-        kernels.prepare(m, packed=(packed, fmt))  # the bytes as they are; frees the codes after the column sums
+        m.prepare_kernels(packed=(packed, fmt))  # the bytes as they are; frees the codes after the column sums
     else:
         m.drop_fp_weight(dtype)

@@ -15,6 +15,8 @@
   batch 1, which torch specialises) and the VAE decode compiled as in `graph`, then everything captured.
 The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_utils/decoders.py: the SDXL VAE
 with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
+On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
+once per process) and installs it for the kernel backend's launches.
 Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
 `load_compile_cache` carry it to another machine of the same GPU and software (torch's mega-cache).
 
@@ -30,6 +32,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from . import REPO_ROOT
+from .kernels.tuning import Tuning, tuning_installed, use_tuning
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -173,7 +178,7 @@ class Runner:
     """Prompt -> image with per-stage timing; `exec_mode` picks eager, CUDA-graph or compiled execution."""
 
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
-                 vae_kind: str = "fp16", compile_shapes: str = "static"):
+                 vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -185,6 +190,8 @@ class Runner:
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
+        if self.device.type == "cuda" and (tuning is not None or not tuning_installed()):
+            use_tuning(tuning or Tuning.standard(REPO_ROOT / "results"))
         self.graphs = _GraphCache()
         self.vae = vae if vae is not None else pipe.vae
         self.vae_kind = vae_kind

@@ -36,6 +36,7 @@ from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_variant, request_for  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
+from quant_utils.qlayers import Backend  # noqa: E402
 from quant_utils.runtime import Runner, StageTimes, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
@@ -111,7 +112,7 @@ def main(args: argparse.Namespace) -> None:
     if cuda:
         args.fp16 = True
     cfg, pipe, device = pipeline_from_args(args)
-    backend = args.backend or ("kernel" if cuda else "fake")
+    backend = args.backend or Backend.for_device("cuda" if cuda else "cpu")
     cache = compile_cache_from_args(args)
     prompts = read_prompts(repo_path(args.prompts_file))
     calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
@@ -187,9 +188,9 @@ def main(args: argparse.Namespace) -> None:
         del variant
         _free()
         if args.tuning_out and cuda:
-            from quant_utils.kernels import launch
+            from quant_utils.kernels.tuning import current_tuning
 
-            launch.save_tuning(repo_path(args.tuning_out))
+            current_tuning().save(repo_path(args.tuning_out))  # the Runners' tuning
     if not rows:
         raise ConfigError("no cell could be measured")
 

@@ -44,6 +44,7 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.latency import device_weight_bytes  # noqa: E402
 from quant_utils.mixdq import QuantRequest, quantize_pipeline  # noqa: E402
 from quant_utils.pipeline import build_pipeline, load_model_config, resolve_device  # noqa: E402
+from quant_utils.qlayers import Backend  # noqa: E402
 
 # name -> (weight config, act config or uniform act bits, act protect list), files of <model>/final_config
 FORMATS = {"W8A8": ("uniform_8.yaml", 8, None), "W4A8": ("uniform_4.yaml", 8, None),
@@ -153,8 +154,8 @@ def main(args: argparse.Namespace) -> None:
     if resolve_device(args.device).startswith("cuda"):
         args.fp16 = True
     cfg, pipe, device = pipeline_from_args(args)
-    args.backend = args.backend or ("kernel" if device.startswith("cuda") else "fake")
-    warmup = args.warmup if args.warmup is not None else int(args.backend == "kernel")
+    args.backend = str(args.backend or Backend.for_device(device))
+    warmup = args.warmup if args.warmup is not None else int(args.backend == Backend.KERNEL)
     work = repo_path(args.work_dir)
     fp_dir = work / "fp_unet"
     pipe.unet.save_pretrained(fp_dir)
@@ -204,7 +205,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def gpu_tag() -> str:
-    from quant_utils.kernels.launch import gpu_tag as tag
+    from quant_utils.kernels.tuning import gpu_tag as tag
 
     return tag()
 

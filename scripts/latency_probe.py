@@ -31,6 +31,7 @@ from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
 from quant_utils.mixdq import folder_summary, mode_label, quantize_pipeline  # noqa: E402
 from quant_utils.modes import BITS  # noqa: E402
+from quant_utils.qlayers import Backend  # noqa: E402
 from quant_utils.runtime import StageTimes  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.pipeline import check_resolution, resolve_device  # noqa: E402
@@ -69,7 +70,7 @@ def main(args: argparse.Namespace) -> None:
     if resolve_device(args.device).startswith("cuda"):
         args.fp16 = True
     cfg, pipe, device = pipeline_from_args(args)
-    if args.mode != "fp16" and device == "cpu" and args.backend == "kernel":
+    if args.mode != "fp16" and device == "cpu" and args.backend == Backend.KERNEL:
         print("note: no CUDA here, the kernel backend falls back to fake quantization")
     prompts = read_prompts(repo_path(args.prompts_file))
     summary = {"avg_wbits": 16.0, "avg_abits": 16.0}
@@ -129,7 +130,7 @@ def main(args: argparse.Namespace) -> None:
             "images_per_s", "peak_mem_gib"]
     print(df[cols].round(2).to_string(index=False))
     note = (" (fake quantization keeps the FP weights plus quantizer state, so this is not the packed low-bit size: "
-            f"{summary['weight_bytes'] / 2**20:.1f} MiB at these bits)" if backend == "fake" else "")
+            f"{summary['weight_bytes'] / 2**20:.1f} MiB at these bits)" if backend == Backend.FAKE else "")
     print(f"UNet weights on device: {weight_bytes / 2**20:.1f} MiB{note}")
     print(f"wrote {out}")
 

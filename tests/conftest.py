@@ -8,6 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "gpu"))  # kernel_selfcheck: the kernel checks the CPU and GPU tests share
 TINY = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 
 

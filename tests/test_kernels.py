@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO
+from kernel_selfcheck import Case, build_layer, compare, make_input
 from quant_utils.kernels import backend, packing
 from quant_utils.kernels import reference as ref
-from quant_utils.kernels.selfcheck import Case, build_layer, compare, make_input
 from quant_utils.qlayers import QuantLayer
 
 
@@ -99,55 +99,72 @@ def test_kernel_state_reference_equals_fake_path(case):
     x = make_input(case, "cpu", seed=11).float()
     with torch.no_grad():
         fake = fresh(x)
-    got = backend.reference_forward(layer, x)
-    # fp16 mode keeps the dequantized weight in fp16 (as the fake path of an fp16 model does): fp16 rounding
-    tol = 1e-3 if layer.kernel_state.mode == "fp16" else 1e-5
+    got = backend.reference_forward(layer.kernel_state, x)
+    # the fp16 path keeps the dequantized weight in fp16 (as the fake path of an fp16 model does): fp16 rounding
+    tol = 1e-3 if layer.kernel_state.path == "fp16" else 1e-5
     assert compare(got, fake.double())["rel_l2"] < tol
 
 
 def _fresh_fake_layer(case, seed):
     """The same layer (same seed) left on the fake backend, in float32."""
-    import quant_utils.kernels.selfcheck as sc
-
-    orig_prepare = sc.backend.prepare
-    sc.backend.prepare = lambda layer: None
-    try:
-        layer = build_layer(case, "cpu", seed)
-    finally:
-        sc.backend.prepare = orig_prepare
-    return layer.float()
+    return build_layer(case, "cpu", seed, prepared=False).float()
 
 
 def test_prepare_frees_weights_and_counts_packed_bytes():
     layer = QuantLayer(nn.Linear(256, 128).half(), 4, 8)
     layer.act_quant.scale.fill_(0.03)
     w_int = layer.w_int.clone()
-    backend.prepare(layer)
+    assert layer.kernel_state is None and layer.kernel_tensors() == []
+    layer.prepare_kernels()
     st = layer.kernel_state
-    assert layer.weight is None and layer.w_int.numel() == 0
-    assert st.mode == "int" and st.packed.dtype == torch.uint8 and st.packed.shape == (128, 128)
+    assert layer.weight is None and layer.bias is None and layer.w_int.numel() == 0
+    assert st.path == "int" and st.packed.dtype == torch.uint8 and st.packed.shape == (128, 128)
     # packed W4 + scale, zc, w_scale, bias (float32/int32 per output channel) + the quantizer tensor (8 float32)
-    assert backend.weight_bytes(layer) == 128 * 128 + 4 * 128 * 4 + 8 * 4
-    assert torch.equal(backend.unpacked_weight(layer), w_int)
-    backend.prepare(layer)  # idempotent
+    assert backend.weight_bytes(st) == 128 * 128 + 4 * 128 * 4 + 8 * 4
+    assert sum(t.numel() * t.element_size() for t in layer.kernel_tensors()) == backend.weight_bytes(st)
+    assert torch.equal(backend.unpacked_weight(st), w_int)
+    layer.prepare_kernels()  # idempotent
     assert layer.kernel_state is st
+
+
+def test_prepare_only_reads_the_layer():
+    """kernels.prepare returns the state and leaves the layer as it was: the layer frees its own weights."""
+    layer = QuantLayer(nn.Linear(64, 32).half(), 8, 8)
+    layer.act_quant.scale.fill_(0.03)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    st = backend.prepare(layer)
+    assert isinstance(st, backend.KernelState) and layer.kernel_state is None
+    assert layer.weight is not None and layer.w_int.shape == (32, 64)
+    assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
+
+
+def test_plan_takes_a_layer_spec_and_the_fp16_conv_policy():
+    """plan() decides from shapes and bits alone (what bench_kernels asks before any weight exists); a conv the
+    caller keeps on cuDNN takes the fp16 path."""
+    spec = backend.LayerSpec("conv", 320, 640, (640, 320, 3, 3), 4, 8, stride=(2, 2), padding=(1, 1))
+    pl = backend.plan(spec)
+    assert (pl.path, pl.bits, pl.seg) == ("int", 4, (320,))
+    assert backend.plan(spec, fp16_convs=frozenset({(320, 640, 3, 2)})).path == "fp16"
+    assert backend.plan(backend.LayerSpec("linear", 640, 2048, (2048, 640), 6, None)).path == "wonly"
+    layer = QuantLayer(nn.Conv2d(32, 16, 3, 2, 1).half(), 4, 8)
+    assert backend.LayerSpec.of(layer) == backend.LayerSpec("conv", 32, 16, (16, 32, 3, 3), 4, 8, stride=(2, 2),
+                                                            padding=(1, 1))
 
 
 def test_cpu_forward_warns_and_returns_the_reference():
     case = Case("linear", 32, 64, 8, 8, rows=3)
     layer = build_layer(case, "cpu", seed=3)
     x = make_input(case, "cpu", seed=3)
-    backend._warned = False
     with pytest.warns(UserWarning, match="integer reference"):
-        y = backend.forward(layer, x)
+        y = backend.forward(layer.kernel_state, x)
     assert y.dtype == torch.float16 and y.shape == (2, 3, 32)
-    assert compare(y, backend.reference_forward(layer, x.double()))["max_ulp"] <= 1.0
+    assert compare(y, backend.reference_forward(layer.kernel_state, x.double()))["max_ulp"] <= 1.0
 
 
 def test_triton_kernels_in_the_interpreter():
     """Every format, ragged tiles, split, BOS, stride 2, 1x1, protected: Triton kernels (interpreted) vs reference."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "quant_utils.kernels.selfcheck", "--all_configs"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "tests/gpu/kernel_selfcheck.py", "--all_configs"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("PASS") >= 80 and "FAIL" not in proc.stdout
@@ -206,29 +223,6 @@ def test_compiled_regions_share_graphs_across_same_shape_blocks():
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("regions"))
     _, regions, _, graphs, _, same = line.split()
     assert int(regions) == 28 and int(graphs) < int(regions) / 2 and same == "True", line
-
-
-def test_committed_tuning_file_is_loaded_on_first_choice(tmp_path, monkeypatch):
-    """Tile configs tuned by bench_kernels (results/kernels_tuning_<gpu>.json) are used without re-timing;
-    MIXDQ_TUNING_FILE names the file, `none` disables it."""
-    import json
-
-    from quant_utils.kernels import launch
-
-    gpu = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    tuned = {"BM": 64, "BN": 128, "BK": 64, "warps": 4, "stages": 4, "ms": 0.01}
-    (tmp_path / "t.json").write_text(json.dumps({"gpu": gpu, "configs": {"linear|k": tuned}}))
-    cands = [{"BM": 16}, {"BM": 32}]
-
-    def never(cfg):
-        raise AssertionError("a tuned key must not be re-timed")
-
-    for env, expected in ((str(tmp_path / "t.json"), tuned), ("none", cands[0])):
-        monkeypatch.setenv("MIXDQ_TUNING_FILE", env)
-        monkeypatch.setattr(launch, "_TUNED", {})
-        monkeypatch.setattr(launch, "_DEFAULT_TUNING_LOADED", False)
-        monkeypatch.setattr(launch, "TUNING", False)  # untuned keys take the first candidate
-        assert launch._choose("linear|k", cands, never) == expected
 
 
 @pytest.mark.parametrize("split", [None, 16])

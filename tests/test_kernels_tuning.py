@@ -1,23 +1,26 @@
-"""Kernel tile-config tuning files (quant_utils/kernels/launch.py): shared across GPUs of one compute capability,
-cached per user and GPU model so each GPU model is tuned once (issue 18, fast first image). CPU only: the GPU
-name and capability are stubbed."""
+"""Kernel tile-config tuning (quant_utils/kernels/tuning.py): one Tuning object per process, its files shared across
+GPUs of one compute capability, cached per user and GPU model so each GPU model is tuned once (issue 18, fast first
+image). CPU only: the GPU name and capability are stubbed."""
 import json
 
 import pytest
 
-from quant_utils.kernels import launch
+from conftest import REPO
+from quant_utils.kernels import tuning
+from quant_utils.kernels.tuning import Tuning
 
 CFG = {"BM": 64, "BN": 128, "num_warps": 4, "num_stages": 4, "SWAP": False, "SPLIT_K": 1, "GROUP_M": 8, "ms": 0.01}
+RESULTS = REPO / "results"
 
 
 @pytest.fixture
 def h200(monkeypatch, tmp_path):
-    """This process runs on an H200 (sm_90), with an empty tuning state and its cache under tmp_path."""
-    monkeypatch.setattr(launch, "gpu_name", lambda: "NVIDIA H200")
-    monkeypatch.setattr(launch, "capability", lambda: "sm_90")
-    monkeypatch.setattr(launch, "_TUNED", {})
-    monkeypatch.setattr(launch, "_TUNED_HERE", set())
-    monkeypatch.setattr(launch, "_DEFAULT_TUNING_LOADED", False)
+    """This process runs on an H200 (sm_90), with its cache under tmp_path and no environment overrides."""
+    monkeypatch.setattr(tuning, "gpu_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(tuning, "capability", lambda: "sm_90")
+    monkeypatch.setattr(tuning.torch.cuda, "is_current_stream_capturing", lambda: False)
+    for var in ("MIXDQ_TUNING_FILE", "MIXDQ_TUNE"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MIXDQ_TUNING_CACHE", str(tmp_path / "cache" / "kernels_tuning_nvidia_h200.json"))
     return tmp_path
 
@@ -29,61 +32,88 @@ def _file(path, gpu, configs, capability=None):
 
 
 def test_a_file_of_the_same_architecture_loads_another_does_not(h200):
+    t = Tuning()
     # the committed H100 file predates `capability`: its name maps to sm_90
-    assert launch.load_tuning(_file(h200 / "h100.json", "NVIDIA H100 80GB HBM3", {"a": CFG, "b": CFG})) == 2
-    assert launch.load_tuning(_file(h200 / "a100.json", "NVIDIA A100-SXM4-80GB", {"c": CFG})) == 0
-    assert launch.load_tuning(_file(h200 / "new.json", "Some Future GPU", {"d": CFG}, "sm_90")) == 1
-    assert launch.load_tuning(_file(h200 / "l4.json", "NVIDIA L4", {"e": CFG}, "sm_89")) == 0
-    assert set(launch.tuned()) == {"a", "b", "d"}
-    assert launch.file_capability({"gpu": "NVIDIA H100 PCIe"}) == "sm_90"
-    assert launch.file_capability({"gpu": "NVIDIA A10"}) == "sm_86"
+    assert t.load(_file(h200 / "h100.json", "NVIDIA H100 80GB HBM3", {"a": CFG, "b": CFG})) == (2, "NVIDIA H100 80GB HBM3")
+    assert t.load(_file(h200 / "a100.json", "NVIDIA A100-SXM4-80GB", {"c": CFG}))[0] == 0
+    assert t.load(_file(h200 / "new.json", "Some Future GPU", {"d": CFG}, "sm_90"))[0] == 1
+    assert t.load(_file(h200 / "l4.json", "NVIDIA L4", {"e": CFG}, "sm_89"))[0] == 0
+    assert set(t.configs) == {"a", "b", "d"} and t.sources == [str(h200 / "h100.json"), str(h200 / "new.json")]
+    assert tuning.file_capability({"gpu": "NVIDIA H100 PCIe"}) == "sm_90"
+    assert tuning.file_capability({"gpu": "NVIDIA A10"}) == "sm_86"
 
 
-def test_the_committed_h100_file_serves_an_h200(h200, monkeypatch, capsys):
-    """Both committed files are loaded on an H200, this GPU model's own last (its configs win where both tuned)."""
-    monkeypatch.delenv("MIXDQ_TUNING_FILE", raising=False)
-    h100 = launch.REPO_ROOT / "results" / "kernels_tuning_nvidia_h100_80gb_hbm3.json"
-    own = launch.REPO_ROOT / "results" / "kernels_tuning_nvidia_h200.json"
+def test_the_committed_h100_file_serves_an_h200(h200, capsys):
+    """Both committed files are loaded on an H200, this GPU model's own last (its configs win where both tuned),
+    each named once."""
+    h100 = RESULTS / "kernels_tuning_nvidia_h100_80gb_hbm3.json"
+    own = RESULTS / "kernels_tuning_nvidia_h200.json"
     files = [f for f in (h100, own) if f.is_file()]
     configs = [json.loads(f.read_text())["configs"] for f in files]
-    launch._load_default_tuning()
+    t = Tuning.standard(RESULTS)
     out = capsys.readouterr().out
     assert f"[kernels] {len(configs[0])} tuned tile configs from {h100} (tuned on NVIDIA H100 80GB HBM3" in out
+    assert out.count(str(h100)) == 1
     assert out.index(str(h100)) < (out.index(str(own)) if own.is_file() else len(out))
     merged = {k: v for c in configs for k, v in c.items()}
-    assert launch.tuned() == merged and len(merged) > 100
+    assert t.configs == merged and len(merged) > 100 and t.sources == [str(f) for f in files]
+
+
+def test_the_environment_names_the_file_or_none(h200):
+    """MIXDQ_TUNING_FILE names the file to load instead of the committed ones, `none` loads none; MIXDQ_TUNE=0 never
+    times (an untuned key takes the first candidate); a loaded key is never re-timed."""
+    tuned = dict(CFG, BM=256)
+    mine = _file(h200 / "t.json", "NVIDIA H200", {"linear|k": tuned}, "sm_90")
+    cands = [dict(CFG, BM=16), dict(CFG, BM=32)]
+    never = lambda c: pytest.fail("must not be timed")  # noqa: E731
+    for setting, expected in ((str(mine), tuned), ("none", cands[0])):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MIXDQ_TUNING_FILE", setting)
+            mp.setenv("MIXDQ_TUNE", "0")
+            t = Tuning.standard(RESULTS)
+            assert not t.autotune and t.choose("linear|k", cands, never) == expected
 
 
 def test_tuned_configs_are_cached_per_gpu_model_and_used_by_the_next_process(h200, monkeypatch, capsys):
     monkeypatch.setenv("MIXDQ_TUNING_FILE", "none")
-    monkeypatch.setattr(launch, "TUNING", True)
-    monkeypatch.setattr(launch.torch.cuda, "is_current_stream_capturing", lambda: False)
     exits = []
-    monkeypatch.setattr(launch.atexit, "register", exits.append)
+    monkeypatch.setattr(tuning.atexit, "register", exits.append)
     cands = [dict(CFG, BM=16), dict(CFG, BM=32)]
-    monkeypatch.setattr(launch, "graph_bench_ms", lambda fn: fn())  # "times" each candidate: BM/10 ms
-    picked = launch._choose("linear|k", cands, lambda c: c["BM"] / 10)
-    assert picked["BM"] == 16 and exits == [launch.save_tuning_cache]  # registered once, at the first tuning
-    launch._choose("linear|j", cands, lambda c: 5 - c["BM"] / 10)
-    cache = launch.tuning_cache_path()
-    cache.parent.mkdir(parents=True)
-    _file(cache, "NVIDIA H200", {"older": CFG}, "sm_90")  # an earlier process's entry is kept
-    assert launch.save_tuning_cache() == cache
-    saved = json.loads(cache.read_text())
+    t = Tuning.standard(RESULTS)
+    picked = t.choose("linear|k", cands, lambda c: c["BM"] / 10)  # "times" each candidate: BM/10 ms
+    assert picked["BM"] == 16 and picked["ms"] == 1.6 and exits == [t.save_cache]  # registered once, at the first
+    t.choose("linear|j", cands, lambda c: 5 - c["BM"] / 10)
+    assert len(exits) == 1 and t.timed == {"linear|k", "linear|j"}
+    t.cache.parent.mkdir(parents=True)
+    _file(t.cache, "NVIDIA H200", {"older": CFG}, "sm_90")  # an earlier process's entry is kept
+    assert t.save_cache() == t.cache
+    saved = json.loads(t.cache.read_text())
     assert saved["gpu"] == "NVIDIA H200" and saved["capability"] == "sm_90"
     assert set(saved["configs"]) == {"older", "linear|k", "linear|j"} and saved["configs"]["linear|j"]["BM"] == 32
     # the next process: loaded from the cache, nothing re-timed
-    monkeypatch.setattr(launch, "_TUNED", {})
-    monkeypatch.setattr(launch, "_TUNED_HERE", set())
-    monkeypatch.setattr(launch, "_DEFAULT_TUNING_LOADED", False)
     capsys.readouterr()
-    assert launch._choose("linear|j", cands, lambda c: pytest.fail("a cached key must not be re-timed"))["BM"] == 32
-    assert f"3 tuned tile configs from {cache}" in capsys.readouterr().out
-    assert launch.save_tuning_cache() is None  # nothing new: the cache is left alone
+    nxt = Tuning.standard(RESULTS)
+    assert nxt.choose("linear|j", cands, lambda c: pytest.fail("a cached key must not be re-timed"))["BM"] == 32
+    assert f"3 tuned tile configs from {t.cache}" in capsys.readouterr().out
+    assert nxt.save_cache() is None  # nothing new: the cache is left alone
 
 
 def test_cache_can_be_switched_off(h200, monkeypatch):
     monkeypatch.setenv("MIXDQ_TUNING_CACHE", "none")
-    monkeypatch.setattr(launch, "_TUNED_HERE", {"k"})
-    monkeypatch.setattr(launch, "_TUNED", {"k": CFG})
-    assert launch.tuning_cache_path() is None and launch.save_tuning_cache() is None
+    t = Tuning.standard(RESULTS, committed=False)
+    t.configs, t.timed = {"k": CFG}, {"k"}
+    assert t.cache is None and t.configs == {"k": CFG} and t.save_cache() is None
+
+
+def test_the_launches_use_the_installed_tuning_and_its_forced_config(monkeypatch):
+    """One Tuning per process: the kernels read the installed one (an empty, timing one until somebody installs
+    theirs); `forced` pins every launch inside the block to one config, then lets go."""
+    monkeypatch.setattr(tuning, "_current", None)
+    assert not tuning.tuning_installed()
+    first = tuning.current_tuning()
+    assert tuning.tuning_installed() and first.configs == {} and first.cache is None
+    mine = tuning.use_tuning(Tuning(configs={"k": CFG}, autotune=False))
+    assert tuning.current_tuning() is mine
+    with mine.forced(dict(CFG, BM=16)):
+        assert mine.choose("k", [CFG], lambda c: pytest.fail("forced")) == dict(CFG, BM=16)
+    assert mine.choose("k", [dict(CFG, BM=32)], lambda c: pytest.fail("known")) == CFG

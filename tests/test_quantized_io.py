@@ -11,7 +11,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, TINY, run_main
-from quant_utils import kernels
 from quant_utils.bitconfig import config_dir, read_bit_config, read_protect_list
 from quant_utils.calibrate import observing
 from quant_utils.csvio import read_csv
@@ -99,7 +98,7 @@ def test_round_trip_of_every_shipped_config_is_exact(name, tiny_pipe, tmp_path, 
 @pytest.mark.parametrize("name", ["weight_3.66"])
 def test_kernel_state_filled_from_the_file_equals_prepare(name, tiny_pipe, tmp_path, monkeypatch):
     """The kernel backend's per-layer state built from the packed bytes (no re-packing) is the one prepare() builds
-    from the freshly quantized layer: same packed bytes, scales, epilogue constants, mode (CPU: no CUDA needed)."""
+    from the freshly quantized layer: same packed bytes, scales, epilogue constants, path (CPU: no CUDA needed)."""
     unet = quantized_unet(tiny_pipe, name)
     save_quantized(unet, tmp_path / "q")
     cfg = read_config(tmp_path / "q")
@@ -109,16 +108,16 @@ def test_kernel_state_filled_from_the_file_equals_prepare(name, tiny_pipe, tmp_p
         for name_, m in quant_layers(skeleton):
             fill_layer(m, name_, cfg["layers"][name_], f.get_tensor, torch.float32, kernel=True)
     monkeypatch.undo()
-    modes = set()
+    paths = set()
     for (n, orig), (_, got) in zip(quant_layers(unet), quant_layers(skeleton)):
         ref = copy.deepcopy(orig)
-        kernels.prepare(ref)
+        ref.prepare_kernels()
         a, b = ref.kernel_state, got.kernel_state
-        modes.add(a.mode)
-        assert (a.mode, a.fmt, a.shape, a.split, a.bos, a.act1, a.act2) == (b.mode, b.fmt, b.shape, b.split, b.bos, b.act1, b.act2), n
+        paths.add(a.path)
+        assert (a.path, a.fmt, a.shape, a.split, a.bos, a.act1, a.act2) == (b.path, b.fmt, b.shape, b.split, b.bos, b.act1, b.act2), n
         assert len(a.tensors()) == len(b.tensors()) and all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors())), n
         assert got.weight is None and got.w_int.numel() == 0
-    assert {"int", "wonly"} <= modes or name == "uniform_4"
+    assert {"int", "wonly"} <= paths or name == "uniform_4"
 
 
 def test_quant_txt2img_save_then_load_gives_identical_images(tmp_path, prompts_file, capsys, monkeypatch):
@@ -249,7 +248,7 @@ def test_save_writes_atomically_and_never_over_a_foreign_folder(tiny_pipe, tmp_p
     save_quantized(unet, tmp_path / "q")
     save_quantized(unet, tmp_path / "q")  # an earlier quantized folder is replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "unet"]  # no temp or old folders left
-    kernels.prepare(next(m for _, m in quant_layers(unet)))
+    next(m for _, m in quant_layers(unet)).prepare_kernels()
     with pytest.raises(ValueError, match="before set_backend"):
         save_quantized(unet, tmp_path / "q2")
     assert not (tmp_path / "q2").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["q", "unet"]

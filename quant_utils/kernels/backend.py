@@ -1,6 +1,11 @@
-"""The kernel backend of QuantLayer: per-layer state built once (`prepare`), the forward pass, the weight bytes.
+"""The kernel backend of QuantLayer: a layer's state built once (`prepare`), the forward pass, the weight bytes.
 
-A prepared layer runs in one of three modes (KernelState.mode):
+The contract, one way: qlayers.QuantLayer calls `prepare(layer)`, which reads the layer (the attributes LayerSpec.of
+lists, plus w_int, w_scale, w_zero_point, weight, bias, act_quant, act_quant2) and returns a KernelState; the layer
+owns that state (and frees its own FP weights), and calls `forward(state, x)`. `plan(spec)` decides from shapes and
+bits alone what prepare will do, so a benchmark can ask it with a LayerSpec and no weights.
+
+A prepared layer runs on one of three paths (KernelState.path):
 - `int`:   activations quantized to int8 codes (one fused pass; under torch.compile plain torch ops that
            Inductor fuses into the producer), packed 8/6/4/2-bit weights, int8 tensor-core GEMM or
            implicit-GEMM conv with the dequantization, zero-point correction and bias in the epilogue;
@@ -8,7 +13,7 @@ A prepared layer runs in one of three modes (KernelState.mode):
 - `wonly`: linear with protected (FP16) activations: fp16 input x the same packed weights (A_FP16 kernel).
 - `fp16`:  cuBLAS/cuDNN with the dequantized weight kept in fp16 (activations fake-quantized in one pass
            when the layer quantizes them): FP16-weight layers, asymmetric weights, convs with a protected
-           input, convs that the FP16 policy (`FP16_CONVS`) keeps on cuDNN, and shapes the kernels don't take.
+           input, convs a caller keeps on cuDNN (`fp16_convs`), and shapes the kernels don't take.
 On the CPU (no CUDA) `forward` computes the integer reference (reference.py) instead, with a warning,
 unless TRITON_INTERPRET=1 (then the Triton kernels themselves run on the CPU, for tests).
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +30,43 @@ import torch.nn.functional as F
 from . import packing
 from . import reference as ref
 
-# Convs kept on cuDNN fp16 (dequantized weights): (in_channels, out_channels, kernel, stride) where the
-# measured int8 kernel was slower than cuDNN on the H100 (see results/kernels_notes.md); edit with care.
-FP16_CONVS: set[tuple[int, int, int, int]] = set()
+# Convs a caller may keep on cuDNN fp16 (dequantized weights), e.g. where bench_kernels --fp16_convs auto measured
+# the int8 kernel slower than cuDNN: (in_channels, out_channels, kernel, stride).
+ConvKey = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What plan() needs of a layer: kind, shapes and bits (no weights). `LayerSpec.of(layer)` reads a QuantLayer;
+    a benchmark builds one from a recorded layer call."""
+    kind: str                              # linear | conv
+    in_features: int
+    out_features: int
+    weight_shape: tuple[int, ...]
+    w_bits: int | None
+    a_bits: int | None
+    split: int | None = None               # input channel where a conv's second activation quantizer starts
+    bos: bool = False                      # cross-attention K/V: token 0 of each sequence stays unquantized
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] | str = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    asymmetric: bool = False               # weights with non-zero zero points
+
+    @classmethod
+    def of(cls, layer) -> "LayerSpec":
+        zp = getattr(layer, "w_zero_point", None) if layer.w_bits is not None else None
+        weight = layer.w_int if layer.w_bits is not None else layer.weight
+        conv = dict(stride=tuple(layer.stride), padding=layer.padding if isinstance(layer.padding, str) else
+                    tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups) if layer.kind == "conv" else {}
+        return cls(layer.kind, layer.in_features, layer.out_features, tuple(weight.shape), layer.w_bits, layer.a_bits,
+                   layer.split if layer.a_bits is not None and layer.split else None, bool(layer.bos),
+                   asymmetric=zp is not None and zp.numel() > 0 and bool((zp != 0).any()), **conv)
 
 
 @dataclass
 class KernelState:
-    mode: str                                  # int | wonly | fp16
+    path: str                                  # int | wonly | fp16
     kind: str                                  # linear | conv
     n: int
     shape: tuple                               # original weight shape
@@ -45,7 +79,7 @@ class KernelState:
     scale2: torch.Tensor | None = None
     zc2: torch.Tensor | None = None
     bias: torch.Tensor | None = None           # float32 [N]
-    bias16: torch.Tensor | None = None         # fp16 bias for the fp16 mode
+    bias16: torch.Tensor | None = None         # fp16 bias for the fp16 path
     fp16_weight: torch.Tensor | None = None
     act1: ref.ActQuant | None = None
     act2: ref.ActQuant | None = None
@@ -53,13 +87,12 @@ class KernelState:
     bos: bool = False
     stride: int = 1
     pad: int = 0
-    why: str = ""                              # why a layer is not in `int` mode
+    why: str = ""                              # why a layer is not on the `int` path
     # (scale, zero, qmin, qmax) of act1 then act2 (act1 again when there is none), float32 [8] on the device:
     # under torch.compile the quantize ops read these instead of Python numbers, so a compiled block never bakes
     # a layer's numbers in as constants, whatever dynamo's specialization settings (with torch 2.14's defaults
     # plain numbers also share graphs: tests/test_kernels.py, compiled regions)
     qt: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.packed, self.w_scale, self.scale1, self.zc1, self.scale2, self.zc2, self.bias,
@@ -72,36 +105,32 @@ class KernelState:
 
 @dataclass(frozen=True)
 class Plan:
-    """What prepare() will do with a layer, decided from its shapes and bits alone (no weights needed)."""
-    mode: str                 # int | wonly | fp16
+    """What prepare() will do with a layer, decided from its LayerSpec alone (no weights needed)."""
+    path: str                 # int | wonly | fp16
     why: str                  # why not int ('' when int)
     bits: int | None = None   # packed storage format
     group: int | None = None  # K-group size of the packed format
     seg: tuple = ()           # input-channel segments (conv split) or (K,) for a linear
 
 
-def plan(layer) -> Plan:
-    """Mode and packed format for anything with the contract's attributes (a QuantLayer, or a namespace with
-    kind, w_bits, a_bits, split, in_features, out_features, weight_shape, and for convs stride/padding/groups/dilation)."""
-    if layer.w_bits is None:
+def plan(spec: LayerSpec, fp16_convs: frozenset[ConvKey] = frozenset()) -> Plan:
+    """The path and packed format of a layer; convs in `fp16_convs` stay on cuDNN."""
+    if spec.w_bits is None:
         return Plan("fp16", "fp16 weights")
-    zp = getattr(layer, "w_zero_point", None)
-    if zp is not None and zp.numel() and bool((zp != 0).any()):
+    if spec.asymmetric:
         return Plan("fp16", "asymmetric weights")
-    c_in, n = layer.in_features, layer.out_features
-    split = layer.split if layer.a_bits is not None and layer.split else None
+    c_in, n, split = spec.in_features, spec.out_features, spec.split
     why = ""
-    if layer.kind == "conv":
-        shape = tuple(getattr(layer, "weight_shape", None) or layer.w_int.shape)
-        if layer.groups != 1 or tuple(layer.dilation) != (1, 1):
+    if spec.kind == "conv":
+        if spec.groups != 1 or tuple(spec.dilation) != (1, 1):
             why = "grouped/dilated conv"
-        elif isinstance(layer.padding, str) or len(set(layer.stride)) != 1 or len(set(layer.padding)) != 1:
+        elif isinstance(spec.padding, str) or len(set(spec.stride)) != 1 or len(set(spec.padding)) != 1:
             why = "non-square stride/padding"
         elif c_in % 16 or (split and split % 16) or n % 8:
             why = "channels not multiples of 16 (in) / 8 (out)"
-        elif (c_in, n, shape[2], layer.stride[0]) in FP16_CONVS:
-            why = "FP16_CONVS policy (cuDNN faster)"
-        elif layer.a_bits is None:
+        elif (c_in, n, spec.weight_shape[2], spec.stride[0]) in fp16_convs:
+            why = "fp16_convs policy (cuDNN faster)"
+        elif spec.a_bits is None:
             why = "protected input (conv)"
         seg = (c_in,) if split is None else (split, c_in - split)
     else:
@@ -110,32 +139,31 @@ def plan(layer) -> Plan:
         seg = (c_in,)
     if why:
         return Plan("fp16", why)
-    bits = packing.storage_bits(layer.w_bits)
-    return Plan("int" if layer.a_bits is not None else "wonly", "", bits, packing.group_size(bits, list(seg)), seg)
+    bits = packing.storage_bits(spec.w_bits)
+    return Plan("int" if spec.a_bits is not None else "wonly", "", bits, packing.group_size(bits, list(seg)), seg)
 
 
 @torch.no_grad()
-def prepare(layer, packed: tuple[torch.Tensor, packing.PackedFormat] | None = None) -> None:
-    """Build layer.kernel_state (packed weights, epilogue constants) and free the FP/int8 weight copies.
+def prepare(layer, packed: tuple[torch.Tensor, packing.PackedFormat] | None = None,
+            fp16_convs: frozenset[ConvKey] = frozenset()) -> KernelState:
+    """The kernel state of a layer (packed weights, epilogue constants), on the layer's device; the layer is only read.
 
     `packed`: the weight already packed as this layer's plan stores it (bytes on the layer's device, format), e.g.
     read from a quantized model folder; used as is instead of packing `w_int` again (`w_int` must still hold the
-    codes: the epilogue's column sums and the fp16 mode read them)."""
-    if getattr(layer, "kernel_state", None) is not None:
-        return
+    codes: the epilogue's column sums and the fp16 path read them)."""
     dev = layer.w_int.device if layer.w_bits is not None else layer.weight.device
-    pl = plan(layer)
-    st = KernelState(mode=pl.mode, kind=layer.kind, n=layer.out_features, why=pl.why,
-                     shape=tuple((layer.w_int if layer.w_bits is not None else layer.weight).shape))
-    if layer.kind == "conv":
-        st.stride, st.pad = int(layer.stride[0]), int(layer.padding[0])
+    spec = LayerSpec.of(layer)
+    pl = plan(spec, fp16_convs)
+    st = KernelState(path=pl.path, kind=spec.kind, n=spec.out_features, why=pl.why, shape=spec.weight_shape)
+    if spec.kind == "conv":
+        st.stride, st.pad = int(spec.stride[0]), int(spec.padding[0])
     if layer.a_bits is not None:
         st.act1 = ref.ActQuant.from_module(layer.act_quant)
         st.act2 = ref.ActQuant.from_module(layer.act_quant2) if layer.act_quant2 is not None else None
         st.split = layer.split if st.act2 is not None else None
         st.qt = torch.tensor(st.qparams(1) + st.qparams(2), dtype=torch.float32, device=dev)
-    st.bos = bool(layer.bos) and layer.kind == "linear" and st.act1 is not None
-    if st.mode == "fp16":
+    st.bos = spec.bos and spec.kind == "linear" and st.act1 is not None
+    if st.path == "fp16":
         if layer.w_bits is None:
             st.fp16_weight = layer.weight.detach().half()
         else:  # dequantized, exactly as the fake path computes it
@@ -144,33 +172,26 @@ def prepare(layer, packed: tuple[torch.Tensor, packing.PackedFormat] | None = No
             st.fp16_weight = ((layer.w_int.float() - zp) * layer.w_scale.view(shape)).half()
         st.bias16 = layer.bias.detach().half() if layer.bias is not None else None
     else:
-        _pack(st, layer, layer.bias.detach().float() if layer.bias is not None else None, dev, packed)
-    layer.kernel_state = st
-    # free the copies the kernels don't read: the FP weight, its bias, and the unpacked int8 weight
-    layer.weight = None
-    layer.bias = None
-    if hasattr(layer, "_w_fake"):
-        layer._w_fake = None  # qlayers' cached dequantized weight
-    if layer.w_bits is not None:  # the packed bytes (or the fp16 weight) now hold it; see unpacked_weight()
-        layer.w_int = torch.empty(0, dtype=torch.int8, device=dev)
+        _pack(st, pl, layer.w_int, layer.w_scale, layer.bias.detach().float() if layer.bias is not None else None,
+              dev, packed)
+    return st
 
 
-def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev, packed: tuple | None = None) -> None:
-    q_w = layer.w_int
-    st.bits = packing.storage_bits(layer.w_bits)
+def _pack(st: KernelState, pl: Plan, q_w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, dev,
+          packed: tuple | None = None) -> None:
+    st.bits = pl.bits
     if packed is None:
         packed, st.fmt = packing.pack_weight(q_w, st.bits, st.split)  # on the layer's device
     else:
         packed, st.fmt = packed
-        pl = plan(layer)
         if (st.fmt.bits, st.fmt.group) != (st.bits, pl.group) or packed.shape[0] != st.n:
             raise ValueError(f"packed weight ({st.fmt}, {tuple(packed.shape)}) is not this layer's format "
                              f"({st.bits} bits, group {pl.group}, {st.n} rows)")
     st.packed = packed.to(dev)
-    st.w_scale = layer.w_scale.detach().float().to(dev).contiguous()
+    st.w_scale = w_scale.detach().float().to(dev).contiguous()
     # always a bias (zeros when the layer has none): one compiled kernel variant fewer per tile config
     st.bias = bias.to(dev).contiguous() if bias is not None else torch.zeros(st.n, device=dev)
-    if st.mode != "int":
+    if st.path != "int":
         return
     w64 = q_w.to(torch.int64).reshape(q_w.shape[0], q_w.shape[1], -1)  # [N, C, taps]
     parts = [(st.act1, w64 if st.split is None else w64[:, :st.split])]
@@ -182,46 +203,35 @@ def _pack(st: KernelState, layer, bias: torch.Tensor | None, dev, packed: tuple 
         setattr(st, f"zc{i}", (colsum * aq.zero).to(torch.int32).to(dev).contiguous())
 
 
-def unpacked_weight(layer) -> torch.Tensor:
+def unpacked_weight(st: KernelState) -> torch.Tensor:
     """The int8 weight [N, K] / [N, C, kh, kw] of a prepared layer, rebuilt from its packed bytes."""
-    st = layer.kernel_state
     if st.packed is None:
         raise ValueError("this layer keeps an fp16 weight, not packed integers")
     return packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(st.packed.device)
 
 
-def weight_bytes(layer) -> int:
-    """Bytes of this layer's weights on the device in kernel mode (packed + scales + epilogue constants + bias)."""
-    st = getattr(layer, "kernel_state", None)
-    if st is None:
-        raise ValueError("layer not prepared for the kernel backend")
+def weight_bytes(st: KernelState) -> int:
+    """Bytes of a prepared layer's weights on the device (packed + scales + epilogue constants + bias)."""
     return sum(t.numel() * t.element_size() for t in st.tensors())
 
 
 # ----------------------------------------------------------------------------------------------- forward
-
-_warned = False
 
 
 def _use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"  # interpreter: the kernels run on the CPU
 
 
-def forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output (fp16) through the kernels; the integer reference on a CPU."""
-    if getattr(layer, "kernel_state", None) is None:
-        prepare(layer)
-    st = layer.kernel_state
+def forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
+    """A prepared layer's output (fp16) through the kernels; the integer reference on a CPU (warned about once per
+    call site, by Python's default warning filter)."""
     if not _use_triton(x):
-        global _warned
-        if not _warned:
-            warnings.warn("kernel backend on a CPU: computing the integer reference instead of the CUDA kernels",
-                          stacklevel=2)
-            _warned = True
-        return reference_forward(layer, x)
+        warnings.warn("kernel backend on a CPU: computing the integer reference instead of the CUDA kernels",
+                      stacklevel=2)
+        return reference_forward(st, x)
     from . import ops
 
-    if st.mode == "fp16":
+    if st.path == "fp16":
         return _fp16_forward(st, x.half(), ops)
     if st.kind == "linear":
         return _linear_forward(st, x, ops)
@@ -254,7 +264,7 @@ def _fake_quant(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
 def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k).half()
-    if st.mode == "wonly":
+    if st.path == "wonly":
         y = ops.qlinear(x2, st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
         return y.reshape(*lead, st.n)
     if _compiling():  # contiguous: Inductor may lay a pointwise output out like its (permuted) input
@@ -302,10 +312,9 @@ def _conv_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- CPU reference
 
 
-def reference_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """The integer reference of the layer's kernel-mode output (float64 math, cast to x's dtype)."""
-    st = layer.kernel_state
-    if st.mode == "fp16":
+def reference_forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
+    """The integer reference of a prepared layer's kernel output (float64 math, cast to x's dtype)."""
+    if st.path == "fp16":
         xf = x
         if st.act1 is not None:
             if st.bos and x.dim() == 3:
@@ -317,7 +326,7 @@ def reference_forward(layer, x: torch.Tensor) -> torch.Tensor:
         return F.linear(xf, w, b) if st.kind == "linear" else F.conv2d(xf, w, b, st.stride, st.pad)
     w_int = packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(x.device)
     if st.kind == "linear":
-        if st.mode == "wonly":
+        if st.path == "wonly":
             return ref.linear_wonly(x, w_int, st.w_scale, st.bias).to(x.dtype)
         y = ref.linear_int(ref.quantize_act(x, st.act1), w_int, st.w_scale, st.act1, st.bias)
         if st.bos and x.dim() == 3:

@@ -1,15 +1,9 @@
 """Tile configs for the GEMM/conv kernels: candidates per problem-size class, autotuned once per shape.
 
-`linear(...)` / `conv(...)` run the kernels of triton_kernels.py with the config this module picks: the
-fastest candidate for the shape's size class, timed under a CUDA graph (`graph_bench_ms`) on the first
-call of each (shape, format) and cached; never while a CUDA graph is being captured (then the first
-candidate runs; warm up before capturing). Tuning results can be saved to and loaded from JSON
-(`save_tuning` / `load_tuning`), so a later process skips the timing.
-
-Tuning is shared and cached: on the first GEMM/conv a process loads the committed tuning files of GPUs with
-this GPU's compute capability (a file tuned on an H100 serves an H200: both sm_90), then the per-user cache of
-this GPU model (~/.cache/mixdq/kernels_tuning_<gpu>.json, $MIXDQ_TUNING_CACHE; `none` disables it); the shapes
-it times itself are merged into that cache at exit, so a GPU model is tuned once.
+`linear(...)` / `conv(...)` run the kernels of triton_kernels.py with the config the process's Tuning
+(tuning.py) picks: the fastest candidate for the shape's size class, timed under a CUDA graph (`graph_bench_ms`)
+on the first call of each (shape, format) and remembered; never while a CUDA graph is being captured (then the
+first candidate runs; warm up before capturing).
 
 Because the kernels do not specialise on integer sizes, a compiled kernel depends only on the format and
 the tile config; `precompile(jobs)` compiles many of them in parallel worker processes (Triton's on-disk
@@ -17,22 +11,16 @@ cache then serves the main process), which cuts the first-call cost from minutes
 """
 from __future__ import annotations
 
-import atexit
-import json
 import os
-import re
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .. import REPO_ROOT
 from . import triton_kernels as tk
+from .tuning import current_tuning, interpreting
 
 
 def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k: int = 1) -> dict:
@@ -63,89 +51,7 @@ FP16A_CANDIDATES = {
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4)],
     "large": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4)],
 }
-
-_TUNED: dict[str, dict] = {}
-_TUNED_HERE: set[str] = set()  # keys this process timed itself (merged into the per-user cache at exit)
-TUNING = os.environ.get("MIXDQ_TUNE", "1") != "0"
-# Tile configs that bench_kernels tuned (results/kernels_tuning_<gpu>.json, any GPU of this compute capability) and
-# this user's cache are loaded on the first GEMM/conv, so a service or a latency grid skips re-timing them;
-# MIXDQ_TUNING_FILE=<file> loads that file instead of the committed ones, `none` none of them.
-_DEFAULT_TUNING_LOADED = False
-# Files written before `capability` was stored name only their GPU: these names map to a compute capability.
-KNOWN_CAPABILITIES = {r"NVIDIA (GH|H)(100|200)\b": "sm_90", r"NVIDIA A100\b": "sm_80", r"NVIDIA A10G?$": "sm_86",
-                      r"NVIDIA L(4|40S?)$": "sm_89", r"NVIDIA B200\b": "sm_100"}
-
-
-def gpu_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-
-
-def gpu_tag() -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3' (file-name part of per-GPU results)."""
-    return re.sub(r"[^a-z0-9]+", "_", gpu_name().lower()).strip("_")
-
-
-def capability() -> str:
-    """This GPU's compute capability ('sm_90'); 'cpu' without CUDA."""
-    if not torch.cuda.is_available():
-        return "cpu"
-    major, minor = torch.cuda.get_device_capability(0)
-    return f"sm_{major}{minor}"
-
-
-def file_capability(data: dict) -> str | None:
-    """The compute capability a tuning file was made on: stored, or known from its GPU name (older files)."""
-    if data.get("capability"):
-        return data["capability"]
-    gpu = data.get("gpu", "")
-    if gpu == "cpu":
-        return "cpu"
-    return next((cap for pat, cap in KNOWN_CAPABILITIES.items() if re.match(pat, gpu)), None)
-
-
-def tuning_cache_path() -> Path | None:
-    """This user's tuning cache for this GPU model; None when MIXDQ_TUNING_CACHE=none."""
-    env = os.environ.get("MIXDQ_TUNING_CACHE")
-    if env == "none":
-        return None
-    if env:
-        return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "mixdq" / f"kernels_tuning_{gpu_tag()}.json"
-
-
-def default_tuning_files() -> list[Path]:
-    """Committed tuning files usable here: other GPU models of this capability first, this GPU model's last
-    (later files win where both tuned a shape), then this user's cache."""
-    env = os.environ.get("MIXDQ_TUNING_FILE")
-    if env == "none":
-        files = []
-    elif env:
-        files = [Path(env)]
-    else:
-        own = REPO_ROOT / "results" / f"kernels_tuning_{gpu_tag()}.json"
-        files = sorted(p for p in (REPO_ROOT / "results").glob("kernels_tuning_*.json") if p != own) + [own]
-    cache = tuning_cache_path()
-    return [p for p in files + ([cache] if cache else []) if p.is_file()]
-
-
-def _load_default_tuning() -> None:
-    global _DEFAULT_TUNING_LOADED
-    if _DEFAULT_TUNING_LOADED:
-        return
-    _DEFAULT_TUNING_LOADED = True
-    for path in default_tuning_files():
-        try:
-            n, gpu = load_tuning(path, with_source=True)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"[kernels] tuning file {path} skipped: {type(e).__name__}: {str(e)[:120]}")
-            continue
-        same = "" if gpu == gpu_name() else f" (tuned on {gpu}, this is {gpu_name()}, {capability()})"
-        print(f"[kernels] {n} tuned tile configs from {path}{same}")
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+INT32_LIMIT = 2**31  # the conv kernel's offsets are int32: larger batches run in parts
 
 
 def linear_class(m: int) -> str:
@@ -174,48 +80,6 @@ def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:
     there (they spill registers: Triton 3.6, sm_90, ptxas -v)."""
     cands = CONV_CANDIDATES[conv_class(m)]
     return with_pre([c for c in cands if c["BM"] * c["BN"] <= 128 * 128] if two_seg else cands, bits)
-
-
-_FORCED: dict | None = None
-INT32_LIMIT = 2**31  # the conv kernel's offsets are int32: larger batches run in parts
-
-
-@contextmanager
-def forced(cfg: dict | None):
-    """Run every GEMM/conv inside the block with this tile config (correctness checks of each candidate)."""
-    global _FORCED
-    prev, _FORCED = _FORCED, cfg
-    try:
-        yield
-    finally:
-        _FORCED = prev
-
-
-def _choose(key: str, candidates: list[dict], run: Callable[[dict], object]) -> dict:
-    if _FORCED is not None:
-        return _FORCED
-    _load_default_tuning()
-    cfg = _TUNED.get(key)
-    if cfg is not None:
-        return cfg
-    if interpreting() or not TUNING or len(candidates) == 1 or torch.cuda.is_current_stream_capturing():
-        return candidates[0]
-    best, best_ms = None, float("inf")
-    for c in candidates:
-        try:
-            ms = graph_bench_ms(lambda: run(c))
-        except Exception as e:  # a config that does not fit this GPU (shared memory, registers): skip it
-            print(f"[kernels] {key}: config {c} failed: {type(e).__name__}: {str(e)[:120]}")
-            continue
-        if ms < best_ms:
-            best, best_ms = c, ms
-    if best is None:
-        raise RuntimeError(f"no kernel config ran for {key}")
-    _TUNED[key] = dict(best, ms=round(best_ms, 5))
-    if not _TUNED_HERE:
-        atexit.register(save_tuning_cache)
-    _TUNED_HERE.add(key)
-    return _TUNED[key]
 
 
 def graph_bench_ms(fn: Callable[[], object], n_inner: int = 10, reps: int = 5) -> float:
@@ -264,8 +128,8 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
     m, k = a.shape
     a_fp16 = a.dtype != torch.int8
     if cfg is None:
-        cfg = _choose(linear_key(m, n, k, bits, group, a_fp16), linear_candidates(m, a_fp16, bits),
-                      lambda c: tk.qlinear(a, w, scale, zc, bias, bits, group, n, c))
+        cfg = current_tuning().choose(linear_key(m, n, k, bits, group, a_fp16), linear_candidates(m, a_fp16, bits),
+                                      lambda c: graph_bench_ms(lambda: tk.qlinear(a, w, scale, zc, bias, bits, group, n, c)))
     return tk.qlinear(a, w, scale, zc, bias, bits, group, n, _strip(cfg))
 
 
@@ -282,71 +146,11 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
     if cfg is None:
         b, hp, wp, _ = x_pad.shape
         m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
-        cfg = _choose(conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), conv_candidates(m, c1 < x_pad.shape[3], bits),
-                      lambda c: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
-                                         stride, pad, c))
+        cfg = current_tuning().choose(
+            conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), conv_candidates(m, c1 < x_pad.shape[3], bits),
+            lambda c: graph_bench_ms(lambda: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
+                                                      stride, pad, c)))
     return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg))
-
-
-# ----------------------------------------------------------------------------------------------- tuning files
-
-
-def tuned() -> dict[str, dict]:
-    """The configs picked so far (key -> config with its measured median ms)."""
-    return dict(_TUNED)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomically (temp file + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_tuning(path: str | Path, configs: dict[str, dict] | None = None) -> None:
-    """Write `configs` (default: every config picked so far, the default tuning files' included) with this GPU's
-    name and compute capability."""
-    if configs is None:
-        _load_default_tuning()  # a save before the first GEMM would otherwise drop the configs those files hold
-    _write_json(Path(path), {"gpu": gpu_name(), "capability": capability(),
-                             "configs": _TUNED if configs is None else configs})
-
-
-def load_tuning(path: str | Path, with_source: bool = False):
-    """Load configs tuned earlier on this GPU model or another of the same compute capability (an H100 file serves
-    an H200); returns how many (0 for a file of another architecture), with the file's GPU if `with_source`."""
-    data = json.loads(Path(path).read_text())
-    gpu = data.get("gpu")
-    n = 0
-    if gpu == gpu_name() or file_capability(data) == capability():
-        _TUNED.update(data["configs"])
-        n = len(data["configs"])
-    return (n, gpu) if with_source else n
-
-
-def save_tuning_cache() -> Path | None:
-    """Merge the configs this process timed into this user's cache file of this GPU model (run at exit)."""
-    path = tuning_cache_path()
-    if path is None or not _TUNED_HERE:
-        return None
-    configs = {}
-    try:
-        old = json.loads(path.read_text())
-        if old.get("gpu") == gpu_name():
-            configs = old["configs"]
-    except (OSError, ValueError, KeyError):
-        pass  # no cache yet, or a damaged one: rewritten
-    configs.update({k: _TUNED[k] for k in _TUNED_HERE if k in _TUNED})
-    save_tuning(path, configs)
-    print(f"[kernels] {len(_TUNED_HERE)} newly tuned tile configs saved to {path} ({len(configs)} in all)")
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- precompile

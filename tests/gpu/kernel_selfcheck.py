@@ -4,18 +4,23 @@ For each case a QuantLayer (qlayers.py, the contract partner) is built from a ra
 given random activation ranges, prepared for the kernel backend, and fed fresh random inputs; the kernel
 output must match `reference_forward` (float64 integer math) to within fp16 rounding of the epilogue.
 The CUDA caching allocator is poisoned with NaN before every call, so an output element the kernel never
-writes shows up as NaN. `python -m quant_utils.kernels.selfcheck` runs the small cases (TRITON_INTERPRET=1
-runs them on the CPU).
+writes shows up as NaN. Shared by tests/test_kernels.py (CPU) and tests/gpu/test_kernels_gpu.py;
+`python tests/gpu/kernel_selfcheck.py [--all_configs]` runs the small cases (TRITON_INTERPRET=1 runs them on the CPU).
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import backend
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from quant_utils.kernels import backend, launch, packing  # noqa: E402
+from quant_utils.kernels.tuning import current_tuning  # noqa: E402
+from quant_utils.qlayers import QuantLayer  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,9 @@ def small_cases() -> list[Case]:
     return cases
 
 
-def build_layer(case: Case, device: str, seed: int):
-    """A QuantLayer with random weights and random (plausible) activation ranges, prepared for the kernels."""
-    from ..qlayers import QuantLayer
-
+def build_layer(case: Case, device: str, seed: int, prepared: bool = True) -> QuantLayer:
+    """A QuantLayer with random weights and random (plausible) activation ranges, prepared for the kernels (or, with
+    prepared=False, left on the fake backend)."""
     g = torch.Generator().manual_seed(seed)
     if case.kind == "linear":
         orig = nn.Linear(case.k, case.n)
@@ -72,7 +76,8 @@ def build_layer(case: Case, device: str, seed: int):
             q.scale.fill_(float(torch.empty(1).uniform_(2.0, 6.0, generator=g)) / (1 << case.a_bits))
             q.zero_point.fill_(float(torch.randint(-(1 << (case.a_bits - 2)), 1 << (case.a_bits - 2), (1,), generator=g)))
     layer = layer.to(device)
-    backend.prepare(layer)
+    if prepared:
+        layer.prepare_kernels()
     return layer
 
 
@@ -116,15 +121,11 @@ def unet_cases() -> list[Case]:
 
 
 def with_bits(case: Case, w_bits: int) -> Case:
-    from dataclasses import replace
-
     return replace(case, w_bits=w_bits)
 
 
 def candidates(case: Case) -> list[dict]:
     """The autotuner's candidate tile configs for this case's problem size."""
-    from . import launch, packing
-
     bits = packing.storage_bits(case.w_bits) if case.w_bits is not None else 8
     if case.kind == "linear":
         return launch.linear_candidates(case.batch * case.rows, case.a_bits is None, bits)
@@ -134,32 +135,29 @@ def candidates(case: Case) -> list[dict]:
 
 def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) -> dict:
     """Kernel output vs the integer reference for one case (autotuned tile config, or `cfg`)."""
-    from . import launch
-
     layer = build_layer(case, device, seed)
+    st = layer.kernel_state
     x = make_input(case, device, seed)
-    ref = _reference(layer, x)
+    ref = _reference(st, x)
     poison(device)
-    with launch.forced(cfg):
-        y = backend.forward(layer, x)
+    with current_tuning().forced(cfg):
+        y = backend.forward(st, x)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     res = compare(y, ref)
-    st = layer.kernel_state
     # exact paths: int GEMM epilogue (1 ulp); fp16-input paths accumulate in fp32 (relative error)
-    exact = st.mode == "int" and not st.bos
+    exact = st.path == "int" and not st.bos
     ok = res["nan"] == 0 and tuple(y.shape) == tuple(ref.shape) and (
         res["within_tol"] == 1.0 if exact else res["rel_l2"] < 2e-3)
     cfg_s = "autotuned" if cfg is None else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}" + (
         f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "")
-    return {"case": case.name, "config": cfg_s, "mode": st.mode, "bits": st.bits,
+    return {"case": case.name, "config": cfg_s, "path": st.path, "bits": st.bits,
             "group": st.fmt.group if st.fmt else None, "ok": ok, **res}
 
 
-def _reference(layer, x: torch.Tensor) -> torch.Tensor:
+def _reference(st: backend.KernelState, x: torch.Tensor) -> torch.Tensor:
     """reference_forward in float64 (exact for the integer sums) on x's device, same input values."""
-    st = layer.kernel_state
-    return backend.reference_forward(layer, x.double() if st.mode != "fp16" else x.float())
+    return backend.reference_forward(st, x.double() if st.path != "fp16" else x.float())
 
 
 def run(cases: list[Case], device: str, seed: int = 0, all_configs: bool = False) -> list[dict]:
@@ -173,10 +171,10 @@ def run(cases: list[Case], device: str, seed: int = 0, all_configs: bool = False
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'case':<62} {'config':<22} {'mode':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} "
+    lines = [f"{'case':<62} {'config':<22} {'path':<6} {'bits':>4} {'G':>4} {'max_ulp':>8} {'in_tol':>7} {'rel_l2':>9} "
              f"{'nan':>4}  ok"]
     for r in rows:
-        lines.append(f"{r['case']:<62} {r['config']:<22} {r['mode']:<6} {str(r['bits']):>4} {str(r['group']):>4} "
+        lines.append(f"{r['case']:<62} {r['config']:<22} {r['path']:<6} {str(r['bits']):>4} {str(r['group']):>4} "
                      f"{r['max_ulp']:>8.3f} "
                      f"{r['within_tol']:>7.4f} {r['rel_l2']:>9.2e} {r['nan']:>4}  {'PASS' if r['ok'] else 'FAIL'}")
     return "\n".join(lines)

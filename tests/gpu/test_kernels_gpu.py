@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import kernel_selfcheck as selfcheck  # noqa: E402  (beside this file)
 from quant_utils.kernel_bench import FORMATS as UNET_FORMATS  # noqa: E402
-from quant_utils.kernels import selfcheck  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL_UNET = 1e-2
@@ -79,13 +79,13 @@ def unet_vs_fake(wbits: int, res: int = 512, batch: int = 1) -> dict:
         x, y_fake = captured[name]
         selfcheck.poison("cuda")
         y = layer(x)
-        per_layer.append((rel(y, y_fake), name, layer.kernel_state.mode, int(torch.isnan(y).sum())))
+        per_layer.append((rel(y, y_fake), name, layer.kernel_state.path, int(torch.isnan(y).sum())))
     per_layer.sort(reverse=True)
     out = {"whole_kernel_vs_fake16": rel(kern16, fake16), "whole_fake16_vs_fake32": rel(fake16, fake32),
            "whole_kernel_vs_fake32": rel(kern16, fake32), "nan": int(torch.isnan(kern16).sum()),
            "layers": len(per_layer), "layer_max": per_layer[0][0], "layer_median": per_layer[len(per_layer) // 2][0],
            "layer_nan": sum(p[3] for p in per_layer), "worst": per_layer[:5],
-           "modes": dict(kb.kernel_modes(unet))}
+           "paths": dict(kb.kernel_paths(unet))}
     # The whole-network bar is the fp16 floor measured here: the fake path's own fp16-vs-fp32 distance (random
     # weights amplify any rounding to ~3e-2); the kernels must stay within FLOOR_MULT of it (a wrong kernel gives
     # O(1) or NaN), and every layer on the same input within TOL_UNET.
@@ -121,7 +121,7 @@ def test_whole_unet_w8a8_matches_fake():
 
 def main() -> int:
     from quant_utils.csvio import atomic_write_text, provenance
-    from quant_utils.kernels import launch
+    from quant_utils.kernels.tuning import Tuning, use_tuning
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/kernel_correctness.txt", help="report file")
@@ -133,8 +133,9 @@ def main() -> int:
         print("needs a CUDA GPU")
         return 2
     t0 = time.perf_counter()
+    tuning = use_tuning(Tuning.standard(Path(__file__).resolve().parents[2] / "results"))
     if args.tuning_in and Path(args.tuning_in).is_file():
-        launch.load_tuning(args.tuning_in)
+        tuning.load_files([Path(args.tuning_in)])
     import triton
 
     meta = provenance(script="tests/gpu/test_kernels_gpu.py", weights="random-full", triton=triton.__version__)
@@ -157,7 +158,7 @@ def main() -> int:
         lines += [f"{fmt}: {'PASS' if r['ok'] else 'FAIL'}  output rel err kernel vs fake16 {r['whole_kernel_vs_fake16']:.2e} "
                   f"(noise floor fake16 vs fake32 {r['whole_fake16_vs_fake32']:.2e}; kernel vs fake32 "
                   f"{r['whole_kernel_vs_fake32']:.2e}); per layer (same input) max {r['layer_max']:.2e} median "
-                  f"{r['layer_median']:.2e} over {r['layers']} layers; NaN {r['nan'] + r['layer_nan']}; modes {r['modes']}",
+                  f"{r['layer_median']:.2e} over {r['layers']} layers; NaN {r['nan'] + r['layer_nan']}; kernel paths {r['paths']}",
                   "  worst layers: " + "; ".join(f"{n} ({m}) {e:.2e}" for e, n, m, _ in r["worst"])]
         print("\n".join(lines[-2:]), flush=True)
     lines += ["", f"OVERALL: {'PASS' if ok else 'FAIL'} ({time.perf_counter() - t0:.0f}s)"]

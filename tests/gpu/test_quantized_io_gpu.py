@@ -13,14 +13,15 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("backend", ["kernel", "fake"])
 def test_loaded_folder_gives_the_saving_runs_images(backend, tmp_path, monkeypatch):
     from quant_utils.bitconfig import config_dir
-    from quant_utils.kernels import launch, packing
+    from quant_utils.kernels import packing, tuning
     from quant_utils.mixdq import QuantRequest, quantize_pipeline
     from quant_utils.pipeline import build_pipeline, load_model_config
     from quant_utils.quantize import quant_layers
     from quant_utils.quantized_io import load_quantized
     from quant_utils.runtime import Runner
 
-    monkeypatch.setattr(launch, "TUNING", False)  # the first candidate tile per shape: no split-K, deterministic sums
+    # the first candidate tile per shape: no split-K, deterministic sums (the Runners keep an installed Tuning)
+    monkeypatch.setattr(tuning, "_current", tuning.Tuning(autotune=False))
     cfg = load_model_config(TINY)
     pipe = build_pipeline(cfg, device="cuda", dtype=torch.float16)
     d = config_dir(cfg.name, "weight").parent

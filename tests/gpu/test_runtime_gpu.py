@@ -41,10 +41,11 @@ def test_graph_and_compile_match_eager(cuda_pipe, exec_mode):
 def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode):
     from quant_utils.calibrate import calibrate
     from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
-    from quant_utils.kernels import launch
+    from quant_utils.kernels import tuning
     from quant_utils.runtime import Runner
 
-    monkeypatch.setattr(launch, "TUNING", False)  # first candidate tile per shape: fewer Triton compiles, same math
+    # first candidate tile per shape: fewer Triton compiles, same math (the Runners keep an installed Tuning)
+    monkeypatch.setattr(tuning, "_current", tuning.Tuning(autotune=False))
     pipe = _with_own_unet(cuda_pipe)
     quantize_unet(pipe.unet, make_spec(pipe.unet, uniform_bits(pipe.unet, 8), uniform_bits(pipe.unet, 8)))
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
