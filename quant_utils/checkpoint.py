@@ -6,15 +6,13 @@ A checkpoint made with other bit configs, or for another model, is detected and 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .bitconfig import load_plain_torch
-from .csvio import temp_prefix
+from .csvio import atomic_file
 from .errors import ConfigError
 from .quantize import QuantSpec, quant_layers, unet_fingerprint
 
@@ -39,15 +37,8 @@ def save_quant_params(unet: nn.Module, path: str | Path, extra: dict | None = No
     state = {"format": FORMAT, "spec": spec.to_dict(), "sources": spec.sources, "layers": layers,
              "fingerprint": unet_fingerprint(unet), **(extra or {})}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -7,10 +7,7 @@ The folder is built under a temporary name and renamed at the end, so it is neve
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from .csvio import atomic_write_text, write_csv
+from .csvio import atomic_folder, atomic_write_text, write_csv
 from .generation import MANIFEST, image_name
 from .errors import ConfigError
 
@@ -93,17 +90,6 @@ def _load_image(path: Path) -> Image.Image:
         raise ConfigError(f"cannot read COCO image {path}: {e}") from None
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move `tmp` to `dest`, replacing an existing `dest` only once the new one is complete."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_reference_set(pairs: list[CocoPair], images_dir: str | Path, out_ref: str | Path, out_prompts: str | Path,
                         res: int = 512, meta: dict[str, Any] | None = None) -> pd.DataFrame:
     """Write `out_ref/00000.png ...` + `manifest.csv` (REF_COLUMNS) and the prompts file; return the manifest."""
@@ -112,19 +98,12 @@ def write_reference_set(pairs: list[CocoPair], images_dir: str | Path, out_ref: 
     images_dir, out_ref = Path(images_dir), Path(out_ref)
     if not images_dir.is_dir():
         raise ConfigError(f"COCO image folder {images_dir} does not exist (expected e.g. val2014/)")
-    out_ref.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_ref.parent, prefix=f".{out_ref.name}.tmp-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the final folder should read like any other
-    try:
+    with atomic_folder(out_ref) as tmp:  # an existing reference set is replaced only once the new one is complete
         rows = []
         for i, pair in enumerate(tqdm(pairs, desc="coco reference", unit="img")):
             center_crop_resize(_load_image(images_dir / pair.file_name), res).save(tmp / image_name(i))
             rows.append((i, image_name(i), pair.caption, pair.image_id, pair.file_name))
         manifest = pd.DataFrame(rows, columns=REF_COLUMNS)
         write_csv(manifest, tmp / MANIFEST, meta)
-        _replace_dir(tmp, out_ref)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(out_prompts, "".join(p.caption + "\n" for p in pairs))
     return manifest

@@ -1,18 +1,21 @@
 """CSV files with provenance: `# key: value` lines on top, then a plain table.
 
 Read back with `read_csv(path)` (or `pandas.read_csv(path, comment="#")`). Writes are atomic:
-a crash never leaves a half-written file behind.
+a crash never leaves a half-written file behind. `atomic_file` / `atomic_folder` give every other writer of the
+project (checkpoints, PNGs, downloads, quantized model folders, reference sets) the same guarantee.
 """
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -75,8 +78,8 @@ def temp_prefix(path: Path) -> str:
 
 
 def clean_stale_temps(folder: str | Path) -> int:
-    """Remove temp files left in `folder` by writers that died mid-write (e.g. `kill -9` during a save): those whose
-    process is gone. Returns how many were removed."""
+    """Remove temp files and folders left in `folder` by writers that died mid-write (e.g. `kill -9` during a save):
+    those whose process is gone. Returns how many were removed."""
     removed = 0
     for tmp in Path(folder).glob(".*.tmp"):
         parts = tmp.name.split(".")  # ['', name..., pid, random, 'tmp']
@@ -89,23 +92,57 @@ def clean_stale_temps(folder: str | Path) -> int:
             pass
         except (PermissionError, OverflowError):
             continue
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():  # a folder being filled (atomic_folder)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Inside: write the file at the yielded temp path (beside `path`, same file system); when the block ends without
+    an error it is renamed onto `path`, else removed, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes files owner-only
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Inside: fill the yielded temp folder (beside `path`); when the block ends without an error it replaces `path`
+    (an existing one is moved aside first and removed after), else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def _without_run_keys(text: str) -> str:

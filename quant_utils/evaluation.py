@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .csvio import read_csv, read_provenance, write_csv
+from .csvio import atomic_file, read_csv, read_provenance, write_csv
 from .generation import MANIFEST, image_name, save_png
 from .errors import ConfigError, WeightsNotFoundError
 from .pipeline import network_allowed
@@ -157,15 +156,8 @@ def check_images(images: ImageSet) -> None:
 # --------------------------------------------------------------------------- FID (clean-fid)
 def _download(url: str, target: Path) -> None:
     """Download to a temporary file and rename, so an interrupted download leaves nothing behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
-            shutil.copyfileobj(r, f)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as tmp, open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+        shutil.copyfileobj(r, f)
 
 
 def inception_weights(fid_kind: str) -> tuple[Path, str, str]:

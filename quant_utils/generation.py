@@ -9,8 +9,6 @@ named: one folder never mixes images of two configurations.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import REPO_ROOT
-from .csvio import clean_stale_temps, read_csv, read_provenance, temp_prefix, write_csv
+from .csvio import atomic_file, clean_stale_temps, read_csv, read_provenance, write_csv
 from .errors import ConfigError, reading
 from .runtime import Runner, StageTimes
 
@@ -46,14 +44,8 @@ def image_name(index: int) -> str:
 
 
 def save_png(array, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(folder: str | Path) -> pd.DataFrame:

@@ -17,14 +17,12 @@ No pickle is read (safetensors and JSON only), no calibration runs, no FP16 UNet
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .csvio import atomic_folder
 from .errors import ConfigError
 from .kernels import packing
 from .qlayers import Backend, QuantLayer
@@ -142,17 +140,10 @@ def save_quantized(unet: nn.Module, folder: str | Path, created: dict | None = N
         "summary": {k: v for k, v in bit_summary(unet).items() if k != "layers_per_wbits"},
         "created": created or {},
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": FORMAT, "format_version": str(VERSION)})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only
-        _swap_in(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
@@ -167,17 +158,6 @@ def _check_target(folder: Path) -> None:
     """Only an absent path, an empty folder or an earlier quantized folder may be written (never, say, a UNet's)."""
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not _is_quantized_folder(folder))):
         raise ConfigError(f"{folder} exists and is not a quantized model folder: choose another path to save into")
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Rename the finished folder into place; an old one is moved aside first and removed after."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- load

@@ -53,3 +53,10 @@ def run_main(script: str, *args: str) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     return 0
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a writer killed mid-save)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

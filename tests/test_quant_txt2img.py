@@ -1,15 +1,5 @@
-import subprocess
-import sys
-
-from conftest import TINY, run_main, run_script
+from conftest import TINY, dead_pid, run_main, run_script
 from quant_utils.csvio import read_csv, read_provenance
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited (a writer killed mid-save)."""
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
 
 
 def test_quant_txt2img_end_to_end_then_loads_ckpt(tmp_path, prompts_file, capsys):
