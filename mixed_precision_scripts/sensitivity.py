@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.bit_allocation import load_sensitivity  # noqa: E402
-from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, model_config_from_args,  # noqa: E402
+from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_device_for_exec, model_config_from_args,  # noqa: E402
                              pipeline_from_args, positive_int, sampling_from_args, user_errors)
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.quantize import quantizable_layers  # noqa: E402
@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", default=None, help="regex over diffusers layer names (re.search); default: all layers")
     p.add_argument("--num_imgs", type=positive_int, default=8, help="images per measurement (prompt i, seed --seed + i)")
     p.add_argument("--batch_size", type=positive_int, default=8, help="images per forward pass")
-    p.add_argument("--prompts_file", default="scripts/utils/prompts_32.txt", help="prompts, image i uses line i mod N")
-    p.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="act only: calibration prompts")
+    p.add_argument("--prompts_file", default=PROMPTS_32, help="prompts, image i uses line i mod N")
+    p.add_argument("--calib_prompts", default=PROMPTS_32, help="act only: calibration prompts")
     p.add_argument("--calib_num", type=positive_int, default=8, help="act only: number of calibration prompts")
     p.add_argument("--out_dir", default=None,
                    help="model folder for the logs (default logs/sensitivity/<config name>)")

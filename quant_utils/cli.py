@@ -7,7 +7,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import repo_path
 from .errors import ConfigError, UserError
@@ -16,82 +16,82 @@ from .pipeline import ModelConfig, check_resolution, check_steps, load_model_con
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
+PROMPTS_32 = "scripts/utils/prompts_32.txt"  # a diverse 32-prompt subset: calibration and quick runs
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help lists every flag's default and keeps the docstring's layout (its example commands)."""
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 never means 'the default')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def bounded(kind: type[int] | type[float], minimum: int | float, strict: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a finite `kind` (int or float) >= minimum (> minimum when `strict`); 0 never means 'the
+    default'. Errors read 'must be >= 1, got 0' (integers) or 'must be a finite number > 0, got nan' (floats)."""
+    noun = "an integer" if kind is int else "a number"
+    bound = f"{'>' if strict else '>='} {minimum}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}" if kind is int else
+                                             f"must be a finite number {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} {bound}"  # argparse names the type by it
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = bounded(int, 1)
+nonnegative_int = bounded(int, 0)
+positive_float = bounded(float, 0, strict=True)
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantized: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantized: bool = True,
+                   **overrides: dict) -> None:
+    """The model group. `overrides`: per flag (its dest, e.g. seed=dict(default=None, help=...)), add_argument
+    settings a script words its own way."""
     g = p.add_argument_group("model")
-    g.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="model config YAML (real: configs/stable-diffusion/sdxl_turbo.yaml; default: the embedded tiny model)")
+
+    def add(*flags: str, **kw) -> None:
+        g.add_argument(*flags, **{**kw, **overrides.get(kw.get("dest") or flags[0].lstrip("-"), {})})
+
+    add("--config", default=DEFAULT_CONFIG,
+        help="model config YAML (real: configs/stable-diffusion/sdxl_turbo.yaml; default: the embedded tiny model)")
     if quantized:
-        g.add_argument("--quantized", default=None, metavar="DIR",
-                       help="take the UNet from this quantized model folder (quant_txt2img.py --save_quantized): the "
-                            "FP16 UNet is not loaded and nothing is calibrated; text encoders and VAE come from --config; "
-                            "run with --backend where the script has it, else fake")
-    g.add_argument("--random_weights", action="store_true",
-                   help="full-size architecture with random weights instead of the real weights (latency/memory only)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    g.add_argument("--fp16", action="store_true", help="run in float16 (default: the config's dtype)")
-    g.add_argument("--seed", type=int, default=42, help="image i uses seed + i")
-    g.add_argument("--exec", dest="exec_mode", default="auto", choices=["auto", "eager", "graph", "compile"],
-                   help="auto: compile on CUDA, eager on a CPU. eager PyTorch; graph: CUDA graphs per (batch, resolution) "
-                        "bucket; compile: the UNet's resnet/transformer blocks torch.compile'd (fused norms, elementwise "
-                        "and activation quantization) and the VAE compiled, then CUDA graphs (graph/compile: CUDA only)")
-    g.add_argument("--vae_exec", default="static", choices=["dynamic", "static", "eager"],
-                   help="with --exec graph/compile, the VAE decode is torch.compile'd first: static (one compile per "
-                        "bucket, the fastest decode), dynamic shapes (one compile for all buckets, slower decodes), or eager")
-    g.add_argument("--compile_shapes", default="static", choices=["dynamic", "static"],
-                   help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
-                        "with symbolic batch/height/width (dynamic: cheap new buckets, measured slower on the H200)")
-    g.add_argument("--compile_cache", default=None,
-                   help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
-                        "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "
-                        "Inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/mixdq/inductor) is reused anyway")
-    g.add_argument("--vae", default="fp16", choices=DECODERS,
-                   help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
-                        "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
-    g.add_argument("--steps", type=positive_int, default=None, help="denoising steps, 1-4 (default: the config's)")
-    g.add_argument("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
+        add("--quantized", default=None, metavar="DIR",
+            help="take the UNet from this quantized model folder (quant_txt2img.py --save_quantized): the "
+                 "FP16 UNet is not loaded and nothing is calibrated; text encoders and VAE come from --config; "
+                 "run with --backend where the script has it, else fake")
+    add("--random_weights", action="store_true",
+        help="full-size architecture with random weights instead of the real weights (latency/memory only)")
+    add("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    add("--fp16", action="store_true", help="run in float16 (default: the config's dtype)")
+    add("--seed", type=int, default=42, help="image i uses seed + i")
+    add("--exec", dest="exec_mode", default="auto", choices=["auto", "eager", "graph", "compile"],
+        help="auto: compile on CUDA, eager on a CPU. eager PyTorch; graph: CUDA graphs per (batch, resolution) "
+             "bucket; compile: the UNet's resnet/transformer blocks torch.compile'd (fused norms, elementwise "
+             "and activation quantization) and the VAE compiled, then CUDA graphs (graph/compile: CUDA only)")
+    add("--vae_exec", default="static", choices=["dynamic", "static", "eager"],
+        help="with --exec graph/compile, the VAE decode is torch.compile'd first: static (one compile per "
+             "bucket, the fastest decode), dynamic shapes (one compile for all buckets, slower decodes), or eager")
+    add("--compile_shapes", default="static", choices=["dynamic", "static"],
+        help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
+             "with symbolic batch/height/width (dynamic: cheap new buckets, measured slower on the H200)")
+    add("--compile_cache", default=None,
+        help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
+             "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "
+             "Inductor's on-disk cache ($TORCHINDUCTOR_CACHE_DIR, default ~/.cache/mixdq/inductor) is reused anyway")
+    add("--vae", default="fp16", choices=DECODERS,
+        help="image decoder: the SDXL VAE in FP16; the same VAE with W8A8 int8 convs (calibrated on 4 of "
+             "--calib_prompts at the first resolution); or the tiny TAESD-XL decoder (AutoencoderTiny)")
+    add("--steps", type=positive_int, default=None, help="denoising steps, 1-4 (default: the config's)")
+    add("--guidance_scale", type=float, default=None, help="CFG scale; <=1 disables (default: config's)")
     if resolution:
-        g.add_argument("--res", type=positive_int, default=None, help="square resolution; sets --height and --width")
-        g.add_argument("--height", type=positive_int, default=None, help="image height (multiple of 8; default: config's)")
-        g.add_argument("--width", type=positive_int, default=None, help="image width (multiple of 8; default: config's)")
+        add("--res", type=positive_int, default=None, help="square resolution; sets --height and --width")
+        add("--height", type=positive_int, default=None, help="image height (multiple of 8; default: config's)")
+        add("--width", type=positive_int, default=None, help="image width (multiple of 8; default: config's)")
 
 
 VAE_CALIB_PROMPTS = 4
@@ -134,7 +134,7 @@ def decoder_from_args(pipe, args: argparse.Namespace, res: int | None = None):
         print("warning: this VAE overflows in fp16 (force_upcast); the int8 decoder computes in fp16: use an "
               "fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) with --vae int8")
     res = res or cfg.height
-    prompts = read_prompts(repo_path(getattr(args, "calib_prompts", None) or "scripts/utils/prompts_32.txt"))
+    prompts = read_prompts(repo_path(getattr(args, "calib_prompts", None) or PROMPTS_32))
     prompts = prompts[:VAE_CALIB_PROMPTS]
     latents = [Runner(pipe, "eager").denoise(prompts, [args.seed + i for i in range(len(prompts))], res, res,
                                              args.steps or cfg.steps)]
@@ -260,7 +260,7 @@ def add_quant_args(p: argparse.ArgumentParser, wbits: bool = True) -> None:
     g.add_argument("--a_method", default="mse", choices=["minmax", "percentile", "mse"], help="activation range method")
     g.add_argument("--no_bos", action="store_true", help="disable BOS-aware quantization of cross-attention K/V inputs")
     g.add_argument("--no_split", action="store_true", help="disable split quantization of up-block skip concatenations")
-    g.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="calibration prompts file")
+    g.add_argument("--calib_prompts", default=PROMPTS_32, help="calibration prompts file")
     g.add_argument("--calib_num", type=positive_int, default=32, help="number of calibration prompts")
     g.add_argument("--backend", default="fake", choices=["fake", "kernel"],
                    help="fake: simulated quantization; kernel: real low-bit CUDA kernels (falls back to fake on CPU)")

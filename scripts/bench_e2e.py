@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, compile_cache_from_args,  # noqa: E402
+from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_device_for_exec, compile_cache_from_args,  # noqa: E402
                              decoder_from_args, pipeline_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default=None, choices=["fake", "kernel"],
                    help="quantized backend (default: kernel on CUDA, fake on a CPU)")
     p.add_argument("--calib_num", type=int, default=4, help="calibration prompts per quantized mode (and the int8 VAE)")
-    p.add_argument("--calib_prompts", default="scripts/utils/prompts_32.txt", help="calibration prompts file")
-    p.add_argument("--prompts_file", default="scripts/utils/prompts_32.txt", help="prompts (latency does not depend on them)")
+    p.add_argument("--calib_prompts", default=PROMPTS_32, help="calibration prompts file")
+    p.add_argument("--prompts_file", default=PROMPTS_32, help="prompts (latency does not depend on them)")
     p.add_argument("--profile_points", nargs="*", default=[], metavar="RESxBATCH",
                    help="cells (e.g. 1024x4 512x1) whose image is profiled by kernel category into --profile_out")
     p.add_argument("--profile_out", default=None, help="profile CSV (default <out stem>_profile.csv)")

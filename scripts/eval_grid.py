@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (HelpFormatter, add_model_args, add_quant_args, check_device_for_exec,  # noqa: E402
+from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, add_quant_args, check_device_for_exec,  # noqa: E402
                              check_quant_args, pipeline_from_args, positive_int, quant_request_from_args,
                              runner_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wbits", dest="grid_wbits", type=int, nargs="+", default=[16, 8, 6, 4],
                    help="weight bit-widths of the grid (16 = FP16); each picks weight_N.00.yaml or uniform_N.yaml")
     p.add_argument("--res", type=positive_int, nargs="+", default=[512, 768, 1024], help="square resolutions")
-    p.add_argument("--prompts_file", default="scripts/utils/prompts_32.txt", help="prompts to generate and score")
+    p.add_argument("--prompts_file", default=PROMPTS_32, help="prompts to generate and score")
     p.add_argument("--num_prompts", type=positive_int, default=32, help="how many prompts of the file")
     p.add_argument("--batch_size", type=positive_int, default=4, help="images per call")
     p.add_argument("--ckpt", default="logs/eval_grid/ckpt_w{wbits}.pth", help="checkpoint path per bit-width ({wbits})")

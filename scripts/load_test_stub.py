@@ -96,7 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--prompt", default="a corgi in sunglasses", help="prompt of every live request (unless the trace has prompts)")
     o.add_argument("--cpu_threads", type=int, default=1,
                    help="--live on CPU: torch intra-op threads (1 leaves a core to the replay thread)")
-    add_model_args(p, resolution=False)
+    add_model_args(p, resolution=False, seed=dict(
+        default=None, help="arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i"),
+        exec_mode=dict(default=None, help="exec mode: the perf model's cells to simulate (default: graph when "
+                       "measured) and, with --live, the Runner's (default: compile on CUDA, else eager)"))
     q = p.add_argument_group("live quantized models")
     q.add_argument("--quantize_live", action="store_true",
                    help="--live: quantize a copy of the UNet for each w<b>a8 mode (else every mode runs the loaded model)")
@@ -107,14 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(its modes, policy, replicas, max batch, routing and performance model configure the simulator)")
     h.add_argument("--request_timeout_s", type=float, default=120.0, help="--target: a request unanswered this long times out")
     h.add_argument("--wait_s", type=float, default=0.0, help="--target: wait up to this long for the service to be ready")
-    if not any("--exec" in a.option_strings for a in p._actions):
-        p.add_argument("--exec", dest="exec_mode", default=None, choices=["eager", "graph"])
-    next(a for a in p._actions if a.dest == "exec_mode").help = (
-        "exec mode: the perf model's cells to simulate (default: graph when measured) and, with --live, the Runner's "
-        "(default: compile on CUDA, else eager)")
-    p.set_defaults(seed=None, exec_mode=None)
-    next(a for a in p._actions if a.dest == "seed").help = (
-        "arrival/noise seed (default $MIXDQ_LOADTEST_SEED, else 0); live image i uses seed+i")
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
@@ -136,10 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dict[str, str]]:
     """One generate callable per mode: the --config model, plus a MixDQ-quantized copy of its UNet for every
     w<b>a8 mode with --quantize_live (sharing text encoders and VAE); other modes run the loaded model."""
-    from quant_utils.cli import pipeline_from_args
+    from quant_utils.cli import PROMPTS_32, pipeline_from_args, sampling_from_args
     from quant_utils.generation import read_prompts
     from quant_utils.mixdq import quantized_copy
-    from quant_utils.pipeline import check_steps
     from quant_utils.runtime import Runner
 
     cfg, pipe, device = pipeline_from_args(args)
@@ -147,9 +141,8 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
         import torch
         torch.set_num_threads(args.cpu_threads)
     exec_mode = "auto" if args.exec_mode in (None, "auto") else args.exec_mode  # auto: compile on CUDA, else eager
-    steps = args.steps or cfg.steps
-    check_steps(steps)
-    guidance = cfg.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    sampling = sampling_from_args(args, cfg)
+    steps, guidance = sampling["steps"], sampling["guidance_scale"]
 
     def generate(model) -> live.GenerateFn:
         runner = Runner(model, exec_mode, vae_exec=args.vae_exec)
@@ -163,7 +156,7 @@ def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dic
     for mode in dict.fromkeys(modes) if args.quantize_live else ():
         if mode == name or mode not in BITS or mode == FP16:
             continue
-        calib = read_prompts(repo_path("scripts/utils/prompts_32.txt"))[: args.calib_num]
+        calib = read_prompts(repo_path(PROMPTS_32))[: args.calib_num]
         qpipe, info = quantized_copy(pipe, mode, cfg.name, repo_path(args.base_path) / mode / "ckpt.pth", calib, 0,
                                      args.res, args.res, steps, backend=args.backend)
         print(f"live {mode}: {info['origin']}, W avg {info['avg_wbits']:.2f} bits, {args.backend} backend")

@@ -151,7 +151,7 @@ def make_runner(pipe, cfg: ServeConfig):
 def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], dict[str, str], Any]:
     """(Runner per served mode, what each mode really runs, the model config). `fp16` is the loaded pipeline in its
     own dtype (the tiny model's float32 on a CPU: the label says so); w<b>a8 a quantized copy of its UNet."""
-    from ..cli import pipeline_from_args
+    from ..cli import PROMPTS_32, pipeline_from_args
     from ..generation import read_prompts
     from ..mixdq import quantized_copy
     from ..quantize import quant_layers
@@ -159,10 +159,10 @@ def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], dict[str, str], Any]:
     ns = argparse.Namespace(config=cfg.config, device=cfg.device, fp16=cfg.fp16, random_weights=cfg.random_weights)
     mcfg, pipe, _ = pipeline_from_args(ns)
     steps = cfg.steps or mcfg.steps
-    calib = read_prompts(repo_path("scripts/utils/prompts_32.txt"))[:8]  # only used if a checkpoint vanished
+    calib = read_prompts(repo_path(PROMPTS_32))[:8]  # only used if a checkpoint vanished
     runners, labels = {}, {}
     for mode in cfg.served_modes:
-        if mode == "fp16":
+        if mode == FP16:
             model, labels[mode] = pipe, "fp16" if cfg.fp16 or mcfg.dtype == "float16" else mcfg.dtype
         else:
             model, _ = quantized_copy(pipe, mode, mcfg.name, cfg.ckpt_path(mode), calib, 0, cfg.res, cfg.res, steps,

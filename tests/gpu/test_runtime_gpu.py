@@ -93,11 +93,11 @@ def test_int8_decoder_kernels_match_the_fake_path(cuda_pipe):
 def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
     from types import SimpleNamespace
 
-    from quant_utils.cli import decoder_from_args
+    from quant_utils.cli import PROMPTS_32, decoder_from_args
     from quant_utils.runtime import Runner
 
     args = SimpleNamespace(vae=kind, config=TINY, random_weights=False, seed=0, steps=None,
-                           calib_prompts="scripts/utils/prompts_32.txt")
+                           calib_prompts=PROMPTS_32)
     vae = decoder_from_args(cuda_pipe, args, res=64)
     eager = Runner(cuda_pipe, "eager", vae=vae, vae_kind=kind)
     fast = Runner(_with_own_unet(cuda_pipe), "compile", vae=vae, vae_kind=kind)
