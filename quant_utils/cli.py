@@ -78,7 +78,7 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
              "bucket, the fastest decode), dynamic shapes (one compile for all buckets, slower decodes), or eager")
     add("--compile_shapes", default="static", choices=["dynamic", "static"],
         help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
-             "with symbolic batch/height/width (dynamic: cheap new buckets, measured slower on the H200)")
+             "with symbolic batch/height/width (dynamic: cheap new buckets, slower steps)")
     add("--compile_cache", default=None,
         help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
              "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "

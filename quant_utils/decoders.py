@@ -21,8 +21,6 @@ from torch import nn
 
 from .errors import ConfigError, WeightsNotFoundError
 
-TINY_VAE_ID = "madebyollin/taesdxl"
-
 
 # ----------------------------------------------------------------------------------------------- tiny
 def build_tiny_vae(arch: dict, device: str | torch.device, dtype: torch.dtype, pretrained_id: str | None = None,
@@ -81,7 +79,6 @@ def quantize_vae_decoder(vae: nn.Module, wbits: int = 8, abits: int = 8, w_metho
             parent, _, child = name.rpartition(".")
             setattr(q.decoder.get_submodule(parent) if parent else q.decoder, child,
                     QuantLayer(m, wbits, abits, w_method=w_method, a_method=a_method))
-    q.mixdq_fp16_layers = keep
     return q
 
 

@@ -7,7 +7,7 @@ A mode names a UNet precision:
 - `mixdq`: MixDQ's own mixed-precision configs (MIXDQ_CONFIG: weights 4.00 bits on average, activations 7.77,
   1% most sensitive activations FP16); its bits are not one number, so the serving study's modes leave it out.
 A serving mode may add the image decoder after `+`: `w8a8+tiny`, `fp16+int8` (no suffix: the FP16 SDXL VAE).
-Benchmark tables and flags spell a uniform mode upper-case (`W8A8`: `format_name` / `from_format`).
+Benchmark tables and flags spell a uniform mode upper-case (`W8A8`: `format_name`).
 Torch-free: the performance model, the simulator and the service's front end import it.
 """
 from __future__ import annotations
@@ -94,10 +94,3 @@ def format_name(mode: str) -> str:
     uniform_mode_bits(mode)
     return mode.upper()
 
-
-def from_format(name: str) -> str:
-    """'W8A8' -> 'w8a8' (one of QUANTIZED)."""
-    mode = name.lower()
-    if mode not in QUANTIZED:
-        raise ConfigError(f"format {name!r}: expected one of {[format_name(m) for m in QUANTIZED]}")
-    return mode

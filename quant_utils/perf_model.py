@@ -12,8 +12,8 @@ work it does, so it predicts resolutions and batches that were not measured:
     memory   = a + b*Mpix1 + c*Mpix + d*ktok^2                 (weights + activations), GiB
 
 with Mpix = batch*h*w/1e6, Mpix1 = h*w/1e6 (one image: a per-call cost that grows with resolution but
-not with batch; on the H100 a batch-1 VAE decode costs ~1.8x an extra image of a batch, at every
-resolution) and ktok^2 = batch*(h*w/64/1000)^2 (latent tokens h/8*w/8, squared, per image).
+not with batch: a batch-1 VAE decode costs more than an extra image of a batch, at every resolution
+measured) and ktok^2 = batch*(h*w/64/1000)^2 (latent tokens h/8*w/8, squared, per image).
 Coefficients are non-negative (NNLS) and fitted on relative error, so predictions are monotone in
 pixels and batch. p95 = add_ms + (1 + rel) * p50 per stage, (add_ms, rel) >= 0 fitted on the
 measured cells. Fit error is leave-one-out over the measured cells. Nothing here touches torch.

@@ -4,10 +4,10 @@
 - `eager`: plain PyTorch (the reference; at batch 1 on a GPU it mostly measures Python overhead);
 - `graph`: each stage captured as a CUDA graph per (batch, height, width) bucket, with static
   input buffers and warm-up on a bucket's first use (CUDA only). The VAE decode, GPU-bound (graphs
-  alone do not speed it up), is compiled by torch.compile first (`vae_exec`): `dynamic` (default) one
-  compile with symbolic shapes for every bucket (about 90 s once; 1.6-1.9x over eager at 1024 batch 1,
-  1.3x at batch 4 on an H100), `static` one compile per bucket (25-40 s each; 2.4x at batch 1, 1.6x at
-  batch 4: results/vae_decode*_h100.csv), `eager` captured as is, for comparison;
+  alone do not speed it up), is compiled by torch.compile first (`vae_exec`): `static` (default) one
+  compile per bucket (the fastest decodes), `dynamic` one compile with symbolic shapes for every bucket
+  (new buckets cost no compile, decodes are slower; measured: results/vae_decode*.csv), `eager` captured
+  as is, for comparison;
 - `compile` (the default on CUDA, `auto`): the UNet's resnet and transformer blocks compiled by torch.compile
   (`compile_regions`: Inductor fuses norms, elementwise ops and the activation quantization into their
   producers; blocks of one shape share one compiled graph; `compile_shapes="dynamic"` compiles each block once

@@ -33,7 +33,6 @@ from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.pipeline import resolve_device  # noqa: E402
 
 METRICS = ("fid", "clip", "pixel")
-PLUMBING = "plumbing check, not a real number"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Fit the latency/memory performance model from latency_probe CSVs (README section 3.policy).
 
-Example (after scripts/latency_probe.py has written the H100 grid):
+Example (after scripts/latency_probe.py has written the GPU grid):
     python scripts/fit_perf_model.py --csv results/latency_fp16.csv results/latency_w8a8.csv \
         results/latency_w6a8.csv results/latency_w4a8.csv --out results/perf_model.json --plot results/latency_vs_res.png
 Without measurements (a labelled synthetic model, for trying the load test out):

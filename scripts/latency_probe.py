@@ -1,6 +1,6 @@
 """Latency and memory of one precision mode over resolution x batch (README section 3).
 
-Example (H100, full-size architecture with random weights, real kernels, CUDA graphs):
+Example (on a GPU, full-size architecture with random weights, real kernels, CUDA graphs):
     python scripts/latency_probe.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
         --mode w4a8 --backend kernel --exec graph --res 512 768 1024 --batch 1 2 4 8 --out results/latency_w4a8.csv
 Tiny model on the CPU (what the tests run):

@@ -31,10 +31,9 @@ from quant_utils.serving.policies import POLICIES  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p, resolution=False)
-    p.set_defaults(exec_mode=None, seed=None)
-    next(a for a in p._actions if a.dest == "exec_mode").help = "Runner execution (default: auto = compiled blocks + compiled decoder + CUDA graphs on CUDA, eager on CPU)"
-    next(a for a in p._actions if a.dest == "seed").help = "unused: each request carries its seed (default 0)"
+    add_model_args(p, resolution=False, exec_mode=dict(default=None, help=(
+        "Runner execution (default: auto = compiled blocks + compiled decoder + CUDA graphs on CUDA, eager on CPU)")),
+        seed=dict(default=None, help="unused: each request carries its seed (default 0)"))
     m = p.add_argument_group("modes")
     m.add_argument("--modes", nargs="+", default=["fp16"], help="modes a request may ask for (first = default): "
                    "fp16 (the loaded pipeline) and w8a8/w6a8/w4a8 (MixDQ checkpoints)")

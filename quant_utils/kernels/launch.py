@@ -32,7 +32,7 @@ def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k:
 LINEAR_CANDIDATES = {
     "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2),
              _cfg(32, 64, 4, 4)],
-    # 65-512 rows (512 px, batch 1) leave most of 132 SMs idle, but split-K 4/8 here never won on the H100
+    # 65-512 rows (512 px, batch 1) leave most SMs idle, but split-K 4/8 here never won in measurements
     # (zeroing, fp32 atomics and the cast pass cost more: results/kernels_notes.md, v3), so only split-K 2
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
@@ -65,9 +65,9 @@ def conv_class(m: int) -> str:
 def with_pre(cands: list[dict], bits: int) -> list[dict]:
     """Packed 2/4/6-bit weights: each config twice, unpacking in the K loop and (PRE) in a separate pass first.
 
-    Measured on the H100 (results/kernels_notes.md): unpacking in the K loop puts the weight through registers
-    before the tensor cores, which cost 1.5-2x an 8-bit GEMM; a separate pass costs one read of the packed and
-    one write of the int8 weight. The autotuner keeps whichever is faster per shape."""
+    Unpacking in the K loop puts the weight through registers before the tensor cores, which makes the GEMM slower
+    than an 8-bit one (measured: results/kernels_notes.md); a separate pass costs one read of the packed and one
+    write of the int8 weight. The autotuner keeps whichever is faster per shape."""
     return cands if bits == 8 else cands + [dict(c, PRE=True) for c in cands]
 
 

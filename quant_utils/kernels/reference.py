@@ -89,8 +89,3 @@ def conv_int(q: torch.Tensor, w_int: torch.Tensor, w_scale: torch.Tensor, aq1: A
     y = y * w_scale.double().view(1, -1, 1, 1)
     return y + bias.double().view(1, -1, 1, 1) if bias is not None else y
 
-
-def conv_wonly(x: torch.Tensor, w_int: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, stride,
-               padding) -> torch.Tensor:
-    w = w_int.double() * w_scale.double().view(-1, 1, 1, 1)
-    return F.conv2d(x.double(), w, bias.double() if bias is not None else None, stride=stride, padding=padding)
