@@ -29,6 +29,19 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
+def perf():
+    """A performance model fitted on a noiseless synthetic latency table (the serving tests' GPU)."""
+    from quant_utils.perf_model import PerfModel, synthetic_latency_frame
+
+    return PerfModel.fit(synthetic_latency_frame(noise=0.0), with_loo=False)
+
+
+@pytest.fixture(scope="session")
+def perf_json(tmp_path_factory, perf):
+    return perf.save(tmp_path_factory.mktemp("pm") / "perf_model_synthetic.json")
+
+
+@pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     p.write_text("a red bicycle leaning on a wall\na bowl of fruit on a table\na dog running on a beach\n")
