@@ -73,3 +73,55 @@ def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+# --------------------------------------------------------------------------- a quantized tiny UNet (quantize, checkpoint)
+PROMPTS = ["a red bicycle leaning on a wall", "a bowl of fruit", "a dog on a beach", "a city street at night"]
+
+
+def fresh_pipe():
+    from quant_utils.pipeline import build_pipeline, load_model_config
+
+    return build_pipeline(load_model_config(TINY))
+
+
+def unet_inputs(pipe, batch=2) -> dict:
+    """The UNet's inputs at the first step of a real pipeline call (what calibration saw)."""
+    import torch
+
+    from quant_utils.runtime import Runner
+
+    with torch.no_grad():
+        embeds, pooled = Runner(pipe).encode(PROMPTS[-batch:])
+    g = torch.Generator().manual_seed(0)
+    return dict(sample=torch.randn(batch, 4, 8, 8, generator=g), timestep=torch.tensor([999.0] * batch),
+                encoder_hidden_states=embeds,
+                added_cond_kwargs={"text_embeds": pooled,
+                                   "time_ids": torch.tensor([[64, 64, 0, 0, 64, 64]] * batch, dtype=torch.float32)})
+
+
+def quantized(pipe, wbits=8, abits=8, **opts):
+    """pipe with its UNet quantized to uniform W{wbits}A{abits} (MSE ranges) and calibrated on PROMPTS."""
+    from quant_utils.calibrate import calibrate
+    from quant_utils.quantize import make_spec, quantize_unet, uniform_bits
+    from quant_utils.runtime import Runner
+
+    spec = make_spec(pipe.unet, uniform_bits(pipe.unet, wbits), uniform_bits(pipe.unet, abits) if abits else None, **opts)
+    quantize_unet(pipe.unet, spec)
+    if abits:
+        calibrate(Runner(pipe), PROMPTS, 0, 64, 64, batch_size=4)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def w8a8():
+    """(the tiny pipeline with a calibrated W8A8 UNet, a copy of its FP UNet); tests leave it as they found it."""
+    import copy
+
+    pipe = fresh_pipe()
+    ref = copy.deepcopy(pipe.unet)
+    return quantized(pipe), ref
+
+
+def rel_err(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()

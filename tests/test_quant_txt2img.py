@@ -1,4 +1,4 @@
-from conftest import TINY, dead_pid, run_main, run_script
+from conftest import dead_pid, run_main, run_script
 from quant_utils.csvio import read_csv, read_provenance
 
 
@@ -60,13 +60,3 @@ def test_every_argument_is_checked_before_any_work(tmp_path, prompts_file, capsy
         err = capsys.readouterr().err
         assert message in err and "make_bit_configs" not in err, (args, err)
     assert not (tmp_path / "ckpt.pth").exists() and not (tmp_path / "generated_images").exists()
-
-
-def test_wbits_says_whether_the_config_is_mixed_or_uniform(capsys):
-    from quant_utils.mixdq import QuantRequest, resolve_spec
-    from quant_utils.pipeline import build_unet_skeleton, load_model_config
-
-    unet = build_unet_skeleton(load_model_config(TINY))
-    resolve_spec(unet, QuantRequest(model_name="sdxl_turbo_tiny", wbits=4))
-    out = capsys.readouterr().out
-    assert "weight_4.00.yaml: MixDQ's mixed-precision config (layers at 2/4/8 bits" in out and "not uniform 4-bit" in out

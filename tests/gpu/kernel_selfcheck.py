@@ -81,6 +81,12 @@ def build_layer(case: Case, device: str, seed: int, prepared: bool = True) -> Qu
     return layer
 
 
+def rand_codes(shape: tuple, bits: int, seed: int = 0) -> torch.Tensor:
+    """Random int8 codes of a `bits`-bit signed range (weights as packing stores them)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-(1 << (bits - 1)), 1 << (bits - 1), shape, generator=g, dtype=torch.int8)
+
+
 def make_input(case: Case, device: str, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + 1)
     shape = (case.batch, case.rows, case.k) if case.kind == "linear" else (case.batch, case.k, case.hw, case.hw)
