@@ -40,7 +40,7 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, add_model_args, check_device_for_exec, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
-from quant_utils.modes import BITS, FP16, wbits_mode  # noqa: E402
+from quant_utils.modes import BITS, FP16, mode_key, wbits_mode  # noqa: E402
 from quant_utils.perf_model import PerfModel  # noqa: E402
 from quant_utils.serving import client, live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
@@ -219,7 +219,7 @@ def main(args: argparse.Namespace) -> None:
     # 2. generators (live) and the performance model
     variants, runs_as = live_variants(args, modes + extra_modes) if args.live else ({}, {})
     notes = live.substitution_notes(runs_as)
-    vae_modes = lambda m: [f"{m}+{v}" for v in args.adaptive_vae]  # noqa: E731
+    vae_modes = lambda m: [mode_key(m, v) for v in args.adaptive_vae]  # noqa: E731  ('w8a8+tiny')
     options = [Option(r, m) for r in ladder for m in modes + extra_modes + [x for m in modes for x in vae_modes(m)]]
     perf, perf_src = perf_for_run(args, variants, options, out)
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
