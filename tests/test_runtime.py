@@ -33,6 +33,38 @@ def test_runner_labels_and_rejects(tiny_pipe):
             Runner(tiny_pipe, "compile")
 
 
+def test_a_cuda_runner_owns_the_kernels_tuning(monkeypatch, capsys):
+    """On CUDA the Runner installs the kernels' Tuning: the standard one (loaded and named once per process) unless
+    one is installed already or given; a CPU Runner leaves the kernels alone. (A stand-in pipeline on 'cuda':
+    constructing a Runner launches nothing.)"""
+    from types import SimpleNamespace
+
+    from quant_utils.kernels import tuning
+    from quant_utils.runtime import Runner
+
+    monkeypatch.setattr(tuning, "_current", None)
+    monkeypatch.setattr(tuning, "gpu_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(tuning, "capability", lambda: "sm_90")
+    monkeypatch.setenv("MIXDQ_TUNING_CACHE", "none")
+    monkeypatch.delenv("MIXDQ_TUNING_FILE", raising=False)
+
+    def pipe(device):
+        return SimpleNamespace(unet=SimpleNamespace(device=torch.device(device), dtype=torch.float16),
+                               vae=SimpleNamespace(dtype=torch.float16))
+
+    Runner(pipe("cpu"), "eager")
+    assert not tuning.tuning_installed()
+    Runner(pipe("cuda"), "eager")
+    standard = tuning.current_tuning()
+    assert standard.sources and all("results/kernels_tuning_" in s for s in standard.sources)
+    assert capsys.readouterr().out.count("[kernels]") == len(standard.sources)
+    Runner(pipe("cuda"), "eager")  # a second Runner keeps it, and says nothing
+    assert tuning.current_tuning() is standard and "[kernels]" not in capsys.readouterr().out
+    mine = tuning.Tuning(autotune=False)
+    Runner(pipe("cuda"), "eager", tuning=mine)
+    assert tuning.current_tuning() is mine
+
+
 def test_call_is_denoise_then_decode(tiny_pipe):
     """__call__ = decode(denoise): the latents a decoder calibrates on are the ones the images come from."""
     from quant_utils.runtime import Runner, decode_images
