@@ -13,6 +13,7 @@ from . import repo_path
 from .errors import ConfigError, UserError
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
+from .qlayers import BACKENDS
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
@@ -262,7 +263,7 @@ def add_quant_args(p: argparse.ArgumentParser, wbits: bool = True) -> None:
     g.add_argument("--no_split", action="store_true", help="disable split quantization of up-block skip concatenations")
     g.add_argument("--calib_prompts", default=PROMPTS_32, help="calibration prompts file")
     g.add_argument("--calib_num", type=positive_int, default=32, help="number of calibration prompts")
-    g.add_argument("--backend", default="fake", choices=["fake", "kernel"],
+    g.add_argument("--backend", default="fake", choices=BACKENDS,
                    help="fake: simulated quantization; kernel: real low-bit CUDA kernels (falls back to fake on CPU)")
 
 

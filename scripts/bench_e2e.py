@@ -36,7 +36,7 @@ from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_variant, request_for  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
-from quant_utils.qlayers import Backend  # noqa: E402
+from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 from quant_utils.runtime import Runner, StageTimes, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="measure these cells (e.g. 1024x4 512x1), in this order, instead of --res x --batch")
     p.add_argument("--repeats", type=int, default=6, help="timed calls per cell")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per cell after its first call")
-    p.add_argument("--backend", default=None, choices=["fake", "kernel"],
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="quantized backend (default: kernel on CUDA, fake on a CPU)")
     p.add_argument("--calib_num", type=int, default=4, help="calibration prompts per quantized mode (and the int8 VAE)")
     p.add_argument("--calib_prompts", default=PROMPTS_32, help="calibration prompts file")

@@ -44,7 +44,7 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.latency import device_weight_bytes  # noqa: E402
 from quant_utils.mixdq import QuantRequest, quantize_pipeline  # noqa: E402
 from quant_utils.pipeline import build_pipeline, load_model_config, resolve_device  # noqa: E402
-from quant_utils.qlayers import Backend  # noqa: E402
+from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 
 # name -> (weight config, act config or uniform act bits, act protect list), files of <model>/final_config
 FORMATS = {"W8A8": ("uniform_8.yaml", 8, None), "W4A8": ("uniform_4.yaml", 8, None),
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_args(p, quantized=False)
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS), help="quantized formats")
     p.add_argument("--today", default="W4A8", help="format timed on today's path (FP16 folder, then quantize); none: skip")
-    p.add_argument("--backend", default=None, choices=["fake", "kernel"], help="default: kernel on CUDA, else fake")
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="default: kernel on CUDA, else fake")
     p.add_argument("--repeats", type=positive_int, default=1, help="cold processes per variant")
     p.add_argument("--warmup", type=nonnegative_int, default=None,
                    help="processes of the last format first, as run 0, to fill Triton's and the tuning caches "

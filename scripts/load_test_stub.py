@@ -42,6 +42,7 @@ from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: 
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.modes import BITS, FP16, mode_key, wbits_mode  # noqa: E402
 from quant_utils.perf_model import PerfModel  # noqa: E402
+from quant_utils.qlayers import BACKENDS  # noqa: E402
 from quant_utils.serving import client, live, sweep  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
 from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
@@ -103,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = p.add_argument_group("live quantized models")
     q.add_argument("--quantize_live", action="store_true",
                    help="--live: quantize a copy of the UNet for each w<b>a8 mode (else every mode runs the loaded model)")
-    q.add_argument("--backend", default="fake", choices=["fake", "kernel"], help="--quantize_live: quantized backend")
+    q.add_argument("--backend", default="fake", choices=BACKENDS, help="--quantize_live: quantized backend")
     q.add_argument("--calib_num", type=positive_int, default=8, help="--quantize_live: calibration prompts per new checkpoint")
     h = p.add_argument_group("HTTP service (scripts/serve.py)")
     h.add_argument("--target", default=None, help="also replay every run against this service, e.g. http://127.0.0.1:8000 "

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils.cli import add_model_args, user_errors  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.qlayers import BACKENDS  # noqa: E402
 from quant_utils.serving.policies import POLICIES  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "fp16 (the loaded pipeline) and w8a8/w6a8/w4a8 (MixDQ checkpoints)")
     m.add_argument("--ckpt_base", default="logs/sdxl_mixdq", help="mode M loads <ckpt_base>/M/ckpt.pth (quant_txt2img "
                    "--base_path <ckpt_base>/M writes it)")
-    m.add_argument("--backend", default="fake", choices=["fake", "kernel"], help="quantized modes' backend")
+    m.add_argument("--backend", default="fake", choices=BACKENDS, help="quantized modes' backend")
     m.add_argument("--cpu_threads", type=int, default=1, help="on CPU: torch threads per replica")
     s = p.add_argument_group("policy (the load test's simulator uses the same classes)")
     s.add_argument("--policy", default="static", choices=POLICIES, help="how each request's resolution/mode is chosen")
