@@ -30,6 +30,7 @@ report: venv
 	$(PY) scripts/fit_perf_model.py --csv $(LATENCY_CSVS) --out results/perf_model.json --plot results/latency_vs_res.png
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep/mixdq_queue_results.csv
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_load/mixdq_queue_results.csv
+	$(PY) scripts/plot_e2e.py results/e2e_nvidia_h200.csv
 
 test: venv
 	$(PY) -m pytest -q tests
