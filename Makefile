@@ -23,13 +23,14 @@ demo: venv
 	$(PY) scripts/load_test_stub.py --live --quantize_live --res 64 --ladder 64 32 --patterns poisson --load 0.5 0.9 --wbits 8 4 --num_requests 8 --base_path $(DEMO) --run_name live && $(PY) scripts/plot_mixdq_queue_results.py $(DEMO)/queue_tests/live/mixdq_queue_results.csv  # load test: live tiny W8A8 and W4A8 models (checkpoints from the quant_txt2img steps) vs the simulator
 
 # Rebuild the report's figures from the committed CSVs in results/ (reads CSVs only: no model, no GPU).
-# The one list of latency grids the performance model is fitted to (README sections 3 and 3.x use the same).
+# The one list of latency grids the performance model is fitted to (docs/performance.md quotes the same command).
 # A rerun on the same CSVs leaves every committed file byte for byte as it is.
 LATENCY_CSVS := results/latency_fp16.csv results/latency_fp16_eager.csv results/latency_w4a8.csv results/latency_w6a8.csv results/latency_w8a8.csv
 report: venv
 	$(PY) scripts/fit_perf_model.py --csv $(LATENCY_CSVS) --out results/perf_model.json --plot results/latency_vs_res.png
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep/mixdq_queue_results.csv
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_load/mixdq_queue_results.csv
+	$(PY) scripts/plot_e2e.py results/e2e_nvidia_h200.csv
 
 test: venv
 	$(PY) -m pytest -q tests

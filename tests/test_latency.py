@@ -91,6 +91,9 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert (first["diff_vs_eager"] == 0).all() and df[df["batch"] == 2]["diff_vs_eager"].isna().all()
     err = read_csv(tmp_path / "vae_err.csv")
     assert set(err["kind"]) == {"layer", "image"} and (err["rel_err"] > 0).all()
+    assert run_main("plot_e2e.py", out, "--out", tmp_path / "e2e.png") == 0  # the plot reads the CSV only
+    assert (tmp_path / "e2e.png").stat().st_size > 10_000
+    assert run_main("plot_e2e.py", tmp_path / "vae_err.csv") == 2  # not a bench_e2e CSV: one error line
 
 
 def test_bench_e2e_refuses_graph_exec_without_cuda(tmp_path, capsys):

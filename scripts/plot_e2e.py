@@ -1,0 +1,74 @@
+"""Plot bench_e2e's CSV: per cell, each (UNet, decoder)'s image time stacked by stage, with its speedup over the
+fastest FP16 image. Reads the CSV only (no model, no GPU).
+
+Example:
+    python scripts/plot_e2e.py results/e2e_nvidia_h200.csv --out results/e2e_nvidia_h200.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from quant_utils import repo_path  # noqa: E402
+from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
+from quant_utils.csvio import read_csv, read_provenance  # noqa: E402
+from quant_utils.errors import ConfigError  # noqa: E402
+
+STAGES = (("text_p50_ms", "text encoders", "#9aa5b1"), ("unet_p50_ms", "UNet", "#3b6ea8"),
+          ("vae_p50_ms", "decoder", "#d98c3f"))
+NEEDED = ["mode", "unet_exec", "vae", "res", "batch", "total_p50_ms", "speedup_vs_fp16"] + [s for s, _, _ in STAGES]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("csv", help="bench_e2e output CSV")
+    p.add_argument("--out", default=None, help="PNG to write (default: the CSV's path with .png)")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    # 1. read and check
+    src = repo_path(args.csv)
+    df = read_csv(src)
+    missing = [c for c in NEEDED if c not in df]
+    if missing:
+        raise ConfigError(f"{src}: not a bench_e2e CSV (lacks {missing})")
+    prov = read_provenance(src)
+    # 2. one panel per cell, one bar per (UNet mode, exec, decoder), stages stacked
+    cells = list(dict.fromkeys(zip(df["res"], df["batch"])))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 4.2), squeeze=False)
+    for ax, (res, batch) in zip(axes[0], cells):
+        sub = df[(df["res"] == res) & (df["batch"] == batch)].reset_index(drop=True)
+        labels = [f"{m.upper() if m != 'fp16' else 'FP16'}{'' if e == 'compile' else f' ({e})'}\n{v} dec."
+                  for m, e, v in zip(sub["mode"], sub["unet_exec"], sub["vae"])]
+        bottom = 0
+        for col, name, color in STAGES:
+            ax.bar(range(len(sub)), sub[col], bottom=bottom, color=color, label=name)
+            bottom = bottom + sub[col]
+        for i, r in sub.iterrows():
+            ax.text(i, r["total_p50_ms"], f"{r['speedup_vs_fp16']:.2f}x", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(sub)), labels, fontsize=7, rotation=60, ha="right")
+        ax.set_title(f"{res} px, batch {batch}")
+        ax.set_ylabel("ms per call (p50)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Whole image per (UNet, decoder): {prov.get('device', '?')}, weights {prov.get('weights', '?')}; "
+                 f"labels: speedup over the fastest FP16 image", fontsize=10)
+    fig.tight_layout()
+    # 3. write
+    out = repo_path(args.out) if args.out else src.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(parse_args())
