@@ -139,15 +139,10 @@ def decoder_from_args(pipe, args: argparse.Namespace, res: int | None = None):
     prompts = prompts[:VAE_CALIB_PROMPTS]
     latents = [Runner(pipe, "eager").denoise(prompts, [args.seed + i for i in range(len(prompts))], res, res,
                                              args.steps or cfg.steps)]
-    vae = pipe.vae if pipe.vae.dtype == dtype else None
-    if vae is None:  # the real SDXL VAE runs in fp32 (force_upcast): the int8 decoder is fp16
-        import copy
-
-        vae = copy.deepcopy(pipe.vae).to(dtype)
     from .qlayers import Backend
 
-    with torch.no_grad():
-        return decoders.make_int8_decoder(vae, latents, backend=Backend.for_device(device))
+    with torch.no_grad():  # in the UNet's dtype (fp16 on a GPU), whatever the VAE's own
+        return decoders.make_int8_decoder(pipe.vae, latents, backend=Backend.for_device(device), dtype=dtype)
 
 
 def compile_cache_from_args(args: argparse.Namespace) -> str:

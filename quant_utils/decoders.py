@@ -62,9 +62,9 @@ def int8_fp16_layers(vae: nn.Module) -> dict[str, str]:
 
 
 def quantize_vae_decoder(vae: nn.Module, wbits: int = 8, abits: int = 8, w_method: str = "mse",
-                         a_method: str = "mse") -> nn.Module:
-    """A copy of `vae` for decoding only (no encoder) whose decoder convs are W{wbits}A{abits} QuantLayers (fake
-    backend, activation ranges not yet calibrated: see calibrate_decoder)."""
+                         a_method: str = "mse", dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of `vae` for decoding only (no encoder), in `dtype` (default: vae's), whose decoder convs are
+    W{wbits}A{abits} QuantLayers (fake backend, activation ranges not yet calibrated: see calibrate_decoder)."""
     from .qlayers import QuantLayer
 
     keep = int8_fp16_layers(vae)
@@ -74,6 +74,7 @@ def quantize_vae_decoder(vae: nn.Module, wbits: int = 8, abits: int = 8, w_metho
         q = copy.deepcopy(vae)
     finally:
         vae.encoder = encoder
+    q.to(dtype or vae.dtype)  # the real SDXL VAE runs in fp32 (force_upcast); the int8 kernels compute in fp16
     for name, m in list(q.decoder.named_modules()):
         if isinstance(m, nn.Conv2d) and f"decoder.{name}" not in keep:
             parent, _, child = name.rpartition(".")
@@ -95,13 +96,14 @@ def calibrate_decoder(vae_q: nn.Module, latents: list[torch.Tensor]) -> int:
     return n
 
 
-def make_int8_decoder(vae: nn.Module, latents: list[torch.Tensor], backend: str = "kernel") -> nn.Module:
-    """quantize_vae_decoder + calibrate_decoder + the backend ('kernel' on CUDA, reference elsewhere)."""
+def make_int8_decoder(vae: nn.Module, latents: list[torch.Tensor], backend: str = "kernel",
+                      dtype: torch.dtype | None = None) -> nn.Module:
+    """quantize_vae_decoder (in `dtype`) + calibrate_decoder + the backend ('kernel' on CUDA, reference elsewhere)."""
     from .quantize import set_backend
 
     if not latents:
         raise ConfigError("the int8 decoder needs calibration latents (at least one batch)")
-    q = quantize_vae_decoder(vae)
+    q = quantize_vae_decoder(vae, dtype=dtype)
     calibrate_decoder(q, latents)
     set_backend(q.decoder, backend)
     return q

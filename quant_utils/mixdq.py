@@ -81,17 +81,6 @@ def pipeline_view(pipe, unet):
     return SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=unet)
 
 
-def quantized_variant(pipe, req: QuantRequest, ckpt: str | Path | None, calib_prompts: list[str], calib_seed: int,
-                      res: int, steps: int, backend: str = "fake"):
-    """A pipeline sharing pipe's text encoders, tokenizers, VAE and scheduler, with a quantized copy of its UNet
-    (pipe's own UNet is left as it is); returns (variant, bit summary)."""
-    import copy
-
-    variant = pipeline_view(pipe, copy.deepcopy(pipe.unet))
-    summary = quantize_pipeline(variant, req, ckpt, calib_prompts, calib_seed, res, res, steps, backend=backend)
-    return variant, summary
-
-
 def folder_summary(unet) -> dict:
     """What quantize_pipeline reports, for a UNet loaded from a quantized folder (quantized_io.load_quantized)."""
     sources = unet.mixdq_spec.sources
@@ -180,17 +169,15 @@ def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
 def quantized_copy(pipe, mode: str, model_name: str, ckpt: str | Path | None, calib_prompts: list[str],
                    calib_seed: int, height: int, width: int, steps: int, guidance_scale: float = 0.0,
                    backend: str = "fake"):
-    """A MixDQ-quantized copy of pipe's UNet for `mode` (w<b>a8), sharing pipe's text encoders, VAE and scheduler.
-
-    Returns (a pipeline-like namespace that `Runner` accepts, quantize_pipeline's summary); `pipe` is untouched."""
+    """A MixDQ-quantized copy of pipe's UNet for `mode` (w<b>a<b> or mixdq), sharing pipe's text encoders, VAE and
+    scheduler (pipeline_view). Returns (that view, which `Runner` accepts, quantize_pipeline's summary); `pipe` is
+    untouched."""
     import copy
-    from types import SimpleNamespace
 
-    req = QuantRequest.from_mode(mode, model_name)
+    req = request_for(mode, model_name)
     if req is None:
         raise ConfigError(f"mode {mode!r} is not a quantized mode")
-    parts = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler")
-    qpipe = SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=copy.deepcopy(pipe.unet))
+    qpipe = pipeline_view(pipe, copy.deepcopy(pipe.unet))
     info = quantize_pipeline(qpipe, req, ckpt, calib_prompts, calib_seed, height, width, steps, guidance_scale,
                              backend=backend)
     return qpipe, info

@@ -339,6 +339,10 @@ class PerfModel:
         h, w = (res, res) if np.ndim(res) == 0 else res
         return float(batch / (self.predict(mode, h, w, batch, steps, exec)["total_p50_ms"] / 1000.0))
 
+    def backends_label(self) -> str:
+        """Which backend each mode's measurements ran on, for provenance: 'fp16=none w8a8=kernel ...'."""
+        return " ".join(f"{m}={'/'.join(sorted({g.backend for g in ex.values()}))}" for m, ex in sorted(self.groups.items()))
+
     def fit_error(self) -> pd.DataFrame:
         rows = [dict(mode=m, exec=e, target=t, **v) for m, ex in self.groups.items() for e, g in ex.items()
                 for t, v in g.loo.items()]

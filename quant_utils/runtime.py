@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import REPO_ROOT
+from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
 
 EXEC_MODES = ("eager", "graph", "compile")
@@ -100,8 +101,8 @@ def save_compile_cache(path: str | Path) -> int:
     if not art:
         return 0
     data, _ = art
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(data)
+    with atomic_file(path) as tmp:  # a crash while writing never leaves a truncated cache to load next time
+        tmp.write_bytes(data)
     return len(data)
 
 

@@ -33,7 +33,7 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
-from quant_utils.mixdq import pipeline_view, quantized_variant, request_for  # noqa: E402
+from quant_utils.mixdq import pipeline_view, quantized_copy  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
@@ -147,8 +147,8 @@ def main(args: argparse.Namespace) -> None:
             variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if exec_mode == "compile" else fp16_unet)
             summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
         else:
-            variant, summary = quantized_variant(pipe, request_for(mode, cfg.name), None, calib, args.seed,
-                                                 min(args.res), steps, backend)
+            variant, summary = quantized_copy(pipe, mode, cfg.name, None, calib, args.seed, min(args.res), min(args.res),
+                                              steps, backend=backend)
         print(f"{mode}: UNet ready in {time.perf_counter() - t0:.1f} s")
         kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
         if exec_mode == "graph" and mode == "fp16" and len(unet_variants(args, cuda)) > 1:

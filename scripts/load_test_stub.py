@@ -40,7 +40,7 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, add_model_args, check_device_for_exec, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
-from quant_utils.modes import BITS, FP16, mode_key, wbits_mode  # noqa: E402
+from quant_utils.modes import BITS, DECODERS, FP16, mode_key, wbits_mode  # noqa: E402
 from quant_utils.perf_model import PerfModel  # noqa: E402
 from quant_utils.qlayers import BACKENDS  # noqa: E402
 from quant_utils.serving import client, live, sweep  # noqa: E402
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--res", type=int, default=1024, help="static resolution (and the most a request gets)")
     s.add_argument("--ladder", nargs="+", type=int, default=[1024, 768, 512], help="adaptive/slo resolutions, best first")
     s.add_argument("--adaptive_wbits", nargs="*", type=int, default=[], help="lower bit-widths adaptive/slo may also use")
-    s.add_argument("--adaptive_vae", nargs="*", default=[], choices=["int8", "tiny"],
+    s.add_argument("--adaptive_vae", nargs="*", default=[], choices=[d for d in DECODERS if d != FP16],
                    help="faster decoders adaptive/slo may also switch to, at the lowest resolution (modes <mode>+<decoder>: "
                         "the performance model needs them, e.g. fitted from bench_e2e's CSV)")
     s.add_argument("--q_high", type=int, default=4, help="adaptive: step k down at q_high*(k+1) waiting requests")
@@ -132,21 +132,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def live_variants(args: argparse.Namespace, modes: list[str]) -> tuple[dict, dict[str, str]]:
     """One generate callable per mode: the --config model, plus a MixDQ-quantized copy of its UNet for every
     w<b>a8 mode with --quantize_live (sharing text encoders and VAE); other modes run the loaded model."""
-    from quant_utils.cli import PROMPTS_32, pipeline_from_args, sampling_from_args
+    from quant_utils.cli import PROMPTS_32, pipeline_from_args, runner_from_args, sampling_from_args
     from quant_utils.generation import read_prompts
     from quant_utils.mixdq import quantized_copy
-    from quant_utils.runtime import Runner
 
     cfg, pipe, device = pipeline_from_args(args)
     if str(device) == "cpu":  # oversubscribed OpenMP threads make CPU latency erratic (seconds instead of ~0.1 s)
         import torch
         torch.set_num_threads(args.cpu_threads)
-    exec_mode = "auto" if args.exec_mode in (None, "auto") else args.exec_mode  # auto: compile on CUDA, else eager
+    # the Runner as every script builds it (--vae, --compile_shapes, ...); no --exec: auto (compile on CUDA, else eager)
+    runner_args = argparse.Namespace(**{**vars(args), "exec_mode": args.exec_mode or "auto"})
     sampling = sampling_from_args(args, cfg)
     steps, guidance = sampling["steps"], sampling["guidance_scale"]
 
     def generate(model) -> live.GenerateFn:
-        runner = Runner(model, exec_mode, vae_exec=args.vae_exec)
+        runner = runner_from_args(model, runner_args, res=args.res)
         return lambda pr, se, h, w: runner(pr, se, h, w, steps, guidance)
 
     name = "fp16" if args.fp16 or cfg.dtype == "float16" else cfg.dtype
@@ -272,11 +272,10 @@ def main(args: argparse.Namespace) -> None:
         results = pd.concat([results, http_res], ignore_index=True)
         requests = pd.concat([requests, http_req], ignore_index=True)
     # 5. write the results, the per-request table, the report and the resolved config
-    backends = {m: sorted({g.backend for g in perf.groups[m].values()}) for m in perf.groups}
     counts = sorted(int(c) for c in results["n_requests"].unique())  # a trace run has the trace's length
     per_run = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
-                      perf_backends=" ".join(f"{m}={'/'.join(b)}" for m, b in sorted(backends.items())),
+                      perf_backends=perf.backends_label(),
                       perf_synthetic=perf.synthetic, seed=seed,
                       sources="sim" + ("+live" if args.live else "") + (f"+http {args.target}" if args.target else ""),
                       notes=" | ".join(notes) or "none")

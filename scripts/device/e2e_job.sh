@@ -14,7 +14,10 @@ if [ ! -f "$TUNING" ]; then  # first part: start from the H100's tuned configs (
   python3 -c "import json,sys,torch; d=json.load(open('results/kernels_tuning_nvidia_h100_80gb_hbm3.json')); \
 d['gpu']=torch.cuda.get_device_name(0); d['seeded_from']='NVIDIA H100 80GB HBM3'; json.dump(d,open(sys.argv[1],'w'))" "$TUNING"
 fi
-STATE=$([ -d /tmp/torchinductor_root ] && echo "warm (earlier job on this machine)" || echo cold)
+# the compile cache this job reads and fills (the scripts' default is ~/.cache/mixdq/inductor); warm = it holds
+# compiled code from an earlier job on this machine (an empty or absent folder, as on a fresh machine: cold)
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/mixdq/inductor}
+STATE=$([ -n "$(find "$TORCHINDUCTOR_CACHE_DIR" -type f -print -quit 2>/dev/null)" ] && echo "warm (earlier job on this machine)" || echo cold)
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
 if [ "${TESTS:-0}" = 1 ]; then
   timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x tests/gpu/test_runtime_gpu.py tests/gpu/test_kernels_gpu.py \
