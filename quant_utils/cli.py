@@ -80,6 +80,10 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--compile_shapes", default="static", choices=["dynamic", "static"],
         help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
              "with symbolic batch/height/width (dynamic: cheap new buckets, slower steps)")
+    add("--layer_plan", default="auto", choices=["auto", "off"],
+        help="quantized UNets on CUDA: at each bucket's first call, time every low-bit kernel layer against "
+             "cuBLAS/cuDNN and run the ones that lose dense there (dequantized fp16 weight kept beside the packed "
+             "one: quant_utils/layer_plan.py); off: every layer on its kernel")
     add("--compile_cache", default=None,
         help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
              "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "
@@ -171,7 +175,8 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
     compile_cache_from_args(args)
     return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
-                  compile_shapes=getattr(args, "compile_shapes", "static"))
+                  compile_shapes=getattr(args, "compile_shapes", "static"),
+                  layer_plan=getattr(args, "layer_plan", "auto"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

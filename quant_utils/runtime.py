@@ -13,6 +13,8 @@
   producers; blocks of one shape share one compiled graph; `compile_shapes="dynamic"` compiles each block once
   with symbolic batch/height/width, so a new bucket costs a CUDA-graph capture, not a compile, apart from
   batch 1, which torch specialises) and the VAE decode compiled as in `graph`, then everything captured.
+On CUDA a quantized UNet's layers are planned per bucket before it is compiled (`layer_plan="auto"`,
+quant_utils/layer_plan.py): a layer whose low-bit kernel loses to cuBLAS/cuDNN at that bucket's size runs dense there.
 The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_utils/decoders.py: the SDXL VAE
 with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +39,7 @@ import torch
 from . import REPO_ROOT
 from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
+from .layer_plan import LAYER_PLANS, kernel_layers, plan_bucket
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -179,7 +183,8 @@ class Runner:
     """Prompt -> image with per-stage timing; `exec_mode` picks eager, CUDA-graph or compiled execution."""
 
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
-                 vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None):
+                 vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
+                 layer_plan: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -188,6 +193,10 @@ class Runner:
             raise ValueError(f"vae_exec={vae_exec!r}, expected one of {VAE_EXEC}")
         if compile_shapes not in COMPILE_SHAPES:
             raise ValueError(f"compile_shapes={compile_shapes!r}, expected one of {COMPILE_SHAPES}")
+        if layer_plan not in LAYER_PLANS:
+            raise ValueError(f"layer_plan={layer_plan!r}, expected one of {LAYER_PLANS}")
+        # measured per bucket on the GPU, for UNets with low-bit kernel layers (quant_utils/layer_plan.py)
+        self.layer_plan = layer_plan if self.device.type == "cuda" else "off"
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
@@ -206,6 +215,10 @@ class Runner:
         self.vae_exec = "eager" if exec_mode == "eager" or vae_exec == "eager" else \
             "compiled-static" if vae_exec == "static" else "compiled"
         self.vae_label = self.vae_exec  # older name, kept for callers that print it
+
+    @cached_property
+    def _has_kernel_layers(self) -> bool:
+        return bool(kernel_layers(self.pipe.unet))
 
     # ------------------------------------------------------------------ stages
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +295,11 @@ class Runner:
             x = sched.scale_model_input(latents, t)
             x = torch.cat([x, x]) if cfg else x
             t_in = t.to(self.device, torch.float32).expand(x.shape[0]).contiguous()
-            noise = self._call("unet", x.to(self.dtype), t_in, embeds, pooled, time_ids).float()
+            x = x.to(self.dtype)
+            if self.layer_plan == "auto" and self._has_kernel_layers:  # once per bucket, before compile and capture
+                plan_bucket(self.pipe.unet, lambda: self._unet(x, t_in, embeds, pooled, time_ids), tuple(x.shape),
+                            info={"height": height, "width": width, "batch": x.shape[0]})
+            noise = self._call("unet", x, t_in, embeds, pooled, time_ids).float()
             if cfg:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)

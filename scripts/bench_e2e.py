@@ -33,6 +33,7 @@ from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
+from quant_utils.layer_plan import dense_summary, plan_rows  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_copy  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile_out", default=None, help="profile CSV (default <out stem>_profile.csv)")
     p.add_argument("--vae_errors_out", default=None,
                    help="int8 decoder vs FP16 decoder, relative error per layer and per image (CSV)")
+    p.add_argument("--layer_plan_out", default=None,
+                   help="the quantized UNets' per-bucket layer plans (CSV; default <out stem>_layer_plan.csv)")
     p.add_argument("--tuning_out", default=None, help="save the kernel tile configs tuned in this run (JSON) here")
     p.add_argument("--cache_state", default="unknown",
                    help="recorded in the provenance: whether Inductor's on-disk cache was cold or warm at the start")
@@ -137,7 +140,7 @@ def main(args: argparse.Namespace) -> None:
                       model=cfg.name, compile_cache=cache, inductor_cache=args.cache_state, seed=args.seed,
                       repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up")
     out = repo_path(args.out)
-    rows, prof_rows = [], []
+    rows, prof_rows, plans = [], [], {}
     cells = args.cells
 
     # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran)
@@ -160,7 +163,7 @@ def main(args: argparse.Namespace) -> None:
         refs = {k: Runner(variant, "eager", vae=decoders[k])(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
-                            vae_kind=kind, compile_shapes=args.compile_shapes)
+                            vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan)
             others = _bytes_not_in(pipe, fp16_unet, variant.unet, decoders, decoders[kind])
             for res, batch in tqdm(cells, desc=f"{mode} {exec_mode} vae={kind}", unit="cell"):
                 try:
@@ -174,11 +177,18 @@ def main(args: argparse.Namespace) -> None:
                 rows.append({"mode": mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
                              "unet_exec": runner.exec_mode, "vae": kind, "vae_exec": runner.vae_exec, "res": res,
                              "batch": batch, **row, "weight_bytes": device_weight_bytes(variant.unet),
+                             **_plan_columns(variant.unet, res, batch),
                              "vae_weight_bytes": device_weight_bytes(decoders[kind]),
                              "weight_config": Path(summary.get("weight_config", "")).name,
                              "act_config": Path(summary.get("act_config", "")).name, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
                 write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
+                if plan_rows(variant.unet):
+                    plans[mode] = plan_rows(variant.unet)
+                    write_csv(pd.DataFrame([dict(mode=m, **r) for m, rs in plans.items() for r in rs]),
+                              repo_path(args.layer_plan_out or out.with_name(out.stem + "_layer_plan.csv")),
+                              {**meta, "timing": "per layer geometry: CUDA-graph replays of its kernel (codes "
+                                                 "quantized beforehand) and of cuBLAS/cuDNN on an fp16 weight"})
                 if (res, batch) in args.profile_points and cuda:
                     prof_rows += _profile(runner, prompts, res, batch, steps, mode, kind)
                     write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv")),
@@ -218,6 +228,13 @@ def _measure(runner: Runner, prompts: list[str], res: int, batch: int, steps: in
     peak = max(m.pop("peak_mem_gib"), peak_first)
     return {**{k: round(v, 3) for k, v in m.items()}, "repeats": args.repeats, "first_call_s": round(first, 2),
             "peak_mem_gib": round(peak - others / 2**30, 3) if peak == peak else peak}
+
+
+def _plan_columns(unet, res: int, batch: int) -> dict:
+    """The layer plan of this cell's bucket: layers on a low-bit kernel, of them run dense, and the device bytes of
+    the dense layers' fp16 weights (every bucket planned so far: what the UNet holds)."""
+    s = dense_summary(unet, (batch, 4, res // 8, res // 8))
+    return {"kernel_layers": s["kernel_layers"], "dense_layers": s["dense_layers"], "dense_bytes": s["dense_bytes"]}
 
 
 def with_speedups(df: pd.DataFrame) -> pd.DataFrame:

@@ -63,3 +63,47 @@ def test_cpu_forward_warns_and_returns_the_reference():
         y = backend.forward(layer.kernel_state, x)
     assert y.dtype == torch.float16 and y.shape == (2, 3, 32)
     assert compare(y, backend.reference_forward(layer.kernel_state, x.double()))["max_ulp"] <= 1.0
+
+
+@pytest.mark.parametrize("case", [Case("linear", 32, 64, 4, 8, rows=9, bos=True), Case("linear", 32, 64, 6, None, rows=9),
+                                  Case("conv", 16, 48, 6, 8, hw=5, split=32)], ids=lambda c: c.name)
+def test_bucket_override_takes_its_path_for_its_rows_only(case):
+    """A bucket plan's `dense` override (set_bucket_path) changes the math for inputs of its size only: the
+    dequantized weight with unquantized activations; other sizes keep the layer's path; the dense weight's bytes are
+    reported once; setting the layer's own path back removes the override."""
+    path = "dense"
+    layer = build_layer(case, "cpu", seed=5).float()
+    st = layer.kernel_state
+    x = make_input(case, "cpu", seed=5).float()
+    other = torch.cat([x, x])  # another bucket: twice the batch
+    rows = backend.input_rows(st, x)
+    own = st.path
+    int_y, int_other = backend.reference_forward(st, x), backend.reference_forward(st, other)
+    added = backend.set_bucket_path(st, rows, path)
+    assert backend.path_for(st, x) == path and backend.path_for(st, other) == own
+    w = backend.unpacked_weight(st).float() * st.w_scale.view((-1,) + (1,) * (len(st.shape) - 1))
+    if case.kind == "linear":
+        want = torch.nn.functional.linear(x, w, st.bias)
+    else:
+        want = torch.nn.functional.conv2d(x, w, st.bias, st.stride, st.pad)
+    got = backend.reference_forward(st, x)
+    assert compare(got, want.double())["rel_l2"] < 1e-3  # the weight in fp16
+    if own == "int":
+        assert compare(int_y, want.double())["rel_l2"] > 1e-3  # the int path differs: activations quantized
+    assert torch.equal(backend.reference_forward(st, other), int_other)
+    assert added == st.fp16_weight.numel() * 2 + st.n * 2 == backend.dense_bytes(st)
+    assert backend.set_bucket_path(st, rows, path) == 0  # the dense weight is built once
+    backend.set_bucket_path(st, rows, own)
+    assert st.bucket_paths == () and torch.equal(backend.reference_forward(st, x), int_y)
+
+
+def test_bucket_override_refuses_paths_a_layer_cannot_take():
+    conv = build_layer(Case("conv", 16, 32, 8, 8, hw=4), "cpu", seed=1).kernel_state
+    with pytest.raises(ValueError, match="expected int"):
+        backend.set_bucket_path(conv, 32, "wonly")  # no fp16-activation conv kernel
+    fp16 = build_layer(Case("linear", 32, 64, 8, 8, rows=3), "cpu", seed=1, prepared=False)
+    fp16.w_zero_point.fill_(1)  # asymmetric weights: the fp16 path, no packed weights to override
+    with pytest.raises(ValueError, match="int/wonly"):
+        backend.set_bucket_path(backend.prepare(fp16), 6, "dense")
+    with pytest.raises(ValueError, match="expected"):
+        backend.set_bucket_path(conv, 32, "cublas")

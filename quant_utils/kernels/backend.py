@@ -14,6 +14,10 @@ A prepared layer runs on one of three paths (KernelState.path):
 - `fp16`:  cuBLAS/cuDNN with the dequantized weight kept in fp16 (activations fake-quantized in one pass
            when the layer quantizes them): FP16-weight layers, asymmetric weights, convs with a protected
            input, convs a caller keeps on cuDNN (`fp16_convs`), and shapes the kernels don't take.
+A bucket may send an `int`/`wonly` layer down a `dense` path for one input size (KernelState.bucket_paths, measured
+by quant_utils/layer_plan.py where the low-bit kernel loses to cuBLAS/cuDNN at that size): the dequantized weight kept
+in fp16 beside the packed one, activations not quantized. Under torch.compile with static shapes the choice is
+resolved while tracing.
 On the CPU (no CUDA) `forward` computes the integer reference (reference.py) instead, with a warning,
 unless TRITON_INTERPRET=1 (then the Triton kernels themselves run on the CPU, for tests).
 """
@@ -23,6 +27,7 @@ import os
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +98,10 @@ class KernelState:
     # a layer's numbers in as constants, whatever dynamo's specialization settings (with torch 2.14's defaults
     # plain numbers also share graphs: tests/test_kernels.py, compiled regions)
     qt: torch.Tensor | None = None
+    # (input rows, "dense") for the buckets whose measured plan overrides `path`: rows = tokens x batch of a linear's
+    # input, batch x H x W of a conv's (module docstring). A tuple of Python ints and
+    # strings: dynamo guards it by value, so same-shape blocks with the same plan still share one compiled graph.
+    bucket_paths: tuple = ()
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.packed, self.w_scale, self.scale1, self.zc1, self.scale2, self.zc2, self.bias,
@@ -210,6 +219,66 @@ def unpacked_weight(st: KernelState) -> torch.Tensor:
     return packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(st.packed.device)
 
 
+def input_rows(st: KernelState, x: torch.Tensor) -> int:
+    """The size a bucket plan is keyed on: rows of a linear's GEMM, batch x H x W of a conv's input."""
+    return x.numel() // x.shape[-1] if st.kind == "linear" else x.shape[0] * x.shape[2] * x.shape[3]
+
+
+def path_for(st: KernelState, x: torch.Tensor) -> str:
+    """The path this input takes: the layer's own, or its bucket plan's override for this input size."""
+    rows = input_rows(st, x) if st.bucket_paths else -1
+    for r, p in st.bucket_paths:
+        if r == rows:
+            return p
+    return st.path
+
+
+@torch.no_grad()
+def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
+    """Make inputs of `rows` rows take `path`: `dense` (cuBLAS/cuDNN on the dequantized weight, built here once and
+    kept beside the packed one) or the layer's own path (removes the override). Returns the device bytes this added
+    (the dense weight, the first time)."""
+    if st.path not in ("int", "wonly"):
+        raise ValueError(f"only layers on the int/wonly path take bucket overrides, this one is on {st.path!r}")
+    if path not in (st.path, "dense"):
+        raise ValueError(f"path {path!r}: expected {st.path} (the layer's own) or dense")
+    added = 0
+    if path == "dense" and st.fp16_weight is None:
+        shape = (-1,) + (1,) * (len(st.shape) - 1)
+        w = packing.unpack_weight(st.packed, st.fmt, st.shape, st.split).float()  # on the packed bytes' device
+        st.fp16_weight = (w * st.w_scale.view(shape)).half()
+        st.bias16 = st.bias.half()
+        added = dense_bytes(st)
+    others = tuple((r, p) for r, p in st.bucket_paths if r != rows)
+    st.bucket_paths = others if path == st.path else others + ((int(rows), path),)
+    return added
+
+
+def dense_bytes(st: KernelState) -> int:
+    """Device bytes of the dequantized fp16 weight an int/wonly layer holds for its `dense` bucket overrides."""
+    if st.path == "fp16" or st.fp16_weight is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in (st.fp16_weight, st.bias16))
+
+
+def path_candidates(st: KernelState, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """The paths an int/wonly layer could take for input `x` (fp16, on its GPU), as callables to time: its own (for
+    `int` the GEMM/conv on codes quantized beforehand: under torch.compile the quantize pass fuses into the producer
+    of x) and `dense`, cuBLAS/cuDNN on a random fp16 weight of the layer's shape (time does not depend on values;
+    nothing is dequantized until a plan picks it)."""
+    from . import ops
+
+    if st.path == "int":
+        q = _quantize(st, x, ops)
+        own = lambda: _int_core(st, x, q, ops)  # noqa: E731
+    else:
+        own = lambda: _wonly_forward(st, x, ops)  # noqa: E731
+    w = torch.randn(st.shape, device=x.device, dtype=torch.float16)
+    b = st.bias.half()
+    dense = (lambda: F.linear(x, w, b)) if st.kind == "linear" else (lambda: F.conv2d(x, w, b, st.stride, st.pad))
+    return {st.path: own, "dense": dense}
+
+
 def weight_bytes(st: KernelState) -> int:
     """Bytes of a prepared layer's weights on the device (packed + scales + epilogue constants + bias)."""
     return sum(t.numel() * t.element_size() for t in st.tensors())
@@ -231,11 +300,15 @@ def forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
         return reference_forward(st, x)
     from . import ops
 
-    if st.path == "fp16":
+    path = path_for(st, x)
+    if path == "fp16":
         return _fp16_forward(st, x.half(), ops)
-    if st.kind == "linear":
-        return _linear_forward(st, x, ops)
-    return _conv_forward(st, x, ops)
+    if path == "dense":
+        return _dense_forward(st, x.half())
+    if path == "wonly":
+        return _wonly_forward(st, x, ops)
+    q = _quantize(st, x, ops)
+    return _int_core(st, x, q, ops)
 
 
 def _compiling() -> bool:
@@ -254,6 +327,13 @@ def _fp16_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     return F.conv2d(x, st.fp16_weight, st.bias16, st.stride, st.pad)
 
 
+def _dense_forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
+    """A bucket's `dense` override: the dequantized weight in fp16, activations not quantized."""
+    if st.kind == "linear":
+        return F.linear(x, st.fp16_weight, st.bias16)
+    return F.conv2d(x, st.fp16_weight, st.bias16, st.stride, st.pad)
+
+
 def _fake_quant(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     split = st.split if st.split is not None else 1 << 30
     if _compiling():
@@ -261,18 +341,35 @@ def _fake_quant(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     return ops.fake_quant(x.contiguous(), split, *st.qparams(1), *st.qparams(2))
 
 
-def _linear_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
+def _wonly_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
     lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k).half()
-    if st.path == "wonly":
-        y = ops.qlinear(x2, st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
-        return y.reshape(*lead, st.n)
-    if _compiling():  # contiguous: Inductor may lay a pointwise output out like its (permuted) input
-        q = ops.quant_torch(x2, *st.qt[:4]).contiguous()
-    else:
-        q = _quantize_once(x, x2, st.qparams(1), ops)
+    y = ops.qlinear(x.reshape(-1, k).half(), st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
+    return y.reshape(*lead, st.n)
+
+
+def _quantize(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
+    """The int8 codes the `int` path's GEMM/conv reads: [rows, K] for a linear, zero-padded NHWC for a conv."""
+    if st.kind == "linear":
+        x2 = x.reshape(-1, x.shape[-1]).half()
+        if _compiling():  # contiguous: Inductor may lay a pointwise output out like its (permuted) input
+            return ops.quant_torch(x2, *st.qt[:4]).contiguous()
+        return _quantize_once(x, x2, st.qparams(1), ops)
+    split = st.split if st.split is not None else x.shape[1]
+    if _compiling():
+        return ops.quant_nhwc_torch(x.half(), split, st.pad, st.qt[:4], st.qt[4:])
+    return ops.quant_nhwc(x.half().contiguous(), split, st.pad, *st.qparams(1), *st.qparams(2))
+
+
+def _int_core(st: KernelState, x: torch.Tensor, q: torch.Tensor, ops) -> torch.Tensor:
+    """The `int` path after quantization: int8 GEMM / implicit-GEMM conv with the epilogue (x: the fp16 input, for
+    the shapes and the BOS rows)."""
+    if st.kind == "conv":
+        split = st.split if st.split is not None else x.shape[1]
+        kh, kw = st.shape[2], st.shape[3]
+        return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
+                         split, kh, kw, st.stride, st.pad)
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
-    y = y.reshape(*lead, st.n)
+    y = y.reshape(*x.shape[:-1], st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights
         y_bos = ops.qlinear(x[:, 0, :].half(), st.packed, st.w_scale, None, st.bias, st.bits, st.fmt.group, st.n)
         y = torch.cat([y_bos.unsqueeze(1), y[:, 1:]], dim=1)
@@ -296,24 +393,15 @@ def _quantize_once(x: torch.Tensor, x2: torch.Tensor, p: tuple, ops) -> torch.Te
     return q
 
 
-def _conv_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
-    c = x.shape[1]
-    split = st.split if st.split is not None else c
-    x = x.half()
-    if _compiling():
-        q = ops.quant_nhwc_torch(x, split, st.pad, st.qt[:4], st.qt[4:])
-    else:
-        q = ops.quant_nhwc(x.contiguous(), split, st.pad, *st.qparams(1), *st.qparams(2))
-    kh, kw = st.shape[2], st.shape[3]
-    return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
-                     split, kh, kw, st.stride, st.pad)
-
-
 # ----------------------------------------------------------------------------------------------- CPU reference
 
 
 def reference_forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
     """The integer reference of a prepared layer's kernel output (float64 math, cast to x's dtype)."""
+    path = path_for(st, x)
+    if path == "dense":
+        w, b = st.fp16_weight.to(x.dtype), st.bias16.to(x.dtype)
+        return F.linear(x, w, b) if st.kind == "linear" else F.conv2d(x, w, b, st.stride, st.pad)
     if st.path == "fp16":
         xf = x
         if st.act1 is not None:
@@ -326,7 +414,7 @@ def reference_forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
         return F.linear(xf, w, b) if st.kind == "linear" else F.conv2d(xf, w, b, st.stride, st.pad)
     w_int = packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(x.device)
     if st.kind == "linear":
-        if st.path == "wonly":
+        if path == "wonly":
             return ref.linear_wonly(x, w_int, st.w_scale, st.bias).to(x.dtype)
         y = ref.linear_int(ref.quantize_act(x, st.act1), w_int, st.w_scale, st.act1, st.bias)
         if st.bos and x.dim() == 3:

@@ -29,9 +29,9 @@ def test_loaded_folder_gives_the_saving_runs_images(backend, tmp_path, monkeypat
                        config_act_mp=str(d / "act" / "act_7.38.yaml"), act_protect=str(d / "act" / "act_sensitivie_a8_1%.pt"))
     quantize_pipeline(pipe, req, None, ["a cat", "a dog"], 0, 64, 64, 1, backend=backend, save_quantized=tmp_path / "q")
     prompts, seeds = ["a red bicycle", "a bowl of fruit"], [3, 4]
-    want = Runner(pipe)(prompts, seeds, 64, 64)
+    want = Runner(pipe, layer_plan="off")(prompts, seeds, 64, 64)  # a measured plan may differ between runs
     monkeypatch.setattr(packing, "pack_weight", lambda *a, **k: pytest.fail("loading must not re-pack"))
     unet = load_quantized(tmp_path / "q", "cuda", torch.float16, backend=backend)
     assert {m.backend for _, m in quant_layers(unet)} == {backend}
-    got = Runner(build_pipeline(cfg, device="cuda", dtype=torch.float16, unet=unet))(prompts, seeds, 64, 64)
+    got = Runner(build_pipeline(cfg, device="cuda", dtype=torch.float16, unet=unet), layer_plan="off")(prompts, seeds, 64, 64)
     assert np.array_equal(got, want)

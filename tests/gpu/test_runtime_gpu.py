@@ -51,10 +51,42 @@ def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
     fake = Runner(pipe)(["a cat"], [7], 64, 64).astype(float)
     set_backend(pipe.unet, "kernel")
-    kernel = Runner(pipe, exec_mode, vae_exec="eager")(["a cat"], [7], 64, 64).astype(float)
+    kernel = Runner(pipe, exec_mode, vae_exec="eager", layer_plan="off")(["a cat"], [7], 64, 64).astype(float)
     # same integers; fp16 epilogue rounding only (compiled: quantized from fp32 norm/GELU outputs, codes at
     # rounding boundaries may move by one)
     assert np.abs(kernel - fake).mean() < 2.0, exec_mode
+
+
+def test_layer_plan_measured_then_compiled_matches_eager(cuda_pipe, monkeypatch):
+    """The per-bucket layer plan: measured for real on the GPU (every kernel layer timed against cuBLAS/cuDNN); then
+    a forced plan (linears dense at batch 1 only) gives the same images compiled as eager, at both buckets."""
+    from quant_utils import layer_plan
+    from quant_utils.calibrate import calibrate
+    from quant_utils.kernels import tuning
+    from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
+    from quant_utils.runtime import Runner
+
+    monkeypatch.setattr(tuning, "_current", tuning.Tuning(autotune=False))
+    pipe = _with_own_unet(cuda_pipe)
+    quantize_unet(pipe.unet, make_spec(pipe.unet, uniform_bits(pipe.unet, 8), uniform_bits(pipe.unet, 8)))
+    calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
+    set_backend(pipe.unet, "kernel")
+    eager_pipe, fast_pipe = _with_own_unet(pipe), _with_own_unet(pipe)  # unplanned copies
+    Runner(pipe, "eager")(["a cat"], [7], 64, 64)
+    rows = layer_plan.plan_rows(pipe.unet)
+    assert rows and sum(r["layers"] for r in rows) == len(layer_plan.kernel_layers(pipe.unet))
+    assert all(r["own_us"] > 0 and r["dense_us"] > 0 and r["path"] in ("int", "wonly", "dense") for r in rows)
+
+    monkeypatch.setattr(layer_plan, "measure_paths", lambda st, x: {
+        st.path: 2.0, "dense": 1.0 if st.kind == "linear" and x.shape[0] == 1 else 3.0})
+    eager, fast = Runner(eager_pipe, "eager"), Runner(fast_pipe, "compile", vae_exec="eager")
+    for seeds in ([7], [8, 9]):
+        ref = eager(["a cat"] * len(seeds), seeds, 64, 64).astype(int)
+        out = fast(["a cat"] * len(seeds), seeds, 64, 64).astype(int)
+        assert np.abs(out - ref).max() <= 3, seeds
+    linears = sum(1 for _, m in layer_plan.kernel_layers(fast_pipe.unet) if m.kernel_state.kind == "linear")
+    assert layer_plan.dense_summary(fast_pipe.unet, (1, 4, 8, 8))["dense_layers"] == linears > 0
+    assert layer_plan.dense_summary(fast_pipe.unet, (2, 4, 8, 8))["dense_layers"] == 0
 
 
 def test_dynamic_compiled_blocks_serve_new_buckets_like_eager(cuda_pipe):

@@ -1,0 +1,154 @@
+"""quant_utils/layer_plan.py on the CPU (the kernel state's integer reference stands in for the kernels; the timings
+are given): which layers a bucket's plan moves, that it changes the math at that bucket only, its memory report,
+and that a planned UNet still traces as one graph under torch.compile."""
+import copy
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+
+
+@pytest.fixture(scope="module")
+def fake_unet():
+    """The tiny UNet quantized W8A8 (fp16, min-max ranges), on the fake backend."""
+    from quant_utils import kernel_bench as kb
+    from quant_utils.calibrate import observing
+    from quant_utils.pipeline import build_pipeline, load_model_config
+    from quant_utils.quantize import make_spec, quantize_unet, uniform_bits
+
+    unet = build_pipeline(load_model_config(TINY), device="cpu", dtype=torch.float16).unet
+    quantize_unet(unet, make_spec(unet, uniform_bits(unet, 8), uniform_bits(unet, 8), a_method="minmax"), search=False)
+    with observing(unet), torch.no_grad():
+        unet(**kb.unet_inputs(unet, 1, 64))
+    return unet
+
+
+def _kernel_copy(unet):
+    """A copy with every layer prepared for the kernel backend (on a CPU its forward computes the kernels' integer
+    reference)."""
+    from quant_utils.qlayers import Backend
+    from quant_utils.quantize import quant_layers
+
+    unet = copy.deepcopy(unet)
+    for _, m in quant_layers(unet):
+        m.prepare_kernels()
+        m.backend = Backend.KERNEL
+    return unet
+
+
+def _forward(unet, batch):
+    from quant_utils import kernel_bench as kb
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "kernel backend on a CPU: computing the integer reference"
+        return unet(**kb.unet_inputs(unet, batch, 64, seed=3)).sample.float()
+
+
+def _dense_linears_at_batch_1(st, x):
+    """Stand-in timings: cuBLAS wins for linears at batch 1; the kernels win everywhere else."""
+    return {st.path: 2.0, "dense": 1.0 if st.kind == "linear" and x.shape[0] == 1 else 3.0}
+
+
+def test_plan_moves_the_losing_layers_at_their_bucket_only(fake_unet):
+    from quant_utils import layer_plan
+    from quant_utils.quantize import quant_layers
+
+    unet = _kernel_copy(fake_unet)
+    before = {b: _forward(unet, b) for b in (1, 2)}
+    calls = []
+
+    def measure(st, x):
+        calls.append(x.shape)
+        return _dense_linears_at_batch_1(st, x)
+
+    from quant_utils import kernel_bench as kb
+
+    inputs = {b: kb.unet_inputs(unet, b, 64) for b in (1, 2)}
+    for b in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = layer_plan.plan_bucket(unet, lambda: unet(**inputs[b]), (b, 4, 8, 8), measure=measure,
+                                          info={"batch": b})
+        assert rows and all(r["batch"] == b for r in rows)
+    n_calls = len(calls)
+    assert layer_plan.plan_bucket(unet, lambda: pytest.fail("planned twice"), (1, 4, 8, 8), measure=measure)
+    assert len(calls) == n_calls  # once per (UNet, bucket)
+
+    kernel = layer_plan.kernel_layers(unet)
+    linears = [m for _, m in kernel if m.kernel_state.kind == "linear"]
+    assert linears and len(linears) < len(kernel)  # the tiny UNet has kernel convs too
+    for _, m in kernel:
+        paths = dict(m.kernel_state.bucket_paths)
+        assert set(paths.values()) == ({"dense"} if m.kernel_state.kind == "linear" else set())
+        assert len(paths) <= 1  # batch 1 only
+    s1 = layer_plan.dense_summary(unet, (1, 4, 8, 8))
+    assert s1["dense_layers"] == len(linears) and s1["kernel_layers"] == len(kernel)
+    assert layer_plan.dense_summary(unet, (2, 4, 8, 8))["dense_layers"] == 0
+    assert s1["dense_bytes"] == sum(m.kernel_state.fp16_weight.numel() * 2 + m.kernel_state.n * 2 for m in linears)
+    assert s1["dense_bytes"] == sum(r["dense_bytes_added"] for r in layer_plan.plan_rows(unet))
+
+    # batch 2 is untouched; batch 1 now computes the linears on the dequantized weight with fp16 activations,
+    # which is the fake path with those layers' activation quantizers off
+    assert torch.equal(_forward(unet, 2), before[2])
+    after = _forward(unet, 1)
+    ref = copy.deepcopy(fake_unet)
+    for (_, m), (_, r) in zip(quant_layers(unet), quant_layers(ref)):
+        r.use_aq = not (m.kernel_state.kind == "linear" and m.kernel_state.path == "int")
+    want = _forward(ref, 1)
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    floor = rel(before[1], _forward(fake_unet, 1))  # kernel reference vs its fake twin, nothing planned
+    assert rel(after, want) < 1.5 * floor < rel(before[1], want)  # moved to the fp16-activation math
+
+
+def test_a_tie_keeps_the_packed_weights():
+    from quant_utils.layer_plan import MARGIN, choose
+
+    assert choose({"int": 10.0, "dense": 9.9}, "int") == "int"  # within the margin: no fp16 copy for 1 %
+    assert choose({"int": 10.0, "dense": 10.0 / (1 + MARGIN) - 0.1}, "int") == "dense"
+    assert choose({"wonly": 5.0, "dense": 7.0}, "wonly") == "wonly"
+
+
+def test_runner_refuses_an_unknown_plan(tiny_pipe):
+    from quant_utils.runtime import Runner
+
+    with pytest.raises(ValueError, match="layer_plan"):
+        Runner(tiny_pipe, "eager", layer_plan="sometimes")
+    assert Runner(tiny_pipe, "eager").layer_plan == "off"  # a CPU Runner never plans: nothing to time
+
+
+PLANNED_TRACE = """
+import warnings
+import torch
+from quant_utils import kernel_bench as kb, layer_plan
+from quant_utils.calibrate import observing
+from quant_utils.pipeline import build_pipeline, load_model_config
+from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
+warnings.simplefilter("ignore")
+unet = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"), device="cpu",
+                      dtype=torch.float16).unet
+inputs = kb.unet_inputs(unet, 1, 64)
+quantize_unet(unet, make_spec(unet, uniform_bits(unet, 8), uniform_bits(unet, 8), a_method="minmax"), search=False)
+with observing(unet), torch.no_grad():
+    unet(**inputs)
+set_backend(unet, "kernel")
+with torch.no_grad():
+    layer_plan.plan_bucket(unet, lambda: unet(**inputs), (1, 4, 8, 8),
+                           measure=lambda st, x: {st.path: 2.0, "dense": 1.0 if st.kind == "linear" else 3.0})
+    ex = torch._dynamo.explain(lambda: unet(**inputs).sample)()
+print("graphs", ex.graph_count, "breaks", ex.graph_break_count, [r.reason[:200] for r in ex.break_reasons])
+"""
+
+
+def test_a_planned_unet_traces_as_one_graph():
+    """The plan's choice is resolved while tracing (static shapes): no graph break, custom ops and dense layers in
+    one graph (Triton interpreted on the CPU)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", PLANNED_TRACE], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "graphs 1 breaks 0 []" in proc.stdout, proc.stdout[-2000:]
