@@ -84,6 +84,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
         help="quantized UNets on CUDA: at each bucket's first call, time every low-bit kernel layer against "
              "cuBLAS/cuDNN and run the ones that lose dense there (dequantized fp16 weight kept beside the packed "
              "one: quant_utils/layer_plan.py); off: every layer on its kernel")
+    add("--dense_budget", type=float, default=0.2,
+        help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
+             "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")
     add("--compile_cache", default=None,
         help="torch.compile artifacts (torch's mega-cache): loaded first if the file exists, written at exit; "
              "carries a warm compile to another machine of the same GPU, torch and Triton. Within one machine "
@@ -176,7 +179,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
     return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"),
-                  layer_plan=getattr(args, "layer_plan", "auto"))
+                  layer_plan=getattr(args, "layer_plan", "auto"), dense_budget=getattr(args, "dense_budget", 0.2))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

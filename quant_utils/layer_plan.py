@@ -6,13 +6,15 @@ At a bucket's first UNet call the Runner calls `plan_bucket`: one eager forward 
 input shape; layers of one geometry at one input size are timed once (CUDA-graph replays: the layer's own kernel on
 codes quantized beforehand, as under torch.compile where the quantize pass fuses into the producer, against
 cuBLAS/cuDNN on an fp16 weight of the same shape) and all of them take the faster path, `dense` only when it wins by
-more than `MARGIN` (a tie keeps the packed weight and its memory). Weights at rest stay packed; a `dense` layer keeps
-its dequantized fp16 weight on the GPU beside them, reported as `dense_bytes`. The plan is measured on the GPU that
+more than `MARGIN` (a tie keeps the packed weight and its memory), and only while the dense weights of all buckets fit
+in `DENSE_BUDGET` (best microseconds saved per byte first). Weights at rest stay packed; a `dense` layer keeps its
+dequantized fp16 weight on the GPU beside them, reported as `dense_bytes`. The plan is measured on the GPU that
 serves (it depends on the GPU, the shapes and the tuned tiles), costs a few seconds per bucket, and is recorded per
 UNet (`plan_rows`) for the benchmarks' CSVs.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from collections import defaultdict
 from typing import Callable
@@ -24,6 +26,9 @@ from .kernels import backend
 
 LAYER_PLANS = ("auto", "off")  # auto: measured per bucket on CUDA; off: every layer on its kernel at every bucket
 MARGIN = 0.05  # `dense` must be this much faster than the layer's own kernel to be chosen
+# dense fp16 weights a plan may keep, as a fraction of the kernel layers' weights in fp16 (SDXL: ~1 GB): the speed of
+# the cheapest wins without giving back the memory quantization saved (unbounded, W4A8 at 512x1 held more than FP16)
+DENSE_BUDGET = 0.2
 
 # per UNet: the buckets planned so far (input shape of the UNet's sample) and the rows of their plans
 _PLANNED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[dict]]]" = weakref.WeakKeyDictionary()
@@ -76,13 +81,22 @@ def _geometry(st: backend.KernelState, shape: tuple) -> tuple:
             st.pad, shape)
 
 
+def _dense_cost(st: backend.KernelState) -> int:
+    """Bytes a layer's dense weight (fp16, with its bias) takes on the device; 0 if it holds one already."""
+    return 0 if st.fp16_weight is not None else (math.prod(st.shape) + st.n) * 2
+
+
 @torch.no_grad()
 def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measure: Measure | None = None,
-                margin: float = MARGIN, info: dict | None = None) -> list[dict]:
+                margin: float = MARGIN, dense_budget: float = DENSE_BUDGET, info: dict | None = None) -> list[dict]:
     """Measure and install the plan of one bucket (`bucket`: a hashable key, e.g. the UNet input's shape; `run`: one
-    UNet call at that bucket; `measure`: times of a layer's paths, default `measure_paths`; `info`: columns put first
-    in its rows, e.g. height/width/batch). Idempotent per (UNet, bucket); returns the plan's rows (one per layer
-    geometry)."""
+    UNet call at that bucket; `measure`: times of a layer's paths, default `measure_paths`; `dense_budget`: the most
+    dense fp16 weights the UNet may hold over all its buckets, as a fraction of its kernel layers' weights in fp16;
+    `info`: columns put first in its rows, e.g. height/width/batch). Idempotent per (UNet, bucket); returns the
+    plan's rows (one per layer geometry).
+
+    Where dense wins, groups go dense in order of microseconds saved per byte added (layers already dense at an
+    earlier bucket cost nothing) while the budget holds; the others keep their kernel (`budget_limited`)."""
     measure = measure or measure_paths
     done = _PLANNED.setdefault(unet, {})
     if bucket in done:
@@ -96,16 +110,25 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
     rows = []
     for geo, names in groups.items():
         st = layers[names[0]].kernel_state
-        shape = geo[-1]
-        x = torch.randn(shape, device=dev, dtype=torch.float16)
+        x = torch.randn(geo[-1], device=dev, dtype=torch.float16)
         times = measure(st, x)
-        path = choose(times, st.path, margin)
-        rows_in = backend.input_rows(st, x)
-        added = sum(backend.set_bucket_path(layers[n].kernel_state, rows_in, path) for n in names)
-        rows.append(dict(**(info or {}), kind=st.kind, in_shape="x".join(map(str, shape)),
+        rows.append(dict(**(info or {}), kind=st.kind, in_shape="x".join(map(str, geo[-1])),
                          weight_shape="x".join(map(str, st.shape)), wbits=st.bits, own_path=st.path, layers=len(names),
-                         own_us=round(times[st.path], 2), dense_us=round(times["dense"], 2), path=path,
-                         dense_bytes_added=added, example=names[0]))
+                         own_us=round(times[st.path], 2), dense_us=round(times["dense"], 2),
+                         path=choose(times, st.path, margin), budget_limited=False, dense_bytes_added=0,
+                         example=names[0], _names=names, _rows=backend.input_rows(st, x),
+                         _cost=sum(_dense_cost(layers[n].kernel_state) for n in names)))
+    budget = dense_budget * sum((math.prod(m.kernel_state.shape) + m.kernel_state.n) * 2 for m in layers.values())
+    used = sum(backend.dense_bytes(m.kernel_state) for m in layers.values())
+    wins = [r for r in rows if r["path"] == "dense"]
+    for r in sorted(wins, key=lambda r: -(r["own_us"] - r["dense_us"]) * r["layers"] / max(r["_cost"], 1)):
+        if used + r["_cost"] > budget:
+            r["path"], r["budget_limited"] = r["own_path"], True
+            continue
+        r["dense_bytes_added"] = sum(backend.set_bucket_path(layers[n].kernel_state, r["_rows"], "dense")
+                                     for n in r["_names"])
+        used += r["dense_bytes_added"]
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     done[bucket] = rows
     return rows
 

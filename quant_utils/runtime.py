@@ -39,7 +39,7 @@ import torch
 from . import REPO_ROOT
 from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
-from .layer_plan import LAYER_PLANS, kernel_layers, plan_bucket
+from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -184,7 +184,7 @@ class Runner:
 
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
-                 layer_plan: str = "auto"):
+                 layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -197,6 +197,9 @@ class Runner:
             raise ValueError(f"layer_plan={layer_plan!r}, expected one of {LAYER_PLANS}")
         # measured per bucket on the GPU, for UNets with low-bit kernel layers (quant_utils/layer_plan.py)
         self.layer_plan = layer_plan if self.device.type == "cuda" else "off"
+        if dense_budget < 0:
+            raise ValueError(f"dense_budget={dense_budget}: expected >= 0 (a fraction of the UNet's weights in fp16)")
+        self.dense_budget = dense_budget
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
@@ -298,7 +301,7 @@ class Runner:
             x = x.to(self.dtype)
             if self.layer_plan == "auto" and self._has_kernel_layers:  # once per bucket, before compile and capture
                 plan_bucket(self.pipe.unet, lambda: self._unet(x, t_in, embeds, pooled, time_ids), tuple(x.shape),
-                            info={"height": height, "width": width, "batch": x.shape[0]})
+                            dense_budget=self.dense_budget, info={"height": height, "width": width, "batch": x.shape[0]})
             noise = self._call("unet", x, t_in, embeds, pooled, time_ids).float()
             if cfg:
                 uncond, cond = noise.chunk(2)

@@ -163,7 +163,8 @@ def main(args: argparse.Namespace) -> None:
         refs = {k: Runner(variant, "eager", vae=decoders[k])(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
-                            vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan)
+                            vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan,
+                            dense_budget=args.dense_budget)
             others = _bytes_not_in(pipe, fp16_unet, variant.unet, decoders, decoders[kind])
             for res, batch in tqdm(cells, desc=f"{mode} {exec_mode} vae={kind}", unit="cell"):
                 try:

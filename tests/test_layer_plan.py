@@ -2,6 +2,7 @@
 are given): which layers a bucket's plan moves, that it changes the math at that bucket only, its memory report,
 and that a planned UNet still traces as one graph under torch.compile."""
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_plan_moves_the_losing_layers_at_their_bucket_only(fake_unet):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rows = layer_plan.plan_bucket(unet, lambda: unet(**inputs[b]), (b, 4, 8, 8), measure=measure,
-                                          info={"batch": b})
+                                          dense_budget=1.0, info={"batch": b})
         assert rows and all(r["batch"] == b for r in rows)
     n_calls = len(calls)
     assert layer_plan.plan_bucket(unet, lambda: pytest.fail("planned twice"), (1, 4, 8, 8), measure=measure)
@@ -103,6 +104,39 @@ def test_plan_moves_the_losing_layers_at_their_bucket_only(fake_unet):
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     floor = rel(before[1], _forward(fake_unet, 1))  # kernel reference vs its fake twin, nothing planned
     assert rel(after, want) < 1.5 * floor < rel(before[1], want)  # moved to the fp16-activation math
+
+
+def test_the_dense_budget_keeps_the_best_savings_per_byte(fake_unet):
+    """With a budget of 5 % of the weights in fp16, groups go dense by time saved per byte until it is spent; the
+    rest keep their kernels, marked budget_limited; a later bucket reuses dense weights at no cost."""
+    from quant_utils import kernel_bench as kb
+    from quant_utils import layer_plan
+
+    unet = _kernel_copy(fake_unet)
+    budget = 0.05 * sum((math.prod(m.kernel_state.shape) + m.kernel_state.n) * 2
+                        for _, m in layer_plan.kernel_layers(unet))
+
+    def measure(st, x):  # every linear wins by 1 us per call: small layers save the most per byte
+        return {st.path: 2.0, "dense": 1.0 if st.kind == "linear" else 3.0}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inputs = kb.unet_inputs(unet, 1, 64)
+        rows = layer_plan.plan_bucket(unet, lambda: unet(**inputs), (1, 4, 8, 8), measure=measure, dense_budget=0.05)
+    dense = [r for r in rows if r["path"] == "dense"]
+    limited = [r for r in rows if r["budget_limited"]]
+    assert dense and limited and all(r["kind"] == "linear" and r["own_path"] == r["path"] for r in limited)
+    held = layer_plan.dense_summary(unet)["dense_bytes"]
+    assert 0 < held <= budget and held == sum(r["dense_bytes_added"] for r in dense)
+    assert all(held + _bytes(r) > budget for r in limited)  # each left out would not have fitted
+    per_byte = {id(r): r["layers"] / _bytes(r) for r in dense + limited}  # 1 us saved per layer
+    assert max(dense + limited, key=lambda r: per_byte[id(r)])["path"] == "dense"
+
+
+def _bytes(row) -> int:
+    """Device bytes of a plan row's layers as dense fp16 weights (weight + bias)."""
+    n, k = (int(v) for v in row["weight_shape"].split("x")[:2])
+    return row["layers"] * (n * k + n) * 2
 
 
 def test_a_tie_keeps_the_packed_weights():

@@ -79,7 +79,8 @@ def test_layer_plan_measured_then_compiled_matches_eager(cuda_pipe, monkeypatch)
 
     monkeypatch.setattr(layer_plan, "measure_paths", lambda st, x: {
         st.path: 2.0, "dense": 1.0 if st.kind == "linear" and x.shape[0] == 1 else 3.0})
-    eager, fast = Runner(eager_pipe, "eager"), Runner(fast_pipe, "compile", vae_exec="eager")
+    eager = Runner(eager_pipe, "eager", dense_budget=1.0)  # no budget: every linear goes dense
+    fast = Runner(fast_pipe, "compile", vae_exec="eager", dense_budget=1.0)
     for seeds in ([7], [8, 9]):
         ref = eager(["a cat"] * len(seeds), seeds, 64, 64).astype(int)
         out = fast(["a cat"] * len(seeds), seeds, 64, 64).astype(int)
