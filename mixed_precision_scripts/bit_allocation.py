@@ -1,4 +1,4 @@
-"""Integer-program bit allocation from per-layer sensitivity (MixDQ's metric-decoupled search).
+r"""Integer-program bit allocation from per-layer sensitivity (MixDQ's metric-decoupled search).
 
 For every --target_bits budget and every --content_weight, solves one integer program (see
 quant_utils/bit_allocation.py) and writes the bit config in MixDQ's format, plus a summary CSV

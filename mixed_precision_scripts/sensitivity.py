@@ -1,4 +1,4 @@
-"""Per-layer sensitivity analysis (MixDQ's metric-decoupled scores) for the bit-allocation ILP.
+r"""Per-layer sensitivity analysis (MixDQ's metric-decoupled scores) for the bit-allocation ILP.
 
 For each selected layer and candidate bit-width: quantize that layer alone, generate the fixed
 prompts/seeds, and score SQNR (dB) of the UNet output and SSIM of the images against the FP run.

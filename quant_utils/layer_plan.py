@@ -1,13 +1,14 @@
-"""Per-bucket layer plans: a quantized layer whose low-bit kernel loses to cuBLAS/cuDNN at a bucket's input size takes
-the `dense` path for that size (its dequantized weight in fp16, activations not quantized), so the serving path is
-never slower because of a kernel (issue 14; making the kernels win is issue 15).
+"""Per-bucket layer plans: a quantized layer whose low-bit kernel loses at a bucket's input size takes a faster path
+for that size only, so the serving path is never slower because of a kernel (issue 14; making the kernels win is
+issue 15): `wonly` (an int linear's packed weight with fp16 activations: one launch, no extra memory) or `dense` (its
+dequantized weight in fp16 on cuBLAS/cuDNN, activations not quantized).
 
 At a bucket's first UNet call the Runner calls `plan_bucket`: one eager forward records every kernel-backend layer's
 input shape; layers of one geometry at one input size are timed once (CUDA-graph replays: the layer's own kernel on
-codes quantized beforehand, as under torch.compile where the quantize pass fuses into the producer, against
-cuBLAS/cuDNN on an fp16 weight of the same shape) and all of them take the faster path, `dense` only when it wins by
-more than `MARGIN` (a tie keeps the packed weight and its memory), and only while the dense weights of all buckets fit
-in `DENSE_BUDGET` (best microseconds saved per byte first). Weights at rest stay packed; a `dense` layer keeps its
+codes quantized beforehand, as under torch.compile where the quantize pass fuses into the producer; `wonly`; cuBLAS/
+cuDNN on an fp16 weight of the same shape) and all of them take the fastest path: a path must win by more than
+`MARGIN` (a tie keeps the layer's own kernel), and `dense` only while the dense weights of all buckets fit in
+`DENSE_BUDGET` (best microseconds saved per byte first). Weights at rest stay packed; a `dense` layer keeps its
 dequantized fp16 weight on the GPU beside them, reported as `dense_bytes`. The plan is measured on the GPU that
 serves (it depends on the GPU, the shapes and the tuned tiles), costs a few seconds per bucket, and is recorded per
 UNet (`plan_rows`) for the benchmarks' CSVs.
@@ -43,9 +44,16 @@ def measure_paths(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
     return {path: launch.graph_bench_ms(fn) * 1e3 for path, fn in backend.path_candidates(st, x).items()}
 
 
+def best_packed(times: dict[str, float], own: str, margin: float = MARGIN) -> str:
+    """The fastest path on the packed weights: `wonly` (an int linear with fp16 activations) if it beats the layer's
+    own kernel by more than `margin`, else its own."""
+    return "wonly" if own != "wonly" and "wonly" in times and times["wonly"] * (1 + margin) < times[own] else own
+
+
 def choose(times: dict[str, float], own: str, margin: float = MARGIN) -> str:
-    """`dense` if it beats the layer's own path by more than `margin`, else the layer's own path."""
-    return "dense" if times["dense"] * (1 + margin) < times[own] else own
+    """`dense` if it beats the best path on the packed weights by more than `margin`, else that path."""
+    packed = best_packed(times, own, margin)
+    return "dense" if times["dense"] * (1 + margin) < times[packed] else packed
 
 
 def kernel_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -95,8 +103,9 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
     `info`: columns put first in its rows, e.g. height/width/batch). Idempotent per (UNet, bucket); returns the
     plan's rows (one per layer geometry).
 
-    Where dense wins, groups go dense in order of microseconds saved per byte added (layers already dense at an
-    earlier bucket cost nothing) while the budget holds; the others keep their kernel (`budget_limited`)."""
+    Each group takes the best path on its packed weights (its own kernel, or `wonly` for an int linear); where dense
+    beats that, groups go dense in order of microseconds saved per byte added (layers already dense at an earlier
+    bucket cost nothing) while the budget holds; the others keep their best packed path (`budget_limited`)."""
     measure = measure or measure_paths
     done = _PLANNED.setdefault(unet, {})
     if bucket in done:
@@ -114,20 +123,26 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
         times = measure(st, x)
         rows.append(dict(**(info or {}), kind=st.kind, in_shape="x".join(map(str, geo[-1])),
                          weight_shape="x".join(map(str, st.shape)), wbits=st.bits, own_path=st.path, layers=len(names),
-                         own_us=round(times[st.path], 2), dense_us=round(times["dense"], 2),
-                         path=choose(times, st.path, margin), budget_limited=False, dense_bytes_added=0,
+                         own_us=round(times[st.path], 2), wonly_us=round(times.get("wonly", math.nan), 2),
+                         dense_us=round(times["dense"], 2), path=choose(times, st.path, margin),
+                         budget_limited=False, dense_bytes_added=0, _packed=best_packed(times, st.path, margin),
                          example=names[0], _names=names, _rows=backend.input_rows(st, x),
                          _cost=sum(_dense_cost(layers[n].kernel_state) for n in names)))
     budget = dense_budget * sum((math.prod(m.kernel_state.shape) + m.kernel_state.n) * 2 for m in layers.values())
     used = sum(backend.dense_bytes(m.kernel_state) for m in layers.values())
+    packed_us = lambda r: r["wonly_us"] if r["_packed"] == "wonly" else r["own_us"]  # noqa: E731
     wins = [r for r in rows if r["path"] == "dense"]
-    for r in sorted(wins, key=lambda r: -(r["own_us"] - r["dense_us"]) * r["layers"] / max(r["_cost"], 1)):
-        if used + r["_cost"] > budget:
-            r["path"], r["budget_limited"] = r["own_path"], True
-            continue
-        r["dense_bytes_added"] = sum(backend.set_bucket_path(layers[n].kernel_state, r["_rows"], "dense")
-                                     for n in r["_names"])
-        used += r["dense_bytes_added"]
+    for r in sorted(wins, key=lambda r: -(packed_us(r) - r["dense_us"]) * r["layers"] / max(r["_cost"], 1)):
+        if used + r["_cost"] <= budget:
+            r["dense_bytes_added"] = sum(backend.set_bucket_path(layers[n].kernel_state, r["_rows"], "dense")
+                                         for n in r["_names"])
+            used += r["dense_bytes_added"]
+        else:
+            r["path"], r["budget_limited"] = r["_packed"], True
+    for r in rows:
+        if r["path"] == "wonly":
+            for n in r["_names"]:
+                backend.set_bucket_path(layers[n].kernel_state, r["_rows"], "wonly")
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     done[bucket] = rows
     return rows
@@ -139,8 +154,10 @@ def plan_rows(unet: nn.Module) -> list[dict]:
 
 
 def dense_summary(unet: nn.Module, bucket: tuple | None = None) -> dict:
-    """Layers on `dense` (at `bucket`, or at any planned bucket) and the device bytes of their fp16 weights."""
+    """Layers moved to `dense` and to `wonly` (at `bucket`, or at any planned bucket), and the device bytes of the
+    dense fp16 weights the UNet holds."""
     rows = _PLANNED.get(unet, {}).get(bucket, []) if bucket is not None else plan_rows(unet)
     return {"dense_layers": sum(r["layers"] for r in rows if r["path"] == "dense"),
+            "wonly_layers": sum(r["layers"] for r in rows if r["path"] == "wonly" != r["own_path"]),
             "kernel_layers": sum(r["layers"] for r in rows),
             "dense_bytes": sum(backend.dense_bytes(m.kernel_state) for _, m in kernel_layers(unet))}

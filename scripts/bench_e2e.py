@@ -1,4 +1,4 @@
-"""The whole image, every precision mode in its fastest execution, in one process and one run (README: performance).
+r"""The whole image, every precision mode in its fastest execution, in one process and one run (README: performance).
 
 Example (one GPU, full-size SDXL-Turbo architecture with random weights: latency does not depend on weight values):
     python scripts/bench_e2e.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
@@ -232,10 +232,10 @@ def _measure(runner: Runner, prompts: list[str], res: int, batch: int, steps: in
 
 
 def _plan_columns(unet, res: int, batch: int) -> dict:
-    """The layer plan of this cell's bucket: layers on a low-bit kernel, of them run dense, and the device bytes of
-    the dense layers' fp16 weights (every bucket planned so far: what the UNet holds)."""
+    """The layer plan of this cell's bucket: layers on a low-bit kernel, of them moved to wonly and to dense, and the
+    device bytes of the dense layers' fp16 weights (every bucket planned so far: what the UNet holds)."""
     s = dense_summary(unet, (batch, 4, res // 8, res // 8))
-    return {"kernel_layers": s["kernel_layers"], "dense_layers": s["dense_layers"], "dense_bytes": s["dense_bytes"]}
+    return {k: s[k] for k in ("kernel_layers", "wonly_layers", "dense_layers", "dense_bytes")}
 
 
 def with_speedups(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Quantized model folders against the FP16 UNet: file bytes, load to first image in a cold process, GPU memory.
+r"""Quantized model folders against the FP16 UNet: file bytes, load to first image in a cold process, GPU memory.
 
 Example (GPU, full-size SDXL-Turbo architecture with random weights; scripts/device/ship_job.sh runs this):
     python scripts/bench_quantized_io.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \

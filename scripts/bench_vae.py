@@ -1,4 +1,4 @@
-"""VAE decode speed: eager vs CUDA graph vs cuDNN autotuning / channels_last / torch.compile, with PSNR vs eager.
+r"""VAE decode speed: eager vs CUDA graph vs cuDNN autotuning / channels_last / torch.compile, with PSNR vs eager.
 
     python scripts/bench_vae.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \
         --res 1024 512 768 --out results/vae_decode_h100.csv

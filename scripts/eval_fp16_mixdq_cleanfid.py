@@ -1,4 +1,4 @@
-"""FID and CLIP score of FP16 vs MixDQ images, plus paired PSNR/SSIM (README section 1.3).
+r"""FID and CLIP score of FP16 vs MixDQ images, plus paired PSNR/SSIM (README section 1.3).
 
 Example (COCO reference from scripts/utils/coco_sample.py, real weights cached):
     python scripts/eval_fp16_mixdq_cleanfid.py --ref_folder logs/coco/ref_images \

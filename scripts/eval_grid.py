@@ -1,4 +1,4 @@
-"""Quality/latency grid: CLIP score, latency and memory over weight bits x resolution (README section 2).
+r"""Quality/latency grid: CLIP score, latency and memory over weight bits x resolution (README section 2).
 
 Example (real weights, GPU):
     python scripts/eval_grid.py --config configs/stable-diffusion/sdxl_turbo.yaml --fp16 --exec graph \

@@ -1,4 +1,4 @@
-"""Latency and memory of one precision mode over resolution x batch (README section 3).
+r"""Latency and memory of one precision mode over resolution x batch (README section 3).
 
 Example (on a GPU, full-size architecture with random weights, real kernels, CUDA graphs):
     python scripts/latency_probe.py --config configs/stable-diffusion/sdxl_turbo.yaml --random_weights \

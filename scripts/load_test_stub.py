@@ -1,4 +1,4 @@
-"""Load test: burst and Poisson load, static vs adaptive serving policy, simulated or live (README section 3.policy).
+r"""Load test: burst and Poisson load, static vs adaptive serving policy, simulated or live (README section 3.policy).
 
 With no arguments, the source's sweep, simulated on the committed performance model (results/perf_model.json):
 burst with concurrency 1 and 2 (closed loop: c clients sending back to back) and Poisson λ in {0.5, 1, 2, 4}
@@ -26,6 +26,7 @@ Plot with: python scripts/plot_mixdq_queue_results.py <...>/mixdq_queue_results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -111,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(its modes, policy, replicas, max batch, routing and performance model configure the simulator)")
     h.add_argument("--request_timeout_s", type=float, default=120.0, help="--target: a request unanswered this long times out")
     h.add_argument("--wait_s", type=float, default=0.0, help="--target: wait up to this long for the service to be ready")
+    h.add_argument("--transport_ms", type=float, default=None,
+                   help="--target: the service's per-request transport (PNG encode, proxy, network) the simulator adds "
+                        "to each response and a closed-loop client's next send; default: measured by a probe of 6 "
+                        "sequential requests before the runs")
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
@@ -224,6 +229,11 @@ def main(args: argparse.Namespace) -> None:
     options = [Option(r, m) for r in ladder for m in modes + extra_modes + [x for m in modes for x in vae_modes(m)]]
     perf, perf_src = perf_for_run(args, variants, options, out)
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
+    if args.target:  # the simulator models the HTTP service: its transport too (the in-process runs have none)
+        if args.transport_ms is None:
+            args.transport_ms = client.probe_transport(args.target, modes[0], args.prompt)
+        print(f"transport (encode, proxy, network) per request: {args.transport_ms:.1f} ms")
+        server = dataclasses.replace(server, transport_ms=args.transport_ms)
     # 3. the cells and their policies
     quality = None
     if args.quality_csv:
@@ -247,7 +257,11 @@ def main(args: argparse.Namespace) -> None:
         run = lambda w, p: live.run_live(w, p, variants, ServiceTable(perf, args.max_batch, args.exec_mode, args.steps), prompts, seed)  # noqa: E731
         live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
                                              progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
-        fidelity = sweep.fidelity_table(results, live_res, runs_as)
+        in_process = results
+        if server.transport_ms:  # the in-process runs have no transport: their own simulation
+            in_process, _ = sweep.run_cells(cells, make_policy, lambda w, p: simulate(
+                w, p, perf, dataclasses.replace(server, transport_ms=0.0), seed), "sim", **common)
+        fidelity = sweep.fidelity_table(in_process, live_res, runs_as)
         results = pd.concat([results, live_res], ignore_index=True)
         requests = pd.concat([requests, live_req], ignore_index=True)
     if args.target:  # the same traces over HTTP; the service's policy decides, each request asks for its cell's mode
@@ -278,6 +292,8 @@ def main(args: argparse.Namespace) -> None:
                       perf_backends=perf.backends_label(),
                       perf_synthetic=perf.synthetic, seed=seed,
                       sources="sim" + ("+live" if args.live else "") + (f"+http {args.target}" if args.target else ""),
+                      transport_ms=f"{server.transport_ms:.2f} (added to the sim rows; in-process fidelity simulated "
+                                   f"without it)" if server.transport_ms else "0",
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
     write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)

@@ -1,4 +1,4 @@
-"""MixDQ generation: quantize the SDXL-Turbo UNet with mixed-precision bit configs, then generate (README 1.2).
+r"""MixDQ generation: quantize the SDXL-Turbo UNet with mixed-precision bit configs, then generate (README 1.2).
 
 Example (embedded tiny model, CPU, W8A8):
     python scripts/quant_txt2img.py --base_path logs/demo/w8a8 --wbits 8 --num_imgs 8

@@ -1,4 +1,4 @@
-"""Serve the (quantized) pipeline over HTTP with Ray Serve (README "Serve"; quant_utils/serving/server.py).
+r"""Serve the (quantized) pipeline over HTTP with Ray Serve (README "Serve"; quant_utils/serving/server.py).
 
 The embedded tiny model on the CPU, on http://127.0.0.1:8000 (Ctrl-C stops it):
     python scripts/serve.py

@@ -1,4 +1,4 @@
-"""Scale-out of the Ray Serve service: load tests of N-replica services side by side (issue 20).
+r"""Scale-out of the Ray Serve service: load tests of N-replica services side by side (issue 20).
 
 Reads each N's load-test folder (load_test_stub --target, sim and http rows), writes serve_scaleout.csv (HTTP p50/p95,
 goodput, scale-out efficiency = goodput(N) / (N x goodput(1)) at the same load fraction, the simulator's error) and

@@ -1,4 +1,4 @@
-"""FP16 (full-precision) image generation with SDXL-Turbo (README section 1.1).
+r"""FP16 (full-precision) image generation with SDXL-Turbo (README section 1.1).
 
 Example (embedded tiny model, CPU):
     python scripts/txt2img.py --base_path logs/demo/fp16 --num_imgs 8 --batch_size 4

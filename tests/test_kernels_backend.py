@@ -99,8 +99,12 @@ def test_bucket_override_takes_its_path_for_its_rows_only(case):
 
 def test_bucket_override_refuses_paths_a_layer_cannot_take():
     conv = build_layer(Case("conv", 16, 32, 8, 8, hw=4), "cpu", seed=1).kernel_state
-    with pytest.raises(ValueError, match="expected int"):
+    with pytest.raises(ValueError, match=r"expected one of \('int', 'dense'\)"):
         backend.set_bucket_path(conv, 32, "wonly")  # no fp16-activation conv kernel
+    linear = build_layer(Case("linear", 32, 64, 8, 8, rows=3), "cpu", seed=1).kernel_state
+    assert backend.bucket_paths(linear) == ("int", "wonly", "dense")
+    backend.set_bucket_path(linear, 6, "wonly")
+    assert linear.bucket_paths == ((6, "wonly"),) and linear.fp16_weight is None  # no extra memory
     fp16 = build_layer(Case("linear", 32, 64, 8, 8, rows=3), "cpu", seed=1, prepared=False)
     fp16.w_zero_point.fill_(1)  # asymmetric weights: the fp16 path, no packed weights to override
     with pytest.raises(ValueError, match="int/wonly"):

@@ -67,7 +67,7 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
 E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
                "total_mean_ms", "images_per_s", "repeats", "first_call_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
-               "kernel_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
+               "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
 
 
 def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
@@ -87,7 +87,7 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert df[df["vae"] != "fp16"]["speedup_same_vae"].isna().all()  # no FP16 UNet with those decoders here
     assert set(df[df["mode"] == "mixdq"]["act_config"]) == {"act_7.77.yaml"}
     assert (df["weight_bytes"] > 0).all() and (df["first_call_s"] >= 0).all()
-    assert (df[["kernel_layers", "dense_layers", "dense_bytes"]] == 0).all().all()  # a CPU plans nothing
+    assert (df[["kernel_layers", "wonly_layers", "dense_layers", "dense_bytes"]] == 0).all().all()  # a CPU plans nothing
     assert not (tmp_path / "e2e_layer_plan.csv").exists()
     first = df[df["batch"] == 1]  # the check cell: eager vs eager here, so identical images
     assert (first["diff_vs_eager"] == 0).all() and df[df["batch"] == 2]["diff_vs_eager"].isna().all()

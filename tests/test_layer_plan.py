@@ -50,22 +50,31 @@ def _forward(unet, batch):
         return unet(**kb.unet_inputs(unet, batch, 64, seed=3)).sample.float()
 
 
-def _dense_linears_at_batch_1(st, x):
-    """Stand-in timings: cuBLAS wins for linears at batch 1; the kernels win everywhere else."""
-    return {st.path: 2.0, "dense": 1.0 if st.kind == "linear" and x.shape[0] == 1 else 3.0}
+def _linears_at_batch_1_win_by(winner: str):
+    """Stand-in timings: for linears at batch 1 `winner` (dense: cuBLAS, wonly: fp16 activations on the packed
+    weight) is fastest; the layers' own kernels win everywhere else."""
+    def measure(st, x):
+        fast = st.kind == "linear" and x.shape[0] == 1
+        times = {st.path: 2.0, "dense": 1.0 if fast and winner == "dense" else 3.0}
+        if st.kind == "linear":
+            times["wonly"] = 1.0 if fast and winner == "wonly" else 2.5
+        return times
+    return measure
 
 
-def test_plan_moves_the_losing_layers_at_their_bucket_only(fake_unet):
+@pytest.mark.parametrize("winner", ["dense", "wonly"])
+def test_plan_moves_the_losing_layers_at_their_bucket_only(fake_unet, winner):
     from quant_utils import layer_plan
     from quant_utils.quantize import quant_layers
 
     unet = _kernel_copy(fake_unet)
     before = {b: _forward(unet, b) for b in (1, 2)}
     calls = []
+    timings = _linears_at_batch_1_win_by(winner)
 
     def measure(st, x):
         calls.append(x.shape)
-        return _dense_linears_at_batch_1(st, x)
+        return timings(st, x)
 
     from quant_utils import kernel_bench as kb
 
@@ -83,17 +92,21 @@ def test_plan_moves_the_losing_layers_at_their_bucket_only(fake_unet):
     kernel = layer_plan.kernel_layers(unet)
     linears = [m for _, m in kernel if m.kernel_state.kind == "linear"]
     assert linears and len(linears) < len(kernel)  # the tiny UNet has kernel convs too
+    assert all(m.kernel_state.path == "int" for m in linears)  # uniform W8A8: no protected activations
     for _, m in kernel:
         paths = dict(m.kernel_state.bucket_paths)
-        assert set(paths.values()) == ({"dense"} if m.kernel_state.kind == "linear" else set())
+        assert set(paths.values()) == ({winner} if m.kernel_state.kind == "linear" else set())
         assert len(paths) <= 1  # batch 1 only
     s1 = layer_plan.dense_summary(unet, (1, 4, 8, 8))
-    assert s1["dense_layers"] == len(linears) and s1["kernel_layers"] == len(kernel)
-    assert layer_plan.dense_summary(unet, (2, 4, 8, 8))["dense_layers"] == 0
-    assert s1["dense_bytes"] == sum(m.kernel_state.fp16_weight.numel() * 2 + m.kernel_state.n * 2 for m in linears)
-    assert s1["dense_bytes"] == sum(r["dense_bytes_added"] for r in layer_plan.plan_rows(unet))
+    moved = {"dense": s1["dense_layers"], "wonly": s1["wonly_layers"]}
+    assert moved[winner] == len(linears) and sum(moved.values()) == len(linears) and s1["kernel_layers"] == len(kernel)
+    s2 = layer_plan.dense_summary(unet, (2, 4, 8, 8))
+    assert s2["dense_layers"] == s2["wonly_layers"] == 0
+    dense_weights = sum(m.kernel_state.fp16_weight.numel() * 2 + m.kernel_state.n * 2 for m in linears) \
+        if winner == "dense" else 0  # wonly keeps the packed weights only
+    assert s1["dense_bytes"] == dense_weights == sum(r["dense_bytes_added"] for r in layer_plan.plan_rows(unet))
 
-    # batch 2 is untouched; batch 1 now computes the linears on the dequantized weight with fp16 activations,
+    # batch 2 is untouched; batch 1 now computes the linears on the (dequantized) weight with fp16 activations,
     # which is the fake path with those layers' activation quantizers off
     assert torch.equal(_forward(unet, 2), before[2])
     after = _forward(unet, 1)
@@ -145,6 +158,8 @@ def test_a_tie_keeps_the_packed_weights():
     assert choose({"int": 10.0, "dense": 9.9}, "int") == "int"  # within the margin: no fp16 copy for 1 %
     assert choose({"int": 10.0, "dense": 10.0 / (1 + MARGIN) - 0.1}, "int") == "dense"
     assert choose({"wonly": 5.0, "dense": 7.0}, "wonly") == "wonly"
+    assert choose({"int": 10.0, "wonly": 6.0, "dense": 5.9}, "int") == "wonly"  # dense must beat wonly, not int
+    assert choose({"int": 10.0, "wonly": 9.8, "dense": 12.0}, "int") == "int"  # wonly within the margin
 
 
 def test_runner_refuses_an_unknown_plan(tiny_pipe):

@@ -14,10 +14,11 @@ A prepared layer runs on one of three paths (KernelState.path):
 - `fp16`:  cuBLAS/cuDNN with the dequantized weight kept in fp16 (activations fake-quantized in one pass
            when the layer quantizes them): FP16-weight layers, asymmetric weights, convs with a protected
            input, convs a caller keeps on cuDNN (`fp16_convs`), and shapes the kernels don't take.
-A bucket may send an `int`/`wonly` layer down a `dense` path for one input size (KernelState.bucket_paths, measured
-by quant_utils/layer_plan.py where the low-bit kernel loses to cuBLAS/cuDNN at that size): the dequantized weight kept
-in fp16 beside the packed one, activations not quantized. Under torch.compile with static shapes the choice is
-resolved while tracing.
+A bucket may send an `int`/`wonly` layer down another path for one input size (KernelState.bucket_paths, measured
+by quant_utils/layer_plan.py where its kernel loses at that size): `wonly` for an int linear (the same packed weight,
+fp16 activations, one launch even with BOS rows) or `dense` (the dequantized weight kept in fp16 beside the packed
+one, cuBLAS/cuDNN, activations not quantized). Under torch.compile with static shapes the choice is resolved while
+tracing.
 On the CPU (no CUDA) `forward` computes the integer reference (reference.py) instead, with a warning,
 unless TRITON_INTERPRET=1 (then the Triton kernels themselves run on the CPU, for tests).
 """
@@ -98,8 +99,8 @@ class KernelState:
     # a layer's numbers in as constants, whatever dynamo's specialization settings (with torch 2.14's defaults
     # plain numbers also share graphs: tests/test_kernels.py, compiled regions)
     qt: torch.Tensor | None = None
-    # (input rows, "dense") for the buckets whose measured plan overrides `path`: rows = tokens x batch of a linear's
-    # input, batch x H x W of a conv's (module docstring). A tuple of Python ints and
+    # (input rows, "wonly" | "dense") for the buckets whose measured plan overrides `path`: rows = tokens x batch of a
+    # linear's input, batch x H x W of a conv's (module docstring). A tuple of Python ints and
     # strings: dynamo guards it by value, so same-shape blocks with the same plan still share one compiled graph.
     bucket_paths: tuple = ()
 
@@ -236,12 +237,13 @@ def path_for(st: KernelState, x: torch.Tensor) -> str:
 @torch.no_grad()
 def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
     """Make inputs of `rows` rows take `path`: `dense` (cuBLAS/cuDNN on the dequantized weight, built here once and
-    kept beside the packed one) or the layer's own path (removes the override). Returns the device bytes this added
-    (the dense weight, the first time)."""
+    kept beside the packed one), `wonly` (an int linear's packed weight with fp16 activations: no extra memory) or
+    the layer's own path (removes the override). Returns the device bytes this added (the dense weight, once)."""
     if st.path not in ("int", "wonly"):
         raise ValueError(f"only layers on the int/wonly path take bucket overrides, this one is on {st.path!r}")
-    if path not in (st.path, "dense"):
-        raise ValueError(f"path {path!r}: expected {st.path} (the layer's own) or dense")
+    allowed = bucket_paths(st)
+    if path not in allowed:
+        raise ValueError(f"path {path!r}: expected one of {allowed} (the layer's own first)")
     added = 0
     if path == "dense" and st.fp16_weight is None:
         shape = (-1,) + (1,) * (len(st.shape) - 1)
@@ -254,6 +256,11 @@ def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
     return added
 
 
+def bucket_paths(st: KernelState) -> tuple[str, ...]:
+    """The paths a bucket plan may give this layer, its own first."""
+    return (st.path,) + (("wonly",) if st.kind == "linear" and st.path == "int" else ()) + ("dense",)
+
+
 def dense_bytes(st: KernelState) -> int:
     """Device bytes of the dequantized fp16 weight an int/wonly layer holds for its `dense` bucket overrides."""
     if st.path == "fp16" or st.fp16_weight is None:
@@ -262,21 +269,22 @@ def dense_bytes(st: KernelState) -> int:
 
 
 def path_candidates(st: KernelState, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
-    """The paths an int/wonly layer could take for input `x` (fp16, on its GPU), as callables to time: its own (for
-    `int` the GEMM/conv on codes quantized beforehand: under torch.compile the quantize pass fuses into the producer
-    of x) and `dense`, cuBLAS/cuDNN on a random fp16 weight of the layer's shape (time does not depend on values;
-    nothing is dequantized until a plan picks it)."""
+    """The paths an int/wonly layer could take for input `x` (fp16, on its GPU), as callables to time (bucket_paths):
+    `int` the GEMM/conv on codes quantized beforehand (under torch.compile the quantize pass fuses into the producer
+    of x), `wonly` for linears, `dense` cuBLAS/cuDNN on a random fp16 weight of the layer's shape (time does not
+    depend on values; nothing is dequantized until a plan picks it)."""
     from . import ops
 
+    out = {}
     if st.path == "int":
         q = _quantize(st, x, ops)
-        own = lambda: _int_core(st, x, q, ops)  # noqa: E731
-    else:
-        own = lambda: _wonly_forward(st, x, ops)  # noqa: E731
+        out["int"] = lambda: _int_core(st, x, q, ops)
+    if st.kind == "linear":
+        out["wonly"] = lambda: _wonly_forward(st, x, ops)
     w = torch.randn(st.shape, device=x.device, dtype=torch.float16)
     b = st.bias.half()
-    dense = (lambda: F.linear(x, w, b)) if st.kind == "linear" else (lambda: F.conv2d(x, w, b, st.stride, st.pad))
-    return {st.path: own, "dense": dense}
+    out["dense"] = (lambda: F.linear(x, w, b)) if st.kind == "linear" else (lambda: F.conv2d(x, w, b, st.stride, st.pad))
+    return out
 
 
 def weight_bytes(st: KernelState) -> int:

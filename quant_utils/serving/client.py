@@ -185,6 +185,24 @@ def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str],
     return RunResult(df, max(replicas, len(busy)), busy, mean_q, max_q, notes=[accounting_line(counts)])
 
 
+def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: float = 120.0) -> float:
+    """The service's transport time (ms): median over n sequential requests, after one warm-up, of latency minus the
+    replica's queue and service time (x-queue-ms, x-service-ms): encode, proxy, routing and network. Measured before
+    a load test's runs, so that its simulator predicts the HTTP service instead of being fitted to it."""
+    url = target.rstrip("/") + "/generate"
+    times = []
+    with httpx.Client(timeout=timeout_s) as c:
+        for i in range(n + 1):
+            t = time.perf_counter()
+            r = c.post(url, json={"prompt": prompt, "seed": i, "mode": mode})
+            ms = (time.perf_counter() - t) * 1e3
+            if r.status_code != 200:
+                raise ConfigError(f"transport probe: {url} answered HTTP {r.status_code}: {r.text[:200]}")
+            if i:
+                times.append(ms - float(r.headers["x-queue-ms"]) - float(r.headers["x-service-ms"]))
+    return max(float(np.median(times)), 0.0)
+
+
 def overhead_table(live: pd.DataFrame, http: pd.DataFrame, http_requests: pd.DataFrame) -> pd.DataFrame:
     """Per run: the same trace in process (--live) and over HTTP. `delta_*` = HTTP - in-process latency;
     `overhead_*` = per-request HTTP latency minus the replica's queue and service time (HTTP, proxy, routing,

@@ -42,10 +42,16 @@ class ServerConfig:
     noise: str = "lognormal"
     exec: str | None = None      # perf-model exec per mode (default: graph when measured)
     steps: int | None = None     # UNet steps (default: the perf model's)
+    # ms between a batch's end on the GPU and its clients holding the images (encode, proxy, network): it delays
+    # the response and a closed-loop client's next request, not the replica (the HTTP service's, measured by
+    # load_test_stub --target; 0 in process)
+    transport_ms: float = 0.0
 
     def __post_init__(self):
         if self.replicas < 1 or self.max_batch < 1:
             raise ConfigError(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
+        if not self.transport_ms >= 0:
+            raise ConfigError(f"transport_ms={self.transport_ms}: must be >= 0")
         if self.dispatch not in DISPATCH:
             raise ConfigError(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
         if self.noise not in NOISE:
@@ -183,6 +189,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     noise = noise.tolist() if noise is not None else None
     lognormal = server.noise == "lognormal"
     closed = workload.closed
+    transport = server.transport_ms / 1e3
     # closed loop: (send time, order, attempt) of the clients' next requests; moved into `arrival` when due
     pending = [(0.0, c, 1) for c in range(min(workload.clients, n))] if closed else []
     n_sched = len(pending)  # requests scheduled so far (at most n, retries included)
@@ -219,12 +226,12 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
         while heap and heap[0][0] == t:
             r = heappop(heap)[2]
             for j in running[r]:
-                finish[j] = t
+                finish[j] = t + transport
             in_system[r] -= len(running[r])
-            if closed:  # each finished client sends its next request now
+            if closed:  # each client sends its next request once it holds its images
                 for _ in running[r]:
                     if n_sched < n:
-                        heappush(pending, (t, n_sched, 1))
+                        heappush(pending, (t + transport, n_sched, 1))
                         n_sched += 1
             busy[r] = False
             touched.append(r)
