@@ -89,9 +89,14 @@ def _geometry(st: backend.KernelState, shape: tuple) -> tuple:
             st.pad, shape)
 
 
+def _fp16_bytes(st: backend.KernelState) -> int:
+    """Bytes of a layer's weight and bias in fp16 (its dense weight's size)."""
+    return (math.prod(st.shape) + st.n) * 2
+
+
 def _dense_cost(st: backend.KernelState) -> int:
-    """Bytes a layer's dense weight (fp16, with its bias) takes on the device; 0 if it holds one already."""
-    return 0 if st.fp16_weight is not None else (math.prod(st.shape) + st.n) * 2
+    """Bytes a layer's dense weight would add on the device; 0 if it holds one already."""
+    return 0 if st.fp16_weight is not None else _fp16_bytes(st)
 
 
 @torch.no_grad()
@@ -128,7 +133,7 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
                          budget_limited=False, dense_bytes_added=0, _packed=best_packed(times, st.path, margin),
                          example=names[0], _names=names, _rows=backend.input_rows(st, x),
                          _cost=sum(_dense_cost(layers[n].kernel_state) for n in names)))
-    budget = dense_budget * sum((math.prod(m.kernel_state.shape) + m.kernel_state.n) * 2 for m in layers.values())
+    budget = dense_budget * sum(_fp16_bytes(m.kernel_state) for m in layers.values())
     used = sum(backend.dense_bytes(m.kernel_state) for m in layers.values())
     packed_us = lambda r: r["wonly_us"] if r["_packed"] == "wonly" else r["own_us"]  # noqa: E731
     wins = [r for r in rows if r["path"] == "dense"]
