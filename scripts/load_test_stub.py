@@ -38,7 +38,8 @@ import pandas as pd  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import HelpFormatter, add_model_args, check_device_for_exec, positive_int, user_errors  # noqa: E402
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, model_config_from_args,  # noqa: E402
+                             positive_int, user_errors, weights_label)
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, FP16, mode_key, wbits_mode  # noqa: E402
@@ -294,6 +295,11 @@ def main(args: argparse.Namespace) -> None:
                       sources="sim" + ("+live" if args.live else "") + (f"+http {args.target}" if args.target else ""),
                       transport_ms=f"{server.transport_ms:.2f} (added to the sim rows; in-process fidelity simulated "
                                    f"without it)" if server.transport_ms else "0",
+                      **({"service": f"{service['device']}, {service.get('weights', 'weights not reported')} weights, "
+                                     f"models {service['labels']}"} if service else {}),
+                      **({"live": f"{weights_label(model_config_from_args(args), args)} weights, quantized backend "
+                                  f"{args.backend if args.quantize_live else 'none (modes run the loaded model)'}"}
+                         if args.live else {}),
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
     write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, TINY, run_main
-from quant_utils.csvio import read_csv
+from quant_utils.csvio import read_csv, read_provenance
 from quant_utils.perf_model import PerfModel, synthetic_latency_frame
 from quant_utils.serving import client
 from quant_utils.serving import workloads as wl
@@ -230,6 +230,9 @@ def test_load_test_against_the_service(service, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["service"]["serve"]["replicas"] == 2 and "perf_model" not in cfg["service"]
     assert "HTTP accounting" in (out / "mixdq_queue_results.txt").read_text()
+    meta = read_provenance(out / "mixdq_queue_results.csv")  # what was measured: the service's weights and models
+    assert "random-tiny weights" in meta["service"] and "fp16" in meta["service"]
+    assert float(meta["transport_ms"].split()[0]) > 0  # probed before the runs, added to the sim rows
 
 
 def scrape(url: str, name: str) -> float:

@@ -338,6 +338,9 @@ class ImageService:
         if cfg.device == "cpu":  # oversubscribed OpenMP threads make CPU latency erratic
             torch.set_num_threads(cfg.cpu_threads)
         self.runners, self.labels, mcfg = load_models(cfg)
+        from ..pipeline import weights_kind
+
+        self.weights = weights_kind(mcfg, cfg.random_weights)  # real | random-full | random-tiny, for provenance
         self.steps = cfg.steps or mcfg.steps
         self.guidance = mcfg.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale
         generate = {m: (lambda r: lambda p, s, h, w: r(p, s, h, w, self.steps, self.guidance))(r)
@@ -394,7 +397,8 @@ class ImageService:
                 "vae": {m: f"{r.vae_kind} ({r.vae_exec})" for m, r in self.runners.items()}, "exec": self.exec, "perf_exec": self.perf_exec,
                 "steps": self.steps,
                 "guidance_scale": self.guidance, "dispatch": ROUTERS[self.cfg.router], "perf_source": self.perf_source,
-                "perf_model": self.perf.to_dict(), "device": str(next(iter(self.runners.values())).device)}),
+                "perf_model": self.perf.to_dict(), "device": str(next(iter(self.runners.values())).device),
+                "weights": self.weights}),
                         media_type="application/json")
 
     @api.post("/generate")
