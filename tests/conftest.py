@@ -21,6 +21,39 @@ def run_script(script: str, *args: str, check: bool = True) -> subprocess.Comple
     return proc
 
 
+# A Python program's prologue: the tiny UNet in fp16 on the CPU, quantized W8A8 (min-max ranges on one forward of
+# `inputs`), on the kernel backend. Tests append what they check and run it with run_interpreted.
+KERNEL_UNET = """
+import warnings
+import torch
+from quant_utils import kernel_bench as kb
+from quant_utils.calibrate import observing
+from quant_utils.pipeline import build_pipeline, load_model_config
+from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
+warnings.simplefilter("ignore")
+unet = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"), device="cpu",
+                      dtype=torch.float16).unet
+inputs = kb.unet_inputs(unet, 1, 64)
+quantize_unet(unet, make_spec(unet, uniform_bits(unet, 8), uniform_bits(unet, 8), a_method="minmax"), search=False)
+with observing(unet), torch.no_grad():
+    unet(**inputs)
+set_backend(unet, "kernel")
+"""
+EXPLAIN = """
+with torch.no_grad():
+    ex = torch._dynamo.explain(lambda: unet(**inputs).sample)()
+print("graphs", ex.graph_count, "breaks", ex.graph_break_count, [r.reason[:200] for r in ex.break_reasons])
+"""
+
+
+def run_interpreted(program: str) -> str:
+    """Run a Python program in a subprocess with the Triton kernels interpreted on the CPU; its stdout."""
+    proc = subprocess.run([sys.executable, "-c", program], cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     from quant_utils.pipeline import build_pipeline, load_model_config

@@ -3,15 +3,12 @@ are given): which layers a bucket's plan moves, that it changes the math at that
 and that a planned UNet still traces as one graph under torch.compile."""
 import copy
 import math
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import EXPLAIN, KERNEL_UNET, TINY, run_interpreted
 
 
 @pytest.fixture(scope="module")
@@ -170,34 +167,13 @@ def test_runner_refuses_an_unknown_plan(tiny_pipe):
     assert Runner(tiny_pipe, "eager").layer_plan == "off"  # a CPU Runner never plans: nothing to time
 
 
-PLANNED_TRACE = """
-import warnings
-import torch
-from quant_utils import kernel_bench as kb, layer_plan
-from quant_utils.calibrate import observing
-from quant_utils.pipeline import build_pipeline, load_model_config
-from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
-warnings.simplefilter("ignore")
-unet = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"), device="cpu",
-                      dtype=torch.float16).unet
-inputs = kb.unet_inputs(unet, 1, 64)
-quantize_unet(unet, make_spec(unet, uniform_bits(unet, 8), uniform_bits(unet, 8), a_method="minmax"), search=False)
-with observing(unet), torch.no_grad():
-    unet(**inputs)
-set_backend(unet, "kernel")
-with torch.no_grad():
-    layer_plan.plan_bucket(unet, lambda: unet(**inputs), (1, 4, 8, 8),
-                           measure=lambda st, x: {st.path: 2.0, "dense": 1.0 if st.kind == "linear" else 3.0})
-    ex = torch._dynamo.explain(lambda: unet(**inputs).sample)()
-print("graphs", ex.graph_count, "breaks", ex.graph_break_count, [r.reason[:200] for r in ex.break_reasons])
-"""
-
-
 def test_a_planned_unet_traces_as_one_graph():
     """The plan's choice is resolved while tracing (static shapes): no graph break, custom ops and dense layers in
     one graph (Triton interpreted on the CPU)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", PLANNED_TRACE], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "graphs 1 breaks 0 []" in proc.stdout, proc.stdout[-2000:]
+    out = run_interpreted(KERNEL_UNET + """
+from quant_utils import layer_plan
+with torch.no_grad():
+    layer_plan.plan_bucket(unet, lambda: unet(**inputs), (1, 4, 8, 8),
+                           measure=lambda st, x: {st.path: 2.0, "dense": 1.0 if st.kind == "linear" else 3.0})
+""" + EXPLAIN)
+    assert "graphs 1 breaks 0 []" in out, out[-2000:]
