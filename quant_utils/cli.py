@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 from . import repo_path
 from .errors import ConfigError, UserError
+from .layer_plan import DENSE_BUDGET, LAYER_PLANS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 from .qlayers import BACKENDS
@@ -47,6 +48,7 @@ def bounded(kind: type[int] | type[float], minimum: int | float, strict: bool = 
 positive_int = bounded(int, 1)
 nonnegative_int = bounded(int, 0)
 positive_float = bounded(float, 0, strict=True)
+nonnegative_float = bounded(float, 0)
 
 
 def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantized: bool = True,
@@ -80,11 +82,11 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--compile_shapes", default="static", choices=["dynamic", "static"],
         help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
              "with symbolic batch/height/width (dynamic: cheap new buckets, slower steps)")
-    add("--layer_plan", default="auto", choices=["auto", "off"],
+    add("--layer_plan", default="auto", choices=LAYER_PLANS,
         help="quantized UNets on CUDA: at each bucket's first call, time every low-bit kernel layer against "
              "cuBLAS/cuDNN and run the ones that lose dense there (dequantized fp16 weight kept beside the packed "
              "one: quant_utils/layer_plan.py); off: every layer on its kernel")
-    add("--dense_budget", type=float, default=0.2,
+    add("--dense_budget", type=nonnegative_float, default=DENSE_BUDGET,
         help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
              "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")
     add("--compile_cache", default=None,
@@ -179,7 +181,8 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
     return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"),
-                  layer_plan=getattr(args, "layer_plan", "auto"), dense_budget=getattr(args, "dense_budget", 0.2))
+                  layer_plan=getattr(args, "layer_plan", "auto"),
+                  dense_budget=getattr(args, "dense_budget", DENSE_BUDGET))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

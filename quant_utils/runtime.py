@@ -223,6 +223,11 @@ class Runner:
     def _has_kernel_layers(self) -> bool:
         return bool(kernel_layers(self.pipe.unet))
 
+    def unet_bucket(self, images: int, height: int, width: int, guidance_scale: float = 0.0) -> tuple[int, ...]:
+        """The shape of the UNet's input for a call (CFG doubles the batch): the key of its CUDA graph, compiled
+        code and layer plan."""
+        return (images * (2 if guidance_scale > 1.0 else 1), self.pipe.unet.config.in_channels, height // 8, width // 8)
+
     # ------------------------------------------------------------------ stages
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = [tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -300,7 +305,8 @@ class Runner:
             t_in = t.to(self.device, torch.float32).expand(x.shape[0]).contiguous()
             x = x.to(self.dtype)
             if self.layer_plan == "auto" and self._has_kernel_layers:  # once per bucket, before compile and capture
-                plan_bucket(self.pipe.unet, lambda: self._unet(x, t_in, embeds, pooled, time_ids), tuple(x.shape),
+                plan_bucket(self.pipe.unet, lambda: self._unet(x, t_in, embeds, pooled, time_ids),
+                            self.unet_bucket(len(seeds), height, width, guidance_scale),
                             dense_budget=self.dense_budget, info={"height": height, "width": width, "batch": x.shape[0]})
             noise = self._call("unet", x, t_in, embeds, pooled, time_ids).float()
             if cfg:

@@ -178,14 +178,14 @@ def main(args: argparse.Namespace) -> None:
                 rows.append({"mode": mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
                              "unet_exec": runner.exec_mode, "vae": kind, "vae_exec": runner.vae_exec, "res": res,
                              "batch": batch, **row, "weight_bytes": device_weight_bytes(variant.unet),
-                             **_plan_columns(variant.unet, res, batch),
+                             **_plan_columns(variant.unet, runner.unet_bucket(batch, res, res)),
                              "vae_weight_bytes": device_weight_bytes(decoders[kind]),
                              "weight_config": Path(summary.get("weight_config", "")).name,
                              "act_config": Path(summary.get("act_config", "")).name, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
                 write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
-                if plan_rows(variant.unet):
-                    plans[mode] = plan_rows(variant.unet)
+                plans[mode] = plan_rows(variant.unet)
+                if plans[mode]:
                     write_csv(pd.DataFrame([dict(mode=m, **r) for m, rs in plans.items() for r in rs]),
                               repo_path(args.layer_plan_out or out.with_name(out.stem + "_layer_plan.csv")),
                               {**meta, "timing": "per layer geometry: CUDA-graph replays of its kernel (codes "
@@ -231,10 +231,10 @@ def _measure(runner: Runner, prompts: list[str], res: int, batch: int, steps: in
             "peak_mem_gib": round(peak - others / 2**30, 3) if peak == peak else peak}
 
 
-def _plan_columns(unet, res: int, batch: int) -> dict:
+def _plan_columns(unet, bucket: tuple) -> dict:
     """The layer plan of this cell's bucket: layers on a low-bit kernel, of them moved to wonly and to dense, and the
     device bytes of the dense layers' fp16 weights (every bucket planned so far: what the UNet holds)."""
-    s = dense_summary(unet, (batch, 4, res // 8, res // 8))
+    s = dense_summary(unet, bucket)
     return {k: s[k] for k in ("kernel_layers", "wonly_layers", "dense_layers", "dense_bytes")}
 
 

@@ -151,3 +151,9 @@ def test_exec_compile_without_cuda_as_a_user_meets_it():
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == ["error: --exec compile runs CUDA graphs and needs a CUDA GPU; this "
                                             "machine has none (use --exec auto or eager)"]
+
+
+def test_a_negative_dense_budget_is_refused_at_parse_time():
+    p = run_script("txt2img.py", "--dense_budget", "-0.1", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "--dense_budget" in p.stderr
+    assert "must be a finite number >= 0" in p.stderr
