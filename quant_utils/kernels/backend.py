@@ -177,9 +177,7 @@ def prepare(layer, packed: tuple[torch.Tensor, packing.PackedFormat] | None = No
         if layer.w_bits is None:
             st.fp16_weight = layer.weight.detach().half()
         else:  # dequantized, exactly as the fake path computes it
-            shape = (-1,) + (1,) * (layer.w_int.dim() - 1)
-            zp = layer.w_zero_point.view(shape) if getattr(layer, "w_zero_point", None) is not None else 0
-            st.fp16_weight = ((layer.w_int.float() - zp) * layer.w_scale.view(shape)).half()
+            st.fp16_weight = _dequantized(layer.w_int, layer.w_scale, getattr(layer, "w_zero_point", None))
         st.bias16 = layer.bias.detach().half() if layer.bias is not None else None
     else:
         _pack(st, pl, layer.w_int, layer.w_scale, layer.bias.detach().float() if layer.bias is not None else None,
@@ -220,6 +218,13 @@ def unpacked_weight(st: KernelState) -> torch.Tensor:
     return packing.unpack_weight(st.packed.cpu(), st.fmt, st.shape, st.split).to(st.packed.device)
 
 
+def _dequantized(w_int: torch.Tensor, w_scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """The fp16 weight of per-output-channel integer codes, computed in float32 as the fake path does."""
+    shape = (-1,) + (1,) * (w_int.dim() - 1)
+    zp = zero_point.view(shape) if zero_point is not None else 0
+    return ((w_int.float() - zp) * w_scale.view(shape)).half()
+
+
 def input_rows(st: KernelState, x: torch.Tensor) -> int:
     """The size a bucket plan is keyed on: rows of a linear's GEMM, batch x H x W of a conv's input."""
     return x.numel() // x.shape[-1] if st.kind == "linear" else x.shape[0] * x.shape[2] * x.shape[3]
@@ -245,10 +250,8 @@ def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
     if path not in allowed:
         raise ValueError(f"path {path!r}: expected one of {allowed} (the layer's own first)")
     added = 0
-    if path == "dense" and st.fp16_weight is None:
-        shape = (-1,) + (1,) * (len(st.shape) - 1)
-        w = packing.unpack_weight(st.packed, st.fmt, st.shape, st.split).float()  # on the packed bytes' device
-        st.fp16_weight = (w * st.w_scale.view(shape)).half()
+    if path == "dense" and st.fp16_weight is None:  # symmetric weights (int/wonly paths): no zero point
+        st.fp16_weight = _dequantized(packing.unpack_weight(st.packed, st.fmt, st.shape, st.split), st.w_scale)
         st.bias16 = st.bias.half()
         added = dense_bytes(st)
     others = tuple((r, p) for r, p in st.bucket_paths if r != rows)
@@ -330,13 +333,11 @@ def _fp16_forward(st: KernelState, x: torch.Tensor, ops) -> torch.Tensor:
             x = torch.cat([x[:, :1], xq], dim=1)
         else:
             x = _fake_quant(st, x, ops)
-    if st.kind == "linear":
-        return F.linear(x, st.fp16_weight, st.bias16)
-    return F.conv2d(x, st.fp16_weight, st.bias16, st.stride, st.pad)
+    return _dense_forward(st, x)
 
 
 def _dense_forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
-    """A bucket's `dense` override: the dequantized weight in fp16, activations not quantized."""
+    """cuBLAS/cuDNN on the fp16 weight (a bucket's `dense` override as is: activations not quantized)."""
     if st.kind == "linear":
         return F.linear(x, st.fp16_weight, st.bias16)
     return F.conv2d(x, st.fp16_weight, st.bias16, st.stride, st.pad)
@@ -407,12 +408,9 @@ def _quantize_once(x: torch.Tensor, x2: torch.Tensor, p: tuple, ops) -> torch.Te
 def reference_forward(st: KernelState, x: torch.Tensor) -> torch.Tensor:
     """The integer reference of a prepared layer's kernel output (float64 math, cast to x's dtype)."""
     path = path_for(st, x)
-    if path == "dense":
-        w, b = st.fp16_weight.to(x.dtype), st.bias16.to(x.dtype)
-        return F.linear(x, w, b) if st.kind == "linear" else F.conv2d(x, w, b, st.stride, st.pad)
-    if st.path == "fp16":
+    if path in ("fp16", "dense"):  # dense: a bucket's override, activations not quantized
         xf = x
-        if st.act1 is not None:
+        if path == "fp16" and st.act1 is not None:
             if st.bos and x.dim() == 3:
                 xf = torch.cat([x[:, :1], ref.fake_quant(x[:, 1:], st.act1)], dim=1)
             else:
