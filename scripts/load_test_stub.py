@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, model_config_from_args,  # noqa: E402
-                             positive_int, user_errors, weights_label)
+                             nonnegative_float, positive_int, user_errors, weights_label)
 from quant_utils.csvio import atomic_write_text, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, FP16, mode_key, wbits_mode  # noqa: E402
@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(its modes, policy, replicas, max batch, routing and performance model configure the simulator)")
     h.add_argument("--request_timeout_s", type=float, default=120.0, help="--target: a request unanswered this long times out")
     h.add_argument("--wait_s", type=float, default=0.0, help="--target: wait up to this long for the service to be ready")
-    h.add_argument("--transport_ms", type=float, default=None,
+    h.add_argument("--transport_ms", type=nonnegative_float, default=None,
                    help="--target: the service's per-request transport (PNG encode, proxy, network) the simulator adds "
                         "to each response and a closed-loop client's next send; default: measured by a probe of 6 "
                         "sequential requests before the runs")
