@@ -27,7 +27,7 @@ fi
 timeout ${E2E_TIMEOUT:-480} python3 scripts/bench_e2e.py $REAL --modes ${MODES:-fp16 w8a8} --fp16_exec ${FP16_EXEC:-compile} \
     --vae_kinds ${VAES:-fp16 int8 tiny} --vae_modes ${VAE_MODES:-fp16 w8a8} --res ${RES:-512 768 1024} \
     --batch ${BATCHES:-1 2 4 8} ${CELLS:+--cells $CELLS} --compile_shapes ${SHAPES:-static} --vae_exec ${VAE_EXEC:-static} --repeats ${REPEATS:-6} --profile_points ${PROFILE:-} \
-    ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" \
+    ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" ${EXTRA:-} \
     --out "$OUT/$TAG.csv" 2>&1 | grep -v "Warning\|warn(\|it/s]\|cell/s]\|s/cell]" | tee "$OUT/$TAG.log" | tail -45
 cp "$TUNING" "$OUT/tuning_$TAG.json" 2>/dev/null
 ls -la "$OUT"
