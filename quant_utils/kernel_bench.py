@@ -155,8 +155,9 @@ KERNEL_CATEGORIES = [
 
 
 @torch.no_grad()
-def profile_step(fn: Callable[[], torch.Tensor]) -> list[dict]:
-    """GPU time of one eager step by kernel category (torch.profiler; the sum matches a graph replay's work)."""
+def profile_step(fn: Callable[[], torch.Tensor], kernels: list[dict] | None = None) -> list[dict]:
+    """GPU time of one eager step by kernel category (torch.profiler; the sum matches a graph replay's work); with
+    `kernels`, also appends one row per distinct kernel (kernel, category, gpu_ms, count), the slowest first."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -166,13 +167,18 @@ def profile_step(fn: Callable[[], torch.Tensor]) -> list[dict]:
         fn()
         torch.cuda.synchronize()
     totals: dict[str, list] = {name: [0.0, 0] for name, _ in KERNEL_CATEGORIES}
+    per_kernel: list[dict] = []
     for evt in prof.key_averages():
         if evt.device_type != DeviceType.CUDA or evt.self_device_time_total <= 0:
             continue
         cat = next(name for name, pat in KERNEL_CATEGORIES if re.search(pat, evt.key, re.I))
         totals[cat][0] += evt.self_device_time_total / 1e3
         totals[cat][1] += evt.count
+        per_kernel.append(dict(kernel=evt.key[:160], category=cat, gpu_ms=round(evt.self_device_time_total / 1e3, 4),
+                               count=evt.count))
     step = sum(v[0] for v in totals.values())
+    if kernels is not None:
+        kernels += sorted(per_kernel, key=lambda r: -r["gpu_ms"])
     return [dict(category=k, gpu_ms=round(v[0], 3), share=round(v[0] / step, 4) if step else 0.0, kernels=v[1])
             for k, v in totals.items() if v[1]]
 

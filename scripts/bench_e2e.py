@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> None:
                       model=cfg.name, compile_cache=cache, inductor_cache=args.cache_state, seed=args.seed,
                       repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up")
     out = repo_path(args.out)
-    rows, prof_rows, plans = [], [], {}
+    rows, prof_rows, kernel_rows, plans = [], [], [], {}
     cells = args.cells
 
     # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran)
@@ -160,7 +160,9 @@ def main(args: argparse.Namespace) -> None:
         # that the fast path computes the same images (mean |diff| of uint8 pixels, column diff_vs_eager)
         r0, b0 = cells[0]
         check = ([prompts[i % len(prompts)] for i in range(b0)], [args.seed + i for i in range(b0)], r0, r0, steps)
-        refs = {k: Runner(variant, "eager", vae=decoders[k])(*check).astype(float) for k in kinds}
+        # (with the fast path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
+        refs = {k: Runner(variant, "eager", vae=decoders[k], layer_plan=args.layer_plan,
+                          dense_budget=args.dense_budget)(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
                             vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan,
@@ -191,9 +193,11 @@ def main(args: argparse.Namespace) -> None:
                               {**meta, "timing": "per layer geometry: CUDA-graph replays of its kernel (codes "
                                                  "quantized beforehand) and of cuBLAS/cuDNN on an fp16 weight"})
                 if (res, batch) in args.profile_points and cuda:
-                    prof_rows += _profile(runner, prompts, res, batch, steps, mode, kind)
-                    write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv")),
-                              {**meta, "timing": "torch.profiler, one image (compiled code run outside its CUDA graph)"})
+                    prof_rows += _profile(runner, prompts, res, batch, steps, mode, kind, kernel_rows)
+                    prof_out = repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv"))
+                    prof_meta = {**meta, "timing": "torch.profiler, one image (compiled code run outside its CUDA graph)"}
+                    write_csv(pd.DataFrame(prof_rows), prof_out, prof_meta)
+                    write_csv(pd.DataFrame(kernel_rows), prof_out.with_name(prof_out.stem + "_kernels.csv"), prof_meta)
             del runner
             _free()
         del variant
@@ -259,13 +263,19 @@ def _bytes_not_in(pipe, fp16_unet, unet, decoders: dict, vae) -> int:
     return sum(device_weight_bytes(m) for k, m in mods.items() if k not in used)
 
 
-def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str) -> list[dict]:
+def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str,
+             kernels: list[dict]) -> list[dict]:
+    """Rows by kernel category; appends this image's rows per kernel to `kernels`."""
     from quant_utils.kernel_bench import profile_step
 
     exec_mode, runner.exec_mode = runner.exec_mode, "eager"  # the stages' (compiled) code outside the CUDA graphs
     try:
         fn = lambda: runner([prompts[0]] * batch, list(range(batch)), res, res, steps)  # noqa: E731
-        return [dict(mode=mode, unet_exec=exec_mode, vae=kind, res=res, batch=batch, **r) for r in profile_step(fn)]
+        cell = dict(mode=mode, unet_exec=exec_mode, vae=kind, res=res, batch=batch)
+        per_kernel: list[dict] = []
+        rows = [dict(**cell, **r) for r in profile_step(fn, per_kernel)]
+        kernels += [dict(**cell, **r) for r in per_kernel]
+        return rows
     finally:
         runner.exec_mode = exec_mode
 
