@@ -96,17 +96,19 @@ def test_simulator_queue_tracking_matches_the_request_table(perf):
 
 
 def test_transport_delays_responses_and_closed_loop_sends_not_the_replica(perf):
-    """transport_ms (an HTTP service's encode + proxy + network time): open loop, every latency grows by exactly it
-    and the GPU schedule is unchanged; closed loop, a client's next request leaves that much later."""
+    """transport_ms + encode_ms (an HTTP service's proxy + network time and its replica's encode): open loop, every
+    latency grows by exactly their sum and the GPU schedule is unchanged; closed loop, a client's next request
+    leaves that much later."""
     S = perf.predict(W8, 512, 512, 1)["total_p50_ms"]
     policy = Static(Option(512, W8))
     work = wl.poisson(2000, 0.7 / S * 1e3, seed=1)
     base = simulate(work, policy, perf, ServerConfig(noise="lognormal"), seed=4).requests
-    slow = simulate(work, policy, perf, ServerConfig(noise="lognormal", transport_ms=40.0), seed=4).requests
+    slow = simulate(work, policy, perf, ServerConfig(noise="lognormal", transport_ms=30.0, encode_ms=10.0), seed=4).requests
     np.testing.assert_allclose(slow["start_s"], base["start_s"], atol=1e-12)
     np.testing.assert_allclose(slow["latency_ms"] - base["latency_ms"], 40.0, atol=1e-6)
-    one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", transport_ms=25.0)).requests
+    one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", encode_ms=25.0)).requests
     np.testing.assert_allclose(np.diff(one["arrival_s"]), (S + 25.0) / 1e3, rtol=1e-9)
     np.testing.assert_allclose(one["latency_ms"], S + 25.0, rtol=1e-9)
-    with pytest.raises(Exception, match="transport_ms"):
-        ServerConfig(transport_ms=-1.0)
+    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0)):
+        with pytest.raises(Exception, match="must be >= 0"):
+            ServerConfig(**bad)

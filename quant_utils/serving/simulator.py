@@ -42,16 +42,18 @@ class ServerConfig:
     noise: str = "lognormal"
     exec: str | None = None      # perf-model exec per mode (default: graph when measured)
     steps: int | None = None     # UNet steps (default: the perf model's)
-    # ms between a batch's end on the GPU and its clients holding the images (encode, proxy, network): it delays
-    # the response and a closed-loop client's next request, not the replica (the HTTP service's, measured by
-    # load_test_stub --target; 0 in process)
+    # ms between a batch's end on the GPU and its clients holding the images, as two parts: the replica's own work
+    # after the batch (image encode, hand-offs; off the GPU thread) and the transport (proxy, routing, network).
+    # Both delay the response and a closed-loop client's next request, not the replica (the HTTP service's,
+    # measured by load_test_stub --target; 0 in process)
     transport_ms: float = 0.0
+    encode_ms: float = 0.0
 
     def __post_init__(self):
         if self.replicas < 1 or self.max_batch < 1:
             raise ConfigError(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
-        if not self.transport_ms >= 0:
-            raise ConfigError(f"transport_ms={self.transport_ms}: must be >= 0")
+        if not (self.transport_ms >= 0 and self.encode_ms >= 0):
+            raise ConfigError(f"transport_ms={self.transport_ms} and encode_ms={self.encode_ms}: must be >= 0")
         if self.dispatch not in DISPATCH:
             raise ConfigError(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
         if self.noise not in NOISE:
@@ -189,7 +191,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     noise = noise.tolist() if noise is not None else None
     lognormal = server.noise == "lognormal"
     closed = workload.closed
-    transport = server.transport_ms / 1e3
+    transport = (server.encode_ms + server.transport_ms) / 1e3  # the client-seen response delay after the batch
     # closed loop: (send time, order, attempt) of the clients' next requests; moved into `arrival` when due
     pending = [(0.0, c, 1) for c in range(min(workload.clients, n))] if closed else []
     n_sched = len(pending)  # requests scheduled so far (at most n, retries included)
