@@ -3,6 +3,7 @@ r"""Serve the (quantized) pipeline over HTTP with Ray Serve (README "Serve"; qua
 The embedded tiny model on the CPU, on http://127.0.0.1:8000 (Ctrl-C stops it):
     python scripts/serve.py
     curl -s -X POST localhost:8000/generate -d '{"prompt": "a corgi", "seed": 1}' -o corgi.png -D -
+    curl -s -X POST localhost:8000/generate -d '{"prompt": "a corgi", "format": "jpeg"}' -o corgi.jpg   # smaller
 The real model on every GPU, FP16 and W8A8 (checkpoint from quant_txt2img), batches of 4, SLO policy with admission:
     python scripts/serve.py --config configs/stable-diffusion/sdxl_turbo.yaml --fp16 --modes fp16 w8a8 \
         --ckpt_base logs/sdxl_mixdq --backend kernel --replicas 2 --max_batch 4 --policy slo --res 1024 \
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "in Ray's router, unseen by the policy)")
     v.add_argument("--max_body_bytes", type=int, default=16384, help="larger request bodies get HTTP 413")
     v.add_argument("--png_level", type=int, default=0, help="PNG zlib level (0: no compression, fastest)")
+    v.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality (1-100) of requests with format jpeg")
     v.add_argument("--health_check_period_s", type=float, default=10.0, help="Ray Serve replica health-check period")
     v.add_argument("--log_level", default="WARNING", help="replica log level (DEBUG also logs every request)")
     r = p.add_argument_group("Ray")

@@ -2,7 +2,7 @@
 
 One module-scoped service: scripts/serve.py with 2 replicas of the tiny model (fp16 + a w8a8 checkpoint), batches
 of 4, static policy with admission control, on loopback ports; the last test stops it with SIGINT and checks that
-no process is left. Pure functions (request parsing, PNG encoding, the replica queue) are tested without Ray.
+no process is left. Pure functions (request parsing, image encoding, the replica queue) are tested without Ray.
 """
 import io
 import json
@@ -25,25 +25,30 @@ from quant_utils.perf_model import PerfModel, synthetic_latency_frame
 from quant_utils.serving import client
 from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
-from quant_utils.serving.server import ReplicaQueue, RequestError, encode_png, parse_generate
+from quant_utils.serving.images import IMAGE_FORMATS, encode_image, encode_png, is_image
+from quant_utils.serving.server import ReplicaQueue, RequestError, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
 from quant_utils.serving.sweep import RESULT_COLUMNS
 
 SLO_MS = 250.0
+SLACK_MS = 0.01  # headers carry 3 decimals
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Serve's pydantic models
 
 
 # --------------------------------------------------------------------------- without Ray
 def test_parse_generate_accepts_good_and_names_what_is_wrong():
-    r = parse_generate(b'{"prompt": "a cat", "seed": 3, "res": 32, "mode": "w8a8", "steps": 2}', ["fp16", "w8a8"], [64, 32])
-    assert (r.prompt, r.seed, r.res, r.mode, r.steps) == ("a cat", 3, 32, "w8a8", 2)
-    r = parse_generate(b'{"prompt": "a cat"}', ["fp16", "w8a8"], [64, 32])
-    assert (r.seed, r.res, r.mode, r.steps) == (0, 0, "fp16", 0)
+    r = parse_generate(b'{"prompt": "a cat", "seed": 3, "res": 32, "mode": "w8a8", "steps": 2, "format": "jpeg"}',
+                       ["fp16", "w8a8"], [64, 32])
+    assert (r.prompt, r.seed, r.res, r.mode, r.steps, r.format) == ("a cat", 3, 32, "w8a8", 2, "jpeg")
+    for body in (b'{"prompt": "a cat"}', b'{"prompt": "a cat", "format": null}'):
+        r = parse_generate(body, ["fp16", "w8a8"], [64, 32])
+        assert (r.seed, r.res, r.mode, r.steps, r.format) == (0, 0, "fp16", 0, "png")
     bad = {b"nope": "not valid JSON", b"[1]": "JSON object", b'{"prompt": " "}': "non-empty", b"{}": "non-empty",
            b'{"prompt": "x", "mode": "w4a8"}': "unknown mode", b'{"prompt": "x", "res": 128}': "ladder",
            b'{"prompt": "x", "seed": -1}': "seed", b'{"prompt": "x", "seed": true}': "seed",
            b'{"prompt": "x", "steps": 5}': "steps", b'{"prompt": "x", "colour": 1}': "unknown field",
-           b'{"prompt": 7}': "non-empty", b"\xff\xfe": "not valid JSON"}
+           b'{"prompt": 7}': "non-empty", b"\xff\xfe": "not valid JSON", b'{"prompt": "x", "format": "gif"}': "unknown format",
+           b'{"prompt": "x", "format": ["png"]}': "unknown format", b'{"prompt": "x", "format": "PNG"}': "unknown format"}
     for body, reason in bad.items():
         with pytest.raises(RequestError, match=reason) as e:
             parse_generate(body, ["fp16", "w8a8"], [64, 32])
@@ -55,6 +60,23 @@ def test_encode_png_is_lossless_at_every_level():
     for level in (0, 1, 6):
         back = np.asarray(Image.open(io.BytesIO(encode_png(img, level))).convert("RGB"))
         assert back.shape == img.shape and np.array_equal(back, img)
+
+
+def test_every_format_decodes_to_the_image_and_the_client_knows_it():
+    """A smooth image: PNG exact, JPEG close and much smaller; each body passes the client's check of its own
+    format only (the client calls any other body an error)."""
+    y, x = np.mgrid[0:96, 0:160] / 96.0
+    img = (np.stack([x / 2, y, (x + y) / 3], -1) * 255).astype(np.uint8)
+    bodies = {fmt: encode_image(img, fmt, jpeg_quality=90) for fmt in IMAGE_FORMATS}
+    for fmt, body in bodies.items():
+        back = Image.open(io.BytesIO(body))
+        assert back.format == fmt.upper() and back.size == (160, 96)
+        assert np.abs(np.asarray(back.convert("RGB"), float) - img).mean() < (0 if fmt == "png" else 2) + 1e-9
+        assert [f for f in IMAGE_FORMATS if is_image(body, f)] == [fmt]
+    assert len(bodies["jpeg"]) * 5 < len(bodies["png"])
+    assert len(encode_image(img, "jpeg", jpeg_quality=30)) < len(bodies["jpeg"])
+    with pytest.raises(ValueError, match="format 'gif'"):
+        encode_image(img, "gif")
 
 
 def test_replica_queue_backlog_matches_the_simulators():
@@ -184,7 +206,8 @@ def test_bad_requests_get_4xx_with_a_one_line_reason(service):
     url = service["url"]
     assert httpx.get(url + "/healthz").json()["status"] == "ok"
     cases = [({"prompt": ""}, 400, "non-empty"), ({"prompt": "x", "mode": "w4a8"}, 400, "unknown mode"),
-             ({"prompt": "x", "res": 128}, 400, "ladder"), ({"prompt": "x", "steps": 0}, 400, "steps")]
+             ({"prompt": "x", "res": 128}, 400, "ladder"), ({"prompt": "x", "steps": 0}, 400, "steps"),
+             ({"prompt": "x", "format": "gif"}, 400, "unknown format"), ({"prompt": "x", "format": 5}, 400, "unknown format")]
     for body, status, reason in cases:
         r = httpx.post(url + "/generate", json=body)
         assert r.status_code == status and reason in r.json()["error"] and "\n" not in r.json()["error"]
@@ -195,16 +218,29 @@ def test_bad_requests_get_4xx_with_a_one_line_reason(service):
     assert httpx.get(url + "/generate").status_code == 405 and httpx.get(url + "/nothing").status_code == 404
 
 
+def replica_times_ms(h: dict) -> dict[str, float]:
+    """The replica's timing headers as numbers (KeyError/ValueError if one is missing or not a number)."""
+    return {k: float(h[f"x-{k}-ms"]) for k in ("queue", "service", "encode", "replica")}
+
+
 def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     url = service["url"]
     img, h = client.fetch_png(url, "a red bicycle", seed=5)
     assert img.shape == (64, 64, 3) and (h["x-res"], h["x-mode"], h["x-model"]) == ("64", "fp16", "float32")
     assert float(h["x-service-ms"]) > 0 and float(h["x-queue-ms"]) >= 0 and h["x-vae"] == "fp16" and h["x-replica"]
+    assert (h["content-type"], h["x-format"]) == ("image/png", "png")
     again, _ = client.fetch_png(url, "a red bicycle", seed=5)
     other, _ = client.fetch_png(url, "a red bicycle", seed=6)
     assert np.array_equal(img, again) and not np.array_equal(img, other)
     small, h = client.fetch_png(url, "a red bicycle", seed=5, res=32, mode="w8a8")
     assert small.shape == (32, 32, 3) and (h["x-mode"], h["x-model"]) == ("w8a8", "w8a8-fake")
+    jpeg, hj = client.fetch_png(url, "a red bicycle", seed=5, format="jpeg")
+    assert jpeg.shape == (64, 64, 3) and (hj["content-type"], hj["x-format"]) == ("image/jpeg", "jpeg")
+    err = lambda a: np.abs(a.astype(float) - jpeg).mean()
+    assert err(img) < err(other)  # lossy, but the same image
+    for hdr in (h, hj):  # the replica's time: queue + service + encode + its hand-offs
+        t = replica_times_ms(hdr)
+        assert min(t.values()) >= 0 and t["replica"] >= t["queue"] + t["service"] + t["encode"] - SLACK_MS
 
 
 def test_load_test_against_the_service(service, tmp_path):

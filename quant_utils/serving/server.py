@@ -2,10 +2,10 @@
 
 One deployment, `ImageService`. Each replica (one GPU on CUDA) loads the pipeline, one MixDQ-quantized UNet copy
 per quantized mode it serves (checkpoints made by quant_txt2img) and a generation Runner per model, and warms every
-(resolution, mode, batch) bucket before it reports ready. HTTP: `POST /generate` {prompt, seed?, res?, mode?, steps?}
--> image/png with headers saying what was served; `GET /healthz`; `GET /config` (what a load test needs to configure
-the simulator like this service, performance model included). Metrics: Ray Serve's Prometheus metrics plus the
-`mixdq_*` ones defined here, on Ray's metrics port.
+(resolution, mode, batch) bucket before it reports ready. HTTP: `POST /generate` {prompt, seed?, res?, mode?, steps?,
+format?} -> image/png (or image/jpeg) with headers saying what was served and where the replica's time went;
+`GET /healthz`; `GET /config` (what a load test needs to configure the simulator like this service, performance
+model included). Metrics: Ray Serve's Prometheus metrics plus the `mixdq_*` ones defined here, on Ray's metrics port.
 
 Per request, on arrival at its replica, the simulator's policy classes (static, adaptive, slo, +admission) pick the
 resolution and mode from this replica's queue, or reject it (HTTP 429). Requests wait in the replica's bucket
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import time
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -38,12 +37,13 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 from .. import REPO_ROOT, repo_path
 from ..errors import ConfigError
 from ..modes import FP16, uniform_mode_bits
+from .images import IMAGE_FORMATS, encode_image
 from .policies import POLICIES, Option, build_policy
 from .simulator import ServiceTable
 
 APP_NAME = "mixdq"
 ROUTERS = {"pow2": "jsq", "rr": "rr"}  # Ray Serve router -> the simulator's nearest dispatch rule
-REQUEST_FIELDS = ("prompt", "seed", "res", "mode", "steps")
+REQUEST_FIELDS = ("prompt", "seed", "res", "mode", "steps", "format")
 MAX_PROMPT_CHARS = 2000
 MS_BUCKETS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 
@@ -85,6 +85,7 @@ class ServeConfig:
     max_ongoing: int = 1000
     max_body_bytes: int = 16384
     png_level: int = 0
+    jpeg_quality: int = 90
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
     extra: dict = field(default_factory=dict)  # the other flags (e.g. the model group's newer ones) for make_runner
@@ -131,6 +132,8 @@ class ServeConfig:
             raise ConfigError(f"router {self.router!r}: expected one of {list(ROUTERS)}")
         if not 0 <= self.png_level <= 9:
             raise ConfigError(f"png_level {self.png_level}: expected 0 (no compression, fastest) to 9")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality {self.jpeg_quality}: expected 1 to 100 (Pillow's scale)")
         build_policy(self.policy, self.modes[0], self.res, self.ladder, bits_ladder=self.adaptive_modes,
                      q_high=self.q_high, q_low=self.q_low, slo_ms=self.slo_ms, admission=self.admission)
         return self
@@ -192,21 +195,6 @@ def replica_perf_model(cfg: ServeConfig, generate: dict, options: list[Option], 
     return pm, "calibrated on the replica"
 
 
-def encode_png(image: np.ndarray, level: int = 0) -> bytes:
-    """uint8 [H, W, 3] -> PNG bytes, no row filters, zlib at `level` (PIL's encoder tries five filters per row:
-    10x slower at level 0, which would dominate the HTTP overhead at 1024 px). Three passes over the pixels (rows
-    with their filter byte, zlib, the final join): the encode is part of every response's latency."""
-    h, w, _ = image.shape
-    rows = np.empty((h, 1 + w * 3), np.uint8)
-    rows[:, 0] = 0  # filter type 0 (none) per row
-    rows[:, 1:] = image.reshape(h, w * 3)
-    idat = zlib.compress(rows, level)
-    ihdr = b"IHDR" + w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
-    return b"".join([b"\x89PNG\r\n\x1a\n", (13).to_bytes(4, "big"), ihdr, zlib.crc32(ihdr).to_bytes(4, "big"),
-                     len(idat).to_bytes(4, "big"), b"IDAT", idat, zlib.crc32(idat, zlib.crc32(b"IDAT")).to_bytes(4, "big"),
-                     (0).to_bytes(4, "big"), b"IEND", zlib.crc32(b"IEND").to_bytes(4, "big")])
-
-
 # --------------------------------------------------------------------------- requests
 class RequestError(ValueError):
     """A bad request: HTTP `status` with a one-line reason."""
@@ -223,6 +211,7 @@ class GenerateRequest:
     res: int = 0          # 0: the policy decides; else the most the request may get (a ladder resolution)
     mode: str = ""
     steps: int = 0        # 0: the service's default
+    format: str = "png"   # the response body's (IMAGE_FORMATS)
 
 
 def parse_generate(body: bytes, modes: list[str], ladder: list[int]) -> GenerateRequest:
@@ -251,7 +240,10 @@ def parse_generate(body: bytes, modes: list[str], ladder: list[int]) -> Generate
         return v
 
     req = GenerateRequest(prompt=prompt, seed=integer("seed", 0, 2**63 - 1), res=integer("res", 1, 1 << 16),
-                          steps=integer("steps", 1, 4), mode=d.get("mode") or modes[0])
+                          steps=integer("steps", 1, 4), mode=d.get("mode") or modes[0],
+                          format="png" if d.get("format") is None else d["format"])
+    if not isinstance(req.format, str) or req.format not in IMAGE_FORMATS:
+        raise RequestError(400, f"unknown format {req.format!r}: expected one of {list(IMAGE_FORMATS)}")
     if req.mode not in modes:
         raise RequestError(400, f"unknown mode {req.mode!r}: this service serves {modes}")
     if req.res and req.res not in ladder:
@@ -363,7 +355,7 @@ class ImageService:
         self.running_end = 0.0                                     # predicted end of the running batch (s)
         self.batchers: dict = {}
         self.gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")  # one batch at a time on the device
-        self.io = ThreadPoolExecutor(2, thread_name_prefix="png")
+        self.io = ThreadPoolExecutor(2, thread_name_prefix="encode")
         self.rids = itertools.count()
         self.served = 0
         self.t0 = time.perf_counter()
@@ -371,7 +363,7 @@ class ImageService:
         self.m_requests = Counter("mixdq_requests", description="Requests by outcome (ok, rejected, bad_request, "
                                   "error) and requested mode.", tag_keys=("mode", "outcome"))
         self.m_queue = Gauge("mixdq_queue_length", description="Requests waiting in this replica (not in service).")
-        self.m_latency = Histogram("mixdq_latency_ms", description="Arrival at the replica to image encoded, ms.",
+        self.m_latency = Histogram("mixdq_latency_ms", description="Arrival at the replica to response built, ms.",
                                    boundaries=MS_BUCKETS, tag_keys=("mode", "res"))
         self.m_wait = Histogram("mixdq_queue_ms", description="Arrival at the replica to batch start, ms.",
                                 boundaries=MS_BUCKETS, tag_keys=("mode", "res"))
@@ -438,17 +430,27 @@ class ImageService:
                 self.m_queue.set(self.queue.n)
             self.in_flight.discard(job)
             self._feed()
-        png = await asyncio.get_running_loop().run_in_executor(self.io, encode_png, image, self.cfg.png_level)
+        # off the event loop and off the GPU thread (the next batch runs meanwhile); its wall time, waiting for a
+        # free encoder thread included, is x-encode-ms
+        t_encode = self._now()
+        body = await asyncio.get_running_loop().run_in_executor(self.io, encode_image, image, req.format,
+                                                                self.cfg.png_level, self.cfg.jpeg_quality)
+        done = self._now()
         tags = {"mode": opt.mode, "res": str(opt.res)}
-        self.m_latency.observe((self._now() - arrival) * 1e3, tags=tags)
+        self.m_latency.observe((done - arrival) * 1e3, tags=tags)
         self.m_wait.observe((job.start - arrival) * 1e3, tags=tags)
         self.m_requests.inc(tags={"mode": mode, "outcome": "ok"})
         self.served += 1
-        return Response(png, media_type="image/png", headers={
+        # x-replica-ms - x-queue-ms - x-service-ms - x-encode-ms: the replica's hand-offs (to and from the GPU
+        # thread, the batch's results back to each request); the client's latency - x-replica-ms: proxy, routing,
+        # network (the body's trip included)
+        return Response(body, media_type=IMAGE_FORMATS[req.format].media_type, headers={
             "x-res": str(opt.res), "x-mode": opt.mode, "x-model": self.labels[opt.mode],
             "x-vae": self.runners[opt.mode].vae_kind, "x-steps": str(job.steps), "x-seed": str(req.seed),
             "x-queue-ms": f"{(job.start - arrival) * 1e3:.3f}", "x-service-ms": f"{job.service_ms:.3f}",
-            "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen), "x-replica": self.replica_id})
+            "x-encode-ms": f"{(done - t_encode) * 1e3:.3f}", "x-replica-ms": f"{(done - arrival) * 1e3:.3f}",
+            "x-format": req.format, "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen),
+            "x-replica": self.replica_id})
 
     async def _body(self, request: Request) -> bytes:
         limit = self.cfg.max_body_bytes
