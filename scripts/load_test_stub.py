@@ -19,8 +19,9 @@ policy, replicas, max batch, dispatch, its performance model); add --live for th
 
 Writes <base_path>/queue_tests/<run_name>/: mixdq_queue_results.csv and .txt (one row/line per run),
 mixdq_queue_requests.csv (one row per request), config.json (the resolved configuration), with --live
-mixdq_queue_fidelity.csv and perf_model_live.json, with --target mixdq_queue_fidelity_http.csv and
-perf_model_server.json, with both mixdq_queue_overhead.csv (columns: docs/outputs.md). Seeds: --seed, else $MIXDQ_LOADTEST_SEED, else 0.
+mixdq_queue_fidelity.csv and perf_model_live.json, with --target mixdq_queue_fidelity_http.csv,
+mixdq_queue_http_split.csv (where each run's client latency went) and perf_model_server.json, with both
+mixdq_queue_overhead.csv (columns: docs/outputs.md). Seeds: --seed, else $MIXDQ_LOADTEST_SEED, else 0.
 Plot with: python scripts/plot_mixdq_queue_results.py <...>/mixdq_queue_results.csv
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ from quant_utils.modes import BITS, DECODERS, FP16, mode_key, wbits_mode  # noqa
 from quant_utils.perf_model import PerfModel  # noqa: E402
 from quant_utils.qlayers import BACKENDS  # noqa: E402
 from quant_utils.serving import client, live, sweep  # noqa: E402
+from quant_utils.serving.images import IMAGE_FORMATS  # noqa: E402
 from quant_utils.serving.policies import POLICIES, Option, build_policy  # noqa: E402
 from quant_utils.serving.simulator import DISPATCH, NOISE, REQUEST_CSV_DECIMALS, ServerConfig, ServiceTable, simulate  # noqa: E402
 from quant_utils.serving.workloads import PATTERNS, read_trace, resolve_seed  # noqa: E402
@@ -113,10 +115,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(its modes, policy, replicas, max batch, routing and performance model configure the simulator)")
     h.add_argument("--request_timeout_s", type=float, default=120.0, help="--target: a request unanswered this long times out")
     h.add_argument("--wait_s", type=float, default=0.0, help="--target: wait up to this long for the service to be ready")
+    h.add_argument("--format", default="png", choices=list(IMAGE_FORMATS),
+                   help="--target: the image format every request asks for (jpeg: a smaller body, lossy)")
     h.add_argument("--transport_ms", type=nonnegative_float, default=None,
-                   help="--target: the service's per-request transport (PNG encode, proxy, network) the simulator adds "
-                        "to each response and a closed-loop client's next send; default: measured by a probe of 6 "
-                        "sequential requests before the runs")
+                   help="--target: the service's per-request transport outside the replica (proxy, routing, network) "
+                        "the simulator adds to each response and a closed-loop client's next send; default: measured "
+                        "by a probe of 6 sequential requests before the runs")
+    h.add_argument("--encode_ms", type=nonnegative_float, default=None,
+                   help="--target: the same for the replica's work after the batch (image encode, hand-offs); "
+                        "default: measured by the same probe")
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
@@ -230,11 +237,13 @@ def main(args: argparse.Namespace) -> None:
     options = [Option(r, m) for r in ladder for m in modes + extra_modes + [x for m in modes for x in vae_modes(m)]]
     perf, perf_src = perf_for_run(args, variants, options, out)
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
-    if args.target:  # the simulator models the HTTP service: its transport too (the in-process runs have none)
-        if args.transport_ms is None:
-            args.transport_ms = client.probe_transport(args.target, modes[0], args.prompt)
-        print(f"transport (encode, proxy, network) per request: {args.transport_ms:.1f} ms")
-        server = dataclasses.replace(server, transport_ms=args.transport_ms)
+    if args.target:  # the simulator models the HTTP service: encode and transport too (the in-process runs have none)
+        if args.transport_ms is None or args.encode_ms is None:
+            probed = client.probe_transport(args.target, modes[0], args.prompt, fmt=args.format)
+            vars(args).update({k: v for k, v in probed.items() if vars(args)[k] is None})
+        print(f"per {args.format} response after its batch: encode (+ replica hand-offs) {args.encode_ms:.1f} ms, "
+              f"transport (proxy, routing, network) {args.transport_ms:.1f} ms")
+        server = dataclasses.replace(server, transport_ms=args.transport_ms, encode_ms=args.encode_ms)
     # 3. the cells and their policies
     quality = None
     if args.quality_csv:
@@ -251,7 +260,7 @@ def main(args: argparse.Namespace) -> None:
     common = dict(server=server, static_res=args.res, seed=seed, slo_ms=args.slo_ms, perf=perf)
     results, requests = sweep.run_cells(cells, make_policy, lambda w, p: simulate(w, p, perf, server, seed), "sim",
                                         progress=lambda c: tqdm(c, desc="simulating", unit="run"), **common)
-    fidelity = fidelity_http = overhead = None
+    fidelity = fidelity_http = overhead = split = None
     sim_results, live_res = results, None
     if args.live:
         prompts = [args.prompt]
@@ -259,9 +268,9 @@ def main(args: argparse.Namespace) -> None:
         live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
                                              progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
         in_process = results
-        if server.transport_ms:  # the in-process runs have no transport: their own simulation
+        if server.transport_ms or server.encode_ms:  # the in-process runs have neither: their own simulation
             in_process, _ = sweep.run_cells(cells, make_policy, lambda w, p: simulate(
-                w, p, perf, dataclasses.replace(server, transport_ms=0.0), seed), "sim", **common)
+                w, p, perf, dataclasses.replace(server, transport_ms=0.0, encode_ms=0.0), seed), "sim", **common)
         fidelity = sweep.fidelity_table(in_process, live_res, runs_as)
         results = pd.concat([results, live_res], ignore_index=True)
         requests = pd.concat([requests, live_req], ignore_index=True)
@@ -275,13 +284,14 @@ def main(args: argparse.Namespace) -> None:
         def run_http(w, p):
             cell = current["cell"]
             r = client.run_http(w, args.target, cell.mode, w.prompts or [args.prompt], seed, args.request_timeout_s,
-                                args.replicas)
+                                args.replicas, fmt=args.format)
             tqdm.write(f"http {cell.run_id}: {r.notes[0]}")
             return r
 
         http_res, http_req = sweep.run_cells(cells, http_policy, run_http, "http",
                                              progress=lambda c: tqdm(c, desc="http", unit="run"), **common)
         fidelity_http = sweep.fidelity_table(sim_results, http_res, service["labels"])
+        split = client.latency_split(http_req)
         if live_res is not None:
             overhead = client.overhead_table(live_res, http_res, http_req)
         results = pd.concat([results, http_res], ignore_index=True)
@@ -293,10 +303,12 @@ def main(args: argparse.Namespace) -> None:
                       perf_backends=perf.backends_label(),
                       perf_synthetic=perf.synthetic, seed=seed,
                       sources="sim" + ("+live" if args.live else "") + (f"+http {args.target}" if args.target else ""),
-                      transport_ms=f"{server.transport_ms:.2f} (added to the sim rows; in-process fidelity simulated "
-                                   f"without it)" if server.transport_ms else "0",
+                      transport_ms=f"{server.transport_ms:.2f}" + (
+                          " (+ encode_ms: added to every sim row's response; in-process fidelity simulated without "
+                          "them)" if server.transport_ms or server.encode_ms else ""),
+                      encode_ms=f"{server.encode_ms:.2f}",
                       **({"service": f"{service['device']}, {service.get('weights', 'weights not reported')} weights, "
-                                     f"models {service['labels']}"} if service else {}),
+                                     f"models {service['labels']}", "format": args.format} if service else {}),
                       **({"live": f"{weights_label(model_config_from_args(args), args)} weights, quantized backend "
                                   f"{args.backend if args.quantize_live else 'none (modes run the loaded model)'}"}
                          if args.live else {}),
@@ -319,6 +331,10 @@ def main(args: argparse.Namespace) -> None:
         lines += ["", "HTTP accounting (ok + rejected + error + timeout = sent):"] + [
             f"  {r.run_id}: sent {r.n_requests} = ok {r.n_done} + rejected {r.n_rejected} + error {r.n_error} + "
             f"timeout {r.n_timeout}" for r in http_rows.itertuples()]
+        write_csv(split.round(3), out / "mixdq_queue_http_split.csv", meta)
+        lines += ["", f"HTTP latency split, served requests, ms ({args.format}; means add up: latency = queue + service "
+                      "+ encode + replica_other + transport; p50 overhead = p50 of latency - queue - service):",
+                  split.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
     if overhead is not None:
         write_csv(overhead, out / "mixdq_queue_overhead.csv", meta)
         lines += ["", "HTTP + Ray overhead (HTTP - in-process; per-request latency - queue - service):",

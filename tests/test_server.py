@@ -2,7 +2,8 @@
 
 One module-scoped service: scripts/serve.py with 2 replicas of the tiny model (fp16 + a w8a8 checkpoint), batches
 of 4, static policy with admission control, on loopback ports; the last test stops it with SIGINT and checks that
-no process is left. Pure functions (request parsing, image encoding, the replica queue) are tested without Ray.
+no process is left. Pure functions (request parsing, image encoding, the replica queue, the client's latency split)
+are tested without Ray.
 """
 import io
 import json
@@ -104,14 +105,22 @@ def client_job(rid):
     return _Job(rid, GenerateRequest("x"), Option(512, "w8a8"), 1, 0.0, None)
 
 
-def test_http_accounting_refuses_a_lost_request():
-    recs = [{"request": 0, "arrival_s": 0.0, "done_s": 0.1, "status": 200, "outcome": "ok",
-             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-res": "64", "x-mode": "fp16", "x-batch-size": "1",
-                         "x-replica": "a"}},
+def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
+    recs = [{"request": 0, "arrival_s": 0.0, "done_s": 0.1, "status": 200, "outcome": "ok", "bytes": 3000,
+             "body": {"format": "jpeg"},
+             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-encode-ms": "2", "x-replica-ms": "65",
+                         "x-res": "64", "x-mode": "fp16", "x-batch-size": "1", "x-replica": "a"}},
             {"request": 1, "arrival_s": 0.0, "done_s": 0.2, "status": 0, "outcome": "timeout", "reason": "t"}]
     df = client.request_table(recs, "fp16")
     assert client.accounting(df, 2) == {"ok": 1, "rejected": 0, "error": 0, "timeout": 1}
     assert df.loc[0, "overhead_ms"] == pytest.approx(100 - 10 - 50) and np.isnan(df.loc[1, "finish_s"])
+    ok = df.loc[0]  # 100 ms = queue 10 + service 50 + encode 2 + replica other 3 + transport 35
+    assert (ok["encode_ms"], ok["replica_other_ms"], ok["transport_ms"]) == pytest.approx((2, 3, 35))
+    assert (ok["format"], ok["bytes"], df.loc[1, "format"]) == ("jpeg", 3000, "png")
+    assert np.isnan(df.loc[1, ["encode_ms", "replica_other_ms", "transport_ms"]].astype(float)).all()
+    split = client.latency_split(df.assign(run_id="r"))
+    assert split.iloc[0][["format", "n_ok", "body_kb", "mean_latency_ms", "mean_queue_ms", "mean_transport_ms",
+                          "p50_overhead_ms"]].tolist() == ["jpeg", 1, 3.0, pytest.approx(100), 10, 35, pytest.approx(40)]
     with pytest.raises(RuntimeError, match="lost"):
         client.accounting(df, 3)
 
@@ -119,7 +128,7 @@ def test_http_accounting_refuses_a_lost_request():
 def test_http_client_open_and_closed_loop_with_retries_on_a_mock_service():
     """The client against httpx's MockTransport: 429s, 500s and broken connections recorded, a closed-loop client
     resends a rejected request (same body, attempt + 1) after the back-off, and nothing is lost."""
-    png = encode_png(np.zeros((8, 8, 3), np.uint8))
+    image = np.zeros((8, 8, 3), np.uint8)
     seen = []
 
     def service(request: httpx.Request) -> httpx.Response:
@@ -132,19 +141,26 @@ def test_http_client_open_and_closed_loop_with_retries_on_a_mock_service():
             return httpx.Response(500, json={"error": "generation failed: test"})
         if k % 11 == 0:
             raise httpx.ConnectError("reset")
-        return httpx.Response(200, content=png, headers={"x-res": "8", "x-mode": body["mode"], "x-service-ms": "1.5",
-                                                         "x-queue-ms": "0.5", "x-batch-size": "1", "x-replica": "r1"})
+        fmt = "png" if k % 13 == 0 else body["format"]  # a PNG whatever was asked: an error for a JPEG request
+        return httpx.Response(200, content=encode_image(image, fmt), headers={
+            "x-res": "8", "x-mode": body["mode"], "x-service-ms": "1.5", "x-queue-ms": "0.5", "x-encode-ms": "0.1",
+            "x-replica-ms": "2.2", "x-batch-size": "1", "x-replica": "r1"})
     closed = wl.closed_loop(30, 3)
     closed.retry_backoff_s = 0.01  # the closed-loop retry back-off (the simulator's default when it has one)
-    for w in (wl.poisson(30, 200.0, seed=1), closed):
+    for w, fmt in ((wl.poisson(30, 200.0, seed=1), "png"), (closed, "jpeg")):
         seen.clear()
-        run = client.run_http(w, "http://mock", "w8a8", ["p"], seed=10, transport=httpx.MockTransport(service))
+        run = client.run_http(w, "http://mock", "w8a8", ["p"], seed=10, transport=httpx.MockTransport(service), fmt=fmt)
         df = run.requests
         counts = client.accounting(df, 30)
         assert counts["rejected"] > 0 and counts["error"] > 0 and counts["ok"] > 0 and counts["timeout"] == 0
-        assert set(df.loc[df["outcome"] == "error", "status"]) <= {0, 500} and (df["reason"].str.len() > 0).sum() >= 7
+        errors = df[df["outcome"] == "error"]
+        assert set(errors["status"]) <= {0, 200, 500} and (df["reason"].str.len() > 0).sum() >= 7
+        assert (errors["status"] == 200).any() == (fmt == "jpeg")  # the PNG answer to a JPEG request
+        assert (errors.loc[errors["status"] == 200, "reason"] == "HTTP 200 without a JPEG body").all()
+        assert {b["format"] for b in seen} == {fmt} and (df["format"] == fmt).all()
         ok = df[df["outcome"] == "ok"]
         assert (ok["res"] == 8).all() and (ok["mode"] == "w8a8").all() and (ok["replica_id"] == "r1").all()
+        assert (ok["bytes"] > 0).all() and np.allclose(ok["replica_other_ms"], 0.1)
         seeds = [b["seed"] for b in seen]
         if w.closed:  # a rejected request is sent again (same seed, next attempt) while requests remain
             retries = int((df["attempt"] > 1).sum())
@@ -225,22 +241,23 @@ def replica_times_ms(h: dict) -> dict[str, float]:
 
 def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     url = service["url"]
-    img, h = client.fetch_png(url, "a red bicycle", seed=5)
+    img, h = client.fetch_image(url, "a red bicycle", seed=5)
     assert img.shape == (64, 64, 3) and (h["x-res"], h["x-mode"], h["x-model"]) == ("64", "fp16", "float32")
     assert float(h["x-service-ms"]) > 0 and float(h["x-queue-ms"]) >= 0 and h["x-vae"] == "fp16" and h["x-replica"]
     assert (h["content-type"], h["x-format"]) == ("image/png", "png")
-    again, _ = client.fetch_png(url, "a red bicycle", seed=5)
-    other, _ = client.fetch_png(url, "a red bicycle", seed=6)
+    again, _ = client.fetch_image(url, "a red bicycle", seed=5)
+    other, _ = client.fetch_image(url, "a red bicycle", seed=6)
     assert np.array_equal(img, again) and not np.array_equal(img, other)
-    small, h = client.fetch_png(url, "a red bicycle", seed=5, res=32, mode="w8a8")
+    small, h = client.fetch_image(url, "a red bicycle", seed=5, res=32, mode="w8a8")
     assert small.shape == (32, 32, 3) and (h["x-mode"], h["x-model"]) == ("w8a8", "w8a8-fake")
-    jpeg, hj = client.fetch_png(url, "a red bicycle", seed=5, format="jpeg")
+    jpeg, hj = client.fetch_image(url, "a red bicycle", seed=5, format="jpeg")
     assert jpeg.shape == (64, 64, 3) and (hj["content-type"], hj["x-format"]) == ("image/jpeg", "jpeg")
     err = lambda a: np.abs(a.astype(float) - jpeg).mean()
     assert err(img) < err(other)  # lossy, but the same image
     for hdr in (h, hj):  # the replica's time: queue + service + encode + its hand-offs
         t = replica_times_ms(hdr)
-        assert min(t.values()) >= 0 and t["replica"] >= t["queue"] + t["service"] + t["encode"] - SLACK_MS
+        assert min(t.values()) >= 0 and t["encode"] > 0  # (an encode takes more than the headers' 1 µs)
+        assert t["replica"] >= t["queue"] + t["service"] + t["encode"] - SLACK_MS
 
 
 def test_load_test_against_the_service(service, tmp_path):
@@ -248,7 +265,7 @@ def test_load_test_against_the_service(service, tmp_path):
     service, every request accounted for."""
     out = tmp_path / "lt"
     assert run_main("load_test_stub.py", "--target", service["url"], "--patterns", "poisson", "burst", "--rates", 6,
-                    "--conc", 4, "--num_requests", 16, "--wbits", 16, "--out_dir", out) == 0
+                    "--conc", 4, "--num_requests", 16, "--wbits", 16, "--format", "jpeg", "--out_dir", out) == 0
     res = read_csv(out / "mixdq_queue_results.csv")
     assert list(res.columns) == RESULT_COLUMNS and set(res["source"]) == {"sim", "http"} and len(res) == 4
     assert set(res["policy"]) == {"static+admission"} and set(res["replicas"]) == {2} and set(res["max_batch"]) == {4}
@@ -262,13 +279,31 @@ def test_load_test_against_the_service(service, tmp_path):
     assert len(hreq) == 32 and set(hreq["outcome"]) <= set(client.OUTCOMES)
     ok = hreq[hreq["outcome"] == "ok"]
     assert (ok["status"] == 200).all() and (ok["overhead_ms"] > 0).all() and set(ok["res"]) == {64}
+    assert set(hreq["format"]) == {"jpeg"} and (ok["bytes"] > 0).all()
+    assert_latency_adds_up(ok)
+    split = read_csv(out / "mixdq_queue_http_split.csv")  # per run: the means add up to the mean latency
+    assert list(split["run_id"]) == list(http["run_id"]) and list(split["n_ok"]) == list(http["n_done"])
+    parts = split[[f"mean_{c.removeprefix('server_')}" for c in client.SPLIT_PARTS]].sum(axis=1)
+    assert np.allclose(parts, split["mean_latency_ms"], atol=0.01) and set(split["format"]) == {"jpeg"}
+    assert (split["p50_overhead_ms"] > 0).all() and (split["mean_encode_ms"] >= 0).all()
     assert json.loads((out / "perf_model_server.json").read_text())["gpu"].startswith("cpu")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["service"]["serve"]["replicas"] == 2 and "perf_model" not in cfg["service"]
-    assert "HTTP accounting" in (out / "mixdq_queue_results.txt").read_text()
+    report = (out / "mixdq_queue_results.txt").read_text()
+    assert "HTTP accounting" in report and "HTTP latency split" in report
     meta = read_provenance(out / "mixdq_queue_results.csv")  # what was measured: the service's weights and models
-    assert "random-tiny weights" in meta["service"] and "fp16" in meta["service"]
+    assert "random-tiny weights" in meta["service"] and "fp16" in meta["service"] and meta["format"] == "jpeg"
     assert float(meta["transport_ms"].split()[0]) > 0  # probed before the runs, added to the sim rows
+    assert float(meta["encode_ms"]) >= 0 and cfg["format"] == "jpeg"
+
+
+def assert_latency_adds_up(ok):
+    """Every served request: client latency = queue + service + encode + replica other + transport, none of the
+    replica's parts negative, an encode measured, and the transport (outside the replica) not negative either."""
+    parts = ok[client.SPLIT_PARTS]
+    assert parts.notna().all().all() and (parts >= -SLACK_MS).all().all() and (ok["encode_ms"] > 0).all()
+    assert (ok["latency_ms"] >= ok["server_queue_ms"] + ok["service_ms"] + ok["encode_ms"] - SLACK_MS).all()
+    assert np.allclose(parts.sum(axis=1), ok["latency_ms"], atol=SLACK_MS)
 
 
 def scrape(url: str, name: str) -> float:
@@ -290,6 +325,7 @@ def test_burst_is_batched_and_admission_rejects_with_429(service, tmp_path):
     rej = df[df["outcome"] == "rejected"]
     assert (rej["status"] == 429).all() and rej["reason"].str.contains("admission control").all()
     assert df.loc[df["outcome"] == "ok", "batch_size"].max() > 1
+    assert_latency_adds_up(df[df["outcome"] == "ok"])  # PNG, batches of up to 4 sharing two encoder threads
     deadline = time.monotonic() + 30  # Prometheus: Ray exports every second here
     while True:
         names = ("ray_mixdq_batch_size_count", "ray_mixdq_batch_size_sum", "ray_mixdq_requests_total",
@@ -336,7 +372,7 @@ def test_a_killed_replica_is_replaced_and_nothing_is_lost(service):
         recovery_s = time.monotonic() - t_kill
         print(f"\nreplica kill: {counts} during the load; back to 2 healthy replicas {recovery_s:.1f} s after the kill")
         assert recovery_s < 120
-        seen = {client.fetch_png(service["url"], "after", seed=i)[1]["x-replica"] for i in range(12)}
+        seen = {client.fetch_image(service["url"], "after", seed=i)[1]["x-replica"] for i in range(12)}
         assert names[0].rsplit("#", 1)[1] not in seen
     finally:
         ray.shutdown()

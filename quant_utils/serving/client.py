@@ -3,10 +3,12 @@
 Open loop: each request is sent at its arrival time, whatever is still in flight. Closed loop (`burst` with a
 concurrency): `clients` coroutines each send their next request when their previous one is answered; a rejected
 one is sent again (same prompt and seed, `attempt` + 1) after the workload's `retry_backoff_s` (0 when the
-workload has none), as the simulator does. Every request ends in exactly one outcome: `ok` (HTTP 200 with a PNG),
-`rejected` (HTTP 429: admission control), `error` (any other status, a body that is not a PNG, or a transport
-failure such as a reset connection) or `timeout` (no answer within the timeout); `accounting` checks that they add
-up to what was sent. Latencies are client-side (send to last byte), server-side parts come from the headers.
+workload has none), as the simulator does. Every request asks for one image format (`png` or `jpeg`) and ends in
+exactly one outcome: `ok` (HTTP 200 with an image of that format), `rejected` (HTTP 429: admission control),
+`error` (any other status, a body that is not such an image, or a transport failure such as a reset connection) or
+`timeout` (no answer within the timeout); `accounting` checks that they add up to what was sent. Latencies are
+client-side (send to last byte), server-side parts come from the headers: latency = queue + service + encode +
+replica other + transport (`latency_split`).
 """
 from __future__ import annotations
 
@@ -21,15 +23,17 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..modes import mode_wbits
+from .images import is_image
 from .metrics import queue_stats
 from .simulator import RunResult
 from .workloads import Workload
 
 OUTCOMES = ("ok", "rejected", "error", "timeout")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Per-request columns an HTTP run adds to the simulator's (docs/outputs.md)
-HTTP_COLUMNS = ["attempt", "status", "outcome", "reason", "model", "vae", "server_queue_ms", "overhead_ms",
-                "elapsed_ms", "replica_id"]
+HTTP_COLUMNS = ["attempt", "status", "outcome", "reason", "model", "vae", "format", "bytes", "server_queue_ms",
+                "overhead_ms", "encode_ms", "replica_other_ms", "transport_ms", "elapsed_ms", "replica_id"]
+# a served request's client latency, in parts that add up to it (per-request columns)
+SPLIT_PARTS = ["server_queue_ms", "service_ms", "encode_ms", "replica_other_ms", "transport_ms"]
 
 
 def get_json(target: str, path: str, timeout_s: float = 10.0) -> dict:
@@ -72,7 +76,7 @@ def simulator_settings(info: dict) -> dict[str, Any]:
 
 
 async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int,
-                  timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> list[dict]:
+                  timeout_s: float, fmt: str, transport: httpx.AsyncBaseTransport | None = None) -> list[dict]:
     n = workload.n
     url = target.rstrip("/") + "/generate"
     records: list[dict] = [{} for _ in range(n)]
@@ -82,15 +86,17 @@ async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[
 
         async def send(i: int, body: dict | None = None, attempt: int = 1) -> dict:
             res = int(workload.res[i])
-            body = body or {"prompt": prompts[i % len(prompts)], "seed": seed + i, "mode": mode} | ({"res": res} if res else {})
+            body = body or {"prompt": prompts[i % len(prompts)], "seed": seed + i, "mode": mode, "format": fmt} | (
+                {"res": res} if res else {})
             rec = records[i] = {"request": i, "arrival_s": time.perf_counter() - t0, "attempt": attempt, "body": body}
             try:
                 r = await client.post(url, json=body)
                 rec["status"] = r.status_code
                 rec["headers"] = r.headers
+                rec["bytes"] = len(r.content)
                 if r.status_code == 200:
-                    rec["outcome"] = "ok" if r.content[:8] == PNG_SIGNATURE else "error"
-                    rec["reason"] = "" if rec["outcome"] == "ok" else "HTTP 200 without a PNG body"
+                    rec["outcome"] = "ok" if is_image(r.content, fmt) else "error"
+                    rec["reason"] = "" if rec["outcome"] == "ok" else f"HTTP 200 without a {fmt.upper()} body"
                 else:
                     rec["outcome"] = "rejected" if r.status_code == 429 else "error"
                     try:
@@ -130,14 +136,16 @@ async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[
 
 def request_table(records: list[dict], mode: str) -> pd.DataFrame:
     """Per-request rows in the simulator's columns (times in s from the run's start, durations in ms) plus
-    HTTP_COLUMNS; errors and timeouts have no finish time (they are neither served nor rejected)."""
+    HTTP_COLUMNS; errors and timeouts have no finish time (they are neither served nor rejected). A served
+    request's latency splits into SPLIT_PARTS: the replica's queue, service and encode (headers), its other time
+    (x-replica-ms minus those three) and the transport outside the replica (latency - x-replica-ms)."""
     rows = []
     for rec in records:
         h = rec.get("headers") or {}
         ok, rejected = rec["outcome"] == "ok", rec["outcome"] == "rejected"
         done = rec["done_s"]
-        service = float(h.get("x-service-ms", "nan")) if ok else math.nan
-        queue_ms = float(h.get("x-queue-ms", "nan")) if ok else math.nan
+        service, queue_ms, encode_ms, replica_ms = (float(h.get(f"x-{k}-ms", "nan")) if ok else math.nan
+                                                    for k in ("service", "queue", "encode", "replica"))
         finish = done if ok or rejected else math.nan
         start = finish - service / 1e3 if ok else finish
         latency = (finish - rec["arrival_s"]) * 1e3
@@ -149,8 +157,10 @@ def request_table(records: list[dict], mode: str) -> pd.DataFrame:
             "wbits": mode_wbits(served_mode) if ok else math.nan, "batch_size": int(h.get("x-batch-size", 0)),
             "replica": -1, "rejected": rejected, "queue_len_at_arrival": int(h.get("x-queue-len", -1)),
             "attempt": rec.get("attempt", 1), "status": rec["status"], "outcome": rec["outcome"], "reason": rec.get("reason", ""),
-            "model": h.get("x-model", ""), "vae": h.get("x-vae", ""), "server_queue_ms": queue_ms,
-            "overhead_ms": latency - queue_ms - service if ok else math.nan,
+            "model": h.get("x-model", ""), "vae": h.get("x-vae", ""), "format": rec.get("body", {}).get("format", "png"),
+            "bytes": rec.get("bytes", 0), "server_queue_ms": queue_ms,
+            "overhead_ms": latency - queue_ms - service if ok else math.nan, "encode_ms": encode_ms,
+            "replica_other_ms": replica_ms - queue_ms - service - encode_ms, "transport_ms": latency - replica_ms,
             "elapsed_ms": (done - rec["arrival_s"]) * 1e3, "replica_id": h.get("x-replica", "")})
     df = pd.DataFrame(rows)
     ids = [r for r in dict.fromkeys(df["replica_id"]) if r]
@@ -172,10 +182,11 @@ def accounting_line(counts: dict[str, int]) -> str:
 
 
 def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int = 0,
-             timeout_s: float = 120.0, replicas: int = 1, transport: httpx.AsyncBaseTransport | None = None) -> RunResult:
-    """Replay `workload` against target's /generate (every request asks for `mode`; request i uses seed + i;
-    `transport`: an httpx transport instead of the network, for tests)."""
-    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, transport))
+             timeout_s: float = 120.0, replicas: int = 1, transport: httpx.AsyncBaseTransport | None = None,
+             fmt: str = "png") -> RunResult:
+    """Replay `workload` against target's /generate (every request asks for `mode` and an image in `fmt`; request i
+    uses seed + i; `transport`: an httpx transport instead of the network, for tests)."""
+    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, fmt, transport))
     df = request_table(records, mode)
     counts = accounting(df, workload.n)
     ok = df[df["outcome"] == "ok"]
@@ -185,22 +196,27 @@ def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str],
     return RunResult(df, max(replicas, len(busy)), busy, mean_q, max_q, notes=[accounting_line(counts)])
 
 
-def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: float = 120.0) -> float:
-    """The service's transport time (ms): median over n sequential requests, after one warm-up, of latency minus the
-    replica's queue and service time (x-queue-ms, x-service-ms): encode, proxy, routing and network. Measured before
-    a load test's runs, so that its simulator predicts the HTTP service instead of being fitted to it."""
+def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: float = 120.0,
+                    fmt: str = "png") -> dict[str, float]:
+    """What a response costs after its batch (ms), for the simulator: medians over n sequential requests, after one
+    warm-up, of `transport_ms` = latency - x-replica-ms (proxy, routing, network) and `encode_ms` = the rest of the
+    overhead (latency - x-queue-ms - x-service-ms): the replica's encode and hand-offs. Their sum is the median
+    overhead, so the simulated client latency keeps it whole. Measured before a load test's runs, so that its
+    simulator predicts the HTTP service instead of being fitted to it."""
     url = target.rstrip("/") + "/generate"
-    times = []
+    overhead, transport = [], []
     with httpx.Client(timeout=timeout_s) as c:
         for i in range(n + 1):
             t = time.perf_counter()
-            r = c.post(url, json={"prompt": prompt, "seed": i, "mode": mode})
+            r = c.post(url, json={"prompt": prompt, "seed": i, "mode": mode, "format": fmt})
             ms = (time.perf_counter() - t) * 1e3
             if r.status_code != 200:
                 raise ConfigError(f"transport probe: {url} answered HTTP {r.status_code}: {r.text[:200]}")
             if i:
-                times.append(ms - float(r.headers["x-queue-ms"]) - float(r.headers["x-service-ms"]))
-    return max(float(np.median(times)), 0.0)
+                overhead.append(ms - float(r.headers["x-queue-ms"]) - float(r.headers["x-service-ms"]))
+                transport.append(ms - float(r.headers["x-replica-ms"]))
+    total, outside = max(float(np.median(overhead)), 0.0), max(float(np.median(transport)), 0.0)
+    return {"transport_ms": min(outside, total), "encode_ms": total - min(outside, total)}
 
 
 def overhead_table(live: pd.DataFrame, http: pd.DataFrame, http_requests: pd.DataFrame) -> pd.DataFrame:
@@ -218,8 +234,22 @@ def overhead_table(live: pd.DataFrame, http: pd.DataFrame, http_requests: pd.Dat
     return out
 
 
-def fetch_png(target: str, prompt: str, **fields) -> tuple[np.ndarray, dict]:
-    """One image as uint8 [H, W, 3] plus the response headers (for scripts and tests)."""
+def latency_split(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per HTTP run, where its served requests' client latency went: the means of latency and of SPLIT_PARTS (they
+    add up: latency = queue + service + encode + replica other + transport), and the p50s of the overhead (latency -
+    queue - service, as the report quotes it) and of its parts; `body_kb`: mean response body."""
+    ok = requests[requests["outcome"] == "ok"]
+    g = ok.groupby("run_id", sort=False)
+    out = pd.DataFrame({"format": g["format"].first(), "n_ok": g.size(), "body_kb": g["bytes"].mean() / 1e3})
+    for c in ["latency_ms"] + SPLIT_PARTS:
+        out[f"mean_{c.removeprefix('server_')}"] = g[c].mean()
+    for c in ["overhead_ms"] + SPLIT_PARTS[2:]:
+        out[f"p50_{c}"] = g[c].median()
+    return out.reset_index()
+
+
+def fetch_image(target: str, prompt: str, **fields) -> tuple[np.ndarray, dict]:
+    """One image (any `format`) as uint8 [H, W, 3] plus the response headers (for scripts and tests)."""
     import io
 
     from PIL import Image
