@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU job (issue 17): the Ray Serve service with one replica, FP16 and W8A8, driven over HTTP by the load test:
 # Poisson at 50% and 80% of capacity and a bursty closed loop (4 clients); the simulator configured like the service
-# (fidelity), and the FP16 traces also run in process (--live) for the HTTP + Ray overhead per request.
+# (fidelity), and the FP16 traces also run in process (--live) for the HTTP + Ray overhead per request. Every HTTP
+# run's report splits the client latency (queue, service, encode, replica hand-offs, transport); the FP16 Poisson-80%
+# trace runs once more with JPEG responses (--format jpeg: ~1/3 to 1/30 of the PNG body) for the payload's share.
 # Needs Ray on the machine: first the two `ray_wheels.sh device` calls (see its header), then within 30 s this one:
 #   carry ["wheels", ".git_sha"]    command: bash scripts/device/serve_job.sh
 # Results: $OUT/serve_results.tgz (one folder per load test: CSVs, .txt report, config, perf models, Prometheus
-# scrape) -> untar into results/serve_<gpu>/; $OUT/*.txt are the two reports, $OUT/serve.log the service's log.
+# scrape) -> untar into results/serve_<gpu>/; $OUT/*.txt are the three reports, $OUT/serve.log the service's log.
 # Every step has a timeout inside one 10-minute call; what finished is packed even if a later step ran out.
 source "$(dirname "$0")/job_env.sh"
 T0=$SECONDS
@@ -39,9 +41,14 @@ done
 echo "service ready after $((SECONDS - T0)) s"; get $URL/healthz; echo
 # 3. HTTP: FP16 and W8A8, sim vs HTTP (fidelity), accounting per run
 LT="--patterns poisson burst --load 0.5 0.8 --conc 4 --num_requests $N --request_timeout_s 60"
-timeout $(upto 150) python3 scripts/load_test_stub.py --target $URL $LT --out_dir $RUNS/http 2>&1 \
+timeout $(upto 190) python3 scripts/load_test_stub.py --target $URL $LT --out_dir $RUNS/http 2>&1 \
     | grep -v "it/s\|run/s\|Warning\|warn" | tail -30
 cp $RUNS/http/mixdq_queue_results.txt "$OUT/http_results.txt" 2>/dev/null
+# 3b. the same FP16 Poisson-80% trace with JPEG responses: encode and transport of a smaller body (~20 s)
+timeout $(upto 150) python3 scripts/load_test_stub.py --target $URL --wbits 16 --patterns poisson --load 0.8 \
+    --num_requests $N --request_timeout_s 60 --format jpeg --out_dir $RUNS/http_jpeg 2>&1 \
+    | grep -v "it/s\|run/s\|Warning\|warn" | tail -20
+cp $RUNS/http_jpeg/mixdq_queue_results.txt "$OUT/http_jpeg_results.txt" 2>/dev/null
 # 4. FP16 in process (--live, same traces, same performance model) vs over HTTP: the HTTP + Ray overhead
 timeout $(upto 25) python3 scripts/load_test_stub.py --target $URL --live $REAL --fp16 --wbits 16 $LT \
     --out_dir $RUNS/live_vs_http 2>&1 | grep -v "it/s\|run/s\|Warning\|warn" | tail -30
