@@ -6,7 +6,7 @@ dequantized weight in fp16 on cuBLAS/cuDNN, activations not quantized).
 At a bucket's first UNet call the Runner calls `plan_bucket`: one eager forward records every kernel-backend layer's
 input shape; layers of one geometry at one input size are timed once (CUDA-graph replays: the layer's own kernel on
 codes quantized beforehand, as under torch.compile where the quantize pass fuses into the producer; `wonly`; cuBLAS/
-cuDNN on an fp16 weight of the same shape) and all of them take the fastest path: a path must win by more than
+cuDNN on an fp16 weight of the same shape, convs channels_last as in the compiled FP16 UNet) and all of them take the fastest path: a path must win by more than
 `MARGIN` (a tie keeps the layer's own kernel), and `dense` only while the dense weights of all buckets fit in
 `DENSE_BUDGET` (best microseconds saved per byte first). Weights at rest stay packed; a `dense` layer keeps its
 dequantized fp16 weight on the GPU beside them, reported as `dense_bytes`. The plan is measured on the GPU that

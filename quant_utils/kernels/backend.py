@@ -251,7 +251,8 @@ def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
         raise ValueError(f"path {path!r}: expected one of {allowed} (the layer's own first)")
     added = 0
     if path == "dense" and st.fp16_weight is None:  # symmetric weights (int/wonly paths): no zero point
-        st.fp16_weight = _dequantized(packing.unpack_weight(st.packed, st.fmt, st.shape, st.split), st.w_scale)
+        st.fp16_weight = _dense_layout(_dequantized(packing.unpack_weight(st.packed, st.fmt, st.shape, st.split),
+                                                    st.w_scale))
         st.bias16 = st.bias.half()
         added = dense_bytes(st)
     others = tuple((r, p) for r, p in st.bucket_paths if r != rows)
@@ -284,10 +285,21 @@ def path_candidates(st: KernelState, x: torch.Tensor) -> dict[str, Callable[[], 
         out["int"] = lambda: _int_core(st, x, q, ops)
     if st.kind == "linear":
         out["wonly"] = lambda: _wonly_forward(st, x, ops)
-    w = torch.randn(st.shape, device=x.device, dtype=torch.float16)
+    w = _dense_layout(torch.randn(st.shape, device=x.device, dtype=torch.float16))
     b = st.bias.half()
-    out["dense"] = (lambda: F.linear(x, w, b)) if st.kind == "linear" else (lambda: F.conv2d(x, w, b, st.stride, st.pad))
+    if st.kind == "linear":
+        out["dense"] = lambda: F.linear(x, w, b)
+    else:
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        out["dense"] = lambda: F.conv2d(x_cl, w, b, st.stride, st.pad)
     return out
+
+
+def _dense_layout(w: torch.Tensor) -> torch.Tensor:
+    """A dense weight as the compiled FP16 UNet runs it: conv weights channels_last (Inductor lays its convs out
+    NHWC; cuDNN on NCHW tensors took 2-3x longer per conv on the H200, which made the plan keep int8 convs that
+    lose in situ: results/e2e_budget1_w8a8_profile_kernels_nvidia_h200.csv)."""
+    return w.contiguous(memory_format=torch.channels_last) if w.dim() == 4 else w
 
 
 def weight_bytes(st: KernelState) -> int:
