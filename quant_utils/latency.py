@@ -38,29 +38,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def timed_call(runner: Runner, prompts: list[str], height: int, width: int, batch: int, steps: int = 1,
+               seed: int = 0) -> dict[str, float]:
+    """One call of `batch` images: milliseconds per stage (STAGES)."""
+    t = StageTimes()
+    runner([prompts[i % len(prompts)] for i in range(batch)], [seed + i for i in range(batch)], height, width, steps,
+           times=t)
+    return {s: getattr(t, f"{s}_ms") for s in STAGES}
+
+
+def summarize(samples: list[dict[str, float]], batch: int) -> dict:
+    """p50/p95 per stage, mean total and images per second of timed calls (timed_call's dicts)."""
+    row = {}
+    for s in STAGES:
+        v = np.asarray([c[s] for c in samples])
+        row[f"{s}_p50_ms"] = float(np.percentile(v, 50))
+        row[f"{s}_p95_ms"] = float(np.percentile(v, 95))
+    row["total_mean_ms"] = float(np.mean([c["total"] for c in samples]))
+    row["images_per_s"] = batch / (row["total_mean_ms"] / 1e3)
+    return row
+
+
 def measure_cell(runner: Runner, prompts: list[str], height: int, width: int, batch: int, steps: int = 1,
                  warmup: int = 3, repeats: int = 30, seed: int = 0) -> dict:
     """Time `repeats` calls of `batch` images after `warmup` calls; p50/p95/mean per stage, peak memory."""
     device = runner.device
-    batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-    seeds = [seed + i for i in range(batch)]
     for _ in range(warmup):  # also captures the CUDA graphs of this bucket
-        runner(batch_prompts, seeds, height, width, steps)
+        timed_call(runner, prompts, height, width, batch, steps, seed)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    samples = {s: [] for s in STAGES}
-    for _ in range(repeats):
-        t = StageTimes()
-        runner(batch_prompts, seeds, height, width, steps, times=t)
-        for s in STAGES:
-            samples[s].append(getattr(t, f"{s}_ms"))
-    row = {}
-    for s in STAGES:
-        v = np.asarray(samples[s])
-        row[f"{s}_p50_ms"] = float(np.percentile(v, 50))
-        row[f"{s}_p95_ms"] = float(np.percentile(v, 95))
-    row["total_mean_ms"] = float(np.mean(samples["total"]))
-    row["images_per_s"] = batch / (row["total_mean_ms"] / 1e3)
+    row = summarize([timed_call(runner, prompts, height, width, batch, steps, seed) for _ in range(repeats)], batch)
     row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return row

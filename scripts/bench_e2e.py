@@ -18,10 +18,12 @@ import argparse
 import gc
 import sys
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -32,13 +34,13 @@ from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_de
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
-from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
+from quant_utils.latency import device_weight_bytes, summarize, timed_call  # noqa: E402
 from quant_utils.layer_plan import dense_summary, plan_rows  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_copy  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
-from quant_utils.runtime import Runner, StageTimes, resolve_exec  # noqa: E402
+from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
 
@@ -62,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="measure these cells (e.g. 1024x4 512x1), in this order, instead of --res x --batch")
     p.add_argument("--repeats", type=int, default=6, help="timed calls per cell")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per cell after its first call")
+    p.add_argument("--interleave", action="store_true",
+                   help="keep every variant alive and time each cell's calls round-robin across them (clock drift "
+                        "hits all alike; holds every variant's weights and CUDA-graph pools at once)")
     p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="quantized backend (default: kernel on CUDA, fake on a CPU)")
     p.add_argument("--calib_num", type=int, default=4, help="calibration prompts per quantized mode (and the int8 VAE)")
@@ -108,8 +113,6 @@ def unet_variants(args, cuda: bool) -> list[tuple[str, str]]:
 
 
 def main(args: argparse.Namespace) -> None:
-    import copy
-
     # 1. the FP16 pipeline, the decoders, the compile cache
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if cuda:
@@ -138,69 +141,45 @@ def main(args: argparse.Namespace) -> None:
     fp16_unet = pipe.unet
     meta = provenance(script="bench_e2e", weights=weights_label(cfg, args), backend=f"{backend} (quantized modes)",
                       model=cfg.name, compile_cache=cache, inductor_cache=args.cache_state, seed=args.seed,
-                      repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up")
+                      repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up",
+                      order="interleaved: each cell's timed calls round-robin across all variants" if args.interleave
+                      else "one variant at a time")
     out = repo_path(args.out)
     rows, prof_rows, kernel_rows, plans = [], [], [], {}
     cells = args.cells
 
-    # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran)
-    for mode, exec_mode in unet_variants(args, cuda):
-        t0 = time.perf_counter()
-        if mode == "fp16":
-            variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if exec_mode == "compile" else fp16_unet)
-            summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
-        else:
-            variant, summary = quantized_copy(pipe, mode, cfg.name, None, calib, args.seed, min(args.res), min(args.res),
-                                              steps, backend=backend)
-        print(f"{mode}: UNet ready in {time.perf_counter() - t0:.1f} s")
-        kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
-        if exec_mode == "graph" and mode == "fp16" and len(unet_variants(args, cuda)) > 1:
-            kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
-        # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place: the check
-        # that the fast path computes the same images (mean |diff| of uint8 pixels, column diff_vs_eager)
-        r0, b0 = cells[0]
-        check = ([prompts[i % len(prompts)] for i in range(b0)], [args.seed + i for i in range(b0)], r0, r0, steps)
-        # (with the fast path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
-        refs = {k: Runner(variant, "eager", vae=decoders[k], layer_plan=args.layer_plan,
-                          dense_budget=args.dense_budget)(*check).astype(float) for k in kinds}
-        for kind in kinds:
-            runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
-                            vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan,
-                            dense_budget=args.dense_budget)
-            others = _bytes_not_in(pipe, fp16_unet, variant.unet, decoders, decoders[kind])
-            for res, batch in tqdm(cells, desc=f"{mode} {exec_mode} vae={kind}", unit="cell"):
-                try:
-                    row = _measure(runner, prompts, res, batch, steps, args, others)
-                    row["diff_vs_eager"] = (round(float(abs(runner(*check).astype(float) - refs[kind]).mean()), 3)
-                                            if (res, batch) == (r0, b0) else float("nan"))
-                except torch.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    print(f"  {res}px batch {batch}: out of memory, skipped")
+    # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran).
+    #    --interleave: all variants alive, each cell's timed calls round-robin across them; else one at a time
+    entries = _entries(args, pipe, fp16_unet, decoders, backend, cfg, calib, prompts, steps, cuda, device)
+    for group in ([list(entries)] if args.interleave else ([e] for e in entries)):
+        for res, batch in tqdm(cells, desc=" + ".join(e.label for e in group), unit="cell"):
+            for e, row in zip(group, _measure_group(group, prompts, res, batch, steps, args)):
+                if row is None:
+                    print(f"  {e.label} {res}px batch {batch}: out of memory, skipped")
                     continue
-                rows.append({"mode": mode, "wbits": round(summary["avg_wbits"], 3), "abits": round(summary["avg_abits"], 3),
-                             "unet_exec": runner.exec_mode, "vae": kind, "vae_exec": runner.vae_exec, "res": res,
-                             "batch": batch, **row, "weight_bytes": device_weight_bytes(variant.unet),
-                             **_plan_columns(variant.unet, runner.unet_bucket(batch, res, res)),
-                             "vae_weight_bytes": device_weight_bytes(decoders[kind]),
-                             "weight_config": Path(summary.get("weight_config", "")).name,
-                             "act_config": Path(summary.get("act_config", "")).name, "gpu": device_name(),
+                rows.append({"mode": e.mode, "wbits": round(e.summary["avg_wbits"], 3),
+                             "abits": round(e.summary["avg_abits"], 3), "unet_exec": e.runner.exec_mode,
+                             "vae": e.kind, "vae_exec": e.runner.vae_exec, "res": res, "batch": batch, **row,
+                             "weight_bytes": device_weight_bytes(e.unet),
+                             **_plan_columns(e.unet, e.runner.unet_bucket(batch, res, res)),
+                             "vae_weight_bytes": device_weight_bytes(decoders[e.kind]),
+                             "weight_config": Path(e.summary.get("weight_config", "")).name,
+                             "act_config": Path(e.summary.get("act_config", "")).name, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
                 write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
-                plans[mode] = plan_rows(variant.unet)
-                if plans[mode]:
+                plans[e.mode] = plan_rows(e.unet)
+                if plans[e.mode]:
                     write_csv(pd.DataFrame([dict(mode=m, **r) for m, rs in plans.items() for r in rs]),
                               repo_path(args.layer_plan_out or out.with_name(out.stem + "_layer_plan.csv")),
                               {**meta, "timing": "per layer geometry: CUDA-graph replays of its kernel (codes "
                                                  "quantized beforehand) and of cuBLAS/cuDNN on an fp16 weight"})
                 if (res, batch) in args.profile_points and cuda:
-                    prof_rows += _profile(runner, prompts, res, batch, steps, mode, kind, kernel_rows)
+                    prof_rows += _profile(e.runner, prompts, res, batch, steps, e.mode, e.kind, kernel_rows)
                     prof_out = repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv"))
                     prof_meta = {**meta, "timing": "torch.profiler, one image (compiled code run outside its CUDA graph)"}
                     write_csv(pd.DataFrame(prof_rows), prof_out, prof_meta)
                     write_csv(pd.DataFrame(kernel_rows), prof_out.with_name(prof_out.stem + "_kernels.csv"), prof_meta)
-            del runner
-            _free()
-        del variant
+        group = e = None  # drop this group's Runners: the generator frees its UNet copy when it moves on
         _free()
         if args.tuning_out and cuda:
             from quant_utils.kernels.tuning import current_tuning
@@ -217,22 +196,108 @@ def main(args: argparse.Namespace) -> None:
     print(f"-> {out}")
 
 
-def _measure(runner: Runner, prompts: list[str], res: int, batch: int, steps: int, args, others: int) -> dict:
-    """First call (compile/capture/autotune) timed apart, then measure_cell's warm-up and timed calls."""
-    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-    sync()
-    if runner.device.type == "cuda":  # the peak includes the bucket's first call: its CUDA-graph pools
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    runner([prompts[i % len(prompts)] for i in range(batch)], [args.seed + i for i in range(batch)], res, res, steps,
-           times=StageTimes())
-    sync()
-    first = time.perf_counter() - t0
-    peak_first = torch.cuda.max_memory_allocated() / 2**30 if runner.device.type == "cuda" else float("nan")
-    m = measure_cell(runner, prompts, res, res, batch, steps, args.warmup, args.repeats, args.seed)
-    peak = max(m.pop("peak_mem_gib"), peak_first)
-    return {**{k: round(v, 3) for k, v in m.items()}, "repeats": args.repeats, "first_call_s": round(first, 2),
-            "peak_mem_gib": round(peak - others / 2**30, 3) if peak == peak else peak}
+class Entry(NamedTuple):
+    """One measured variant: a UNet mode and execution with one decoder, its Runner, and the eager images of the
+    first cell (the check that the fast path computes the same images)."""
+    mode: str
+    exec_mode: str
+    kind: str
+    runner: Runner
+    unet: torch.nn.Module
+    summary: dict
+    own_bytes: int      # device bytes of the models this variant uses (text encoders, its UNet, its decoder)
+    check: tuple        # the first cell's call arguments
+    ref: object         # its eager image (uint8 array, as float)
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} {self.exec_mode} vae={self.kind}"
+
+
+def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts, steps: int, cuda: bool, device):
+    """The variants in order, built one UNet mode at a time (a mode's Runners share its UNet copy)."""
+    import copy
+
+    r0, b0 = args.cells[0]
+    check = ([prompts[i % len(prompts)] for i in range(b0)], [args.seed + i for i in range(b0)], r0, r0, steps)
+    encoders = sum(device_weight_bytes(m) for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None)
+    for mode, exec_mode in unet_variants(args, cuda):
+        t0 = time.perf_counter()
+        if mode == "fp16":
+            variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if exec_mode == "compile" else fp16_unet)
+            summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
+        else:
+            variant, summary = quantized_copy(pipe, mode, cfg.name, None, calib, args.seed, min(args.res), min(args.res),
+                                              steps, backend=backend)
+        print(f"{mode}: UNet ready in {time.perf_counter() - t0:.1f} s")
+        kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
+        if exec_mode == "graph" and mode == "fp16" and len(unet_variants(args, cuda)) > 1:
+            kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
+        # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
+        # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
+        refs = {k: Runner(variant, "eager", vae=decoders[k], layer_plan=args.layer_plan,
+                          dense_budget=args.dense_budget)(*check).astype(float) for k in kinds}
+        for kind in kinds:
+            runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
+                            vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan,
+                            dense_budget=args.dense_budget)
+            yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
+                        encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),
+                        check, refs[kind])
+            del runner
+            _free()
+        del variant
+        _free()
+
+
+def _measure_group(group: list[Entry], prompts: list[str], res: int, batch: int, steps: int, args) -> list[dict | None]:
+    """One cell for every entry of `group`: each entry's first call (compile / capture / tile tuning / layer plan)
+    and warm-up in turn, timed apart with their memory; then `repeats` rounds of one timed call per entry, the
+    order reversed every other round (with several entries: interleaved, so clock drift hits all alike).
+    None for an entry that ran out of memory."""
+    cuda = group[0].runner.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    first, live = {}, []
+    for e in group:
+        try:
+            sync()
+            before = torch.cuda.memory_allocated() if cuda else 0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            timed_call(e.runner, prompts, res, res, batch, steps, args.seed)
+            sync()
+            first_s = time.perf_counter() - t0
+            for _ in range(args.warmup):
+                timed_call(e.runner, prompts, res, res, batch, steps, args.seed)
+            sync()
+            # its weights + what this cell allocated above what was resident (activations, the bucket's graph pool)
+            peak = (e.own_bytes + torch.cuda.max_memory_allocated() - before) / 2**30 if cuda else float("nan")
+            first[id(e)] = {"first_call_s": round(first_s, 2), "peak_mem_gib": round(peak, 3)}
+            live.append(e)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    samples: dict[int, list] = {id(e): [] for e in live}
+    for r in range(args.repeats):
+        for e in (live if r % 2 == 0 else live[::-1]):
+            samples[id(e)].append(timed_call(e.runner, prompts, res, res, batch, steps, args.seed))
+    out = []
+    for e in group:
+        if id(e) not in first:
+            out.append(None)
+            continue
+        calls = samples[id(e)]
+        row = {k: round(v, 3) for k, v in summarize(calls, batch).items()}
+        half = len(calls) // 2  # the same variant timed twice (first and second half of the rounds)
+        p50 = row["total_p50_ms"]
+        row["drift_pct"] = (round(100 * (np.median([c["total"] for c in calls[half:]]) -
+                                         np.median([c["total"] for c in calls[:half]])) / p50, 2)
+                            if half else float("nan"))
+        row.update(repeats=args.repeats, **first[id(e)])
+        row["diff_vs_eager"] = (round(float(abs(e.runner(*e.check).astype(float) - e.ref).mean()), 3)
+                                if (res, batch) == (e.check[2], len(e.check[0])) else float("nan"))
+        out.append(row)
+    return out
 
 
 def _plan_columns(unet, bucket: tuple) -> dict:
@@ -253,14 +318,6 @@ def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
     df["speedup_vs_fp16"] = (pd.Series(base, index=df.index) / df["total_p50_ms"]).round(3)
     df["speedup_same_vae"] = (pd.Series(same, index=df.index) / df["total_p50_ms"]).round(3)
     return df
-
-
-def _bytes_not_in(pipe, fp16_unet, unet, decoders: dict, vae) -> int:
-    """Device bytes of the models resident in this process that the measured variant does not use (subtracted from
-    the peak, so peak_mem_gib is what the variant alone would hold)."""
-    mods = {id(m): m for m in [fp16_unet, *decoders.values()]}
-    used = {id(unet), id(vae)}
-    return sum(device_weight_bytes(m) for k, m in mods.items() if k not in used)
 
 
 def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str,

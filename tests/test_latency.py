@@ -1,7 +1,11 @@
+import argparse
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import run_main
+from conftest import REPO, run_main
 from quant_utils.csvio import read_csv, read_provenance
 
 LATENCY_COLUMNS = ["mode", "wbits", "abits", "backend", "exec", "vae", "vae_exec", "height", "width", "batch", "steps", "repeats",
@@ -66,7 +70,7 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
 
 E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
-               "total_mean_ms", "images_per_s", "repeats", "first_call_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
+               "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
                "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
 
 
@@ -96,6 +100,48 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert run_main("plot_e2e.py", out, "--out", tmp_path / "e2e.png") == 0  # the plot reads the CSV only
     assert (tmp_path / "e2e.png").stat().st_size > 10_000
     assert run_main("plot_e2e.py", tmp_path / "vae_err.csv") == 2  # not a bench_e2e CSV: one error line
+
+
+def test_bench_e2e_interleaves_the_variants_timed_calls(tmp_path, prompts_file):
+    """--interleave: every variant of a cell is first called (and warmed up) in turn, then the timed calls go
+    round-robin across the variants, the order reversed every other round; the rows are those of a sequential run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("script_bench_e2e_t", REPO / "scripts" / "bench_e2e.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = []
+
+    class FakeRunner:
+        device, exec_mode = torch.device("cpu"), "eager"
+
+        def __init__(self, name, ms):
+            self.name, self.ms = name, ms
+
+        def __call__(self, prompts, seeds, h, w, steps, times=None):
+            calls.append(self.name)
+            if times is not None:
+                times.text_ms, times.unet_ms, times.vae_ms = 1.0, self.ms, 2.0
+                times.total_ms = 3.0 + self.ms + len(calls) / 1000  # a slow drift across calls
+            return np.zeros((1, 8, 8, 3), np.uint8)
+
+    args = argparse.Namespace(warmup=1, repeats=4, seed=0)
+    check = (["p"], [0], 64, 64, 1)
+    group = [mod.Entry(m, "eager", "fp16", FakeRunner(m, ms), None, {}, 0, check, np.zeros((1, 8, 8, 3)))
+             for m, ms in (("a", 10.0), ("b", 20.0))]
+    rows = mod._measure_group(group, ["p"], 64, 1, 1, args)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b", "b", "a"] * 2 + ["a", "b"]  # first+warm-up each; rounds; checks
+    assert [r["unet_p50_ms"] for r in rows] == [10.0, 20.0] and all(r["diff_vs_eager"] == 0 for r in rows)
+    assert all(r["drift_pct"] > 0 for r in rows)  # the second half of the rounds was slower
+
+    out = tmp_path / "e2e.csv"
+    assert run_main("bench_e2e.py", "--modes", "fp16", "w8a8", "--vae_kinds", "fp16", "--res", 64, "--batch", 1, 2,
+                    "--repeats", 2, "--calib_num", 1, "--prompts_file", prompts_file, "--calib_prompts", prompts_file,
+                    "--interleave", "--out", out) == 0
+    df = read_csv(out)
+    assert list(df.columns) == E2E_COLUMNS and len(df) == 4
+    assert set(zip(df["mode"], df["batch"])) == {("fp16", 1), ("fp16", 2), ("w8a8", 1), ("w8a8", 2)}
+    assert "# order: interleaved" in out.read_text()
 
 
 def test_bench_e2e_refuses_graph_exec_without_cuda(tmp_path, capsys):

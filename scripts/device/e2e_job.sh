@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU job (issue 14): the whole image through the serving Runner, every mode in its fastest execution, in one process
 # (scripts/bench_e2e.py), plus optionally the GPU tests first. Device tool, carry=["wheels", ".git_sha"]; results in $OUT.
+# With CELLS (a few cells) the variants are timed interleaved (bench_e2e --interleave: every variant alive at once).
 # A session runs it in parts on one warm machine (Inductor's on-disk cache and the tuned tile configs persist in /tmp
 # between the calls, so later parts pay no compile for what an earlier part compiled):
 #   TESTS=1 MODES="fp16" FP16_EXEC="graph compile" TAG=e2e_a bash scripts/device/e2e_job.sh
@@ -27,7 +28,7 @@ fi
 timeout ${E2E_TIMEOUT:-480} python3 scripts/bench_e2e.py $REAL --modes ${MODES:-fp16 w8a8} --fp16_exec ${FP16_EXEC:-compile} \
     --vae_kinds ${VAES:-fp16 int8 tiny} --vae_modes ${VAE_MODES:-fp16 w8a8} --res ${RES:-512 768 1024} \
     --batch ${BATCHES:-1 2 4 8} ${CELLS:+--cells $CELLS} --compile_shapes ${SHAPES:-static} --vae_exec ${VAE_EXEC:-static} --repeats ${REPEATS:-6} --profile_points ${PROFILE:-} \
-    ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" ${EXTRA:-} \
+    ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" ${CELLS:+--interleave} ${EXTRA:-} \
     --out "$OUT/$TAG.csv" 2>&1 | grep -v "Warning\|warn(\|it/s]\|cell/s]\|s/cell]" | tee "$OUT/$TAG.log" | tail -45
 cp "$TUNING" "$OUT/tuning_$TAG.json" 2>/dev/null
 ls -la "$OUT"
