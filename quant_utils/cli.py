@@ -158,6 +158,7 @@ def compile_cache_from_args(args: argparse.Namespace) -> str:
     """Load --compile_cache if it exists and save this process's compile artifacts there at exit (CUDA only);
     returns what was loaded, for provenance."""
     import atexit
+    import signal
 
     import torch
 
@@ -169,6 +170,9 @@ def compile_cache_from_args(args: argparse.Namespace) -> str:
     path = repo_path(path)
     loaded = load_compile_cache(path) if path.is_file() else "none (cold)"
     atexit.register(save_compile_cache, path)
+    # a job's `timeout` ends the process with SIGTERM, which skips atexit: exit through Python instead, so what
+    # compiled so far is still saved
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return loaded
 
 

@@ -19,6 +19,12 @@ fi
 # compiled code from an earlier job on this machine (an empty or absent folder, as on a fresh machine: cold)
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/mixdq/inductor}
 STATE=$([ -n "$(find "$TORCHINDUCTOR_CACHE_DIR" -type f -print -quit 2>/dev/null)" ] && echo "warm (earlier job on this machine)" || echo cold)
+# COMPILE_CACHE=1: torch's mega-cache of what this job compiles, back in $OUT in <= 15 MiB parts (the device tool
+# returns 16 MiB per file); a later call on a fresh machine carries them as `.compile_cache` (ignored by git) and
+# starts warm: the parts are joined and loaded before the first compile (bench_e2e --compile_cache)
+CACHE=/tmp/compile_cache.bin
+if [ -d .compile_cache ]; then cat .compile_cache/compile_cache.bin.part* > $CACHE && ls -la $CACHE; fi
+[ "${COMPILE_CACHE:-0}" = 1 ] || [ -f $CACHE ] && EXTRA="--compile_cache $CACHE ${EXTRA:-}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
 if [ "${TESTS:-0}" = 1 ]; then
   timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x tests/gpu/test_runtime_gpu.py tests/gpu/test_kernels_gpu.py \
@@ -31,4 +37,5 @@ timeout ${E2E_TIMEOUT:-480} python3 scripts/bench_e2e.py $REAL --modes ${MODES:-
     ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" ${CELLS:+--interleave} ${EXTRA:-} \
     --out "$OUT/$TAG.csv" 2>&1 | grep -v "Warning\|warn(\|it/s]\|cell/s]\|s/cell]" | tee "$OUT/$TAG.log" | tail -45
 cp "$TUNING" "$OUT/tuning_$TAG.json" 2>/dev/null
+if [ "${COMPILE_CACHE:-0}" = 1 ] && [ -f $CACHE ]; then ls -la $CACHE; split -b 15M -d $CACHE "$OUT/compile_cache.bin.part"; fi
 ls -la "$OUT"
