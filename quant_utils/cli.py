@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 from . import repo_path
 from .errors import ConfigError, UserError
+from .decoders import VAE_ATTENTION
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
@@ -86,6 +87,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
         help="quantized UNets on CUDA: at each bucket's first call, time every low-bit kernel layer against "
              "cuBLAS/cuDNN and run the ones that lose dense there (dequantized fp16 weight kept beside the packed "
              "one: quant_utils/layer_plan.py); off: every layer on its kernel")
+    add("--vae_attention", default="auto", choices=VAE_ATTENTION,
+        help="the decoder's self-attention: auto = per decode bucket on CUDA, PyTorch's SDPA or explicit score "
+             "matrices, whichever is faster (the SDXL VAE's one head of 512 is beyond flash attention); sdpa = always SDPA")
     add("--dense_budget", type=nonnegative_float, default=DENSE_BUDGET,
         help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
              "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")
@@ -186,7 +190,8 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"),
                   layer_plan=getattr(args, "layer_plan", "auto"),
-                  dense_budget=getattr(args, "dense_budget", DENSE_BUDGET))
+                  dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
+                  vae_attention=getattr(args, "vae_attention", "auto"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

@@ -13,10 +13,13 @@ Nothing here knows about the UNet or the serving code.
 from __future__ import annotations
 
 import copy
+import math
 import os
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, WeightsNotFoundError
@@ -107,6 +110,128 @@ def make_int8_decoder(vae: nn.Module, latents: list[torch.Tensor], backend: str 
     calibrate_decoder(q, latents)
     set_backend(q.decoder, backend)
     return q
+
+
+# ----------------------------------------------------------------------------------------------- attention
+# How a decoder's self-attention runs (`--vae_attention`): `auto` measures PyTorch's SDPA against `math` (explicit
+# score matrices) per decode bucket on CUDA and keeps the faster; `sdpa` always SDPA (diffusers' default).
+# Why: SDPA's flash and cuDNN kernels take head dims up to 256; the SDXL VAE's mid-block attention has one head of
+# 512, so SDPA falls back to its memory-efficient kernel (3.7 ms of a 1024x1 FP16 image on the H200,
+# results/e2e_budget1_w8a8_profile_kernels_nvidia_h200.csv), where two cuBLAS GEMMs and a softmax may be faster.
+VAE_ATTENTION = ("auto", "sdpa")
+ATTENTION_MARGIN = 0.05  # `math` must beat SDPA by this much
+
+
+@torch.library.custom_op("mixdq::attention_math", mutates_args=())
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for [B, heads, L, d] tensors with explicit score matrices, one image at a time
+    (an image's scores at 1024 px: 16384^2 fp16 values, 512 MB). A custom op, so torch.compile keeps it as written
+    instead of matching the pattern back to SDPA."""
+    out = torch.empty_like(q)
+    scale = q.shape[-1] ** -0.5
+    for i in range(q.shape[0]):
+        scores = torch.matmul(q[i] * scale, k[i].transpose(-1, -2))
+        out[i] = torch.matmul(torch.softmax(scores, dim=-1), v[i])  # softmax accumulates in fp32 for fp16 input
+    return out
+
+
+@attention_math.register_fake
+def _(q, k, v):
+    return torch.empty_like(q)
+
+
+class DecoderAttnProcessor:
+    """diffusers' self-attention of a VAE block (group norm, q/k/v, attention, output projection, residual,
+    rescale: as AttnProcessor2_0 computes it) with the attention op chosen per query shape in `paths`
+    ("math" -> attention_math; anything else SDPA)."""
+
+    def __init__(self):
+        self.paths: dict[tuple[int, ...], str] = {}
+        self.times: dict[tuple[int, ...], dict[str, float]] = {}  # microseconds measured per path, per shape
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None \
+                or hidden_states.ndim != 4 or attn.norm_q is not None or attn.norm_k is not None:
+            raise NotImplementedError("DecoderAttnProcessor: a VAE block's plain self-attention on NCHW input only")
+        residual = hidden_states
+        b, c, h, w = hidden_states.shape
+        x = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        heads = attn.heads
+        q, k, v = (proj(x) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        d = k.shape[-1] // heads
+        q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+        if self.paths.get(tuple(q.shape)) == "math":
+            out = attention_math(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(1, 2).reshape(b, -1, heads * d).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def decoder_attentions(vae: nn.Module) -> list[nn.Module]:
+    """The decoder's self-attention modules (diffusers Attention; the SDXL VAE: its mid block's one)."""
+    from diffusers.models.attention_processor import Attention
+
+    return [m for m in vae.decoder.modules() if isinstance(m, Attention)]
+
+
+def install_decoder_attention(vae: nn.Module) -> list[DecoderAttnProcessor]:
+    """Give every decoder attention a DecoderAttnProcessor (idempotent; SDPA until a plan says otherwise)."""
+    procs = []
+    for attn in decoder_attentions(vae):
+        if not isinstance(attn.processor, DecoderAttnProcessor):
+            attn.set_processor(DecoderAttnProcessor())
+        procs.append(attn.processor)
+    return procs
+
+
+def _query_shape(attn, latent_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The query shape at a mid-block attention (it runs at the latent's resolution) for latents [B, C, H, W]."""
+    b, _, h, w = latent_shape
+    return (b, attn.heads, h * w, attn.inner_dim // attn.heads)
+
+
+def measure_attention(shape: tuple[int, ...], device, dtype=torch.float16) -> dict[str, float]:
+    """GPU microseconds of SDPA and of attention_math on random q/k/v of `shape` (CUDA-graph replays)."""
+    from .kernels.launch import graph_bench_ms
+
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+    return {"sdpa": graph_bench_ms(lambda: F.scaled_dot_product_attention(q, k, v)) * 1e3,
+            "math": graph_bench_ms(lambda: attention_math(q, k, v)) * 1e3}
+
+
+def plan_decoder_attention(vae: nn.Module, latent_shape: tuple[int, ...],
+                           measure: Callable[[tuple, object], dict] | None = None) -> list[dict]:
+    """At a decode bucket's first call: time SDPA and `math` for each decoder attention at its query shape, keep
+    `math` where it wins by more than ATTENTION_MARGIN (before compile and capture: the choice is a static shape
+    test). Idempotent per shape; returns one row per attention (query shape, both times, the path)."""
+    measure = measure or (lambda shape, dev: measure_attention(shape, dev, vae.dtype))
+    rows = []
+    for attn, proc in zip(decoder_attentions(vae), install_decoder_attention(vae)):
+        shape = _query_shape(attn, latent_shape)
+        if shape not in proc.paths:
+            times = measure(shape, next(attn.parameters()).device)
+            proc.paths[shape] = "math" if times["math"] * (1 + ATTENTION_MARGIN) < times["sdpa"] else "sdpa"
+            proc.times[shape] = times
+        t = proc.times.get(shape, {})
+        rows.append({"q_shape": "x".join(map(str, shape)), "sdpa_us": t.get("sdpa", math.nan),
+                     "math_us": t.get("math", math.nan), "path": proc.paths[shape]})
+    return rows
+
+
+def attention_path(vae: nn.Module, latent_shape: tuple[int, ...]) -> str:
+    """The decoder's attention path at this latent shape: `sdpa`, `math` (either planned), or `none` (no attention,
+    e.g. the tiny decoder); several attentions are joined with '+'."""
+    paths = [getattr(a.processor, "paths", {}).get(_query_shape(a, latent_shape), "sdpa")
+             for a in decoder_attentions(vae)]
+    return "+".join(paths) or "none"
 
 
 # ----------------------------------------------------------------------------------------------- errors

@@ -17,6 +17,8 @@ On CUDA a quantized UNet's layers are planned per bucket before it is compiled (
 quant_utils/layer_plan.py): a layer whose low-bit kernel loses to cuBLAS/cuDNN at that bucket's size runs dense there.
 The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_utils/decoders.py: the SDXL VAE
 with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
+On CUDA the decoder's self-attention op is chosen per decode bucket (`vae_attention="auto"`, measured: PyTorch's
+SDPA or explicit score matrices, quant_utils/decoders.py), for every decoder alike (the FP16 one too).
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
 Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
@@ -39,6 +41,7 @@ import torch
 from . import REPO_ROOT
 from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
+from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
 
 EXEC_MODES = ("eager", "graph", "compile")
@@ -184,7 +187,7 @@ class Runner:
 
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
-                 layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET):
+                 layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -200,6 +203,10 @@ class Runner:
         if dense_budget < 0:
             raise ValueError(f"dense_budget={dense_budget}: expected >= 0 (a fraction of the UNet's weights in fp16)")
         self.dense_budget = dense_budget
+        if vae_attention not in VAE_ATTENTION:
+            raise ValueError(f"vae_attention={vae_attention!r}, expected one of {VAE_ATTENTION}")
+        # the decoder's attention op, measured per decode bucket on CUDA (quant_utils/decoders.py)
+        self.vae_attention = vae_attention if self.device.type == "cuda" else "sdpa"
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
@@ -267,6 +274,8 @@ class Runner:
         clock = _StageClock(self.device)
         clock.mark("start")
         latents = self._denoise(prompts, seeds, height, width, steps, guidance_scale, clock)
+        if self.vae_attention == "auto":  # once per decode bucket, before compile and capture
+            plan_decoder_attention(self.vae, tuple(latents.shape))
         images = self._call("vae", latents.to(self.vae_dtype))
         images = (images.float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         clock.mark("vae_ms")

@@ -32,6 +32,7 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_device_for_exec, compile_cache_from_args,  # noqa: E402
                              decoder_from_args, pipeline_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
+from quant_utils.decoders import attention_path  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, summarize, timed_call  # noqa: E402
@@ -159,7 +160,9 @@ def main(args: argparse.Namespace) -> None:
                     continue
                 rows.append({"mode": e.mode, "wbits": round(e.summary["avg_wbits"], 3),
                              "abits": round(e.summary["avg_abits"], 3), "unet_exec": e.runner.exec_mode,
-                             "vae": e.kind, "vae_exec": e.runner.vae_exec, "res": res, "batch": batch, **row,
+                             "vae": e.kind, "vae_exec": e.runner.vae_exec,
+                             "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
+                             "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
                              **_plan_columns(e.unet, e.runner.unet_bucket(batch, res, res)),
                              "vae_weight_bytes": device_weight_bytes(decoders[e.kind]),

@@ -157,3 +157,15 @@ def test_a_negative_dense_budget_is_refused_at_parse_time():
     p = run_script("txt2img.py", "--dense_budget", "-0.1", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "--dense_budget" in p.stderr
     assert "must be a finite number >= 0" in p.stderr
+
+
+def test_vae_attention_flag_default_and_choices():
+    import argparse
+
+    from quant_utils.cli import add_model_args
+
+    p = argparse.ArgumentParser()
+    add_model_args(p)
+    assert p.parse_args([]).vae_attention == "auto" and p.parse_args(["--vae_attention", "sdpa"]).vae_attention == "sdpa"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--vae_attention", "flash"])

@@ -81,3 +81,63 @@ def test_conv_splits_a_batch_past_int32_offsets():
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "same True True" in proc.stdout, proc.stdout
+
+
+def test_attention_math_equals_sdpa():
+    from quant_utils.decoders import attention_math
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 37, 24) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    got = attention_math(q.transpose(1, 2).contiguous().transpose(1, 2), k, v)  # strided input, as the processor's
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(attention_math(q, k, v * 2), want, atol=1e-3)
+
+
+def test_decoder_attention_plan_keeps_the_decode_and_picks_the_faster_op(tiny_pipe, latents, monkeypatch):
+    """The decoder's attention processor gives diffusers' decode whichever op a shape takes; the plan measures each
+    query shape once, keeps `math` only when it wins by more than the margin, and names the path per latent shape."""
+    import copy
+
+    import quant_utils.decoders as dec
+    from quant_utils.decoders import (ATTENTION_MARGIN, DecoderAttnProcessor, attention_path, build_tiny_vae,
+                                      decoder_attentions, plan_decoder_attention)
+    from quant_utils.pipeline import architecture_configs, load_model_config
+    from quant_utils.runtime import decode_images
+
+    real, used = dec.attention_math, []
+    monkeypatch.setattr(dec, "attention_math", lambda q, k, v: used.append(tuple(q.shape)) or real(q, k, v))
+    vae = copy.deepcopy(tiny_pipe.vae).float()
+    (attn,) = decoder_attentions(vae)  # the mid block's
+    z = latents.float()
+    with torch.no_grad():
+        want = decode_images(vae, z)
+        calls = []
+
+        def measure(shape, device, times):
+            calls.append(shape)
+            return times
+
+        rows = plan_decoder_attention(vae, tuple(z.shape), lambda s, d: measure(s, d, {"sdpa": 10.0, "math": 9.6}))
+        assert isinstance(attn.processor, DecoderAttnProcessor) and rows[0]["path"] == "sdpa"  # within the margin
+        assert 9.6 * (1 + ATTENTION_MARGIN) > 10.0 and attention_path(vae, tuple(z.shape)) == "sdpa"
+        assert torch.allclose(decode_images(vae, z), want, atol=1e-5) and used == []
+        plan_decoder_attention(vae, tuple(z.shape), lambda s, d: measure(s, d, {"sdpa": 1.0, "math": 0.1}))
+        assert len(calls) == 1  # measured once per shape
+        one = z[:1]
+        rows = plan_decoder_attention(vae, tuple(one.shape), lambda s, d: measure(s, d, {"sdpa": 10.0, "math": 5.0}))
+        b, _, h, w = one.shape
+        assert calls[-1] == (b, attn.heads, h * w, attn.inner_dim // attn.heads) and rows[0]["path"] == "math"
+        assert attention_path(vae, tuple(one.shape)) == "math" and attention_path(vae, tuple(z.shape)) == "sdpa"
+        assert torch.allclose(decode_images(vae, one), want[:1], atol=1e-4)  # the math op, same decode
+        assert used == [calls[-1]]
+    tiny = build_tiny_vae(architecture_configs(load_model_config(TINY))["vae_tiny"], "cpu", torch.float32)
+    assert plan_decoder_attention(tiny, tuple(z.shape)) == [] and attention_path(tiny, tuple(z.shape)) == "none"
+
+
+def test_runner_checks_vae_attention_and_measures_on_cuda_only(tiny_pipe):
+    from quant_utils.runtime import Runner
+
+    assert Runner(tiny_pipe, vae_attention="auto").vae_attention == "sdpa"  # a CPU measures nothing
+    with pytest.raises(ValueError, match="vae_attention='flash'"):
+        Runner(tiny_pipe, vae_attention="flash")

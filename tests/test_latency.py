@@ -68,7 +68,7 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
     assert (tmp_path / "ckpt_w4.pth").is_file()
 
 
-E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "res", "batch", "text_p50_ms", "text_p95_ms",
+E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "vae_attention", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
                "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
                "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]

@@ -137,3 +137,37 @@ def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
     ref = eager(["a cat", "a dog"], [1, 2], 64, 64).astype(int)
     out = fast(["a cat", "a dog"], [1, 2], 64, 64).astype(int)
     assert np.abs(out - ref).max() <= 3 and fast.vae_kind == kind and fast.vae_exec == "compiled"
+
+
+def test_decoder_attention_math_matches_sdpa_and_a_math_plan_compiles_like_eager(cuda_pipe):
+    """attention_math and SDPA agree at the SDXL VAE's head dim; both paths are timed; a decoder planned onto
+    `math` (forced) decodes, compiled and captured, the images the eager SDPA decoder gives."""
+    import copy
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from quant_utils.decoders import attention_math, decoder_attentions, measure_attention, plan_decoder_attention
+    from quant_utils.runtime import Runner
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q, k, v = (torch.randn(2, 1, 4096, 512, device="cuda", dtype=torch.float16) for _ in range(3))
+    ref = sdpa(q.float(), k.float(), v.float())
+    err_math, err_sdpa = ((o.float() - ref).abs().max().item() for o in (attention_math(q, k, v), sdpa(q, k, v)))
+    assert err_math <= max(4 * err_sdpa, 1e-3), (err_math, err_sdpa)  # within a few fp16 roundings of SDPA's
+    times = measure_attention((1, 1, 16384, 512), "cuda")
+    assert times["sdpa"] > 0 and times["math"] > 0
+
+    def fresh_vae():
+        vae = copy.deepcopy(cuda_pipe.vae)
+        for attn in decoder_attentions(vae):
+            attn.set_processor(AttnProcessor2_0())  # diffusers' own, whatever an earlier Runner installed
+        return vae
+
+    ref_pipe, pipe = _with_own_unet(cuda_pipe), _with_own_unet(cuda_pipe)
+    ref_pipe.vae, pipe.vae = fresh_vae(), fresh_vae()
+    rows = plan_decoder_attention(pipe.vae, (2, 4, 8, 8), lambda s, d: {"sdpa": 2.0, "math": 1.0})
+    assert [r["path"] for r in rows] == ["math"]
+    prompts, seeds = ["a cat", "a dog"], [1, 2]
+    ref = Runner(ref_pipe, "eager", vae_attention="sdpa")(prompts, seeds, 64, 64).astype(int)
+    out = Runner(pipe, "compile")(prompts, seeds, 64, 64).astype(int)
+    assert np.abs(out - ref).max() <= 2
