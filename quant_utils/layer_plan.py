@@ -15,9 +15,13 @@ UNet (`plan_rows`) for the benchmarks' CSVs.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import warnings
 import weakref
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -42,6 +46,84 @@ def measure_paths(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
     from .kernels import launch
 
     return {path: launch.graph_bench_ms(fn) * 1e3 for path, fn in backend.path_candidates(st, x).items()}
+
+
+# ------------------------------------------------------------------ measured times, kept across processes
+# A later process on the same GPU model plans a bucket from the times an earlier one measured (this user's cache,
+# like the kernels' tile configs) instead of timing every geometry again: the first call of a bucket gets seconds
+# faster; the plan is the same function of the times. MIXDQ_PLAN_CACHE=<file> uses that file, `none` no cache.
+_TIMES: dict[Path, dict[str, dict[str, float]]] = {}  # per cache file: key -> microseconds per path
+
+
+def times_cache_path() -> Path | None:
+    from .kernels.tuning import gpu_tag
+
+    setting = os.environ.get("MIXDQ_PLAN_CACHE")
+    if setting == "none":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mixdq" / f"layer_plan_times_{gpu_tag()}.json"
+
+
+def _times_key(st: backend.KernelState, shape: tuple) -> str:
+    import triton  # noqa: F401  (present wherever a plan is measured)
+
+    return "|".join(map(str, _geometry(st, shape))) + f"|torch={torch.__version__}|triton={triton.__version__}"
+
+
+def _load_times(path: Path) -> dict[str, dict[str, float]]:
+    if path not in _TIMES:
+        try:
+            _TIMES[path] = json.loads(path.read_text())["times"] if path.is_file() else {}
+        except (ValueError, KeyError, TypeError) as e:  # a damaged cache is measured again, not fatal
+            warnings.warn(f"layer plan: ignoring the times cache {path} ({type(e).__name__}: {e})", stacklevel=2)
+            _TIMES[path] = {}
+    return _TIMES[path]
+
+
+def _save_times(path: Path, new: dict[str, dict[str, float]]) -> None:
+    from .csvio import atomic_write_text
+
+    times = _load_times(path)
+    times.update(new)
+    on_disk = {}
+    try:  # another process may have added times meanwhile: keep them
+        on_disk = json.loads(path.read_text())["times"] if path.is_file() else {}
+    except (ValueError, KeyError, TypeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"times": {**on_disk, **times}}, indent=1, sort_keys=True))
+
+
+def cached_measure(measure: Measure, path: Path | None) -> tuple[Measure, Callable[[], dict[str, int]]]:
+    """`measure` looked up in (and added to) the times cache at `path` (None: no cache); returns the wrapped
+    measure and `flush(save=True)`, which saves what was measured and returns {"cache": hits, "measured": misses}."""
+    if path is None:
+        count = {"cache": 0, "measured": 0}
+
+        def plain(st, x):
+            count["measured"] += 1
+            return measure(st, x)
+        return plain, lambda save=True: dict(count)
+    times, new, count = _load_times(path), {}, {"cache": 0, "measured": 0}
+
+    def lookup(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
+        key = _times_key(st, tuple(x.shape))
+        if key in times:
+            count["cache"] += 1
+            return dict(times[key])
+        count["measured"] += 1
+        new[key] = measure(st, x)
+        return dict(new[key])
+
+    def flush(save: bool = True) -> dict[str, int]:
+        if save and new:
+            _save_times(path, new)
+            new.clear()
+        return dict(count)
+    return lookup, flush
 
 
 def best_packed(times: dict[str, float], own: str, margin: float = MARGIN) -> str:
@@ -111,10 +193,11 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
     Each group takes the best path on its packed weights (its own kernel, or `wonly` for an int linear); where dense
     beats that, groups go dense in order of microseconds saved per byte added (layers already dense at an earlier
     bucket cost nothing) while the budget holds; the others keep their best packed path (`budget_limited`)."""
-    measure = measure or measure_paths
     done = _PLANNED.setdefault(unet, {})
     if bucket in done:
         return done[bucket]
+    # the default measurement goes through this user's times cache (an injected one, e.g. in tests, does not)
+    measure, flush = cached_measure(measure or measure_paths, times_cache_path() if measure is None else None)
     layers = dict(kernel_layers(unet))
     shapes = record_inputs(unet, run)
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -122,17 +205,23 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
         groups[_geometry(layers[name].kernel_state, shape)].append(name)
     dev = next(iter(layers.values())).kernel_state.packed.device if layers else torch.device("cpu")
     rows = []
-    for geo, names in groups.items():
-        st = layers[names[0]].kernel_state
-        x = torch.randn(geo[-1], device=dev, dtype=torch.float16)
-        times = measure(st, x)
-        rows.append(dict(**(info or {}), kind=st.kind, in_shape="x".join(map(str, geo[-1])),
-                         weight_shape="x".join(map(str, st.shape)), wbits=st.bits, own_path=st.path, layers=len(names),
-                         own_us=round(times[st.path], 2), wonly_us=round(times.get("wonly", math.nan), 2),
-                         dense_us=round(times["dense"], 2), path=choose(times, st.path, margin),
-                         budget_limited=False, dense_bytes_added=0, _packed=best_packed(times, st.path, margin),
-                         example=names[0], _names=names, _rows=backend.input_rows(st, x),
-                         _cost=sum(_dense_cost(layers[n].kernel_state) for n in names)))
+    try:
+        for geo, names in groups.items():
+            st = layers[names[0]].kernel_state
+            x = torch.randn(geo[-1], device=dev, dtype=torch.float16)
+            hits = flush(save=False)["cache"]
+            times = measure(st, x)
+            rows.append(dict(**(info or {}), kind=st.kind, in_shape="x".join(map(str, geo[-1])),
+                             weight_shape="x".join(map(str, st.shape)), wbits=st.bits, own_path=st.path,
+                             layers=len(names), own_us=round(times[st.path], 2),
+                             wonly_us=round(times.get("wonly", math.nan), 2), dense_us=round(times["dense"], 2),
+                             times="cache" if flush(save=False)["cache"] > hits else "measured",
+                             path=choose(times, st.path, margin), budget_limited=False, dense_bytes_added=0,
+                             _packed=best_packed(times, st.path, margin), example=names[0], _names=names,
+                             _rows=backend.input_rows(st, x),
+                             _cost=sum(_dense_cost(layers[n].kernel_state) for n in names)))
+    finally:
+        flush()  # what was measured reaches the cache, also when a later geometry fails
     budget = dense_budget * sum(_fp16_bytes(m.kernel_state) for m in layers.values())
     used = sum(backend.dense_bytes(m.kernel_state) for m in layers.values())
     packed_us = lambda r: r["wonly_us"] if r["_packed"] == "wonly" else r["own_us"]  # noqa: E731

@@ -177,3 +177,38 @@ with torch.no_grad():
                            measure=lambda st, x: {st.path: 2.0, "dense": 1.0 if st.kind == "linear" else 3.0})
 """ + EXPLAIN)
     assert "graphs 1 breaks 0 []" in out, out[-2000:]
+
+
+def test_measured_times_persist_for_a_later_process(tmp_path, monkeypatch):
+    """The times a plan measures go to this user's cache file; a later process (fresh memo) plans the same geometry
+    and input size from it without measuring; another input size is measured; a damaged file is measured again."""
+    from types import SimpleNamespace
+
+    from quant_utils import layer_plan
+
+    st = SimpleNamespace(kind="linear", path="int", shape=(32, 64), bits=8, fmt=SimpleNamespace(group=64), bos=False,
+                         split=None, stride=1, pad=0)
+    calls = []
+
+    def measure(s, x):
+        calls.append(tuple(x.shape))
+        return {"int": 5.0, "dense": 4.0}
+
+    path = tmp_path / "times.json"
+    monkeypatch.setattr(layer_plan, "_TIMES", {})
+    m, flush = layer_plan.cached_measure(measure, path)
+    assert m(st, torch.zeros(3, 64)) == {"int": 5.0, "dense": 4.0} and not path.exists()  # saved by flush
+    assert flush() == {"cache": 0, "measured": 1} and path.is_file()
+    monkeypatch.setattr(layer_plan, "_TIMES", {})  # a new process
+    m, flush = layer_plan.cached_measure(measure, path)
+    assert m(st, torch.zeros(3, 64)) == {"int": 5.0, "dense": 4.0} and calls == [(3, 64)]
+    m(st, torch.zeros(5, 64))
+    assert calls == [(3, 64), (5, 64)] and flush() == {"cache": 1, "measured": 1}
+    path.write_text("{not json")
+    monkeypatch.setattr(layer_plan, "_TIMES", {})
+    with pytest.warns(UserWarning, match="ignoring the times cache"):
+        m, flush = layer_plan.cached_measure(measure, path)
+    m(st, torch.zeros(3, 64))
+    assert len(calls) == 3 and flush()["measured"] == 1 and "times" in path.read_text()
+    monkeypatch.setenv("MIXDQ_PLAN_CACHE", "none")
+    assert layer_plan.times_cache_path() is None
