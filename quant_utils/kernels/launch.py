@@ -27,6 +27,10 @@ def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k:
     return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages, SWAP=swap, SPLIT_K=split_k, GROUP_M=8)
 
 
+def _tma(bm: int, bn: int, warps: int, stages: int, swap: bool = False) -> dict:
+    return dict(_cfg(bm, bn, warps, stages, swap), TMA=True, BK=128)
+
+
 # SWAP: the weight tile is the tensor-core instruction's M side and the activation rows its N side, so a
 # handful of rows still fills the instruction; SPLIT_K > 1 spreads a long K over more SMs when tiles are few.
 LINEAR_CANDIDATES = {
@@ -34,11 +38,15 @@ LINEAR_CANDIDATES = {
              _cfg(32, 64, 4, 4)],
     # 65-512 rows (512 px, batch 1) leave most SMs idle, but split-K 4/8 here never won in measurements
     # (zeroing, fp32 atomics and the cast pass cost more: results/kernels_notes.md, v3), so only split-K 2
-    "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3)],
+    "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3),
+              _tma(64, 128, 4, 4, True), _tma(128, 128, 8, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
-            _cfg(64, 256, 8, 3, True)],
-    "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True)],
+            _cfg(64, 256, 8, 3, True), _tma(128, 128, 8, 4), _tma(128, 128, 8, 4, True), _tma(128, 256, 8, 3)],
+    "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True),
+              _tma(128, 256, 8, 3), _tma(128, 256, 8, 4), _tma(256, 128, 8, 3, True)],
 }
+# TMA (kernels v4): tiles loaded by tensor descriptors (triton_kernels._qlinear_tma_kernel), int8 activations and
+# 8-bit weights only (4/6/2-bit weights through the PRE pass); the autotuner keeps them where they win
 CONV_CANDIDATES = {
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True), _cfg(64, 64, 4, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
@@ -63,16 +71,18 @@ def conv_class(m: int) -> str:
 
 
 def with_pre(cands: list[dict], bits: int) -> list[dict]:
-    """Packed 2/4/6-bit weights: each config twice, unpacking in the K loop and (PRE) in a separate pass first.
+    """Packed 2/4/6-bit weights: each config twice, unpacking in the K loop and (PRE) in a separate pass first
+    (TMA configs only with PRE: the descriptors load int8 tiles).
 
     Unpacking in the K loop puts the weight through registers before the tensor cores, which makes the GEMM slower
     than an 8-bit one (measured: results/kernels_notes.md); a separate pass costs one read of the packed and one
     write of the int8 weight. The autotuner keeps whichever is faster per shape."""
-    return cands if bits == 8 else cands + [dict(c, PRE=True) for c in cands]
+    return cands if bits == 8 else [c for c in cands if not c.get("TMA")] + [dict(c, PRE=True) for c in cands]
 
 
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
-    return with_pre((FP16A_CANDIDATES if a_fp16 else LINEAR_CANDIDATES)[linear_class(m)], bits)
+    cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
+    return with_pre([c for c in cands if not (a_fp16 and c.get("TMA"))], bits)
 
 
 def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:

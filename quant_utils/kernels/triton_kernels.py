@@ -349,6 +349,10 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
         raise ValueError(f"qlinear needs K % 16 == 0, row-contiguous 16-aligned rows and N % 8 == 0 (K={k}, N={n})")
     if a.data_ptr() % 16 or w.data_ptr() % 16:
         raise ValueError("qlinear needs 16-byte aligned operands")
+    if cfg.get("TMA"):
+        if bits != 8 or zc is None:
+            raise ValueError("TMA tile configs take int8 codes and 8-bit (or PRE-unpacked) weights")
+        return qlinear_tma(a, w, scale, zc, bias, n, cfg, out)
     a_fp16 = a.dtype != torch.int8
     k_iters = w.shape[1] // (group * bits // 8)
     split = cfg.get("SPLIT_K", 1)
@@ -363,6 +367,70 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
                           SPLIT_K=split, SUBK=group // SUB_BLOCKS[bits], num_warps=cfg.get("num_warps", 4),
                           num_stages=cfg.get("num_stages", 3))
     return out.to(torch.float16) if split > 1 and out.dtype != torch.float16 else out
+
+
+# ----------------------------------------------------------------------------------------------- linear, TMA
+
+
+@triton.jit(do_not_specialize=["M"])
+def _qlinear_tma_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr, M, N, K_A, KP, stride_am, stride_wn,
+                        stride_om, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        GROUP_M: tl.constexpr, SWAP: tl.constexpr):
+    """out[M, N] = (A[M, K_A] @ W[N, KP]^T - zc[n]) * scale[n] + bias[n] for int8 codes and 8-bit weights, the
+    tiles brought in by the tensor-memory accelerator (tensor descriptors: asynchronous bulk copies that Triton
+    pipelines into the tensor-core loop on Hopper; out-of-bounds rows and columns read as zeros, so no masks and no
+    wrapped indices). SWAP: the weight tile is the tensor-core instruction's M side, as in _qlinear_kernel."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K_A], strides=[stride_am, 1], block_shape=[BM, BK])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, KP], strides=[stride_wn, 1], block_shape=[BN, BK])
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    if SWAP:
+        acc = tl.zeros((BN, BM), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.int32)
+    for k in range(0, KP, BK):
+        a = a_desc.load([pid_m * BM, k])
+        w = w_desc.load([pid_n * BN, k])
+        if SWAP:
+            acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    if SWAP:
+        m2 = rm[None, :]
+        n2 = rn[:, None]
+    else:
+        m2 = rm[:, None]
+        n2 = rn[None, :]
+    n_ok = n2 < N
+    y = (acc - tl.load(zc_ptr + n2, mask=n_ok, other=0)).to(tl.float32) * tl.load(scale_ptr + n2, mask=n_ok, other=0.0)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + n2, mask=n_ok, other=0.0)
+    tl.store(out_ptr + m2.to(tl.int64) * stride_om + n2, y.to(out_ptr.dtype.element_ty), mask=(m2 < M) & n_ok)
+
+
+def _tma_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    # global memory for the descriptors a kernel builds on the device (Triton asks its allocator at each launch;
+    # inside a CUDA-graph capture this comes from the graph's pool)
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def qlinear_tma(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor, bias: torch.Tensor | None,
+                n: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch `_qlinear_tma_kernel` (tile config `cfg`: BM, BN, BK, GROUP_M, SWAP, num_warps, num_stages): a [M, K]
+    int8 codes (rows 16-byte aligned), w [N, KP] int8 (the 8-bit packed format, or a PRE-unpacked one)."""
+    m, k = a.shape
+    if a.dtype != torch.int8 or w.dtype != torch.int8:
+        raise ValueError("the TMA linear takes int8 codes and 8-bit weights only")
+    triton.set_allocator(_tma_scratch)
+    out = torch.empty((m, n), dtype=torch.float16, device=a.device) if out is None else out
+    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
+    _qlinear_tma_kernel[grid](a, w, out, scale, zc, bias if bias is not None else scale, m, n, k, w.shape[1],
+                              a.stride(0), w.stride(0), out.stride(0), HAS_BIAS=bias is not None, BM=cfg["BM"],
+                              BN=cfg["BN"], BK=cfg.get("BK", 128), GROUP_M=cfg.get("GROUP_M", 8),
+                              SWAP=cfg.get("SWAP", False), num_warps=cfg.get("num_warps", 8),
+                              num_stages=cfg.get("num_stages", 3))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- conv
