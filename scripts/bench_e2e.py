@@ -238,12 +238,11 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
             kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
         # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
-        refs = {k: Runner(variant, "eager", vae=decoders[k], layer_plan=args.layer_plan,
-                          dense_budget=args.dense_budget)(*check).astype(float) for k in kinds}
+        plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention)
+        refs = {k: Runner(variant, "eager", vae=decoders[k], **plans)(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
-                            vae_kind=kind, compile_shapes=args.compile_shapes, layer_plan=args.layer_plan,
-                            dense_budget=args.dense_budget)
+                            vae_kind=kind, compile_shapes=args.compile_shapes, **plans)
             yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
                         encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),
                         check, refs[kind])
