@@ -306,10 +306,10 @@ def assert_latency_adds_up(ok):
     assert np.allclose(parts.sum(axis=1), ok["latency_ms"], atol=SLACK_MS)
 
 
-def scrape(url: str, name: str) -> float:
-    """Sum of a Prometheus metric over all its series."""
+def scrape(url: str, name: str, label: str = "") -> float:
+    """Sum of a Prometheus metric over all its series (those holding `label`, e.g. 'le="1.5"', if given)."""
     txt = httpx.get(url, timeout=10).text
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in txt.splitlines() if ln.startswith(name + "{"))
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in txt.splitlines() if ln.startswith(name + "{") and label in ln)
 
 
 def test_burst_is_batched_and_admission_rejects_with_429(service, tmp_path):
@@ -328,13 +328,17 @@ def test_burst_is_batched_and_admission_rejects_with_429(service, tmp_path):
     assert_latency_adds_up(df[df["outcome"] == "ok"])  # PNG, batches of up to 4 sharing two encoder threads
     deadline = time.monotonic() + 30  # Prometheus: Ray exports every second here
     while True:
-        names = ("ray_mixdq_batch_size_count", "ray_mixdq_batch_size_sum", "ray_mixdq_requests_total",
-                 "ray_serve_num_http_requests_total")  # ours, and Ray Serve's own
-        count, total, ours, serves = (scrape(service["metrics"], m) for m in names)
-        if (count and total / count > 1 and ours >= n and serves >= n) or time.monotonic() > deadline:
+        # batches of more than one request = all batches - those in the histogram's first bucket (le 1.5); the
+        # histogram's _sum is not used: Ray's export of it lagged its _count once (mean 0.995 for integer sizes)
+        metrics = service["metrics"]
+        single = scrape(metrics, "ray_mixdq_batch_size_bucket", 'le="1.5"')  # > 0: earlier tests' lone requests
+        batched = scrape(metrics, "ray_mixdq_batch_size_count") - single
+        ours, serves = (scrape(metrics, m) for m in ("ray_mixdq_requests_total",
+                                                     "ray_serve_num_http_requests_total"))  # ours, Ray Serve's own
+        if (single > 0 and batched > 0 and ours >= n and serves >= n) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert count > 0 and total / count > 1, "mean batch size in the metrics should exceed 1 after a burst"
+    assert single > 0 and batched > 0, "the batch-size metric should count batches of more than one request"
     assert ours >= n and serves >= n
 
 
