@@ -80,9 +80,15 @@ def with_pre(cands: list[dict], bits: int) -> list[dict]:
     return cands if bits == 8 else [c for c in cands if not c.get("TMA")] + [dict(c, PRE=True) for c in cands]
 
 
+def tma_enabled() -> bool:
+    """TMA tile configs are opt-in (MIXDQ_TMA=1) until they have passed the GPU self-check (tests/gpu): a bad bulk
+    copy would fault the CUDA context of a serving process, not just lose a tuning race."""
+    return os.environ.get("MIXDQ_TMA", "0") == "1"
+
+
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
-    return with_pre([c for c in cands if not (a_fp16 and c.get("TMA"))], bits)
+    return with_pre([c for c in cands if not (c.get("TMA") and (a_fp16 or not tma_enabled()))], bits)
 
 
 def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:
