@@ -32,7 +32,7 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_device_for_exec, compile_cache_from_args,  # noqa: E402
                              decoder_from_args, pipeline_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
-from quant_utils.decoders import attention_path  # noqa: E402
+from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, summarize, timed_call  # noqa: E402
@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> None:
                       order="interleaved: each cell's timed calls round-robin across all variants" if args.interleave
                       else "one variant at a time")
     out = repo_path(args.out)
-    rows, prof_rows, kernel_rows, plans = [], [], [], {}
+    rows, prof_rows, kernel_rows, plans, att_rows = [], [], [], {}, {}
     cells = args.cells
 
     # 2. every UNet variant x decoder x cell; the CSV is rewritten after every cell (a timeout keeps what ran).
@@ -176,6 +176,14 @@ def main(args: argparse.Namespace) -> None:
                               repo_path(args.layer_plan_out or out.with_name(out.stem + "_layer_plan.csv")),
                               {**meta, "timing": "per layer geometry: CUDA-graph replays of its kernel (codes "
                                                  "quantized beforehand) and of cuBLAS/cuDNN on an fp16 weight"})
+                if e.runner.vae_attention == "auto":  # the decoder attention's measured times (CUDA)
+                    att = [dict(vae=e.kind, res=res, batch=batch, **r) for r in
+                           plan_decoder_attention(decoders[e.kind], (batch, 4, res // 8, res // 8))]
+                    att_rows.update({(r["vae"], r["q_shape"]): r for r in att})
+                    if att_rows:
+                        write_csv(pd.DataFrame(list(att_rows.values())), out.with_name(out.stem + "_vae_attention.csv"),
+                                  {**meta, "timing": "SDPA and explicit score matrices on random q/k/v of the query "
+                                                     "shape: median of CUDA-graph replays"})
                 if (res, batch) in args.profile_points and cuda:
                     prof_rows += _profile(e.runner, prompts, res, batch, steps, e.mode, e.kind, kernel_rows)
                     prof_out = repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv"))
