@@ -52,19 +52,13 @@ def measure_paths(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
 # A later process on the same GPU model plans a bucket from the times an earlier one measured (this user's cache,
 # like the kernels' tile configs) instead of timing every geometry again: the first call of a bucket gets seconds
 # faster; the plan is the same function of the times. MIXDQ_PLAN_CACHE=<file> uses that file, `none` no cache.
-_TIMES: dict[Path, dict[str, dict[str, float]]] = {}  # per cache file: key -> microseconds per path
+_TIMES: dict[Path, dict[str, dict[str, float]]] = {}  # per cache file, read once per process: key -> us per path
 
 
 def times_cache_path() -> Path | None:
-    from .kernels.tuning import gpu_tag
+    from .kernels.tuning import cache_path
 
-    setting = os.environ.get("MIXDQ_PLAN_CACHE")
-    if setting == "none":
-        return None
-    if setting:
-        return Path(setting).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "mixdq" / f"layer_plan_times_{gpu_tag()}.json"
+    return cache_path(os.environ.get("MIXDQ_PLAN_CACHE"), "layer_plan_times")
 
 
 def _times_key(st: backend.KernelState, shape: tuple) -> str:
@@ -73,57 +67,49 @@ def _times_key(st: backend.KernelState, shape: tuple) -> str:
     return "|".join(map(str, _geometry(st, shape))) + f"|torch={torch.__version__}|triton={triton.__version__}"
 
 
-def _load_times(path: Path) -> dict[str, dict[str, float]]:
-    if path not in _TIMES:
-        try:
-            _TIMES[path] = json.loads(path.read_text())["times"] if path.is_file() else {}
-        except (ValueError, KeyError, TypeError) as e:  # a damaged cache is measured again, not fatal
-            warnings.warn(f"layer plan: ignoring the times cache {path} ({type(e).__name__}: {e})", stacklevel=2)
-            _TIMES[path] = {}
-    return _TIMES[path]
+def _read_times(path: Path, warn: bool = True) -> dict[str, dict[str, float]]:
+    """The times in a cache file ({} if absent; a damaged file is warned about and measured again, not fatal)."""
+    try:
+        return json.loads(path.read_text())["times"] if path.is_file() else {}
+    except (ValueError, KeyError, TypeError) as e:
+        if warn:
+            warnings.warn(f"layer plan: ignoring the times cache {path} ({type(e).__name__}: {e})", stacklevel=3)
+        return {}
 
 
-def _save_times(path: Path, new: dict[str, dict[str, float]]) -> None:
-    from .csvio import atomic_write_text
+class TimesCache:
+    """A plan's path times looked up in (and added to) the cache file at `path` (None: measure everything)."""
 
-    times = _load_times(path)
-    times.update(new)
-    on_disk = {}
-    try:  # another process may have added times meanwhile: keep them
-        on_disk = json.loads(path.read_text())["times"] if path.is_file() else {}
-    except (ValueError, KeyError, TypeError):
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"times": {**on_disk, **times}}, indent=1, sort_keys=True))
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None and path not in _TIMES:
+            _TIMES[path] = _read_times(path)
+        self.times = _TIMES[path] if path is not None else {}
+        self.new: dict[str, dict[str, float]] = {}
+        self.count = {"cache": 0, "measured": 0}
 
+    def get(self, st: backend.KernelState, x: torch.Tensor, measure: Measure) -> tuple[dict[str, float], str]:
+        """The times of st's paths for input x, and where they came from: `cache` or `measured`."""
+        key = _times_key(st, tuple(x.shape)) if self.path is not None else None
+        if key in self.times:
+            self.count["cache"] += 1
+            return dict(self.times[key]), "cache"
+        self.count["measured"] += 1
+        times = measure(st, x)
+        if key is not None:
+            self.new[key] = self.times[key] = times
+        return dict(times), "measured"
 
-def cached_measure(measure: Measure, path: Path | None) -> tuple[Measure, Callable[[], dict[str, int]]]:
-    """`measure` looked up in (and added to) the times cache at `path` (None: no cache); returns the wrapped
-    measure and `flush(save=True)`, which saves what was measured and returns {"cache": hits, "measured": misses}."""
-    if path is None:
-        count = {"cache": 0, "measured": 0}
+    def save(self) -> None:
+        """Merge what was measured into the file (keeping what another process added meanwhile)."""
+        from .csvio import atomic_write_text
 
-        def plain(st, x):
-            count["measured"] += 1
-            return measure(st, x)
-        return plain, lambda save=True: dict(count)
-    times, new, count = _load_times(path), {}, {"cache": 0, "measured": 0}
-
-    def lookup(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
-        key = _times_key(st, tuple(x.shape))
-        if key in times:
-            count["cache"] += 1
-            return dict(times[key])
-        count["measured"] += 1
-        new[key] = measure(st, x)
-        return dict(new[key])
-
-    def flush(save: bool = True) -> dict[str, int]:
-        if save and new:
-            _save_times(path, new)
-            new.clear()
-        return dict(count)
-    return lookup, flush
+        if self.path is None or not self.new:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**_read_times(self.path, warn=False), **self.new}  # warned about when read first
+        atomic_write_text(self.path, json.dumps({"times": merged}, indent=1, sort_keys=True))
+        self.new.clear()
 
 
 def best_packed(times: dict[str, float], own: str, margin: float = MARGIN) -> str:
@@ -197,7 +183,8 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
     if bucket in done:
         return done[bucket]
     # the default measurement goes through this user's times cache (an injected one, e.g. in tests, does not)
-    measure, flush = cached_measure(measure or measure_paths, times_cache_path() if measure is None else None)
+    cache = TimesCache(times_cache_path() if measure is None else None)
+    measure = measure or measure_paths
     layers = dict(kernel_layers(unet))
     shapes = record_inputs(unet, run)
     groups: dict[tuple, list[str]] = defaultdict(list)
@@ -209,19 +196,18 @@ def plan_bucket(unet: nn.Module, run: Callable[[], object], bucket: tuple, measu
         for geo, names in groups.items():
             st = layers[names[0]].kernel_state
             x = torch.randn(geo[-1], device=dev, dtype=torch.float16)
-            hits = flush(save=False)["cache"]
-            times = measure(st, x)
+            times, source = cache.get(st, x, measure)
             rows.append(dict(**(info or {}), kind=st.kind, in_shape="x".join(map(str, geo[-1])),
                              weight_shape="x".join(map(str, st.shape)), wbits=st.bits, own_path=st.path,
                              layers=len(names), own_us=round(times[st.path], 2),
                              wonly_us=round(times.get("wonly", math.nan), 2), dense_us=round(times["dense"], 2),
-                             times="cache" if flush(save=False)["cache"] > hits else "measured",
+                             times=source,
                              path=choose(times, st.path, margin), budget_limited=False, dense_bytes_added=0,
                              _packed=best_packed(times, st.path, margin), example=names[0], _names=names,
                              _rows=backend.input_rows(st, x),
                              _cost=sum(_dense_cost(layers[n].kernel_state) for n in names)))
     finally:
-        flush()  # what was measured reaches the cache, also when a later geometry fails
+        cache.save()  # what was measured reaches the cache, also when a later geometry fails
     budget = dense_budget * sum(_fp16_bytes(m.kernel_state) for m in layers.values())
     used = sum(backend.dense_bytes(m.kernel_state) for m in layers.values())
     packed_us = lambda r: r["wonly_us"] if r["_packed"] == "wonly" else r["own_us"]  # noqa: E731

@@ -196,19 +196,23 @@ def test_measured_times_persist_for_a_later_process(tmp_path, monkeypatch):
 
     path = tmp_path / "times.json"
     monkeypatch.setattr(layer_plan, "_TIMES", {})
-    m, flush = layer_plan.cached_measure(measure, path)
-    assert m(st, torch.zeros(3, 64)) == {"int": 5.0, "dense": 4.0} and not path.exists()  # saved by flush
-    assert flush() == {"cache": 0, "measured": 1} and path.is_file()
+    cache = layer_plan.TimesCache(path)
+    assert cache.get(st, torch.zeros(3, 64), measure) == ({"int": 5.0, "dense": 4.0}, "measured")
+    assert not path.exists()  # written by save
+    cache.save()
+    assert cache.count == {"cache": 0, "measured": 1} and path.is_file()
     monkeypatch.setattr(layer_plan, "_TIMES", {})  # a new process
-    m, flush = layer_plan.cached_measure(measure, path)
-    assert m(st, torch.zeros(3, 64)) == {"int": 5.0, "dense": 4.0} and calls == [(3, 64)]
-    m(st, torch.zeros(5, 64))
-    assert calls == [(3, 64), (5, 64)] and flush() == {"cache": 1, "measured": 1}
+    cache = layer_plan.TimesCache(path)
+    assert cache.get(st, torch.zeros(3, 64), measure) == ({"int": 5.0, "dense": 4.0}, "cache") and calls == [(3, 64)]
+    cache.get(st, torch.zeros(5, 64), measure)
+    assert calls == [(3, 64), (5, 64)] and cache.count == {"cache": 1, "measured": 1}
     path.write_text("{not json")
     monkeypatch.setattr(layer_plan, "_TIMES", {})
     with pytest.warns(UserWarning, match="ignoring the times cache"):
-        m, flush = layer_plan.cached_measure(measure, path)
-    m(st, torch.zeros(3, 64))
-    assert len(calls) == 3 and flush()["measured"] == 1 and "times" in path.read_text()
+        cache = layer_plan.TimesCache(path)
+    cache.get(st, torch.zeros(3, 64), measure)
+    cache.save()
+    assert len(calls) == 3 and cache.count["measured"] == 1 and "times" in path.read_text()
+    assert layer_plan.TimesCache(None).get(st, torch.zeros(3, 64), measure)[1] == "measured"  # no cache: measure
     monkeypatch.setenv("MIXDQ_PLAN_CACHE", "none")
     assert layer_plan.times_cache_path() is None

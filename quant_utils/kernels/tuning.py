@@ -66,14 +66,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def cache_path(setting: str | None = None) -> Path | None:
-    """This user's tuning cache of this GPU model; `setting` (MIXDQ_TUNING_CACHE): a file, or `none` for no cache."""
+def cache_path(setting: str | None = None, stem: str = "kernels_tuning") -> Path | None:
+    """This user's cache file `<stem>_<gpu>.json` of this GPU model (the tile configs; the layer plan's times);
+    `setting` (an environment variable's value, e.g. MIXDQ_TUNING_CACHE): a file instead, or `none` for no cache."""
     if setting == "none":
         return None
     if setting:
         return Path(setting).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "mixdq" / f"kernels_tuning_{gpu_tag()}.json"
+    return base / "mixdq" / f"{stem}_{gpu_tag()}.json"
 
 
 def committed_files(results_dir: Path, setting: str | None = None) -> list[Path]:
