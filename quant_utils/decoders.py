@@ -143,17 +143,21 @@ def _(q, k, v):
 class DecoderAttnProcessor:
     """diffusers' self-attention of a VAE block (group norm, q/k/v, attention, output projection, residual,
     rescale: as AttnProcessor2_0 computes it) with the attention op chosen per query shape in `paths`
-    ("math" -> attention_math; anything else SDPA)."""
+    ("math" -> attention_math; anything else SDPA). Any other use of the block (cross-attention, a mask, spatial
+    norm, q/k norms, non-NCHW input) goes to diffusers' AttnProcessor2_0 unchanged."""
 
     def __init__(self):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
         self.paths: dict[tuple[int, ...], str] = {}
         self.times: dict[tuple[int, ...], dict[str, float]] = {}  # microseconds measured per path, per shape
+        self.fallback = AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None \
                 or hidden_states.ndim != 4 or attn.norm_q is not None or attn.norm_k is not None:
-            raise NotImplementedError("DecoderAttnProcessor: a VAE block's plain self-attention on NCHW input only")
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         b, c, h, w = hidden_states.shape
         x = hidden_states.view(b, c, h * w).transpose(1, 2)

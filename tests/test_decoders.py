@@ -131,6 +131,10 @@ def test_decoder_attention_plan_keeps_the_decode_and_picks_the_faster_op(tiny_pi
         assert attention_path(vae, tuple(one.shape)) == "math" and attention_path(vae, tuple(z.shape)) == "sdpa"
         assert torch.allclose(decode_images(vae, one), want[:1], atol=1e-4)  # the math op, same decode
         assert used == [calls[-1]]
+    # other uses of the block (here: NLC input) go to diffusers' own processor, same result as before
+    seq = torch.randn(1, 5, attn.query_dim)
+    with torch.no_grad():
+        assert torch.allclose(attn(seq), dec.DecoderAttnProcessor().fallback(attn, seq), atol=1e-6)
     tiny = build_tiny_vae(architecture_configs(load_model_config(TINY))["vae_tiny"], "cpu", torch.float32)
     assert plan_decoder_attention(tiny, tuple(z.shape)) == [] and attention_path(tiny, tuple(z.shape)) == "none"
 
