@@ -409,6 +409,9 @@ def _qlinear_tma_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr, M, N
     tl.store(out_ptr + m2.to(tl.int64) * stride_om + n2, y.to(out_ptr.dtype.element_ty), mask=(m2 < M) & n_ok)
 
 
+_allocator_set = False
+
+
 def _tma_scratch(size: int, alignment: int, stream) -> torch.Tensor:
     # global memory for the descriptors a kernel builds on the device (Triton asks its allocator at each launch;
     # inside a CUDA-graph capture this comes from the graph's pool)
@@ -422,7 +425,10 @@ def qlinear_tma(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch
     m, k = a.shape
     if a.dtype != torch.int8 or w.dtype != torch.int8:
         raise ValueError("the TMA linear takes int8 codes and 8-bit weights only")
-    triton.set_allocator(_tma_scratch)
+    global _allocator_set
+    if not _allocator_set:  # once per process, not in the launch path
+        triton.set_allocator(_tma_scratch)
+        _allocator_set = True
     out = torch.empty((m, n), dtype=torch.float16, device=a.device) if out is None else out
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
     _qlinear_tma_kernel[grid](a, w, out, scale, zc, bias if bias is not None else scale, m, n, k, w.shape[1],
