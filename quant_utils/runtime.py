@@ -207,6 +207,7 @@ class Runner:
             raise ValueError(f"vae_attention={vae_attention!r}, expected one of {VAE_ATTENTION}")
         # the decoder's attention op, measured per decode bucket on CUDA (quant_utils/decoders.py)
         self.vae_attention = vae_attention if self.device.type == "cuda" else "sdpa"
+        self._decode_buckets: set[torch.Size] = set()  # latent shapes whose decoder attention is planned
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
@@ -274,8 +275,9 @@ class Runner:
         clock = _StageClock(self.device)
         clock.mark("start")
         latents = self._denoise(prompts, seeds, height, width, steps, guidance_scale, clock)
-        if self.vae_attention == "auto":  # once per decode bucket, before compile and capture
+        if self.vae_attention == "auto" and latents.shape not in self._decode_buckets:  # before compile and capture
             plan_decoder_attention(self.vae, tuple(latents.shape))
+            self._decode_buckets.add(latents.shape)
         images = self._call("vae", latents.to(self.vae_dtype))
         images = (images.float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         clock.mark("vae_ms")
