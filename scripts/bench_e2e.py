@@ -232,7 +232,8 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
     r0, b0 = args.cells[0]
     check = ([prompts[i % len(prompts)] for i in range(b0)], [args.seed + i for i in range(b0)], r0, r0, steps)
     encoders = sum(device_weight_bytes(m) for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None)
-    for mode, exec_mode in unet_variants(args, cuda):
+    variants = unet_variants(args, cuda)
+    for mode, exec_mode in variants:
         t0 = time.perf_counter()
         if mode == "fp16":
             variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if exec_mode == "compile" else fp16_unet)
@@ -242,7 +243,7 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
                                               steps, backend=backend)
         print(f"{mode}: UNet ready in {time.perf_counter() - t0:.1f} s")
         kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
-        if exec_mode == "graph" and mode == "fp16" and len(unet_variants(args, cuda)) > 1:
+        if exec_mode == "graph" and mode == "fp16" and len(variants) > 1:
             kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
         # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
