@@ -11,10 +11,17 @@ source "$(dirname "$0")/job_env.sh"
 TAG=${TAG:-e2e}
 TUNING=/tmp/mixdq_tuning_$(python3 -c 'import re,torch;print(re.sub("[^a-z0-9]+","_",torch.cuda.get_device_name(0).lower()))').json
 export MIXDQ_TUNING_FILE=$TUNING  # tile configs tuned by an earlier part on this machine
-if [ ! -f "$TUNING" ]; then  # first part: start from the H100's tuned configs (same sm_90 chip family); new shapes tune here
-  python3 -c "import json,sys,torch; d=json.load(open('results/kernels_tuning_nvidia_h100_80gb_hbm3.json')); \
-d['gpu']=torch.cuda.get_device_name(0); d['seeded_from']='NVIDIA H100 80GB HBM3'; json.dump(d,open(sys.argv[1],'w'))" "$TUNING"
+if [ ! -f "$TUNING" ]; then  # first part: start from the committed tuned configs of this chip family (Tuning.standard:
+  # other GPU models' files first, this one's last); new shapes tune here
+  MIXDQ_TUNING_FILE= MIXDQ_TUNING_CACHE=none python3 -c "import sys; sys.path.insert(0, '.'); from quant_utils.kernels.tuning import Tuning; \
+Tuning.standard('results', committed=True).save(sys.argv[1])" "$TUNING"
 fi
+if [ "${TMA_COMPARE:-0}" = 1 ]; then  # kernels v4: TMA tile configs against the tuned ones, per UNet linear shape;
+  # TMA=1 in a later part of this session swaps the winners (equal outputs, >= 3% faster) into the tile configs
+  MIXDQ_TUNING_CACHE=none timeout ${TMA_TIMEOUT:-240} python3 scripts/device/tma_vs_tuned.py --out "$OUT/tma_vs_tuned" 2>&1 \
+      | grep -v Warning | tail -40 && cp "$OUT/tma_vs_tuned.json" /tmp/tma_vs_tuned.json
+fi
+if [ "${TMA:-0}" = 1 ] && [ -f /tmp/tma_vs_tuned.json ]; then cp /tmp/tma_vs_tuned.json "$TUNING"; export MIXDQ_TMA=1; fi
 # the compile cache this job reads and fills (the scripts' default is ~/.cache/mixdq/inductor); warm = it holds
 # compiled code from an earlier job on this machine (an empty or absent folder, as on a fresh machine: cold)
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/mixdq/inductor}

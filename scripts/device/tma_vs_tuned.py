@@ -1,0 +1,97 @@
+"""Kernels v4 (issue 15): the TMA tile configs of the int8 linear against the tuned non-TMA config, per UNet shape.
+
+For every int8-activation, 8-bit-weight linear shape the committed tuning files know (the real SDXL UNet layer
+shapes of the measured cells), a random layer is built (tests/gpu/kernel_selfcheck.build_layer), its GEMM is timed
+with the tuned config and with each TMA candidate of its size class (CUDA-graph replays, launch.graph_bench_ms), and
+each TMA output must equal the tuned config's (integer sums: the same fp16 values). Writes
+  <out>.csv   key, m, n, k, tuned config and us, best TMA config and us, speedup, TMA outputs equal (bool)
+  <out>.json  a tuning file: the tuned configs with the TMA winners (>= `--min_gain` faster and equal) swapped in
+GPU only:  MIXDQ_TMA=1 python scripts/device/tma_vs_tuned.py --out /tmp/out/tma_vs_tuned
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MIXDQ_TMA", "1")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "gpu")]
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import kernel_selfcheck as selfcheck  # noqa: E402
+from quant_utils.csvio import provenance, write_csv  # noqa: E402
+from quant_utils.kernels import launch  # noqa: E402
+from quant_utils.kernels import triton_kernels as tk  # noqa: E402
+from quant_utils.kernels.tuning import Tuning  # noqa: E402
+
+
+def parse_key(key: str) -> dict:
+    """'linear|m=4096|n=640|k=640|b=8|g=128|a=int8' -> {'m': 4096, ..., 'a': 'int8'}"""
+    parts = dict(p.split("=") for p in key.split("|")[1:])
+    return {k: (v if k == "a" else int(v)) for k, v in parts.items()}
+
+
+def cfg_name(c: dict) -> str:
+    return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
+        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("tma" if c.get("TMA") else "")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output stem (.csv and .json are added)")
+    p.add_argument("--min_gain", type=float, default=1.03, help="a TMA config replaces the tuned one if this much faster")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 2
+    tuning = Tuning.standard(ROOT / "results")
+    keys = sorted(k for k in tuning.configs if k.startswith("linear|") and k.endswith("|a=int8") and "|b=8|" in k
+                  and parse_key(k)["m"] > 64)
+    rows, winners = [], {}
+    for key in keys:
+        s = parse_key(key)
+        tuned = launch._strip(tuning.configs[key])
+        st = selfcheck.build_layer(selfcheck.Case("linear", s["n"], s["k"], 8, 8, rows=s["m"], batch=1), "cuda", 0)
+        q = torch.randint(-128, 128, (s["m"], s["k"]), dtype=torch.int8, device="cuda")
+        ks = st.kernel_state
+
+        def run(c: dict) -> torch.Tensor:
+            return tk.qlinear(q, ks.packed, ks.scale1, ks.zc1, ks.bias, ks.bits, ks.fmt.group, ks.n, c)
+
+        ref = run(tuned)
+        tuned_us = 1e3 * launch.graph_bench_ms(lambda: run(tuned), n_inner=20, reps=7)
+        best = (None, float("inf"), True)
+        for c in launch.linear_candidates(s["m"], False, 8):
+            if not c.get("TMA"):
+                continue
+            try:
+                equal = bool(torch.equal(run(c), ref))
+                us = 1e3 * launch.graph_bench_ms(lambda: run(c), n_inner=20, reps=7)
+            except Exception as e:  # a config that does not fit: say so, go on
+                print(f"{key}: {cfg_name(c)} failed: {type(e).__name__}: {str(e)[:100]}")
+                continue
+            if us < best[1]:
+                best = (c, us, equal)
+        c, us, equal = best
+        rows.append({"key": key, "m": s["m"], "n": s["n"], "k": s["k"], "tuned_config": cfg_name(tuned),
+                     "tuned_us": round(tuned_us, 2), "tma_config": cfg_name(c) if c else "",
+                     "tma_us": round(us, 2) if c else float("nan"),
+                     "speedup": round(tuned_us / us, 3) if c else float("nan"), "tma_equal": equal})
+        if c is not None and equal and tuned_us / us >= args.min_gain:
+            winners[key] = dict(c, ms=round(us / 1e3, 5))
+        print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | tma {rows[-1]['tma_config']:<20} "
+              f"{us:8.1f} us  x{tuned_us / us:.2f}  equal={equal}")
+    df = pd.DataFrame(rows)
+    write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tma_vs_tuned.py", weights="random"))
+    Tuning(configs={**tuning.configs, **winners}).save(f"{args.out}.json")
+    bad = int((~df.tma_equal).sum()) if len(df) else 0
+    print(f"{len(rows)} shapes, TMA faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
