@@ -76,6 +76,7 @@ def test_call_is_denoise_then_decode(tiny_pipe):
     with torch.no_grad():
         ref = (decode_images(tiny_pipe.vae, z).float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     assert np.array_equal(img, ref)
+    assert img.flags["C_CONTIGUOUS"] and img.dtype == np.uint8  # what the service's encoders read row by row
 
 
 DYNAMIC_REGIONS = """

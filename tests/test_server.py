@@ -5,6 +5,7 @@ of 4, static policy with admission control, on loopback ports; the last test sto
 no process is left. Pure functions (request parsing, image encoding, the replica queue, the client's latency split)
 are tested without Ray.
 """
+import asyncio
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -125,36 +127,64 @@ def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
         client.accounting(df, 3)
 
 
+@contextmanager
+def loopback_service(handler):
+    """An aiohttp web app answering POST /generate on a loopback port, in its own thread and event loop (the client
+    under test runs its own with asyncio.run); yields its URL."""
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/generate", handler)
+    runner, port = web.AppRunner(app, access_log=None), free_port()
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def test_http_client_open_and_closed_loop_with_retries_on_a_mock_service():
-    """The client against httpx's MockTransport: 429s, 500s and broken connections recorded, a closed-loop client
+    """The client against a loopback mock service: 429s, 500s and broken connections recorded, a closed-loop client
     resends a rejected request (same body, attempt + 1) after the back-off, and nothing is lost."""
+    from aiohttp import web
+
     image = np.zeros((8, 8, 3), np.uint8)
     seen = []
 
-    def service(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+    async def service(request):
+        body = await request.json()
         seen.append(body)
         k = len(seen)
         if k % 5 == 1:
-            return httpx.Response(429, json={"error": "rejected by admission control: test"})
+            return web.json_response({"error": "rejected by admission control: test"}, status=429)
         if k % 7 == 0:
-            return httpx.Response(500, json={"error": "generation failed: test"})
+            return web.json_response({"error": "generation failed: test"}, status=500)
         if k % 11 == 0:
-            raise httpx.ConnectError("reset")
+            request.transport.close()  # the connection drops before an answer
+            return web.Response()
         fmt = "png" if k % 13 == 0 else body["format"]  # a PNG whatever was asked: an error for a JPEG request
-        return httpx.Response(200, content=encode_image(image, fmt), headers={
+        return web.Response(body=encode_image(image, fmt), headers={
             "x-res": "8", "x-mode": body["mode"], "x-service-ms": "1.5", "x-queue-ms": "0.5", "x-encode-ms": "0.1",
             "x-replica-ms": "2.2", "x-batch-size": "1", "x-replica": "r1"})
     closed = wl.closed_loop(30, 3)
     closed.retry_backoff_s = 0.01  # the closed-loop retry back-off (the simulator's default when it has one)
     for w, fmt in ((wl.poisson(30, 200.0, seed=1), "png"), (closed, "jpeg")):
         seen.clear()
-        run = client.run_http(w, "http://mock", "w8a8", ["p"], seed=10, transport=httpx.MockTransport(service), fmt=fmt)
+        with loopback_service(service) as url:
+            run = client.run_http(w, url, "w8a8", ["p"], seed=10, fmt=fmt)
         df = run.requests
         counts = client.accounting(df, 30)
         assert counts["rejected"] > 0 and counts["error"] > 0 and counts["ok"] > 0 and counts["timeout"] == 0
         errors = df[df["outcome"] == "error"]
         assert set(errors["status"]) <= {0, 200, 500} and (df["reason"].str.len() > 0).sum() >= 7
+        assert (errors["status"] == 0).any() and (errors["status"] == 500).any()  # dropped connections, 5xx
         assert (errors["status"] == 200).any() == (fmt == "jpeg")  # the PNG answer to a JPEG request
         assert (errors.loc[errors["status"] == 200, "reason"] == "HTTP 200 without a JPEG body").all()
         assert {b["format"] for b in seen} == {fmt} and (df["format"] == fmt).all()

@@ -13,10 +13,12 @@ replica other + transport (`latency_split`).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from typing import Any, Sequence
 
+import aiohttp
 import httpx
 import numpy as np
 import pandas as pd
@@ -76,12 +78,14 @@ def simulator_settings(info: dict) -> dict[str, Any]:
 
 
 async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int,
-                  timeout_s: float, fmt: str, transport: httpx.AsyncBaseTransport | None = None) -> list[dict]:
+                  timeout_s: float, fmt: str) -> list[dict]:
     n = workload.n
     url = target.rstrip("/") + "/generate"
     records: list[dict] = [{} for _ in range(n)]
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout_s, transport=transport) as client:
+    # aiohttp, not httpx's AsyncClient: with many requests in flight and multi-MB bodies the latter adds several ms
+    # per request of its own (encode/httpx#3215; docs/serving.md), which the load test would book as transport
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),  # open loop: no cap in flight
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         t0 = time.perf_counter()
 
         async def send(i: int, body: dict | None = None, attempt: int = 1) -> dict:
@@ -90,22 +94,18 @@ async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[
                 {"res": res} if res else {})
             rec = records[i] = {"request": i, "arrival_s": time.perf_counter() - t0, "attempt": attempt, "body": body}
             try:
-                r = await client.post(url, json=body)
-                rec["status"] = r.status_code
-                rec["headers"] = r.headers
-                rec["bytes"] = len(r.content)
-                if r.status_code == 200:
-                    rec["outcome"] = "ok" if is_image(r.content, fmt) else "error"
+                async with session.post(url, json=body) as r:
+                    content = await r.read()
+                rec.update(status=r.status, headers={k.lower(): v for k, v in r.headers.items()}, bytes=len(content))
+                if r.status == 200:
+                    rec["outcome"] = "ok" if is_image(content, fmt) else "error"
                     rec["reason"] = "" if rec["outcome"] == "ok" else f"HTTP 200 without a {fmt.upper()} body"
                 else:
-                    rec["outcome"] = "rejected" if r.status_code == 429 else "error"
-                    try:
-                        rec["reason"] = str(r.json().get("error", r.text))[:300]
-                    except ValueError:
-                        rec["reason"] = r.text[:300]
-            except httpx.TimeoutException as e:
+                    rec["outcome"] = "rejected" if r.status == 429 else "error"
+                    rec["reason"] = _error_reason(content)
+            except asyncio.TimeoutError as e:  # before ClientError: aiohttp's timeouts are both
                 rec.update(status=0, outcome="timeout", reason=f"{type(e).__name__} after {timeout_s:g} s")
-            except httpx.HTTPError as e:
+            except aiohttp.ClientError as e:
                 rec.update(status=0, outcome="error", reason=f"{type(e).__name__}: {e}"[:300])
             rec["done_s"] = time.perf_counter() - t0
             return rec
@@ -132,6 +132,14 @@ async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[
                 tasks.append(asyncio.create_task(send(i)))
             await asyncio.gather(*tasks)
     return records
+
+
+def _error_reason(content: bytes) -> str:
+    """The one-line reason of a non-200 answer: the service's JSON `error`, else the body's start."""
+    try:
+        return str(json.loads(content).get("error", content.decode(errors="replace")))[:300]
+    except (ValueError, AttributeError):
+        return content[:300].decode(errors="replace")
 
 
 def request_table(records: list[dict], mode: str) -> pd.DataFrame:
@@ -182,11 +190,10 @@ def accounting_line(counts: dict[str, int]) -> str:
 
 
 def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int = 0,
-             timeout_s: float = 120.0, replicas: int = 1, transport: httpx.AsyncBaseTransport | None = None,
-             fmt: str = "png") -> RunResult:
+             timeout_s: float = 120.0, replicas: int = 1, fmt: str = "png") -> RunResult:
     """Replay `workload` against target's /generate (every request asks for `mode` and an image in `fmt`; request i
-    uses seed + i; `transport`: an httpx transport instead of the network, for tests)."""
-    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, fmt, transport))
+    uses seed + i)."""
+    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, fmt))
     df = request_table(records, mode)
     counts = accounting(df, workload.n)
     ok = df[df["outcome"] == "ok"]
@@ -204,17 +211,23 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
     overhead, so the simulated client latency keeps it whole. Measured before a load test's runs, so that its
     simulator predicts the HTTP service instead of being fitted to it."""
     url = target.rstrip("/") + "/generate"
-    overhead, transport = [], []
-    with httpx.Client(timeout=timeout_s) as c:
-        for i in range(n + 1):
-            t = time.perf_counter()
-            r = c.post(url, json={"prompt": prompt, "seed": i, "mode": mode, "format": fmt})
-            ms = (time.perf_counter() - t) * 1e3
-            if r.status_code != 200:
-                raise ConfigError(f"transport probe: {url} answered HTTP {r.status_code}: {r.text[:200]}")
-            if i:
-                overhead.append(ms - float(r.headers["x-queue-ms"]) - float(r.headers["x-service-ms"]))
-                transport.append(ms - float(r.headers["x-replica-ms"]))
+
+    async def probe() -> tuple[list[float], list[float]]:
+        overhead, transport = [], []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:  # as the runs
+            for i in range(n + 1):
+                t = time.perf_counter()
+                async with session.post(url, json={"prompt": prompt, "seed": i, "mode": mode, "format": fmt}) as r:
+                    content = await r.read()
+                ms = (time.perf_counter() - t) * 1e3
+                if r.status != 200:
+                    raise ConfigError(f"transport probe: {url} answered HTTP {r.status}: {_error_reason(content)}")
+                if i:
+                    overhead.append(ms - float(r.headers["x-queue-ms"]) - float(r.headers["x-service-ms"]))
+                    transport.append(ms - float(r.headers["x-replica-ms"]))
+        return overhead, transport
+
+    overhead, transport = asyncio.run(probe())
     total, outside = max(float(np.median(overhead)), 0.0), max(float(np.median(transport)), 0.0)
     return {"transport_ms": min(outside, total), "encode_ms": total - min(outside, total)}
 

@@ -46,6 +46,8 @@ def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode
 
     # first candidate tile per shape: fewer Triton compiles, same math (the Runners keep an installed Tuning)
     monkeypatch.setattr(tuning, "_current", tuning.Tuning(autotune=False))
+    # no times from an earlier process (they would stand in for the measurement, and for the forced plan below)
+    monkeypatch.setenv("MIXDQ_PLAN_CACHE", "none")
     pipe = _with_own_unet(cuda_pipe)
     quantize_unet(pipe.unet, make_spec(pipe.unet, uniform_bits(pipe.unet, 8), uniform_bits(pipe.unet, 8)))
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
@@ -67,6 +69,8 @@ def test_layer_plan_measured_then_compiled_matches_eager(cuda_pipe, monkeypatch)
     from quant_utils.runtime import Runner
 
     monkeypatch.setattr(tuning, "_current", tuning.Tuning(autotune=False))
+    # no times from an earlier process (they would stand in for the measurement, and for the forced plan below)
+    monkeypatch.setenv("MIXDQ_PLAN_CACHE", "none")
     pipe = _with_own_unet(cuda_pipe)
     quantize_unet(pipe.unet, make_spec(pipe.unet, uniform_bits(pipe.unet, 8), uniform_bits(pipe.unet, 8)))
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
