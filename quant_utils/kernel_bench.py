@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,9 +150,30 @@ KERNEL_CATEGORIES = [
     ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("weight unpack pass (ours)", r"_unpack_kernel"),
     ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
-    ("conv fp16 (cuDNN)", r"fprop|conv|implicit"), ("matmul fp16 (cuBLAS)", r"gemm|nvjet|cutlass|matmul|xmma"),
+    # Inductor's generated pointwise/reduction kernels are named after the ops they fuse, `convolution` (a bias add)
+    # and `qconv`/`qlinear` (an activation quantize) among them: never cuDNN or cuBLAS work
+    ("norm/elementwise + quantize, fused (Inductor)", r"^triton_(poi|red|per)_\w*(qconv|qlinear)"),
+    ("group/layer norm", r"^triton_(poi|red|per)_\w*norm"), ("elementwise, copies, other", r"^triton_(poi|red|per)_"),
+    ("conv fp16 (cuDNN)", r"fprop|conv|implicit"), ("matmul fp16 (cuBLAS)", r"gemm|nvjet|cutlass|matmul|xmma|^triton_tem_"),  # tem: an Inductor GEMM template
     ("group/layer norm", r"norm"), ("elementwise, copies, other", r"."),
 ]
+
+
+def kernel_category(name: str) -> str:
+    """The KERNEL_CATEGORIES name of a GPU kernel (first pattern that matches)."""
+    return next(cat for cat, pat in KERNEL_CATEGORIES if re.search(pat, name, re.I))
+
+
+def category_table(per_kernel: pd.DataFrame) -> pd.DataFrame:
+    """Per-kernel rows (kernel, gpu_ms, count) -> one row per category present: gpu_ms, share of the total, kernels
+    (launches), in KERNEL_CATEGORIES order."""
+    order = list(dict.fromkeys(cat for cat, _ in KERNEL_CATEGORIES))
+    cats = per_kernel.assign(category=per_kernel["kernel"].map(kernel_category))
+    g = cats.groupby("category")[["gpu_ms", "count"]].sum().reindex(order).dropna()
+    total = g["gpu_ms"].sum()
+    return pd.DataFrame({"category": g.index, "gpu_ms": g["gpu_ms"].round(3).values,
+                         "share": (g["gpu_ms"] / total).round(4).values if total else 0.0,
+                         "kernels": g["count"].astype(int).values})
 
 
 @torch.no_grad()
@@ -166,21 +188,14 @@ def profile_step(fn: Callable[[], torch.Tensor], kernels: list[dict] | None = No
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    totals: dict[str, list] = {name: [0.0, 0] for name, _ in KERNEL_CATEGORIES}
-    per_kernel: list[dict] = []
-    for evt in prof.key_averages():
-        if evt.device_type != DeviceType.CUDA or evt.self_device_time_total <= 0:
-            continue
-        cat = next(name for name, pat in KERNEL_CATEGORIES if re.search(pat, evt.key, re.I))
-        totals[cat][0] += evt.self_device_time_total / 1e3
-        totals[cat][1] += evt.count
-        per_kernel.append(dict(kernel=evt.key[:160], category=cat, gpu_ms=round(evt.self_device_time_total / 1e3, 4),
-                               count=evt.count))
-    step = sum(v[0] for v in totals.values())
+    per_kernel = [dict(kernel=evt.key, category=kernel_category(evt.key), gpu_ms=evt.self_device_time_total / 1e3,
+                       count=evt.count)
+                  for evt in prof.key_averages() if evt.device_type == DeviceType.CUDA and evt.self_device_time_total > 0]
     if kernels is not None:
-        kernels += sorted(per_kernel, key=lambda r: -r["gpu_ms"])
-    return [dict(category=k, gpu_ms=round(v[0], 3), share=round(v[0] / step, 4) if step else 0.0, kernels=v[1])
-            for k, v in totals.items() if v[1]]
+        kernels += [dict(r, kernel=r["kernel"][:160], gpu_ms=round(r["gpu_ms"], 4))
+                    for r in sorted(per_kernel, key=lambda r: -r["gpu_ms"])]
+    table = category_table(pd.DataFrame(per_kernel, columns=["kernel", "category", "gpu_ms", "count"]))
+    return table.to_dict("records")
 
 
 # ----------------------------------------------------------------------------------------------- per-shape

@@ -2,6 +2,8 @@
 UNet's layer calls need."""
 import sys
 
+import numpy as np
+
 import pytest
 
 from conftest import REPO
@@ -43,3 +45,32 @@ def test_precompile_jobs_ask_plan_with_a_layer_spec():
     jobs = kb.precompile_jobs([k], [8], {})
     assert any(j[3] for j in jobs) and any(not j[3] for j in jobs)  # int8 and fp16 (BOS) activations
 
+
+
+def test_kernel_categories_file_inductor_kernels_by_what_they_fuse_not_as_cudnn():
+    """Inductor names its fused kernels after their ops (`convolution`: a bias add, `qconv`: a quantize): they are
+    norm/elementwise work, never cuDNN; cuDNN, cuBLAS and our kernels keep their categories; the table sums."""
+    import pandas as pd
+
+    from quant_utils.kernel_bench import category_table, kernel_category
+
+    names = {
+        "triton_poi_fused__to_copy_add_clamp_constant_pad_nd_div_permute_qconv_round_select_silu_slice_sub_48":
+            "norm/elementwise + quantize, fused (Inductor)",
+        "triton_red_fused__to_copy_add_clamp_div_native_layer_norm_qlinear_round_select_slice_view_5":
+            "norm/elementwise + quantize, fused (Inductor)",
+        "triton_poi_fused_add_convolution_div_native_group_norm_silu_54": "group/layer norm",
+        "triton_poi_fused__to_copy__unsafe_index_add_arange_div_mul_unsqueeze_41": "elementwise, copies, other",
+        "sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1": "conv fp16 (cuDNN)",
+        "nvjet_sm90_hsh_64x64_64x13_4x2_h_bz_bias_TNT": "matmul fp16 (cuBLAS)",
+        "triton_tem_fused_mm_3": "matmul fp16 (cuBLAS)",  # an Inductor GEMM template stays a GEMM
+        "_qconv_kernel": "int8 conv (ours)", "_qlinear_kernel": "int8 GEMM (ours)",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7": "attention",
+        "void at::native::vectorized_elementwise_kernel<4>": "elementwise, copies, other",
+    }
+    assert {n: kernel_category(n) for n in names} == names
+    per_kernel = pd.DataFrame({"kernel": list(names), "gpu_ms": np.arange(1.0, len(names) + 1), "count": 2})
+    table = category_table(per_kernel)
+    assert table["gpu_ms"].sum() == pytest.approx(per_kernel["gpu_ms"].sum()) and table["share"].sum() == pytest.approx(1, abs=1e-3)
+    assert table.set_index("category").loc["norm/elementwise + quantize, fused (Inductor)", "kernels"] == 4
+    assert table["category"].is_unique and "conv fp16 (cuDNN)" in set(table["category"])
