@@ -7,7 +7,8 @@ Needs a CUDA GPU (checked before the model is built). Default output: logs/vae_d
 
 Every variant decodes the same latents; `psnr_db_vs_eager` compares its image with the eager FP16 decode.
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
-compiled variant at the first resolution, to show where the time goes.
+compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
+one row per distinct kernel (name, category, gpu_ms, count).
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def parse_args(argv=None):
                    help=f"decode variants to time, each against the eager decode (choices: {', '.join(VARIANTS)})")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed decodes per (variant, resolution)")
     p.add_argument("--out", default="logs/vae_decode.csv", help="output CSV (one row per variant and resolution)")
-    p.add_argument("--profile_out", default=None, help="CSV of GPU time by kernel category (eager and compile)")
+    p.add_argument("--profile_out", default=None, help="CSV of GPU time by kernel category (eager and compile); "
+                   "<stem>_kernels.csv beside it: one row per distinct kernel")
     args = p.parse_args(argv)
     # a GPU benchmark: say so before building the (full-size) model
     import torch
@@ -94,7 +96,7 @@ def main(args) -> None:
 
     compiled = {name: torch.compile(decode, dynamic=dynamic, mode=mode)
                 for name, (_, mode, _, _, dynamic) in VARIANTS.items() if mode}
-    rows, prof_rows = [], []
+    rows, prof_rows, kernel_rows = [], [], []
     for res in args.res:
         z0 = torch.randn(args.batch, 4, res // 8, res // 8, device=device, dtype=torch.float16,
                          generator=torch.Generator(device).manual_seed(0))
@@ -123,17 +125,19 @@ def main(args) -> None:
                              "weights": weights_label(cfg, args)})
                 print(rows[-1], flush=True)
                 if args.profile_out and res == args.res[0] and name in ("eager", "compile", "compile-channels-last"):
-                    prof_rows += [dict(variant=name, height=res, width=res, batch=args.batch, **r)
-                                  for r in profile_step(lambda f=fn: f(z))]
+                    cell, per_kernel = dict(variant=name, height=res, width=res, batch=args.batch), []
+                    prof_rows += [dict(cell, **r) for r in profile_step(lambda f=fn: f(z), per_kernel)]
+                    kernel_rows += [dict(cell, **r) for r in per_kernel]
         vae.to(memory_format=torch.contiguous_format)
         torch.backends.cudnn.benchmark = False
         # Partial results survive a later resolution's failure or timeout.
         write_csv(pd.DataFrame(rows), repo_path(args.out),
                   provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
         if prof_rows:
-            write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out),
-                      provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none",
-                                 timing="torch.profiler"))
+            meta = provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none", timing="torch.profiler")
+            write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out), meta)
+            out = repo_path(args.profile_out)
+            write_csv(pd.DataFrame(kernel_rows), out.with_name(f"{out.stem}_kernels{out.suffix}"), meta)
     print(pd.DataFrame(rows).round(2).to_string(index=False))
 
 
