@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--metrics_port", type=int, default=8080, help="Prometheus metrics port (local Ray only)")
     r.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     r.add_argument("--object_store_mb", type=int, default=512, help="object store of the local Ray instance, MiB")
+    r.add_argument("--direct_ingress", action="store_true",
+                   help="also serve every replica on its own port, without the proxy's hop (Ray Serve's experimental "
+                        "direct ingress; ports from 30000, RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT); local Ray only")
     return p.parse_args(argv)
 
 
@@ -101,7 +104,8 @@ def main(args: argparse.Namespace) -> None:
           f"{cfg.policy}{'+admission' if cfg.admission else ''}, max batch {cfg.max_batch} (loading and warming up)")
     try:
         where = server.start(cfg, address=args.address, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                             num_cpus=args.num_cpus, object_store_mb=args.object_store_mb)
+                             num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
+                             direct_ingress=args.direct_ingress)
     except RuntimeError as e:  # a replica failed to start: Ray's message says why
         server.stop(joined=bool(args.address))
         raise ConfigError(f"the service did not start: {str(e).strip().splitlines()[-1]}") from None
@@ -114,6 +118,8 @@ def main(args: argparse.Namespace) -> None:
         signal.signal(sig, on_signal)
     ready.set()
     print(f"serving on {where['device']} at {where['url']}: POST /generate, GET /healthz, GET /config")
+    for rid, url in where["direct"].items():
+        print(f"replica {rid} directly (no proxy): {url}")
     if where["metrics"]:
         print(f"metrics: {where['metrics']} (ray_serve_*, ray_mixdq_*)")
     print(f"ray address: {where['ray_address']}\nready; Ctrl-C stops", flush=True)

@@ -206,6 +206,8 @@ def test_serve_script_user_errors_before_ray_starts(tmp_path, capsys):
     assert "quant_txt2img.py" in capsys.readouterr().err
     assert run_main("serve.py", "--res", 48, "--ladder", 64, 32) == 2
     assert "ladder" in capsys.readouterr().err
+    assert run_main("serve.py", "--direct_ingress", "--address", "auto") == 2
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS=1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the service
@@ -223,12 +225,15 @@ def service(tmp_path_factory, tiny_pipe):
     quantized_copy(tiny_pipe, "w8a8", "sdxl_turbo_tiny", base / "w8a8" / "ckpt.pth", ["a cat", "a dog"], 0, 64, 64, 1)
     port, metrics_port = free_port(), free_port()
     log = base / "serve.log"
+    direct_lo = free_port()  # direct ingress: each replica's own port from this range, not Ray's default 30000+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "RAY_metrics_report_interval_ms": "1000",
-           "RAY_AUTH_MODE": "disabled"}  # so that this test process can join the cluster to kill a replica
+           "RAY_AUTH_MODE": "disabled",  # so that this test process can join the cluster to kill a replica
+           "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct_lo),
+           "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct_lo + 40)}
     cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--config", TINY, "--replicas", 2, "--max_batch", 4,
            "--modes", "fp16", "w8a8", "--ckpt_base", base, "--ladder", 64, 32, "--admission", "--slo_ms", SLO_MS,
            "--calibrate_repeats", 2, "--port", port, "--metrics_port", metrics_port, "--num_cpus", 2,
-           "--health_check_period_s", 2]
+           "--health_check_period_s", 2, "--direct_ingress"]
     with open(log, "w") as f:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 150
@@ -288,6 +293,17 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
         t = replica_times_ms(hdr)
         assert min(t.values()) >= 0 and t["encode"] > 0  # (an encode takes more than the headers' 1 µs)
         assert t["replica"] >= t["queue"] + t["service"] + t["encode"] - SLACK_MS
+
+
+def test_every_replica_also_answers_directly_without_the_proxy(service):
+    """--direct_ingress: serve.py names each replica's own address; each answers /healthz and /generate itself."""
+    direct = dict(ln.split("replica ", 1)[1].split(" directly (no proxy): ")
+                  for ln in service["log"].read_text().splitlines() if " directly (no proxy): " in ln)
+    assert len(direct) == 2 and len(set(direct.values())) == 2
+    for rid, url in direct.items():
+        assert httpx.get(url + "/healthz").json()["replica"] == rid
+        r = httpx.post(url + "/generate", json={"prompt": "a cat", "seed": 1}, timeout=60)
+        assert r.status_code == 200 and is_image(r.content, "png") and r.headers["x-replica"] == rid
 
 
 def test_load_test_against_the_service(service, tmp_path):

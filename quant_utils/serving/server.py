@@ -550,13 +550,52 @@ def build_app(cfg: ServeConfig, on_gpu: bool):
     return ImageService.options(**opts).bind(cfg)
 
 
+DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+
+
+def direct_port_range() -> range:
+    """The HTTP ports Ray Serve gives ingress replicas under direct ingress (its environment variables, defaults)."""
+    lo = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+    return range(lo, int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(lo + 1000))))
+
+
+def direct_urls(host: str, replicas: int, timeout_s: float = 30.0) -> dict[str, str]:
+    """Replica id -> its own HTTP address under direct ingress: the ports of Ray's range whose /healthz answers, probed
+    from the lowest (Ray hands them out lowest first) until every replica is found or `timeout_s` passes."""
+    import httpx
+
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < replicas and time.monotonic() < deadline:
+        for p in list(direct_port_range())[:4 * replicas + 4]:
+            url = f"http://{host}:{p}"
+            try:
+                rid = httpx.get(url + "/healthz", timeout=1.0).json()["replica"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue
+            found.setdefault(rid, url)
+        if len(found) < replicas:
+            time.sleep(0.5)
+    return found
+
+
 def start(cfg: ServeConfig, *, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          metrics_port: int = 8080, num_cpus: int | None = None, object_store_mb: int = 512) -> dict:
-    """Start (or join, with `address`) Ray, deploy the app and wait until every replica is warm; returns where."""
+          metrics_port: int = 8080, num_cpus: int | None = None, object_store_mb: int = 512,
+          direct_ingress: bool = False) -> dict:
+    """Start (or join, with `address`) Ray, deploy the app and wait until every replica is warm; returns where.
+
+    `direct_ingress` (a local Ray only): Ray Serve's experimental direct ingress, where every replica also answers
+    HTTP on its own port (`direct_port_range`), so a client or a load balancer in front skips the proxy's hop (and
+    the response body's trip through it); the proxy on `port` keeps serving and balancing as before."""
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if direct_ingress:
+        if address:
+            raise ConfigError(f"--direct_ingress starts it on a local Ray; on a cluster set {DIRECT_INGRESS_ENV}=1 "
+                              "in the environment of every `ray start`")
+        os.environ[DIRECT_INGRESS_ENV] = env[DIRECT_INGRESS_ENV] = "1"  # read by Serve's controller and replicas
     if address:  # every node needs this repository at the same path, and the same Python environment
         ray.init(address=address, runtime_env={"env_vars": env})
     else:  # the GPUs torch sees, so that a failed GPU auto-detection by Ray cannot put the model on the CPU
@@ -573,8 +612,13 @@ def start(cfg: ServeConfig, *, address: str | None = None, host: str = "127.0.0.
         raise ConfigError(f"{cfg.replicas} replicas need {cfg.replicas} GPUs; the Ray cluster has {gpus:g}")
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg, on_gpu), name=APP_NAME, route_prefix="/", blocking=False)
+    direct = direct_urls(host if host != "0.0.0.0" else "127.0.0.1", cfg.replicas) if direct_ingress else {}
+    if direct_ingress and len(direct) < cfg.replicas:
+        raise RuntimeError(f"direct ingress: {len(direct)} of {cfg.replicas} replicas answer on ports "
+                           f"{direct_port_range().start}+")
     return {"url": f"http://{host}:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics" if not address else None,
-            "ray_address": ray.get_runtime_context().gcs_address, "device": cfg.device, "joined": bool(address)}
+            "ray_address": ray.get_runtime_context().gcs_address, "device": cfg.device, "joined": bool(address),
+            "direct": direct}
 
 
 def stop(joined: bool = False) -> None:

@@ -1,8 +1,9 @@
 """What Ray Serve and the HTTP client cost without a model: a bare FastAPI-ingress deployment returns a body of
 1 KB / 500 KB / 3.15 MB (a 1024 px PNG at zlib level 0), timed from the client, sequential requests, with httpx's
-AsyncClient and with aiohttp's ClientSession (the load test's client). Any machine with Ray Serve:
+AsyncClient and with aiohttp's ClientSession (the load test's client), through Ray Serve's proxy and straight to the
+replica (direct ingress, as `serve.py --direct_ingress`). Any machine with Ray Serve:
     python scripts/device/bare_serve_overhead.py --out logs/serve_client_overhead.csv
-Columns: client, body_bytes, n, p50_ms, p95_ms (client latency: send to the body's last byte).
+Columns: path (proxy, direct), client, body_bytes, n, p50_ms, p95_ms (client latency: send to the body's last byte).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # before Ray starts: the replica also listens on its own port
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import aiohttp  # noqa: E402
@@ -35,6 +37,10 @@ api = FastAPI()
 class Bare:
     def __init__(self) -> None:
         self.bodies = {n: os.urandom(n) for n in SIZES}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:  # what serve's direct_urls looks for
+        return {"replica": serve.get_replica_context().replica_id.unique_id}
 
     @api.post("/body/{n}")
     async def body(self, n: int) -> Response:
@@ -72,15 +78,19 @@ def main() -> int:
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"port": args.port})
     serve.run(Bare.bind(), name="bare", route_prefix="/")
+    from quant_utils.serving.server import direct_urls
+
     rows = []
     try:
-        for size in SIZES:
-            url = f"http://127.0.0.1:{args.port}/body/{size}"
-            for name, fn in (("httpx", time_httpx), ("aiohttp", time_aiohttp)):
-                ms = asyncio.run(fn(url, args.n + 3))[3:]
-                rows.append({"client": name, "body_bytes": size, "n": len(ms), "p50_ms": float(np.median(ms)),
-                             "p95_ms": float(np.percentile(ms, 95))})
-                print(f"{name:8} {size:>9} B  p50 {rows[-1]['p50_ms']:7.2f} ms  p95 {rows[-1]['p95_ms']:7.2f} ms")
+        direct = next(iter(direct_urls("127.0.0.1", 1).values()))
+        for path, base in (("proxy", f"http://127.0.0.1:{args.port}"), ("direct", direct)):
+            for size in SIZES:
+                for name, fn in (("httpx", time_httpx), ("aiohttp", time_aiohttp)):
+                    ms = asyncio.run(fn(f"{base}/body/{size}", args.n + 3))[3:]
+                    rows.append({"path": path, "client": name, "body_bytes": size, "n": len(ms),
+                                 "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))})
+                    print(f"{path:6} {name:8} {size:>9} B  p50 {rows[-1]['p50_ms']:7.2f} ms  "
+                          f"p95 {rows[-1]['p95_ms']:7.2f} ms")
     finally:
         serve.shutdown()
         ray.shutdown()
