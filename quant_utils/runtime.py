@@ -30,6 +30,7 @@ depends on its own seed only, never on the batch it was generated in.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -155,14 +156,17 @@ class _StageClock:
 
 
 class _GraphCache:
-    """One CUDA graph per (stage, input shapes); all share one memory pool."""
+    """One CUDA graph per (stage, input shapes); all share one memory pool. `setup_s` (the owner's, or its own) adds
+    up the seconds new keys spent in their warm-up runs (compilation, tile autotuning, cuDNN plans) and capture."""
 
-    def __init__(self):
+    def __init__(self, setup_s: dict[str, float] | None = None):
         self.graphs: dict = {}
         self.pool = None
+        self.setup_s = setup_s if setup_s is not None else defaultdict(float)
 
     def run(self, key, fn: Callable, inputs: list[torch.Tensor]):
         if key not in self.graphs:
+            t0 = time.perf_counter()
             self.pool = self.pool or torch.cuda.graph_pool_handle()
             static_in = [x.clone() for x in inputs]
             stream = torch.cuda.Stream()
@@ -171,10 +175,14 @@ class _GraphCache:
                 for _ in range(2):  # warm-up: autotuning, cuDNN plans, lazy inits stay out of the graph
                     fn(*static_in)
             torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 static_out = fn(*static_in)
             self.graphs[key] = (graph, static_in, static_out)
+            self.setup_s["warmup"] += t1 - t0
+            self.setup_s["capture"] += time.perf_counter() - t1
         graph, static_in, static_out = self.graphs[key]
         for dst, src in zip(static_in, inputs):
             dst.copy_(src)
@@ -208,12 +216,14 @@ class Runner:
         # the decoder's attention op, measured per decode bucket on CUDA (quant_utils/decoders.py)
         self.vae_attention = vae_attention if self.device.type == "cuda" else "sdpa"
         self._decode_buckets: set[torch.Size] = set()  # latent shapes whose decoder attention is planned
+        self._plan_buckets: set[tuple] = set()  # UNet buckets whose layer plan is installed
         if exec_mode != "eager" and self.device.type != "cuda":
             raise ValueError(f"exec_mode={exec_mode!r} needs a CUDA device")
         self.exec_mode = exec_mode
         if self.device.type == "cuda" and (tuning is not None or not tuning_installed()):
             use_tuning(tuning or Tuning.standard(REPO_ROOT / "results"))
-        self.graphs = _GraphCache()
+        self.setup_s: dict[str, float] = defaultdict(float)  # one-time work of new buckets, by phase (pop_setup_s)
+        self.graphs = _GraphCache(self.setup_s)
         self.vae = vae if vae is not None else pipe.vae
         self.vae_kind = vae_kind
         self.vae_dtype = self.vae.dtype
@@ -226,6 +236,14 @@ class Runner:
         self.vae_exec = "eager" if exec_mode == "eager" or vae_exec == "eager" else \
             "compiled-static" if vae_exec == "static" else "compiled"
         self.vae_label = self.vae_exec  # older name, kept for callers that print it
+
+    def pop_setup_s(self) -> dict[str, float]:
+        """Seconds spent since the last call of this in one-time work of new buckets, by phase: `plan` (the layer plan
+        and the decoder attention plan: measurements), `warmup` (the warm-up runs before a CUDA graph: compilation,
+        tile autotuning, cuDNN plans), `capture` (CUDA graph capture); zeros for phases that did not happen."""
+        out = {k: self.setup_s.get(k, 0.0) for k in ("plan", "warmup", "capture")}
+        self.setup_s.clear()
+        return out
 
     @cached_property
     def _has_kernel_layers(self) -> bool:
@@ -276,8 +294,10 @@ class Runner:
         clock.mark("start")
         latents = self._denoise(prompts, seeds, height, width, steps, guidance_scale, clock)
         if self.vae_attention == "auto" and latents.shape not in self._decode_buckets:  # before compile and capture
+            t_plan = time.perf_counter()
             plan_decoder_attention(self.vae, tuple(latents.shape))
             self._decode_buckets.add(latents.shape)
+            self.setup_s["plan"] += time.perf_counter() - t_plan
         images = self._call("vae", latents.to(self.vae_dtype))
         # channels last after the uint8 cast, made contiguous on the device: a strided array would make every
         # consumer (the service's PNG/JPEG encoder) copy it element by element, 3-5x its encode time at 1024 px
@@ -317,10 +337,13 @@ class Runner:
             x = torch.cat([x, x]) if cfg else x
             t_in = t.to(self.device, torch.float32).expand(x.shape[0]).contiguous()
             x = x.to(self.dtype)
-            if self.layer_plan == "auto" and self._has_kernel_layers:  # once per bucket, before compile and capture
-                plan_bucket(self.pipe.unet, lambda: self._unet(x, t_in, embeds, pooled, time_ids),
-                            self.unet_bucket(len(seeds), height, width, guidance_scale),
+            bucket = self.unet_bucket(len(seeds), height, width, guidance_scale)
+            if self.layer_plan == "auto" and self._has_kernel_layers and bucket not in self._plan_buckets:
+                t_plan = time.perf_counter()  # once per bucket, before compile and capture
+                plan_bucket(self.pipe.unet, lambda: self._unet(x, t_in, embeds, pooled, time_ids), bucket,
                             dense_budget=self.dense_budget, info={"height": height, "width": width, "batch": x.shape[0]})
+                self._plan_buckets.add(bucket)
+                self.setup_s["plan"] += time.perf_counter() - t_plan
             noise = self._call("unet", x, t_in, embeds, pooled, time_ids).float()
             if cfg:
                 uncond, cond = noise.chunk(2)

@@ -70,7 +70,8 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
 
 E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "vae_attention", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
-               "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
+               "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "first_call_plan_s", "first_call_warmup_s",
+               "first_call_capture_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
                "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
 
 
@@ -91,6 +92,8 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert df[df["vae"] != "fp16"]["speedup_same_vae"].isna().all()  # no FP16 UNet with those decoders here
     assert set(df[df["mode"] == "mixdq"]["act_config"]) == {"act_7.77.yaml"}
     assert (df["weight_bytes"] > 0).all() and (df["first_call_s"] >= 0).all()
+    setup = ["first_call_plan_s", "first_call_warmup_s", "first_call_capture_s"]
+    assert (df[setup] == 0).all().all()  # eager on a CPU: no plan, no warm-up before a graph, no capture
     assert (df[["kernel_layers", "wonly_layers", "dense_layers", "dense_bytes"]] == 0).all().all()  # a CPU plans nothing
     assert not (tmp_path / "e2e_layer_plan.csv").exists()
     first = df[df["batch"] == 1]  # the check cell: eager vs eager here, so identical images
@@ -125,6 +128,10 @@ def test_bench_e2e_interleaves_the_variants_timed_calls(tmp_path, prompts_file):
                 times.total_ms = 3.0 + self.ms + len(calls) / 1000  # a slow drift across calls
             return np.zeros((1, 8, 8, 3), np.uint8)
 
+        def pop_setup_s(self):  # one-time work: 1.5 s of warm-up at each runner's first call, none after
+            first = calls.count(self.name) == 1
+            return {"plan": 0.0, "warmup": 1.5 if first else 0.0, "capture": 0.0}
+
     args = argparse.Namespace(warmup=1, repeats=4, seed=0)
     check = (["p"], [0], 64, 64, 1)
     group = [mod.Entry(m, "eager", "fp16", FakeRunner(m, ms), None, {}, 0, check, np.zeros((1, 8, 8, 3)))
@@ -133,6 +140,7 @@ def test_bench_e2e_interleaves_the_variants_timed_calls(tmp_path, prompts_file):
     assert calls == ["a", "a", "b", "b"] + ["a", "b", "b", "a"] * 2 + ["a", "b"]  # first+warm-up each; rounds; checks
     assert [r["unet_p50_ms"] for r in rows] == [10.0, 20.0] and all(r["diff_vs_eager"] == 0 for r in rows)
     assert all(r["drift_pct"] > 0 for r in rows)  # the second half of the rounds was slower
+    assert [r["first_call_warmup_s"] for r in rows] == [1.5, 1.5]  # the first call's own, not the warm-ups'
 
     out = tmp_path / "e2e.csv"
     assert run_main("bench_e2e.py", "--modes", "fp16", "w8a8", "--vae_kinds", "fp16", "--res", 64, "--batch", 1, 2,
