@@ -9,6 +9,8 @@ The real model on every GPU, FP16 and W8A8 (checkpoint from quant_txt2img), batc
         --ckpt_base logs/sdxl_mixdq --backend kernel --replicas 2 --max_batch 4 --policy slo --res 1024 \
         --ladder 1024 768 512 --slo_ms 1000 --admission
 Drive it with: python scripts/load_test_stub.py --target http://127.0.0.1:8000 --patterns poisson --load 0.5 0.8
+With --direct_ingress every replica also answers on its own port (printed at start, e.g. http://127.0.0.1:30000),
+without the proxy's hop: a load balancer of your own, or --target that address for one replica's shortest path.
 
 Every replica holds the pipeline and one quantized UNet copy per quantized mode (<ckpt_base>/<mode>/ckpt.pth), warms
 every (resolution, mode, batch) bucket, and calibrates a performance model when --perf_model is of another device.
