@@ -111,8 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.add_argument("--backend", default="fake", choices=BACKENDS, help="--quantize_live: quantized backend")
     q.add_argument("--calib_num", type=positive_int, default=8, help="--quantize_live: calibration prompts per new checkpoint")
     h = p.add_argument_group("HTTP service (scripts/serve.py)")
-    h.add_argument("--target", default=None, help="also replay every run against this service, e.g. http://127.0.0.1:8000 "
-                   "(its modes, policy, replicas, max batch, routing and performance model configure the simulator)")
+    h.add_argument("--target", nargs="+", default=None, metavar="URL",
+                   help="also replay every run against this service, e.g. http://127.0.0.1:8000 (its modes, policy, "
+                        "replicas, max batch, routing and performance model configure the simulator); several URLs: "
+                        "every replica's own address (serve.py --direct_ingress), requests sent to them in turn")
     h.add_argument("--request_timeout_s", type=float, default=120.0, help="--target: a request unanswered this long times out")
     h.add_argument("--wait_s", type=float, default=0.0, help="--target: wait up to this long for the service to be ready")
     h.add_argument("--format", default="png", choices=list(IMAGE_FORMATS),
@@ -201,18 +203,25 @@ def perf_for_run(args, variants: dict, options: list[Option], out: Path) -> tupl
 def configure_like_service(args: argparse.Namespace, out: Path) -> dict:
     """--target: the simulator (and --live) set up like the service: its modes (or the --wbits subset of them),
     policy, replicas, batching, routing and performance model (saved as perf_model_server.json)."""
-    client.wait_ready(args.target, args.wait_s)
-    info = client.server_info(args.target)
+    client.wait_ready(args.target[0], args.wait_s)
+    info = client.server_info(args.target[0])
     settings = client.simulator_settings(info)
+    if len(args.target) > 1:  # the client balances: each address must be another replica, all of them given
+        replicas = {client.wait_ready(t, args.wait_s)["replica"] for t in args.target}
+        if len(replicas) != len(args.target) or len(replicas) != info["serve"]["replicas"]:
+            raise ConfigError(f"--target: {len(args.target)} addresses reach {len(replicas)} distinct replicas of a "
+                              f"{info['serve']['replicas']}-replica service; give one address (its proxy) or every "
+                              "replica's own address (serve.py --direct_ingress prints them)")
+        settings["dispatch"] = "rr"  # the client sends request i to address i mod n
     served = settings.pop("wbits")
     if args.wbits and set(args.wbits) - set(served):
-        raise ConfigError(f"--wbits {args.wbits}: the service at {args.target} serves {[wbits_mode(b) for b in served]}")
+        raise ConfigError(f"--wbits {args.wbits}: the service at {args.target[0]} serves {[wbits_mode(b) for b in served]}")
     vars(args).update(settings, wbits=args.wbits or served,
                       perf_model=str(out / "perf_model_server.json"))
     atomic_write_text(out / "perf_model_server.json", json.dumps(info["perf_model"], indent=1) + "\n")
     if args.live and args.replicas != 1:
         raise ConfigError(f"--live runs one in-process worker: compare it with a one-replica service, not {args.replicas}")
-    print(f"service {args.target}: {info['serve']['replicas']} replica(s) on {info['device']}, modes {info['labels']}, "
+    print(f"service {' '.join(args.target)}: {info['serve']['replicas']} replica(s) on {info['device']}, modes {info['labels']}, "
           f"policy {info['serve']['policy']}{'+admission' if args.admission else ''}, max batch {args.max_batch}, "
           f"dispatch {args.dispatch}; performance model: {info['perf_source']}")
     return info
@@ -239,7 +248,7 @@ def main(args: argparse.Namespace) -> None:
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
     if args.target:  # the simulator models the HTTP service: encode and transport too (the in-process runs have none)
         if args.transport_ms is None or args.encode_ms is None:
-            probed = client.probe_transport(args.target, modes[0], args.prompt, fmt=args.format)
+            probed = client.probe_transport(args.target[0], modes[0], args.prompt, fmt=args.format)
             vars(args).update({k: v for k, v in probed.items() if vars(args)[k] is None})
         print(f"per {args.format} response after its batch: encode (+ replica hand-offs) {args.encode_ms:.1f} ms, "
               f"transport (proxy, routing, network) {args.transport_ms:.1f} ms")
@@ -302,7 +311,7 @@ def main(args: argparse.Namespace) -> None:
     meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
                       perf_backends=perf.backends_label(),
                       perf_synthetic=perf.synthetic, seed=seed,
-                      sources="sim" + ("+live" if args.live else "") + (f"+http {args.target}" if args.target else ""),
+                      sources="sim" + ("+live" if args.live else "") + (f"+http {' '.join(args.target)}" if args.target else ""),
                       transport_ms=f"{server.transport_ms:.2f}" + (
                           " (+ encode_ms: added to every sim row's response; in-process fidelity simulated without "
                           "them)" if server.transport_ms or server.encode_ms else ""),

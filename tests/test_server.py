@@ -295,8 +295,10 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
         assert t["replica"] >= t["queue"] + t["service"] + t["encode"] - SLACK_MS
 
 
-def test_every_replica_also_answers_directly_without_the_proxy(service):
-    """--direct_ingress: serve.py names each replica's own address; each answers /healthz and /generate itself."""
+def test_every_replica_also_answers_directly_without_the_proxy(service, tmp_path, capsys):
+    """--direct_ingress: serve.py names each replica's own address; each answers /healthz and /generate itself; the
+    load test sends to every replica's address in turn (the client balances: the simulator dispatches round robin),
+    and refuses addresses that are not every replica once."""
     direct = dict(ln.split("replica ", 1)[1].split(" directly (no proxy): ")
                   for ln in service["log"].read_text().splitlines() if " directly (no proxy): " in ln)
     assert len(direct) == 2 and len(set(direct.values())) == 2
@@ -304,6 +306,21 @@ def test_every_replica_also_answers_directly_without_the_proxy(service):
         assert httpx.get(url + "/healthz").json()["replica"] == rid
         r = httpx.post(url + "/generate", json={"prompt": "a cat", "seed": 1}, timeout=60)
         assert r.status_code == 200 and is_image(r.content, "png") and r.headers["x-replica"] == rid
+    out = tmp_path / "lt"
+    assert run_main("load_test_stub.py", "--target", *direct.values(), "--patterns", "poisson", "--rates", 6,
+                    "--num_requests", 12, "--wbits", 16, "--out_dir", out) == 0
+    res = read_csv(out / "mixdq_queue_results.csv")
+    assert set(res["dispatch"]) == {"rr"} and set(res["replicas"]) == {2}
+    req = read_csv(out / "mixdq_queue_requests.csv")
+    http = req[req["source"] == "http"].sort_values("request")
+    assert len(http) == 12 and set(http["outcome"]) <= set(client.OUTCOMES)
+    ok = http[http["outcome"] == "ok"]  # request i went to address i mod 2: the replicas alternate
+    assert set(ok["replica_id"]) == set(direct) and (ok["replica_id"] == ok["request"].map(
+        lambda i: list(direct)[i % 2])).all()
+    one = next(iter(direct.values()))
+    assert run_main("load_test_stub.py", "--target", one, one, "--patterns", "poisson", "--rates", 6,
+                    "--num_requests", 4, "--out_dir", tmp_path / "bad") == 2
+    assert "every replica's own address" in capsys.readouterr().err
 
 
 def test_load_test_against_the_service(service, tmp_path):

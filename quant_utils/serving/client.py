@@ -77,10 +77,10 @@ def simulator_settings(info: dict) -> dict[str, Any]:
                 exec_mode=info["perf_exec"])
 
 
-async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int,
+async def _replay(workload: Workload, targets: Sequence[str], mode: str, prompts: Sequence[str], seed: int,
                   timeout_s: float, fmt: str) -> list[dict]:
     n = workload.n
-    url = target.rstrip("/") + "/generate"
+    urls = [t.rstrip("/") + "/generate" for t in targets]
     records: list[dict] = [{} for _ in range(n)]
     # aiohttp, not httpx's AsyncClient: with many requests in flight and multi-MB bodies the latter adds several ms
     # per request of its own (encode/httpx#3215; docs/serving.md), which the load test would book as transport
@@ -94,7 +94,7 @@ async def _replay(workload: Workload, target: str, mode: str, prompts: Sequence[
                 {"res": res} if res else {})
             rec = records[i] = {"request": i, "arrival_s": time.perf_counter() - t0, "attempt": attempt, "body": body}
             try:
-                async with session.post(url, json=body) as r:
+                async with session.post(urls[i % len(urls)], json=body) as r:  # several: in turn (the client balances)
                     content = await r.read()
                 rec.update(status=r.status, headers={k.lower(): v for k, v in r.headers.items()}, bytes=len(content))
                 if r.status == 200:
@@ -189,11 +189,12 @@ def accounting_line(counts: dict[str, int]) -> str:
             f"{counts['error']} + timeout {counts['timeout']}")
 
 
-def run_http(workload: Workload, target: str, mode: str, prompts: Sequence[str], seed: int = 0,
+def run_http(workload: Workload, target: str | Sequence[str], mode: str, prompts: Sequence[str], seed: int = 0,
              timeout_s: float = 120.0, replicas: int = 1, fmt: str = "png") -> RunResult:
     """Replay `workload` against target's /generate (every request asks for `mode` and an image in `fmt`; request i
-    uses seed + i)."""
-    records = asyncio.run(_replay(workload, target, mode, list(prompts), seed, timeout_s, fmt))
+    uses seed + i); several targets (each replica's own address) take the requests in turn, i mod n."""
+    targets = [target] if isinstance(target, str) else list(target)
+    records = asyncio.run(_replay(workload, targets, mode, list(prompts), seed, timeout_s, fmt))
     df = request_table(records, mode)
     counts = accounting(df, workload.n)
     ok = df[df["outcome"] == "ok"]
