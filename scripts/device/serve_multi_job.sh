@@ -8,7 +8,8 @@
 #   carry ["wheels", ".git_sha"]:  NS=1 bash scripts/device/serve_multi_job.sh
 #                                  NS=2 bash scripts/device/serve_multi_job.sh
 #                                  NS=4 REPORT=1 bash scripts/device/serve_multi_job.sh   (NS=2 REPORT=1 on an x2)
-# ROUTER=rr for Ray Serve with round-robin routing (default pow2: Ray's power of two choices). Results, all runs so
+# ROUTER=rr for Ray Serve with round-robin routing (default pow2: Ray's power of two choices); ROUTER=direct: no proxy,
+# every replica's own address (serve.py --direct_ingress) given to the load test, which sends to them in turn. Results, all runs so
 # far: $OUT/serve_multi.tgz -> results/serve_multi_<gpu>/ (n<N>_<router>/, n<N>_<router>_trace/ load-test folders;
 # with REPORT=1 serve_scaleout.csv: goodput, scale-out efficiency, fidelity, and plots/).
 source "$(dirname "$0")/job_env.sh"
@@ -30,8 +31,9 @@ for N in $NS; do
   [ "$N" -le "$GPUS" ] || { echo "skip N=$N: $GPUS GPU(s) here"; continue; }
   run=n${N}_${ROUTER}
   # 2. the service: N replicas, each FP16 + W8A8 (kernel backend), every bucket warmed and calibrated
+  [ "$ROUTER" = direct ] && ROUTING="--direct_ingress" || ROUTING="--router $ROUTER"
   python3 scripts/serve.py $REAL --fp16 --modes w8a8 fp16 --ckpt_base $CK --backend kernel --res $RES \
-      --ladder $LADDER --replicas $N --max_batch $MAX_BATCH --router $ROUTER --port $PORT \
+      --ladder $LADDER --replicas $N --max_batch $MAX_BATCH $ROUTING --port $PORT \
       --calibrate_repeats 8 > $RUNS/serve_$run.log 2>&1 &
   SERVE=$! T_N=$SECONDS
   until grep -qs "ready; Ctrl-C stops" $RUNS/serve_$run.log; do
@@ -40,8 +42,10 @@ for N in $NS; do
     sleep 2
   done
   echo "N=$N ready after $((SECONDS - T_N)) s"
+  TARGETS=$URL  # the proxy, or (ROUTER=direct) every replica's own address
+  [ "$ROUTER" = direct ] && TARGETS=$(grep -o "directly (no proxy): http://[0-9.:]*" $RUNS/serve_$run.log | awk '{print $4}' | xargs)
   # 3. Poisson at 50/80/95% of N x capacity, both modes (rates and the simulator come from the service's /config)
-  timeout 300 python3 scripts/load_test_stub.py --target $URL --patterns poisson --load 0.5 0.8 0.95 \
+  timeout 300 python3 scripts/load_test_stub.py --target $TARGETS --patterns poisson --load 0.5 0.8 0.95 \
       --num_requests $((N * N_PER_GPU)) --request_timeout_s 60 --out_dir $RUNS/$run 2>&1 \
       | grep -v "it/s\|run/s\|Warning\|warn" | tail -14
   # 4. a bursty trace of mixed resolutions at 80% of N x the mix's capacity (W8A8)
@@ -60,7 +64,7 @@ w = wl.gamma(n, 0.8 * s["replicas"] * cap, 0.25, seed=0)
 wl.write_trace(w.arrival_s, path, res=np.random.default_rng(0).choice(s["ladder"], n), meta={"rate_rps": w.rate})
 print(f"trace: {n} requests at {w.rate:.1f} req/s, burstiness 0.25, res {s['ladder']}")
 PY
-  timeout 200 python3 scripts/load_test_stub.py --target $URL --patterns trace --trace $RUNS/trace_$run.csv --wbits 8 \
+  timeout 200 python3 scripts/load_test_stub.py --target $TARGETS --patterns trace --trace $RUNS/trace_$run.csv --wbits 8 \
       --request_timeout_s 60 --out_dir $RUNS/${run}_trace 2>&1 | grep -v "it/s\|run/s\|Warning\|warn" | tail -8
   get http://127.0.0.1:8080/metrics > $RUNS/prometheus_$run.txt
   kill -INT $SERVE; timeout 30 tail --pid=$SERVE -f /dev/null
