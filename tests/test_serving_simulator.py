@@ -109,6 +109,25 @@ def test_transport_delays_responses_and_closed_loop_sends_not_the_replica(perf):
     one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", encode_ms=25.0)).requests
     np.testing.assert_allclose(np.diff(one["arrival_s"]), (S + 25.0) / 1e3, rtol=1e-9)
     np.testing.assert_allclose(one["latency_ms"], S + 25.0, rtol=1e-9)
-    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0)):
+    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0), dict(handoff_ms=-1.0)):
         with pytest.raises(Exception, match="must be >= 0"):
             ServerConfig(**bad)
+
+
+def test_handoff_delays_each_request_into_its_queue(perf):
+    """handoff_ms (the replica's handling before a request can join a batch): at an idle replica a request waits
+    exactly that long; one that waits behind a busy GPU longer than that starts when it would have anyway; arrival
+    times stay the clients' send times; a closed-loop client's next request joins the queue that much later."""
+    S = perf.predict(W8, 512, 512, 1)["total_p50_ms"]
+    policy = Static(Option(512, W8))
+    sparse = wl.Workload("test", 5, arrival_s=np.arange(5) * 10 * S / 1e3)  # 10 service times apart: idle at each
+    run = simulate(sparse, policy, perf, ServerConfig(noise="none", handoff_ms=4.0)).requests
+    np.testing.assert_allclose(run["arrival_s"], sparse.arrival_s, atol=1e-12)
+    np.testing.assert_allclose(run["wait_ms"], 4.0, atol=1e-6)
+    np.testing.assert_allclose(run["latency_ms"], S + 4.0, atol=1e-6)
+    burst = wl.Workload("test", 3, arrival_s=np.zeros(3))  # three at once: the second and third wait behind the first
+    both = [simulate(burst, policy, perf, ServerConfig(noise="none", handoff_ms=h)).requests for h in (0.0, 4.0)]
+    np.testing.assert_allclose(both[1]["start_s"] - both[0]["start_s"], 4.0 / 1e3, atol=1e-9)  # the whole schedule shifts
+    one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", handoff_ms=4.0)).requests
+    np.testing.assert_allclose(np.diff(one["arrival_s"]), (S + 4.0) / 1e3, rtol=1e-9)
+    np.testing.assert_allclose(one["latency_ms"], S + 4.0, rtol=1e-9)

@@ -206,15 +206,16 @@ def run_http(workload: Workload, target: str | Sequence[str], mode: str, prompts
 
 def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: float = 120.0,
                     fmt: str = "png") -> dict[str, float]:
-    """What a response costs after its batch (ms), for the simulator: medians over n sequential requests, after one
-    warm-up, of `transport_ms` = latency - x-replica-ms (proxy, routing, network) and `encode_ms` = the rest of the
-    overhead (latency - x-queue-ms - x-service-ms): the replica's encode and hand-offs. Their sum is the median
+    """What a request costs besides its batch (ms), for the simulator: medians over n sequential requests (an idle
+    replica), after one warm-up, of `handoff_ms` = x-queue-ms (the replica's handling before the batch),
+    `transport_ms` = latency - x-replica-ms (proxy, routing, network) and `encode_ms` = the rest of the overhead
+    (latency - x-queue-ms - x-service-ms): the replica's encode and hand-offs. The sum of the last two is the median
     overhead, so the simulated client latency keeps it whole. Measured before a load test's runs, so that its
     simulator predicts the HTTP service instead of being fitted to it."""
     url = target.rstrip("/") + "/generate"
 
-    async def probe() -> tuple[list[float], list[float]]:
-        overhead, transport = [], []
+    async def probe() -> tuple[list[float], list[float], list[float]]:
+        overhead, transport, queue = [], [], []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:  # as the runs
             for i in range(n + 1):
                 t = time.perf_counter()
@@ -224,13 +225,15 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
                 if r.status != 200:
                     raise ConfigError(f"transport probe: {url} answered HTTP {r.status}: {_error_reason(content)}")
                 if i:
-                    overhead.append(ms - float(r.headers["x-queue-ms"]) - float(r.headers["x-service-ms"]))
+                    queue.append(float(r.headers["x-queue-ms"]))
+                    overhead.append(ms - queue[-1] - float(r.headers["x-service-ms"]))
                     transport.append(ms - float(r.headers["x-replica-ms"]))
-        return overhead, transport
+        return overhead, transport, queue
 
-    overhead, transport = asyncio.run(probe())
+    overhead, transport, queue = asyncio.run(probe())
     total, outside = max(float(np.median(overhead)), 0.0), max(float(np.median(transport)), 0.0)
-    return {"transport_ms": min(outside, total), "encode_ms": total - min(outside, total)}
+    return {"transport_ms": min(outside, total), "encode_ms": total - min(outside, total),
+            "handoff_ms": max(float(np.median(queue)), 0.0)}
 
 
 def overhead_table(live: pd.DataFrame, http: pd.DataFrame, http_requests: pd.DataFrame) -> pd.DataFrame:

@@ -48,12 +48,16 @@ class ServerConfig:
     # measured by load_test_stub --target; 0 in process)
     transport_ms: float = 0.0
     encode_ms: float = 0.0
+    # ms between a request's send and its place in the replica's queue: the replica's handling before a batch (body,
+    # policy, hand-off to the batcher; the HTTP service's x-queue-ms at an idle replica, 3-4 ms on the H200 box)
+    handoff_ms: float = 0.0
 
     def __post_init__(self):
         if self.replicas < 1 or self.max_batch < 1:
             raise ConfigError(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
-        if not (self.transport_ms >= 0 and self.encode_ms >= 0):
-            raise ConfigError(f"transport_ms={self.transport_ms} and encode_ms={self.encode_ms}: must be >= 0")
+        if not (self.transport_ms >= 0 and self.encode_ms >= 0 and self.handoff_ms >= 0):
+            raise ConfigError(f"transport_ms={self.transport_ms}, encode_ms={self.encode_ms} and handoff_ms="
+                              f"{self.handoff_ms}: must be >= 0")
         if self.dispatch not in DISPATCH:
             raise ConfigError(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
         if self.noise not in NOISE:
@@ -192,11 +196,12 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     lognormal = server.noise == "lognormal"
     closed = workload.closed
     transport = (server.encode_ms + server.transport_ms) / 1e3  # the client-seen response delay after the batch
-    # closed loop: (send time, order, attempt) of the clients' next requests; moved into `arrival` when due
-    pending = [(0.0, c, 1) for c in range(min(workload.clients, n))] if closed else []
+    handoff = server.handoff_ms / 1e3  # `arrival` below: when a request joins its replica's queue (sent + handoff)
+    # closed loop: (queue arrival, order, attempt) of the clients' next requests; moved into `arrival` when due
+    pending = [(handoff, c, 1) for c in range(min(workload.clients, n))] if closed else []
     n_sched = len(pending)  # requests scheduled so far (at most n, retries included)
     backoff = workload.retry_backoff_s
-    arrival = [] if closed else workload.arrival_s.tolist()
+    arrival = [] if closed else [a + handoff for a in workload.arrival_s.tolist()]
     attempt: list[int] = [] if closed else [1] * n
     n_arr = len(arrival)
     req_res = workload.res.tolist()
@@ -233,7 +238,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
             if closed:  # each client sends its next request once it holds its images
                 for _ in running[r]:
                     if n_sched < n:
-                        heappush(pending, (t + transport, n_sched, 1))
+                        heappush(pending, (t + transport + handoff, n_sched, 1))
                         n_sched += 1
             busy[r] = False
             touched.append(r)
@@ -260,7 +265,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
             if opt is None:  # rejected: a closed-loop client sends it again after its back-off (a retry)
                 finish[i] = start[i] = t
                 if closed and n_sched < n:
-                    heappush(pending, (t + backoff, n_sched, attempt[i] + 1))
+                    heappush(pending, (t + backoff + handoff, n_sched, attempt[i] + 1))
                     n_sched += 1
             else:
                 k = index.get(opt)
@@ -293,7 +298,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
         touched.clear()
         if waiting > q_max:
             q_max = waiting
-    df = request_frame(arrival[:n], start, finish, service, opt_of, bsize, replica_of, qlen_of, table.options,
-                       attempt[:n])
-    duration = max(t_last - (arrival[0] if arrival else 0.0), 1e-12)
+    sent = [a - handoff for a in arrival[:n]]  # the clients' send times: latency and wait include the handoff
+    df = request_frame(sent, start, finish, service, opt_of, bsize, replica_of, qlen_of, table.options, attempt[:n])
+    duration = max(t_last - (sent[0] if sent else 0.0), 1e-12)
     return RunResult(df, R, busy_s, q_area / duration, q_max)
