@@ -335,16 +335,22 @@ def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
 
 def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str,
              kernels: list[dict]) -> list[dict]:
-    """Rows by kernel category; appends this image's rows per kernel to `kernels`."""
+    """Rows by kernel category of the whole image (stage `image`) and of its decode alone (stage `decode`: the
+    decoder on the same latents, so that UNet and decoder kernels are told apart); appends the rows per kernel to
+    `kernels`."""
     from quant_utils.kernel_bench import profile_step
 
     exec_mode, runner.exec_mode = runner.exec_mode, "eager"  # the stages' (compiled) code outside the CUDA graphs
     try:
-        fn = lambda: runner([prompts[0]] * batch, list(range(batch)), res, res, steps)  # noqa: E731
-        cell = dict(mode=mode, unet_exec=exec_mode, vae=kind, res=res, batch=batch)
-        per_kernel: list[dict] = []
-        rows = [dict(**cell, **r) for r in profile_step(fn, per_kernel)]
-        kernels += [dict(**cell, **r) for r in per_kernel]
+        image_prompts, seeds = [prompts[0]] * batch, list(range(batch))
+        z = runner.denoise(image_prompts, seeds, res, res, steps).to(runner.vae_dtype)
+        stages = {"image": lambda: runner(image_prompts, seeds, res, res, steps),
+                  "decode": lambda: runner.stage_fns["vae"](z)}
+        rows = []
+        for stage, fn in stages.items():
+            cell, per_kernel = dict(mode=mode, unet_exec=exec_mode, vae=kind, res=res, batch=batch, stage=stage), []
+            rows += [dict(**cell, **r) for r in profile_step(fn, per_kernel)]
+            kernels += [dict(**cell, **r) for r in per_kernel]
         return rows
     finally:
         runner.exec_mode = exec_mode

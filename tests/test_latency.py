@@ -152,6 +152,33 @@ def test_bench_e2e_interleaves_the_variants_timed_calls(tmp_path, prompts_file):
     assert "# order: interleaved" in out.read_text()
 
 
+def test_bench_e2e_profiles_the_image_and_its_decode_apart(tiny_pipe, monkeypatch):
+    """The profile of a cell: the whole image and the decoder alone on the same latents (stage column), each
+    cell's per-kernel rows too; the Runner's execution mode is restored after."""
+    import importlib.util
+
+    from quant_utils import kernel_bench
+    from quant_utils.runtime import Runner
+
+    spec = importlib.util.spec_from_file_location("script_bench_e2e_p", REPO / "scripts" / "bench_e2e.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    seen = []
+
+    def fake_profile(fn, kernels):  # torch.profiler's CUDA view needs a GPU: record what is profiled instead
+        out = fn()
+        seen.append(tuple(out.shape))
+        kernels.append(dict(kernel="k", category="attention", gpu_ms=1.0, count=1))
+        return [dict(category="attention", gpu_ms=1.0, share=1.0, kernels=1)]
+
+    monkeypatch.setattr(kernel_bench, "profile_step", fake_profile)
+    runner, kernels = Runner(tiny_pipe), []
+    rows = mod._profile(runner, ["a cat"], 64, 2, 1, "fp16", "fp16", kernels)
+    assert [r["stage"] for r in rows] == ["image", "decode"] == [k["stage"] for k in kernels]
+    assert seen == [(2, 64, 64, 3), (2, 3, 64, 64)]  # uint8 images, then the decoder's output on the latents
+    assert all(r["batch"] == 2 and r["vae"] == "fp16" for r in rows) and runner.exec_mode == "eager"
+
+
 def test_bench_e2e_refuses_graph_exec_without_cuda(tmp_path, capsys):
     import torch
 

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from quant_utils.csvio import read_csv, read_provenance, write_csv  # noqa: E402
 from quant_utils.kernel_bench import category_table  # noqa: E402
 
-CELL = ["mode", "unet_exec", "vae", "res", "batch"]
+CELL = ["mode", "unet_exec", "vae", "res", "batch", "stage"]  # those present
 NOTE = ("categories recomputed from the per-kernel rows of {src} by scripts/utils/recategorize_profiles.py: "
         "Inductor's fused kernels (names with convolution/qconv/qlinear) were filed under cuDNN before commit f83a0be")
 
