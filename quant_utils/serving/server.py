@@ -567,7 +567,7 @@ def direct_urls(host: str, replicas: int, timeout_s: float = 30.0) -> dict[str, 
     found: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while len(found) < replicas and time.monotonic() < deadline:
-        for p in list(direct_port_range())[:4 * replicas + 4]:
+        for p in direct_port_range()[:4 * replicas + 4]:
             url = f"http://{host}:{p}"
             try:
                 rid = httpx.get(url + "/healthz", timeout=1.0).json()["replica"]
