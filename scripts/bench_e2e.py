@@ -51,8 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_args(p, resolution=False)
     p.add_argument("--modes", nargs="+", default=list(E2E_MODES), choices=E2E_MODES,
                    help="UNet precision modes (mixdq: MixDQ's weight_4.00 + act_7.77 + its 1%% FP16 activations)")
-    p.add_argument("--fp16_exec", nargs="+", default=None, choices=["graph", "compile"],
-                   help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager)")
+    p.add_argument("--fp16_exec", nargs="+", default=None, choices=list(FP16_EXECS),
+                   help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager); compile-fused: "
+                        "compiled with diffusers' fused QKV projections (one GEMM for q/k/v, one for cross-attention's "
+                        "k/v: fewer launches), a candidate for the fastest FP16 UNet")
     p.add_argument("--quant_exec", default=None, choices=["graph", "compile"],
                    help="quantized UNets' execution (default on CUDA: compile; on a CPU: eager)")
     p.add_argument("--vae_kinds", "--vaes", dest="vae_kinds", nargs="+", default=["fp16", "int8", "tiny"],
@@ -102,14 +104,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"batch {b} in --cells: must be >= 1")
     args.res = sorted({r for r, _ in args.cells})
     check_device_for_exec(args)
+    if set(args.fp16_exec or []) - {"eager"} and not torch.cuda.is_available():
+        raise ConfigError(f"--fp16_exec {' '.join(args.fp16_exec)}: CUDA graphs and compiled blocks need a CUDA GPU; "
+                          "this machine has none (eager only)")
     return args
+
+
+# FP16 UNet executions -> the Runner's exec mode (compile-fused: its own UNet copy, QKV projections fused first)
+FP16_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
 
 
 def unet_variants(args, cuda: bool) -> list[tuple[str, str]]:
     """(mode, exec) in run order: CUDA-graph FP16 before compiled (compiling changes a UNet in place)."""
     fp16_exec = args.fp16_exec or (["graph", "compile"] if cuda else ["eager"])
     quant_exec = args.quant_exec or ("compile" if cuda else "eager")
-    out = [("fp16", e) for e in sorted(fp16_exec, key=["eager", "graph", "compile"].index)] if "fp16" in args.modes else []
+    out = [("fp16", e) for e in sorted(fp16_exec, key=list(FP16_EXECS).index)] if "fp16" in args.modes else []
     return out + [(m, quant_exec) for m in args.modes if m != "fp16"]
 
 
@@ -159,7 +168,8 @@ def main(args: argparse.Namespace) -> None:
                     print(f"  {e.label} {res}px batch {batch}: out of memory, skipped")
                     continue
                 rows.append({"mode": e.mode, "wbits": round(e.summary["avg_wbits"], 3),
-                             "abits": round(e.summary["avg_abits"], 3), "unet_exec": e.runner.exec_mode,
+                             "abits": round(e.summary["avg_abits"], 3),
+                             "unet_exec": e.exec_mode if e.exec_mode != "auto" else e.runner.exec_mode,
                              "vae": e.kind, "vae_exec": e.runner.vae_exec,
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
                              "res": res, "batch": batch, **row,
@@ -185,7 +195,7 @@ def main(args: argparse.Namespace) -> None:
                                   {**meta, "timing": "SDPA and explicit score matrices on random q/k/v of the query "
                                                      "shape: median of CUDA-graph replays"})
                 if (res, batch) in args.profile_points and cuda:
-                    prof_rows += _profile(e.runner, prompts, res, batch, steps, e.mode, e.kind, kernel_rows)
+                    prof_rows += _profile(e.runner, prompts, res, batch, steps, e.mode, e.kind, kernel_rows, e.exec_mode)
                     prof_out = repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv"))
                     prof_meta = {**meta, "timing": "torch.profiler, one image (compiled code run outside its CUDA graph)"}
                     write_csv(pd.DataFrame(prof_rows), prof_out, prof_meta)
@@ -236,7 +246,10 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
     for mode, exec_mode in variants:
         t0 = time.perf_counter()
         if mode == "fp16":
-            variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if exec_mode == "compile" else fp16_unet)
+            own = exec_mode in ("compile", "compile-fused")  # compiling (and fusing) change a UNet in place
+            variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if own else fp16_unet)
+            if exec_mode == "compile-fused":
+                variant.unet.fuse_qkv_projections()
             summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
         else:
             variant, summary = quantized_copy(pipe, mode, cfg.name, None, calib, args.seed, min(args.res), min(args.res),
@@ -250,8 +263,8 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention)
         refs = {k: Runner(variant, "eager", vae=decoders[k], **plans)(*check).astype(float) for k in kinds}
         for kind in kinds:
-            runner = Runner(variant, resolve_exec(exec_mode, device), vae_exec=args.vae_exec, vae=decoders[kind],
-                            vae_kind=kind, compile_shapes=args.compile_shapes, **plans)
+            runner = Runner(variant, resolve_exec(FP16_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,
+                            vae=decoders[kind], vae_kind=kind, compile_shapes=args.compile_shapes, **plans)
             yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
                         encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),
                         check, refs[kind])
@@ -334,7 +347,7 @@ def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str,
-             kernels: list[dict]) -> list[dict]:
+             kernels: list[dict], exec_label: str | None = None) -> list[dict]:
     """Rows by kernel category of the whole image (stage `image`) and of its decode alone (stage `decode`: the
     decoder on the same latents, so that UNet and decoder kernels are told apart); appends the rows per kernel to
     `kernels`."""
@@ -348,7 +361,8 @@ def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: st
                   "decode": lambda: runner.stage_fns["vae"](z)}
         rows = []
         for stage, fn in stages.items():
-            cell, per_kernel = dict(mode=mode, unet_exec=exec_mode, vae=kind, res=res, batch=batch, stage=stage), []
+            cell = dict(mode=mode, unet_exec=exec_label or exec_mode, vae=kind, res=res, batch=batch, stage=stage)
+            per_kernel = []
             rows += [dict(**cell, **r) for r in profile_step(fn, per_kernel)]
             kernels += [dict(**cell, **r) for r in per_kernel]
         return rows
