@@ -7,6 +7,8 @@
 #   TESTS=1 MODES="fp16" FP16_EXEC="graph compile" TAG=e2e_a bash scripts/device/e2e_job.sh
 #   MODES="fp16 w8a8" FP16_EXEC="compile" PROFILE="1024x4 512x1" TAG=e2e_b bash scripts/device/e2e_job.sh
 #   MODES="fp16 w6a8 w4a8 mixdq" FP16_EXEC="compile" VAES=fp16 TAG=e2e_c bash scripts/device/e2e_job.sh
+# TMA_COMPARE=1 first times the TMA tile configs against the tuned ones (tma_vs_tuned.py); TMA=1 in a later part
+# swaps in the winners. EXTRA: more bench_e2e flags. E2E_TIMEOUT: keep it <= 540 in a 600 s call.
 source "$(dirname "$0")/job_env.sh"
 TAG=${TAG:-e2e}
 TUNING=/tmp/mixdq_tuning_$(python3 -c 'import re,torch;print(re.sub("[^a-z0-9]+","_",torch.cuda.get_device_name(0).lower()))').json
