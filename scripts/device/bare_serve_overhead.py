@@ -95,6 +95,7 @@ def main() -> int:
         serve.shutdown()
         ray.shutdown()
     write_csv(pd.DataFrame(rows), args.out, provenance(script="scripts/device/bare_serve_overhead.py",
+                                                       weights="none (a bare deployment, no model)", backend="none",
                                                        cpus=os.cpu_count(), ray=ray.__version__))
     return 0
 

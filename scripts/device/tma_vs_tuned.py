@@ -86,7 +86,7 @@ def main() -> int:
         print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | tma {rows[-1]['tma_config']:<20} "
               f"{us:8.1f} us  x{tuned_us / us:.2f}  equal={equal}")
     df = pd.DataFrame(rows)
-    write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tma_vs_tuned.py", weights="random"))
+    write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tma_vs_tuned.py", weights="random (one layer per shape)", backend="kernel (Triton GEMM, no model)"))
     Tuning(configs={**tuning.configs, **winners}).save(f"{args.out}.json")
     bad = int((~df.tma_equal).sum()) if len(df) else 0
     print(f"{len(rows)} shapes, TMA faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")
