@@ -44,6 +44,8 @@ from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
+# FP16 UNet executions -> the Runner's exec mode (compile-fused: its own UNet copy, QKV projections fused first)
+FP16_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,10 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# FP16 UNet executions -> the Runner's exec mode (compile-fused: its own UNet copy, QKV projections fused first)
-FP16_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
-
-
 def unet_variants(args, cuda: bool) -> list[tuple[str, str]]:
     """(mode, exec) in run order: CUDA-graph FP16 before compiled (compiling changes a UNet in place)."""
     fp16_exec = args.fp16_exec or (["graph", "compile"] if cuda else ["eager"])
@@ -169,7 +167,7 @@ def main(args: argparse.Namespace) -> None:
                     continue
                 rows.append({"mode": e.mode, "wbits": round(e.summary["avg_wbits"], 3),
                              "abits": round(e.summary["avg_abits"], 3),
-                             "unet_exec": e.exec_mode if e.exec_mode != "auto" else e.runner.exec_mode,
+                             "unet_exec": e.exec_mode,
                              "vae": e.kind, "vae_exec": e.runner.vae_exec,
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
                              "res": res, "batch": batch, **row,
@@ -195,7 +193,7 @@ def main(args: argparse.Namespace) -> None:
                                   {**meta, "timing": "SDPA and explicit score matrices on random q/k/v of the query "
                                                      "shape: median of CUDA-graph replays"})
                 if (res, batch) in args.profile_points and cuda:
-                    prof_rows += _profile(e.runner, prompts, res, batch, steps, e.mode, e.kind, kernel_rows, e.exec_mode)
+                    prof_rows += _profile(e, prompts, res, batch, steps, kernel_rows)
                     prof_out = repo_path(args.profile_out or out.with_name(out.stem + "_profile.csv"))
                     prof_meta = {**meta, "timing": "torch.profiler, one image (compiled code run outside its CUDA graph)"}
                     write_csv(pd.DataFrame(prof_rows), prof_out, prof_meta)
@@ -346,13 +344,13 @@ def with_speedups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: str, kind: str,
-             kernels: list[dict], exec_label: str | None = None) -> list[dict]:
+def _profile(e: Entry, prompts, res: int, batch: int, steps: int, kernels: list[dict]) -> list[dict]:
     """Rows by kernel category of the whole image (stage `image`) and of its decode alone (stage `decode`: the
     decoder on the same latents, so that UNet and decoder kernels are told apart); appends the rows per kernel to
     `kernels`."""
     from quant_utils.kernel_bench import profile_step
 
+    runner = e.runner
     exec_mode, runner.exec_mode = runner.exec_mode, "eager"  # the stages' (compiled) code outside the CUDA graphs
     try:
         image_prompts, seeds = [prompts[0]] * batch, list(range(batch))
@@ -361,7 +359,7 @@ def _profile(runner: Runner, prompts, res: int, batch: int, steps: int, mode: st
                   "decode": lambda: runner.stage_fns["vae"](z)}
         rows = []
         for stage, fn in stages.items():
-            cell = dict(mode=mode, unet_exec=exec_label or exec_mode, vae=kind, res=res, batch=batch, stage=stage)
+            cell = dict(mode=e.mode, unet_exec=e.exec_mode, vae=e.kind, res=res, batch=batch, stage=stage)
             per_kernel = []
             rows += [dict(**cell, **r) for r in profile_step(fn, per_kernel)]
             kernels += [dict(**cell, **r) for r in per_kernel]

@@ -173,7 +173,8 @@ def test_bench_e2e_profiles_the_image_and_its_decode_apart(tiny_pipe, monkeypatc
 
     monkeypatch.setattr(kernel_bench, "profile_step", fake_profile)
     runner, kernels = Runner(tiny_pipe), []
-    rows = mod._profile(runner, ["a cat"], 64, 2, 1, "fp16", "fp16", kernels)
+    entry = mod.Entry("fp16", "eager", "fp16", runner, tiny_pipe.unet, {}, 0, None, None)
+    rows = mod._profile(entry, ["a cat"], 64, 2, 1, kernels)
     assert [r["stage"] for r in rows] == ["image", "decode"] == [k["stage"] for k in kernels]
     assert seen == [(2, 64, 64, 3), (2, 3, 64, 64)]  # uint8 images, then the decoder's output on the latents
     assert all(r["batch"] == 2 and r["vae"] == "fp16" for r in rows) and runner.exec_mode == "eager"
