@@ -19,6 +19,9 @@ The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_uti
 with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
 On CUDA the decoder's self-attention op is chosen per decode bucket (`vae_attention="auto"`, measured: PyTorch's
 SDPA or explicit score matrices, quant_utils/decoders.py), for every decoder alike (the FP16 one too).
+GroupNorms (`group_norm`, quant_utils/norms.py): `split` computes their statistics as two well-parallel reductions
+that torch.compile fuses as before; `auto` uses it for `compile` on CUDA, for the UNet and the decoder alike (both
+switched in place), and PyTorch's own GroupNorm elsewhere.
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
 Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
@@ -44,6 +47,7 @@ from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
 from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
+from .norms import resolve_group_norm, use_group_norm
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -195,7 +199,8 @@ class Runner:
 
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
-                 layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto"):
+                 layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
+                 group_norm: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -227,6 +232,11 @@ class Runner:
         self.vae = vae if vae is not None else pipe.vae
         self.vae_kind = vae_kind
         self.vae_dtype = self.vae.dtype
+        # before anything is compiled: the GroupNorms' form is part of the traced code
+        self.group_norm = resolve_group_norm(group_norm, exec_mode == "compile", self.device)
+        for model in (pipe.unet, self.vae):
+            if isinstance(model, torch.nn.Module):  # (tests' stand-in pipelines are not)
+                use_group_norm(model, self.group_norm)
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}
         if exec_mode == "compile":
             compile_regions(pipe.unet, dynamic=compile_shapes == "dynamic")

@@ -170,6 +170,7 @@ def main(args: argparse.Namespace) -> None:
                              "unet_exec": e.exec_mode,
                              "vae": e.kind, "vae_exec": e.runner.vae_exec,
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
+                             "group_norm": e.runner.group_norm,
                              "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
                              **_plan_columns(e.unet, e.runner.unet_bucket(batch, res, res)),
@@ -258,7 +259,8 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
             kinds = ["fp16"]  # the CUDA-graph FP16 UNet is the reference for graphs alone, not a serving candidate
         # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
-        plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention)
+        plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention,
+                     group_norm=args.group_norm)
         refs = {k: Runner(variant, "eager", vae=decoders[k], **plans)(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(FP16_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,

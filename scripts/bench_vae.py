@@ -5,7 +5,10 @@ r"""VAE decode speed: eager vs CUDA graph vs cuDNN autotuning / channels_last / 
 
 Needs a CUDA GPU (checked before the model is built). Default output: logs/vae_decode.csv.
 
-Every variant decodes the same latents; `psnr_db_vs_eager` compares its image with the eager FP16 decode.
+Every variant decodes the same latents; `psnr_db_vs_eager` compares its image with the eager decode. `--vae int8`
+times the int8 decoder (calibrated on pipeline latents, quant_utils/decoders.py) instead of the FP16 one; on both the
+decoder's attention takes the path the Runner would measure and pick (`vae_attention` column). The `*-split-gn`
+variants compute the GroupNorms as quant_utils/norms.py's two-step reductions (`group_norm` column).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -24,23 +27,26 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, pipeline_from_args,  # noqa: E402
-                             positive_int, user_errors, weights_label)
+from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, decoder_from_args,  # noqa: E402
+                             pipeline_from_args, positive_int, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
+from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.norms import use_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
 
-# name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark, dynamic shapes)
+# name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark, dynamic shapes, GroupNorm)
 VARIANTS = {
-    "eager": (False, None, False, False, False),
-    "graph": (True, None, False, False, False),
-    "graph-cudnn-benchmark": (True, None, False, True, False),
-    "graph-channels-last": (True, None, True, True, False),
-    "compile": (True, "default", False, True, False),
-    "compile-channels-last": (True, "default", True, True, False),
-    "compile-dynamic": (True, "default", False, False, True),  # what Runner's graph mode runs
-    "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True, False),
+    "eager": (False, None, False, False, False, "native"),
+    "graph": (True, None, False, False, False, "native"),
+    "graph-cudnn-benchmark": (True, None, False, True, False, "native"),
+    "graph-channels-last": (True, None, True, True, False, "native"),
+    "compile": (True, "default", False, True, False, "native"),
+    "compile-split-gn": (True, "default", False, True, False, "split"),
+    "compile-channels-last": (True, "default", True, True, False, "native"),
+    "compile-dynamic": (True, "default", False, False, True, "native"),  # what Runner's graph mode runs
+    "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True, False, "native"),
 }
 
 
@@ -89,26 +95,31 @@ def main(args) -> None:
     from quant_utils.kernel_bench import profile_step
 
     torch._dynamo.config.cache_size_limit = 64  # one graph per (variant, resolution)
-    vae = pipe.vae
+    vae = decoder_from_args(pipe, args, args.res[0]) or pipe.vae
+    if args.vae == "int8" and any(VARIANTS[v][2] for v in args.variants):
+        raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
 
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
 
-    compiled = {name: torch.compile(decode, dynamic=dynamic, mode=mode)
-                for name, (_, mode, _, _, dynamic) in VARIANTS.items() if mode}
     rows, prof_rows, kernel_rows = [], [], []
     for res in args.res:
         z0 = torch.randn(args.batch, 4, res // 8, res // 8, device=device, dtype=torch.float16,
                          generator=torch.Generator(device).manual_seed(0))
+        plan_decoder_attention(vae, tuple(z0.shape))  # what a Runner on CUDA would pick for this bucket
+        attention = attention_path(vae, tuple(z0.shape))
         with torch.no_grad():
+            use_group_norm(vae, "native")
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark, _ = VARIANTS[name]
+                graph, mode, channels_last, benchmark, dynamic, group_norm = VARIANTS[name]
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
+                use_group_norm(vae, group_norm)
+                torch._dynamo.reset()  # a fresh trace: the GroupNorms' form and the memory format are part of it
                 z = z0.contiguous(memory_format=fmt)
-                fn = compiled.get(name, decode)
+                fn = torch.compile(decode, dynamic=dynamic, mode=mode) if mode else decode
                 graphs = _GraphCache()
                 run = (lambda f=fn: graphs.run(("vae",), f, [z])) if graph else (lambda f=fn: f(z))
                 t0 = time.perf_counter()
@@ -118,17 +129,20 @@ def main(args) -> None:
                 mse = (out - ref).pow(2).mean().item()
                 psnr = float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)  # images in [-1, 1]: peak-to-peak 2
                 t = time_ms(run, args.repeats)
-                rows.append({"variant": name, "height": res, "width": res, "batch": args.batch,
+                rows.append({"variant": name, "vae": args.vae, "vae_attention": attention, "group_norm": group_norm,
+                             "height": res, "width": res, "batch": args.batch,
                              "p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
                              "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr,
                              "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
                 print(rows[-1], flush=True)
-                if args.profile_out and res == args.res[0] and name in ("eager", "compile", "compile-channels-last"):
+                if args.profile_out and res == args.res[0] and name in ("eager", "compile", "compile-split-gn",
+                                                                           "compile-channels-last"):
                     cell, per_kernel = dict(variant=name, height=res, width=res, batch=args.batch), []
                     prof_rows += [dict(cell, **r) for r in profile_step(lambda f=fn: f(z), per_kernel)]
                     kernel_rows += [dict(cell, **r) for r in per_kernel]
         vae.to(memory_format=torch.contiguous_format)
+        use_group_norm(vae, "native")
         torch.backends.cudnn.benchmark = False
         # Partial results survive a later resolution's failure or timeout.
         write_csv(pd.DataFrame(rows), repo_path(args.out),

@@ -1,0 +1,112 @@
+"""GroupNorm + SiLU, PyTorch's GroupNorm against quant_utils/norms.py's split form, both under torch.compile, at every
+GroupNorm input shape of the SDXL UNet and VAE decoder at the given buckets.
+
+The shapes come from one forward of each model built from the repo's architecture configs on the meta device (no
+memory, no weights): every GroupNorm's input shape and how often it runs per image batch. Each distinct (shape,
+groups) is timed with random fp16 data, CUDA-graph replays (launch.graph_bench_ms), compiled `silu(group_norm(x))`
+as the resnets run it; the split output is checked against the native one. Writes one row per (model, bucket,
+shape): calls, native_us, split_us, speedup, max_abs_diff, and the per-(model, bucket) totals (calls x us) as rows
+with shape "total". GPU only:
+
+    python scripts/device/groupnorm_bench.py --out /tmp/out/groupnorm.csv --buckets 1024x4 1024x1 512x1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
+from quant_utils.kernels.launch import graph_bench_ms  # noqa: E402
+from quant_utils.norms import group_norm_split  # noqa: E402
+from quant_utils.pipeline import architecture_configs, load_model_config  # noqa: E402
+
+
+def group_norm_shapes(model: nn.Module, run) -> Counter:
+    """(input shape, groups) -> calls, over one `run()` of `model` (on the meta device)."""
+    seen: Counter = Counter()
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.update([(tuple(args[0].shape), mod.num_groups)]))
+             for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def model_shapes(arch: dict, res: int, batch: int) -> dict[str, Counter]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(strip(arch["unet"])).half()
+        vae = AutoencoderKL.from_config(strip(arch["vae"])).half()
+        z = torch.empty(batch, 4, res // 8, res // 8, dtype=torch.float16)
+        text = torch.empty(batch, 77, 2048, dtype=torch.float16)
+        added = {"text_embeds": torch.empty(batch, 1280, dtype=torch.float16),
+                 "time_ids": torch.empty(batch, 6, dtype=torch.float16)}
+        t = torch.empty(batch)
+        return {"unet": group_norm_shapes(unet, lambda: unet(z, t, encoder_hidden_states=text, added_cond_kwargs=added)),
+                "vae_decoder": group_norm_shapes(vae, lambda: vae.decode(z))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument("--buckets", nargs="+", default=["1024x4", "1024x1", "512x1"], help="RESxBATCH")
+    p.add_argument("--config", default="configs/stable-diffusion/sdxl_turbo.yaml")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 2
+    arch = architecture_configs(load_model_config(ROOT / args.config))
+    torch._dynamo.config.cache_size_limit = 256
+    native = torch.compile(lambda x, g, w, b: F.silu(F.group_norm(x, g, w, b, 1e-6)))
+    split = torch.compile(lambda x, g, w, b: F.silu(group_norm_split(x, g, w, b, 1e-6)))
+    rows, timed = [], {}
+    for bucket in args.buckets:
+        res, batch = map(int, bucket.split("x"))
+        for model, shapes in model_shapes(arch, res, batch).items():
+            for (shape, groups), calls in sorted(shapes.items()):
+                if (shape, groups) not in timed:
+                    gen = torch.Generator("cuda").manual_seed(0)
+                    x = torch.randn(shape, device="cuda", dtype=torch.float16, generator=gen) * 2 + 0.5
+                    w = torch.randn(shape[1], device="cuda", dtype=torch.float16, generator=gen)
+                    b = torch.randn(shape[1], device="cuda", dtype=torch.float16, generator=gen)
+                    with torch.no_grad():
+                        diff = (native(x, groups, w, b).float() - split(x, groups, w, b).float()).abs().max().item()
+                        timed[shape, groups] = (graph_bench_ms(lambda: native(x, groups, w, b)) * 1e3,
+                                                graph_bench_ms(lambda: split(x, groups, w, b)) * 1e3, diff)
+                    del x
+                n_us, s_us, diff = timed[shape, groups]
+                rows.append({"model": model, "res": res, "batch": batch, "shape": "x".join(map(str, shape)),
+                             "groups": groups, "calls": calls, "native_us": round(n_us, 1), "split_us": round(s_us, 1),
+                             "speedup": round(n_us / s_us, 3), "max_abs_diff": diff,
+                             "gb_per_s_native": round(2 * 2 * torch.Size(shape).numel() / n_us / 1e3, 1),
+                             "gb_per_s_split": round(2 * 2 * torch.Size(shape).numel() / s_us / 1e3, 1)})
+                print(rows[-1], flush=True)
+            cell = [r for r in rows if r["model"] == model and r["res"] == res and r["batch"] == batch]
+            tot_n = sum(r["calls"] * r["native_us"] for r in cell)
+            tot_s = sum(r["calls"] * r["split_us"] for r in cell)
+            rows.append({"model": model, "res": res, "batch": batch, "shape": "total", "groups": 0,
+                         "calls": sum(r["calls"] for r in cell), "native_us": round(tot_n, 1),
+                         "split_us": round(tot_s, 1), "speedup": round(tot_n / tot_s, 3)})
+            print(rows[-1], flush=True)
+            write_csv(pd.DataFrame(rows), Path(args.out), provenance(script="groupnorm_bench", gpu=device_name(),
+                      weights="random fp16 tensors", backend="torch.compile (Inductor)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
