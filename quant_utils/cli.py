@@ -93,7 +93,7 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
              "matrices, whichever is faster (the SDXL VAE's one head of 512 is beyond flash attention); sdpa = always SDPA")
     add("--group_norm", default="auto", choices=GROUP_NORMS,
         help="GroupNorm of the UNet and the decoder: split = statistics in two well-parallel reductions (quant_utils/"
-             "norms.py), native = PyTorch's; auto = split with --exec compile on CUDA, native elsewhere")
+             "norms.py), native = PyTorch's, split-decoder = split in the decoder only; auto = split with --exec compile on CUDA, native elsewhere")
     add("--dense_budget", type=nonnegative_float, default=DENSE_BUDGET,
         help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
              "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")

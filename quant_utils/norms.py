@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUP_NORMS = ("auto", "native", "split")
+GROUP_NORMS = ("auto", "native", "split", "split-decoder")  # split-decoder: the UNet's stay native
 CHUNK = 16384  # target elements per partial-statistics row
 
 
@@ -72,6 +72,11 @@ def use_group_norm(model: nn.Module, kind: str) -> int:
             n += type(m) is not cls
             m.__class__ = cls
     return n
+
+
+def group_norm_for(resolved: str, part: str) -> str:
+    """The form a resolved --group_norm gives the `part` ("unet" or "decoder")."""
+    return "split" if resolved == "split" or (resolved == "split-decoder" and part == "decoder") else "native"
 
 
 def group_norm_kind(model: nn.Module) -> str:

@@ -47,7 +47,7 @@ from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
 from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
-from .norms import resolve_group_norm, use_group_norm
+from .norms import group_norm_for, resolve_group_norm, use_group_norm
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -234,9 +234,9 @@ class Runner:
         self.vae_dtype = self.vae.dtype
         # before anything is compiled: the GroupNorms' form is part of the traced code
         self.group_norm = resolve_group_norm(group_norm, exec_mode == "compile", self.device)
-        for model in (pipe.unet, self.vae):
+        for part, model in (("unet", pipe.unet), ("decoder", self.vae)):
             if isinstance(model, torch.nn.Module):  # (tests' stand-in pipelines are not)
-                use_group_norm(model, self.group_norm)
+                use_group_norm(model, group_norm_for(self.group_norm, part))
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}
         if exec_mode == "compile":
             compile_regions(pipe.unet, dynamic=compile_shapes == "dynamic")

@@ -80,6 +80,8 @@ def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
         assert group_norm_kind(tiny_pipe.unet) == "split" and group_norm_kind(tiny_pipe.vae) == "split"
         out = split(["a cat"], [3], 64, 64)
         assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1  # the same image up to rounding
+        Runner(tiny_pipe, "eager", group_norm="split-decoder")
+        assert group_norm_kind(tiny_pipe.unet) == "native" and group_norm_kind(tiny_pipe.vae) == "split"
         with pytest.raises(ValueError, match="group_norm"):
             Runner(tiny_pipe, "eager", group_norm="fast")
     finally:
