@@ -91,9 +91,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--vae_attention", default="auto", choices=VAE_ATTENTION,
         help="the decoder's self-attention: auto = per decode bucket on CUDA, PyTorch's SDPA or explicit score "
              "matrices, whichever is faster (the SDXL VAE's one head of 512 is beyond flash attention); sdpa = always SDPA")
-    add("--group_norm", default="auto", choices=GROUP_NORMS,
-        help="GroupNorm of the UNet and the decoder: split = statistics in two well-parallel reductions (quant_utils/"
-             "norms.py), native = PyTorch's, split-decoder = split in the decoder only; auto = split with --exec compile on CUDA, native elsewhere")
+    add("--group_norm", default="native", choices=GROUP_NORMS,
+        help="GroupNorm of the UNet and the decoder: native = PyTorch's; split = statistics in two steps "
+             "(quant_utils/norms.py; measured slower in the compiled decode, kept for benchmarks)")
     add("--dense_budget", type=nonnegative_float, default=DENSE_BUDGET,
         help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
              "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")
@@ -196,7 +196,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   layer_plan=getattr(args, "layer_plan", "auto"),
                   dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
                   vae_attention=getattr(args, "vae_attention", "auto"),
-                  group_norm=getattr(args, "group_norm", "auto"))
+                  group_norm=getattr(args, "group_norm", "native"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

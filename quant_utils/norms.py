@@ -1,18 +1,21 @@
-"""GroupNorm written so that torch.compile spreads its statistics over the whole GPU (`--group_norm split`).
+"""GroupNorm with its statistics as two reductions (`--group_norm split`): measured slower in the whole decode, so
+opt-in; PyTorch's GroupNorm (`native`) is the default everywhere.
 
-The SDXL VAE decoder normalises 4 x 128 x 1024 x 1024 tensors (1 GB in fp16) in 32 groups: PyTorch's GroupNorm,
-as Inductor lowers it, is one reduction per (image, group) (128 rows of 8 M elements), far too few rows for 132
-SMs; on the H200 a 4-image 1024 px FP16 image spent 71 ms in norm kernels (report section 1), several times what
-reading and writing those tensors costs. `group_norm_split` computes the same statistics in two steps: mean and
-variance per chunk of one channel (thousands of rows of ~16 K elements, a well-parallel reduction), then combined
-per group exactly (equal counts: the group variance is the mean of the chunk variances plus the variance of the
-chunk means, no E[x^2] - E[x]^2 cancellation). Everything is plain torch ops, so Inductor still fuses the
-producer (conv bias, residual add) into both passes and the consumer (SiLU, the int8 decoder's activation
-quantize) into the normalisation.
+Why it was tried: as Inductor compiles the SDXL decoder, its GroupNorms (+ SiLU) run far below memory bandwidth (on
+the H200, ~280 GB/s counting one read and one write per element, against ~4.3 TB/s for a copy; 63 ms of a 130 ms
+4-image 1024 px decode). PyTorch's GroupNorm is one reduction per (image, group): 128 rows of 8 M elements at
+1024x4. What the H200 said of a first form (statistics per 16 K-element chunk of a channel, then per group; commit
+ac1cd79; results/groupnorm_nvidia_h200.csv, results/vae_decode_groupnorm*_nvidia_h200.csv): GroupNorm + SiLU alone
+on contiguous NCHW data, 1.45x at the 512x1 decoder's shapes but the same ~280 GB/s at 1024x4 (so too few rows were
+not what held it; untested guess: Inductor's looped var_mean is a Welford update with a division per element); in
+the compiled decode it was slower (FP16 1024x4 172 vs 130 ms; int8 decoder 82 vs 84 ms): there Inductor keeps the
+convolutions' outputs channels_last (cuDNN's NHWC kernels), and rows of one channel are strided in that layout.
+The form below takes per-channel statistics over the spatial dims without reshaping (any layout: Inductor picks
+the loop order) and normalises with one per-channel scale and shift: not yet measured on a GPU (queued,
+scripts/device/README.md).
 
 `use_group_norm(model, "split")` switches every nn.GroupNorm of a model (same parameters and state dict); "native"
-switches back. The Runner's `group_norm="auto"` picks split for compiled execution on CUDA (measured:
-results/groupnorm_*.csv) and leaves eager PyTorch (the numerical reference) native.
+switches back.
 """
 from __future__ import annotations
 
@@ -20,42 +23,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUP_NORMS = ("auto", "native", "split", "split-decoder")  # split-decoder: the UNet's stay native
-CHUNK = 16384  # target elements per partial-statistics row
-
-
-def chunks_per_channel(hw: int, chunk: int = CHUNK) -> int:
-    """The largest divisor of `hw` that is at most hw // chunk (at least 1): rows of >= `chunk` elements each."""
-    most = max(1, hw // chunk)
-    return next(s for s in range(most, 0, -1) if hw % s == 0)
+GROUP_NORMS = ("native", "split")
 
 
 def group_norm_split(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float, chunk: int = CHUNK) -> torch.Tensor:
-    """F.group_norm(x, groups, weight, bias, eps) for a contiguous NC... tensor, statistics in float32 computed per
-    chunk of a channel first, then combined per group."""
+                     eps: float) -> torch.Tensor:
+    """F.group_norm(x, groups, weight, bias, eps) for an (N, C, *spatial) tensor in any memory layout: float32
+    statistics per channel over the spatial dims, combined per group, then one per-channel scale and shift."""
     n, c = x.shape[:2]
-    hw = x[0, 0].numel()
-    s = chunks_per_channel(hw, chunk)
-    var, mean = torch.var_mean(x.reshape(n, c * s, hw // s).float(), dim=-1, correction=0)
-    mean, var = mean.view(n, groups, -1), var.view(n, groups, -1)  # (n, groups, chunks of the group), equal counts
+    var, mean = torch.var_mean(x.float(), dim=tuple(range(2, x.dim())), correction=0)  # (n, c): no reshape of x
+    mean, var = mean.view(n, groups, -1), var.view(n, groups, -1)  # equal counts per channel
     group_mean = mean.mean(-1, keepdim=True)
     group_var = (var + (mean - group_mean).square()).mean(-1, keepdim=True)
-    rstd = torch.rsqrt(group_var + eps)
-    y = ((x.reshape(n, groups, -1).float() - group_mean) * rstd).view(x.shape)
-    affine_shape = (1, c) + (1,) * (x.dim() - 2)
+    scale = torch.rsqrt(group_var + eps).expand(n, groups, c // groups).reshape(n, c)
+    shift = -group_mean.expand(n, groups, c // groups).reshape(n, c) * scale
     if weight is not None:
-        y = y * weight.float().view(affine_shape)
+        scale, shift = scale * weight.float(), shift * weight.float()
     if bias is not None:
-        y = y + bias.float().view(affine_shape)
-    return y.to(x.dtype)
+        shift = shift + bias.float()
+    per_channel = (n, c) + (1,) * (x.dim() - 2)
+    return (x.float() * scale.view(per_channel) + shift.view(per_channel)).to(x.dtype)
 
 
 class SplitGroupNorm(nn.GroupNorm):
-    """nn.GroupNorm whose forward is group_norm_split (contiguous inputs; others take F.group_norm)."""
+    """nn.GroupNorm whose forward is group_norm_split."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 3 or not x.is_contiguous():  # channels_last: the chunk rows would not be contiguous
+        if x.dim() < 3:  # (N, C): no spatial dims to take per-channel statistics over
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return group_norm_split(x, self.num_groups, self.weight, self.bias, self.eps)
 
@@ -74,21 +68,7 @@ def use_group_norm(model: nn.Module, kind: str) -> int:
     return n
 
 
-def group_norm_for(resolved: str, part: str) -> str:
-    """The form a resolved --group_norm gives the `part` ("unet" or "decoder")."""
-    return "split" if resolved == "split" or (resolved == "split-decoder" and part == "decoder") else "native"
-
-
 def group_norm_kind(model: nn.Module) -> str:
     """"split", "native", "mixed" or "none": how the GroupNorms of `model` compute now."""
     kinds = {type(m) is SplitGroupNorm for m in model.modules() if isinstance(m, nn.GroupNorm)}
     return "none" if not kinds else "mixed" if len(kinds) == 2 else "split" if kinds == {True} else "native"
-
-
-def resolve_group_norm(kind: str, compiled: bool, device: torch.device) -> str:
-    """`auto` -> split for compiled code on CUDA, native otherwise (eager PyTorch stays the reference)."""
-    if kind not in GROUP_NORMS:
-        raise ValueError(f"group_norm={kind!r}, expected one of {GROUP_NORMS}")
-    if kind == "auto":
-        return "split" if compiled and torch.device(device).type == "cuda" else "native"
-    return kind

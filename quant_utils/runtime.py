@@ -19,9 +19,8 @@ The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_uti
 with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
 On CUDA the decoder's self-attention op is chosen per decode bucket (`vae_attention="auto"`, measured: PyTorch's
 SDPA or explicit score matrices, quant_utils/decoders.py), for every decoder alike (the FP16 one too).
-GroupNorms (`group_norm`, quant_utils/norms.py): `split` computes their statistics as two well-parallel reductions
-that torch.compile fuses as before; `auto` uses it for `compile` on CUDA, for the UNet and the decoder alike (both
-switched in place), and PyTorch's own GroupNorm elsewhere.
+`group_norm="split"` switches the UNet's and the decoder's GroupNorms in place to quant_utils/norms.py's two-step
+form (opt-in: measured slower in the compiled decode); `native` (default) is PyTorch's.
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
 Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
@@ -47,7 +46,7 @@ from .csvio import atomic_file
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
 from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
-from .norms import group_norm_for, resolve_group_norm, use_group_norm
+from .norms import GROUP_NORMS, use_group_norm
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -200,7 +199,7 @@ class Runner:
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
                  layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
-                 group_norm: str = "auto"):
+                 group_norm: str = "native"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -233,10 +232,12 @@ class Runner:
         self.vae_kind = vae_kind
         self.vae_dtype = self.vae.dtype
         # before anything is compiled: the GroupNorms' form is part of the traced code
-        self.group_norm = resolve_group_norm(group_norm, exec_mode == "compile", self.device)
-        for part, model in (("unet", pipe.unet), ("decoder", self.vae)):
+        if group_norm not in GROUP_NORMS:
+            raise ValueError(f"group_norm={group_norm!r}, expected one of {GROUP_NORMS}")
+        self.group_norm = group_norm
+        for model in (pipe.unet, self.vae):
             if isinstance(model, torch.nn.Module):  # (tests' stand-in pipelines are not)
-                use_group_norm(model, group_norm_for(self.group_norm, part))
+                use_group_norm(model, group_norm)
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}
         if exec_mode == "compile":
             compile_regions(pipe.unet, dynamic=compile_shapes == "dynamic")

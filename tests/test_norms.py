@@ -5,27 +5,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant_utils.norms import (SplitGroupNorm, chunks_per_channel, group_norm_kind, group_norm_split,
-                               resolve_group_norm, use_group_norm)
+from quant_utils.norms import SplitGroupNorm, group_norm_kind, group_norm_split, use_group_norm
 
 
-def test_chunks_divide_each_channel_into_rows_of_at_least_the_chunk():
-    assert chunks_per_channel(1024 * 1024) == 64  # the 1024 px decoder: 64 rows of 16 K per channel
-    assert chunks_per_channel(96 * 96 * 64) == 36  # 768 px: largest divisor <= 36
-    for hw, chunk in [(7, 4), (100, 16384), (96 * 96, 1000), (2 ** 20, 3000)]:
-        s = chunks_per_channel(hw, chunk)
-        assert hw % s == 0 and (s == 1 or hw // s >= chunk)
-
-
-@pytest.mark.parametrize("shape,groups,chunk", [((2, 64, 32, 32), 32, 64), ((1, 12, 9, 7), 4, 8), ((3, 6, 10), 3, 4),
-                                                ((2, 8, 16, 16), 8, 16384)])
-def test_split_matches_group_norm(shape, groups, chunk):
+@pytest.mark.parametrize("shape,groups", [((2, 64, 32, 32), 32), ((1, 12, 9, 7), 4), ((3, 6, 10), 3), ((2, 8, 4, 4, 4), 2)])
+def test_split_matches_group_norm(shape, groups):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g) * 3 + 5  # a large mean: the combine must not cancel
     w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
     for weight, bias in [(w, b), (None, None)]:
         ref = F.group_norm(x, groups, weight, bias, 1e-6)
-        out = group_norm_split(x, groups, weight, bias, 1e-6, chunk=chunk)
+        out = group_norm_split(x, groups, weight, bias, 1e-6)
         assert out.dtype == x.dtype and out.shape == x.shape
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
 
@@ -34,7 +24,7 @@ def test_split_in_half_precision_keeps_float32_statistics():
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(2, 32, 64, 64, generator=g) * 4 + 20).half()
     w, b = torch.randn(32, generator=g).half(), torch.randn(32, generator=g).half()
-    out = group_norm_split(x, 8, w, b, 1e-6, chunk=256)
+    out = group_norm_split(x, 8, w, b, 1e-6)
     ref = F.group_norm(x.float(), 8, w.float(), b.float(), 1e-6)
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=1e-2)  # fp16 output rounding only
@@ -52,21 +42,12 @@ def test_use_group_norm_switches_in_place_and_back():
     assert all(type(m) is SplitGroupNorm for m in model if isinstance(m, nn.GroupNorm))
     assert model.state_dict().keys() == state.keys()
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
-    model[1].to(memory_format=torch.channels_last)
-    torch.testing.assert_close(model[1](model[0](x).to(memory_format=torch.channels_last)), model[1](model[0](x)))
+    h = model[0](x)  # channels_last (as Inductor lays out conv outputs): the same numbers
+    torch.testing.assert_close(model[1](h.to(memory_format=torch.channels_last)), model[1](h), atol=1e-5, rtol=1e-5)
     assert use_group_norm(model, "native") == 2 and group_norm_kind(model) == "native"
     assert group_norm_kind(nn.Linear(2, 2)) == "none"
     with pytest.raises(ValueError, match="group_norm"):
         use_group_norm(model, "auto")
-
-
-def test_auto_is_split_only_for_compiled_code_on_cuda():
-    assert resolve_group_norm("auto", True, torch.device("cuda")) == "split"
-    assert resolve_group_norm("auto", False, torch.device("cuda")) == "native"
-    assert resolve_group_norm("auto", True, torch.device("cpu")) == "native"
-    assert resolve_group_norm("split", False, torch.device("cpu")) == "split"
-    with pytest.raises(ValueError, match="group_norm"):
-        resolve_group_norm("fused", True, torch.device("cpu"))
 
 
 def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
@@ -80,8 +61,6 @@ def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
         assert group_norm_kind(tiny_pipe.unet) == "split" and group_norm_kind(tiny_pipe.vae) == "split"
         out = split(["a cat"], [3], 64, 64)
         assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1  # the same image up to rounding
-        Runner(tiny_pipe, "eager", group_norm="split-decoder")
-        assert group_norm_kind(tiny_pipe.unet) == "native" and group_norm_kind(tiny_pipe.vae) == "split"
         with pytest.raises(ValueError, match="group_norm"):
             Runner(tiny_pipe, "eager", group_norm="fast")
     finally:

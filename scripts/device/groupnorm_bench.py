@@ -3,10 +3,11 @@ GroupNorm input shape of the SDXL UNet and VAE decoder at the given buckets.
 
 The shapes come from one forward of each model built from the repo's architecture configs on the meta device (no
 memory, no weights): every GroupNorm's input shape and how often it runs per image batch. Each distinct (shape,
-groups) is timed with random fp16 data, CUDA-graph replays (launch.graph_bench_ms), compiled `silu(group_norm(x))`
+groups, layout) is timed with random fp16 data (`--layouts`: contiguous NCHW, and channels_last as Inductor
+lays out the decoder's conv outputs), CUDA-graph replays (launch.graph_bench_ms), compiled `silu(group_norm(x))`
 as the resnets run it; the split output is checked against the native one. Writes one row per (model, bucket,
-shape): calls, native_us, split_us, speedup, max_abs_diff, and the per-(model, bucket) totals (calls x us) as rows
-with shape "total". GPU only:
+shape, layout): calls, native_us, split_us, speedup, max_abs_diff, and the per-(model, bucket) totals (calls x us) as rows
+with shape "total" (one per layout). GPU only:
 
     python scripts/device/groupnorm_bench.py --out /tmp/out/groupnorm.csv --buckets 1024x4 1024x1 512x1
 """
@@ -30,6 +31,8 @@ from quant_utils.kernels.launch import graph_bench_ms  # noqa: E402
 from quant_utils.norms import group_norm_split  # noqa: E402
 from quant_utils.pipeline import architecture_configs, load_model_config  # noqa: E402
 
+DEVICE = "cuda"  # (a CPU test of this script sets "cpu" and stubs the timer)
+
 
 def group_norm_shapes(model: nn.Module, run) -> Counter:
     """(input shape, groups) -> calls, over one `run()` of `model` (on the meta device)."""
@@ -49,25 +52,29 @@ def model_shapes(arch: dict, res: int, batch: int) -> dict[str, Counter]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+    u = arch["unet"]
+    time_dim = 6 * u["addition_time_embed_dim"]  # SDXL's 6 time ids, each embedded; the rest is the pooled text
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(strip(arch["unet"])).half()
+        unet = UNet2DConditionModel.from_config(strip(u)).half()
         vae = AutoencoderKL.from_config(strip(arch["vae"])).half()
-        z = torch.empty(batch, 4, res // 8, res // 8, dtype=torch.float16)
-        text = torch.empty(batch, 77, 2048, dtype=torch.float16)
-        added = {"text_embeds": torch.empty(batch, 1280, dtype=torch.float16),
+        z = torch.empty(batch, u["in_channels"], res // 8, res // 8, dtype=torch.float16)
+        text = torch.empty(batch, 77, u["cross_attention_dim"], dtype=torch.float16)
+        added = {"text_embeds": torch.empty(batch, u["projection_class_embeddings_input_dim"] - time_dim, dtype=torch.float16),
                  "time_ids": torch.empty(batch, 6, dtype=torch.float16)}
         t = torch.empty(batch)
         return {"unet": group_norm_shapes(unet, lambda: unet(z, t, encoder_hidden_states=text, added_cond_kwargs=added)),
                 "vae_decoder": group_norm_shapes(vae, lambda: vae.decode(z))}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--buckets", nargs="+", default=["1024x4", "1024x1", "512x1"], help="RESxBATCH")
+    p.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"],
+                   help="memory layouts of the 4-D inputs (nhwc: channels_last)")
     p.add_argument("--config", default="configs/stable-diffusion/sdxl_turbo.yaml")
-    args = p.parse_args()
-    if not torch.cuda.is_available():
+    args = p.parse_args(argv)
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
     arch = architecture_configs(load_model_config(ROOT / args.config))
@@ -79,30 +86,34 @@ def main() -> int:
         res, batch = map(int, bucket.split("x"))
         for model, shapes in model_shapes(arch, res, batch).items():
             for (shape, groups), calls in sorted(shapes.items()):
-                if (shape, groups) not in timed:
-                    gen = torch.Generator("cuda").manual_seed(0)
-                    x = torch.randn(shape, device="cuda", dtype=torch.float16, generator=gen) * 2 + 0.5
-                    w = torch.randn(shape[1], device="cuda", dtype=torch.float16, generator=gen)
-                    b = torch.randn(shape[1], device="cuda", dtype=torch.float16, generator=gen)
-                    with torch.no_grad():
-                        diff = (native(x, groups, w, b).float() - split(x, groups, w, b).float()).abs().max().item()
-                        timed[shape, groups] = (graph_bench_ms(lambda: native(x, groups, w, b)) * 1e3,
-                                                graph_bench_ms(lambda: split(x, groups, w, b)) * 1e3, diff)
-                    del x
-                n_us, s_us, diff = timed[shape, groups]
-                rows.append({"model": model, "res": res, "batch": batch, "shape": "x".join(map(str, shape)),
-                             "groups": groups, "calls": calls, "native_us": round(n_us, 1), "split_us": round(s_us, 1),
-                             "speedup": round(n_us / s_us, 3), "max_abs_diff": diff,
-                             "gb_per_s_native": round(2 * 2 * torch.Size(shape).numel() / n_us / 1e3, 1),
-                             "gb_per_s_split": round(2 * 2 * torch.Size(shape).numel() / s_us / 1e3, 1)})
+                for layout in args.layouts if len(shape) == 4 else ["nchw"]:
+                    key = (shape, groups, layout)
+                    if key not in timed:
+                        gen = torch.Generator(DEVICE).manual_seed(0)
+                        x = torch.randn(shape, device=DEVICE, dtype=torch.float16, generator=gen) * 2 + 0.5
+                        x = x.contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+                        w = torch.randn(shape[1], device=DEVICE, dtype=torch.float16, generator=gen)
+                        b = torch.randn(shape[1], device=DEVICE, dtype=torch.float16, generator=gen)
+                        with torch.no_grad():
+                            diff = (native(x, groups, w, b).float() - split(x, groups, w, b).float()).abs().max().item()
+                            timed[key] = (graph_bench_ms(lambda: native(x, groups, w, b)) * 1e3,
+                                          graph_bench_ms(lambda: split(x, groups, w, b)) * 1e3, diff)
+                        del x
+                    n_us, s_us, diff = timed[key]
+                    gb = 2 * 2 * torch.Size(shape).numel() / 1e3  # one fp16 read + one write per element, GB/s per us
+                    rows.append({"model": model, "res": res, "batch": batch, "shape": "x".join(map(str, shape)),
+                                 "layout": layout, "groups": groups, "calls": calls, "native_us": round(n_us, 1),
+                                 "split_us": round(s_us, 1), "speedup": round(n_us / s_us, 3), "max_abs_diff": diff,
+                                 "gb_per_s_native": round(gb / n_us, 1), "gb_per_s_split": round(gb / s_us, 1)})
+                    print(rows[-1], flush=True)
+            for layout in args.layouts:  # every call of this model and bucket at that layout (3-D inputs: nchw only)
+                cell = [r for r in rows if (r["model"], r["res"], r["batch"]) == (model, res, batch)
+                        and r["shape"] != "total" and (r["layout"] == layout or r["shape"].count("x") == 2)]
+                tot_n, tot_s = (sum(r["calls"] * r[k] for r in cell) for k in ("native_us", "split_us"))
+                rows.append({"model": model, "res": res, "batch": batch, "shape": "total", "layout": layout, "groups": 0,
+                             "calls": sum(r["calls"] for r in cell), "native_us": round(tot_n, 1),
+                             "split_us": round(tot_s, 1), "speedup": round(tot_n / tot_s, 3)})
                 print(rows[-1], flush=True)
-            cell = [r for r in rows if r["model"] == model and r["res"] == res and r["batch"] == batch]
-            tot_n = sum(r["calls"] * r["native_us"] for r in cell)
-            tot_s = sum(r["calls"] * r["split_us"] for r in cell)
-            rows.append({"model": model, "res": res, "batch": batch, "shape": "total", "groups": 0,
-                         "calls": sum(r["calls"] for r in cell), "native_us": round(tot_n, 1),
-                         "split_us": round(tot_s, 1), "speedup": round(tot_n / tot_s, 3)})
-            print(rows[-1], flush=True)
             write_csv(pd.DataFrame(rows), Path(args.out), provenance(script="groupnorm_bench", gpu=device_name(),
                       weights="random fp16 tensors", backend="torch.compile (Inductor)"))
     return 0

@@ -7,7 +7,7 @@
 # files, what the device tool returns.
 source "$(dirname "$0")/job_env.sh"
 {
-timeout ${GN_TIMEOUT:-150} python3 scripts/device/groupnorm_bench.py --out "$OUT/groupnorm.csv" \
+timeout ${GN_TIMEOUT:-240} python3 scripts/device/groupnorm_bench.py --out "$OUT/groupnorm.csv" \
     --buckets ${GN_BUCKETS:-1024x4 512x1} 2>&1 | grep -v Warning
 for kind in ${VAE_KINDS:-fp16 int8}; do
   timeout ${VAE_TIMEOUT:-190} python3 scripts/bench_vae.py $REAL --vae $kind --res ${VAE_RES:-1024} \

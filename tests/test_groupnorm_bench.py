@@ -1,0 +1,33 @@
+"""scripts/device/groupnorm_bench.py on the CPU (timer stubbed, tiny model's shapes): rows, totals, numerics."""
+import sys
+
+import pandas as pd
+import pytest
+
+from quant_utils import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts" / "device"))
+
+
+def test_groupnorm_bench_rows_and_totals(tmp_path, monkeypatch):
+    import groupnorm_bench as gb
+
+    monkeypatch.setattr(gb, "DEVICE", "cpu")
+    monkeypatch.setattr(gb.torch, "compile", lambda fn, **kw: lambda x, g, w, b: fn(x.float(), g, w.float(), b.float()))
+    times = iter(range(1, 10**6))
+    monkeypatch.setattr(gb, "graph_bench_ms", lambda fn: (fn(), next(times) * 1e-3)[1])
+    out = tmp_path / "gn.csv"
+    assert gb.main(["--out", str(out), "--buckets", "64x2", "--config", "configs/stable-diffusion/sdxl_turbo_tiny.yaml"]) == 0
+    df = pd.read_csv(out, comment="#")
+    shapes = gb.model_shapes(gb.architecture_configs(gb.load_model_config(REPO_ROOT / "configs/stable-diffusion/sdxl_turbo_tiny.yaml")), 64, 2)
+    for model, counter in shapes.items():
+        rows = df[(df["model"] == model) & (df["shape"] != "total")]
+        assert set(rows["layout"]) == {"nchw", "nhwc"}
+        total = df[(df["model"] == model) & (df["shape"] == "total")].set_index("layout")
+        assert sorted(total.index) == ["nchw", "nhwc"]
+        for layout in ("nchw", "nhwc"):  # every GroupNorm call of one forward, once per layout
+            assert total.loc[layout, "calls"] == sum(counter.values())
+            mine = rows[(rows["layout"] == layout) | (rows["shape"].str.count("x") == 2)]
+            assert total.loc[layout, "native_us"] == pytest.approx((mine["calls"] * mine["native_us"]).sum(), abs=0.2)
+        assert (rows["batch"] == 2).all() and rows["shape"].str.startswith("2x").all()
+    assert (df[df["shape"] != "total"]["max_abs_diff"] < 1e-4).all()  # split == native in float32
