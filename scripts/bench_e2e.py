@@ -34,6 +34,7 @@ from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_de
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.fusion import fuse_qkv  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, summarize, timed_call  # noqa: E402
 from quant_utils.layer_plan import dense_summary, plan_rows  # noqa: E402
@@ -55,10 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UNet precision modes (mixdq: MixDQ's weight_4.00 + act_7.77 + its 1%% FP16 activations)")
     p.add_argument("--fp16_exec", nargs="+", default=None, choices=list(FP16_EXECS),
                    help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager); compile-fused: "
-                        "compiled with diffusers' fused QKV projections (one GEMM for q/k/v, one for cross-attention's "
-                        "k/v: fewer launches), a candidate for the fastest FP16 UNet")
-    p.add_argument("--quant_exec", default=None, choices=["graph", "compile"],
-                   help="quantized UNets' execution (default on CUDA: compile; on a CPU: eager)")
+                        "compiled with fused attention projections (one GEMM for q/k/v, one for cross-attention's "
+                        "k/v: fewer launches, quant_utils/fusion.py), a candidate for the fastest FP16 UNet")
+    p.add_argument("--quant_exec", nargs="+", default=None, choices=["graph", "compile", "compile-fused"],
+                   help="quantized UNets' executions (default on CUDA: compile; on a CPU: eager); compile-fused: their "
+                        "attention projections fused where they are exactly fusable (same bits and input quantizer)")
     p.add_argument("--vae_kinds", "--vaes", dest="vae_kinds", nargs="+", default=["fp16", "int8", "tiny"],
                    choices=DECODERS, help="decoders measured")
     p.add_argument("--vae_modes", nargs="+", default=["fp16", "w8a8"], choices=E2E_MODES,
@@ -106,18 +108,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"batch {b} in --cells: must be >= 1")
     args.res = sorted({r for r, _ in args.cells})
     check_device_for_exec(args)
-    if set(args.fp16_exec or []) - {"eager"} and not torch.cuda.is_available():
-        raise ConfigError(f"--fp16_exec {' '.join(args.fp16_exec)}: CUDA graphs and compiled blocks need a CUDA GPU; "
-                          "this machine has none (eager only)")
+    for flag, execs in (("--fp16_exec", args.fp16_exec), ("--quant_exec", args.quant_exec)):
+        if set(execs or []) - {"eager"} and not torch.cuda.is_available():
+            raise ConfigError(f"{flag} {' '.join(execs)}: CUDA graphs and compiled blocks need a CUDA GPU; "
+                              "this machine has none (eager only)")
     return args
 
 
 def unet_variants(args, cuda: bool) -> list[tuple[str, str]]:
     """(mode, exec) in run order: CUDA-graph FP16 before compiled (compiling changes a UNet in place)."""
     fp16_exec = args.fp16_exec or (["graph", "compile"] if cuda else ["eager"])
-    quant_exec = args.quant_exec or ("compile" if cuda else "eager")
+    quant_exec = args.quant_exec or (["compile"] if cuda else ["eager"])
     out = [("fp16", e) for e in sorted(fp16_exec, key=list(FP16_EXECS).index)] if "fp16" in args.modes else []
-    return out + [(m, quant_exec) for m in args.modes if m != "fp16"]
+    return out + [(m, e) for m in args.modes if m != "fp16" for e in quant_exec]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -247,12 +250,14 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         if mode == "fp16":
             own = exec_mode in ("compile", "compile-fused")  # compiling (and fusing) change a UNet in place
             variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if own else fp16_unet)
-            if exec_mode == "compile-fused":
-                variant.unet.fuse_qkv_projections()
             summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
         else:
             variant, summary = quantized_copy(pipe, mode, cfg.name, None, calib, args.seed, min(args.res), min(args.res),
                                               steps, backend=backend)
+        if exec_mode == "compile-fused":
+            fused = fuse_qkv(variant.unet)
+            print(f"{mode}: fused {fused['self']} self- and {fused['cross']} cross-attention projections"
+                  + (f"; kept {len(fused['kept'])}: {sorted(set(fused['kept'].values()))}" if fused["kept"] else ""))
         print(f"{mode}: UNet ready in {time.perf_counter() - t0:.1f} s")
         kinds = [k for k in args.vae_kinds if k == "fp16" or mode in args.vae_modes]
         if exec_mode == "graph" and mode == "fp16" and len(variants) > 1:

@@ -190,19 +190,22 @@ def test_bench_e2e_refuses_graph_exec_without_cuda(tmp_path, capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert run_main("bench_e2e.py", "--fp16_exec", "compile-fused", "--out", tmp_path / "x.csv") == 2
     assert "need a CUDA GPU" in capsys.readouterr().err
+    assert run_main("bench_e2e.py", "--quant_exec", "compile", "compile-fused", "--out", tmp_path / "x.csv") == 2
+    assert "--quant_exec compile compile-fused: CUDA graphs" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 
 def test_fused_qkv_fp16_unet_gives_the_same_images(tiny_pipe):
-    """bench_e2e's compile-fused FP16 variant: diffusers' fused QKV projections on a copy of the UNet, the same images
-    through the Runner (one GEMM where there were three: float rounding only)."""
+    """bench_e2e's compile-fused variants: fused attention projections (quant_utils/fusion.py) on a copy of the UNet,
+    the same images through the Runner (one GEMM where there were three: float rounding only)."""
     import copy
 
+    from quant_utils.fusion import fuse_qkv
     from quant_utils.mixdq import pipeline_view
     from quant_utils.runtime import Runner
 
     fused = pipeline_view(tiny_pipe, copy.deepcopy(tiny_pipe.unet))
-    fused.unet.fuse_qkv_projections()
+    fuse_qkv(fused.unet)
     assert any("Fused" in type(p).__name__ for p in fused.unet.attn_processors.values())
     ref = Runner(tiny_pipe)(["a cat", "a dog"], [1, 2], 64, 64).astype(int)
     out = Runner(fused)(["a cat", "a dog"], [1, 2], 64, 64).astype(int)

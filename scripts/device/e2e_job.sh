@@ -8,7 +8,7 @@
 #   MODES="fp16 w8a8" FP16_EXEC="compile" PROFILE="1024x4 512x1" TAG=e2e_b bash scripts/device/e2e_job.sh
 #   MODES="fp16 w6a8 w4a8 mixdq" FP16_EXEC="compile" VAES=fp16 TAG=e2e_c bash scripts/device/e2e_job.sh
 # TMA_COMPARE=1 first times the TMA tile configs against the tuned ones (tma_vs_tuned.py); TMA=1 in a later part
-# swaps in the winners. EXTRA: more bench_e2e flags. E2E_TIMEOUT: keep it <= 540 in a 600 s call.
+# swaps in the winners. QUANT_EXEC: the quantized UNets' executions (e.g. "compile compile-fused"). EXTRA: more bench_e2e flags. E2E_TIMEOUT: keep it <= 540 in a 600 s call.
 source "$(dirname "$0")/job_env.sh"
 TAG=${TAG:-e2e}
 TUNING=/tmp/mixdq_tuning_$(python3 -c 'import re,torch;print(re.sub("[^a-z0-9]+","_",torch.cuda.get_device_name(0).lower()))').json
@@ -40,7 +40,7 @@ if [ "${TESTS:-0}" = 1 ]; then
       -k "${TEST_K:-runtime or decoder or dynamic or whole_unet}" -p no:cacheprovider 2>&1 | grep -v Warning \
       | tee "$OUT/gpu_tests_$TAG.log" | tail -12
 fi
-timeout ${E2E_TIMEOUT:-480} python3 scripts/bench_e2e.py $REAL --modes ${MODES:-fp16 w8a8} --fp16_exec ${FP16_EXEC:-compile} \
+timeout ${E2E_TIMEOUT:-480} python3 scripts/bench_e2e.py $REAL --modes ${MODES:-fp16 w8a8} --fp16_exec ${FP16_EXEC:-compile} ${QUANT_EXEC:+--quant_exec $QUANT_EXEC} \
     --vae_kinds ${VAES:-fp16 int8 tiny} --vae_modes ${VAE_MODES:-fp16 w8a8} --res ${RES:-512 768 1024} \
     --batch ${BATCHES:-1 2 4 8} ${CELLS:+--cells $CELLS} --compile_shapes ${SHAPES:-static} --vae_exec ${VAE_EXEC:-static} --repeats ${REPEATS:-6} --profile_points ${PROFILE:-} \
     ${VAE_ERRORS:+--vae_errors_out "$OUT/vae_int8_errors.csv"} --tuning_out "$TUNING" --cache_state "$STATE" ${CELLS:+--interleave} ${EXTRA:-} \

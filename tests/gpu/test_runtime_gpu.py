@@ -60,6 +60,28 @@ def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode
     assert np.abs(kernel - fake).mean() < 2.0, exec_mode
 
 
+def test_fused_projections_on_the_kernels_compile_like_unfused(cuda_pipe, monkeypatch):
+    """W8A8 on the kernel backend, attention projections fused (quant_utils/fusion.py), compiled + CUDA graphs: the
+    same images as unfused, and every attention fused."""
+    from quant_utils.calibrate import calibrate
+    from quant_utils.fusion import fuse_qkv
+    from quant_utils.kernels import tuning
+    from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
+    from quant_utils.runtime import Runner
+
+    monkeypatch.setattr(tuning, "_current", tuning.Tuning(autotune=False))
+    pipe = _with_own_unet(cuda_pipe)
+    quantize_unet(pipe.unet, make_spec(pipe.unet, uniform_bits(pipe.unet, 8), uniform_bits(pipe.unet, 8)))
+    calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
+    set_backend(pipe.unet, "kernel")
+    fused = _with_own_unet(pipe)
+    done = fuse_qkv(fused.unet)
+    assert done["self"] > 0 and done["cross"] > 0 and not done["kept"], done
+    ref = Runner(pipe, "eager", layer_plan="off")(["a cat"], [7], 64, 64).astype(float)
+    out = Runner(fused, "compile", vae_exec="eager", layer_plan="off")(["a cat"], [7], 64, 64).astype(float)
+    assert np.abs(out - ref).mean() < 2.0
+
+
 def test_layer_plan_measured_then_compiled_matches_eager(cuda_pipe, monkeypatch):
     """The per-bucket layer plan: measured for real on the GPU (every kernel layer timed against cuBLAS/cuDNN); then
     a forced plan (linears dense at batch 1 only) gives the same images compiled as eager, at both buckets."""
