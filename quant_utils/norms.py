@@ -9,7 +9,8 @@ ac1cd79; results/groupnorm_nvidia_h200.csv, results/vae_decode_groupnorm*_nvidia
 on contiguous NCHW data, 1.45x at the 512x1 decoder's shapes but the same ~280 GB/s at 1024x4 (so too few rows were
 not what held it; untested guess: Inductor's looped var_mean is a Welford update with a division per element); in
 the compiled decode it was slower (FP16 1024x4 172 vs 130 ms; int8 decoder 82 vs 84 ms): there Inductor keeps the
-convolutions' outputs channels_last (cuDNN's NHWC kernels), and rows of one channel are strided in that layout.
+convolutions' outputs channels_last (cuDNN ran its NHWC kernels; likely, not verified), and rows of one channel
+are strided in that layout.
 The form below takes per-channel statistics over the spatial dims without reshaping (any layout: Inductor picks
 the loop order) and normalises with one per-channel scale and shift: not yet measured on a GPU (queued,
 scripts/device/README.md).
