@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 from . import repo_path
 from .errors import ConfigError, UserError
+from .fusion import FUSE_QKV
 from .decoders import VAE_ATTENTION
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS
 from .norms import GROUP_NORMS
@@ -94,6 +95,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--group_norm", default="native", choices=GROUP_NORMS,
         help="GroupNorm of the UNet and the decoder: native = PyTorch's; split = statistics in two steps "
              "(quant_utils/norms.py; measured slower in the compiled decode, kept for benchmarks)")
+    add("--fuse_qkv", default="auto", choices=FUSE_QKV,
+        help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = the FP16 "
+             "UNet with --exec compile; on = quantized UNets too, where exactly fusable; off")
     add("--dense_budget", type=nonnegative_float, default=DENSE_BUDGET,
         help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
              "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")
@@ -196,7 +200,8 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   layer_plan=getattr(args, "layer_plan", "auto"),
                   dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
                   vae_attention=getattr(args, "vae_attention", "auto"),
-                  group_norm=getattr(args, "group_norm", "native"))
+                  group_norm=getattr(args, "group_norm", "native"),
+                  fuse_qkv=getattr(args, "fuse_qkv", "auto"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

@@ -22,6 +22,8 @@ from torch import nn
 
 from .qlayers import Backend, QuantLayer
 
+FUSE_QKV = ("auto", "on", "off")  # the Runner's choices (runtime.Runner): auto = the FP16 UNet under compile
+
 
 def _codes(layer: QuantLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(int codes [N, K], scale [N], zero point [N], bias [N] or None) of a weight-quantized linear."""
@@ -94,6 +96,16 @@ def _fused_quant(layers: list[QuantLayer]) -> QuantLayer:
     return out
 
 
+def wants_fusion(choice: str, compiled: bool, unet: object) -> bool:
+    """The Runner's --fuse_qkv: `on`, `off`, or `auto` = an FP16 UNet (no QuantLayer) that is compiled (measured
+    faster there; quantized UNets only when asked until measured)."""
+    if choice not in FUSE_QKV:
+        raise ValueError(f"fuse_qkv={choice!r}, expected one of {FUSE_QKV}")
+    if choice != "auto" or not isinstance(unet, nn.Module):  # (tests' stand-in pipelines have no modules)
+        return choice == "on"
+    return compiled and not any(isinstance(m, QuantLayer) for m in unet.modules())
+
+
 def fuse_qkv(unet: nn.Module) -> dict[str, object]:
     """Fuse every attention's projections that can be fused exactly, in place; returns how many (`self`, `cross`) and
     why the others were not (`kept`: attention name -> reason)."""
@@ -118,3 +130,41 @@ def fuse_qkv(unet: nn.Module) -> dict[str, object]:
         attn.set_processor(FusedAttnProcessor2_0())
         done["cross" if cross else "self"] += 1
     return done
+
+
+def unfuse_qkv(unet: nn.Module) -> int:
+    """Undo fuse_qkv on FP layers, in place: to_q/to_k/to_v back from to_qkv / to_kv, diffusers' default processor
+    again (layer names are what bit configs and checkpoints refer to: quantize an unfused UNet). Returns how many
+    attentions were unfused; a fused QuantLayer is refused (quantize before fusing)."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    n = 0
+    for name, attn in unet.named_modules():
+        if not isinstance(attn, Attention) or not getattr(attn, "fused_projections", False):
+            continue
+        cross = attn.is_cross_attention
+        fused = getattr(attn, "to_kv" if cross else "to_qkv")
+        if type(fused) is not nn.Linear:
+            raise ValueError(f"{name}: its fused projections are quantized ({type(fused).__name__}); fusing is a "
+                             "runtime step after quantization, not undone")
+        names = ("to_k", "to_v") if cross else ("to_q", "to_k", "to_v")
+        weights = fused.weight.data.chunk(len(names))
+        biases = fused.bias.data.chunk(len(names)) if fused.bias is not None else [None] * len(names)
+        for part, w, b in zip(names, weights, biases):
+            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+            layer.weight.data.copy_(w)
+            if b is not None:
+                layer.bias.data.copy_(b)
+            setattr(attn, part, layer)
+        delattr(attn, "to_kv" if cross else "to_qkv")
+        attn.fused_projections = False
+        attn.set_processor(AttnProcessor2_0())
+        n += 1
+    return n
+
+
+def fusion_label(done: dict | None) -> str:
+    """One line for provenance: what fuse_qkv did ('none' when it did not run)."""
+    if done is None:
+        return "none"
+    return f"{done['self']} self + {done['cross']} cross attentions fused" + (f", {len(done['kept'])} kept" if done["kept"] else "")

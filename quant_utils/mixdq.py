@@ -14,6 +14,7 @@ from .calibrate import calibrate
 from .checkpoint import load_quant_params, save_quant_params
 from .csvio import clean_stale_temps
 from .errors import ConfigError
+from .fusion import unfuse_qkv
 from .modes import FP16, MIXDQ, MIXDQ_CONFIG, name_for_bits, uniform_mode_bits
 from .quantize import QuantSpec, bit_summary, make_spec, quantize_unet, set_backend, uniform_bits
 from .quantized_io import save_quantized as save_quantized_folder
@@ -143,6 +144,7 @@ def quantize_pipeline(pipe, req: QuantRequest, ckpt: str | Path | None, calib_pr
         if save_quantized:
             raise ConfigError("this UNet was loaded from a quantized folder: it is already saved (drop --save_quantized)")
         return folder_summary(pipe.unet)
+    unfuse_qkv(pipe.unet)  # a copy of a UNet a compiled FP16 Runner fused: the bit configs name the unfused layers
     spec = resolve_spec(pipe.unet, req)
     ckpt = Path(ckpt) if ckpt else None
     if ckpt is not None and ckpt.parent.is_dir():

@@ -96,6 +96,9 @@ def quantize_unet(unet: nn.Module, spec: QuantSpec, search: bool = True) -> nn.M
     `search=False` skips the weight range search (min-max placeholders), for when a checkpoint's
     scales are loaded next anyway.
     """
+    if any(getattr(m, "fused_projections", False) for m in unet.modules()):
+        raise ValueError("this UNet's attention projections are fused (quant_utils/fusion.py): unfuse_qkv it first, "
+                         "the bit configs name to_q/to_k/to_v")
     splits = skip_split_points(unet) if spec.split else {}
     layers = list(quantizable_layers(unet).items())
     # minutes on a full-size UNet with the MSE range search: show progress

@@ -265,7 +265,7 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
         plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention,
-                     group_norm=args.group_norm)
+                     group_norm=args.group_norm, fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
         refs = {k: Runner(variant, "eager", vae=decoders[k], **plans)(*check).astype(float) for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(FP16_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,

@@ -27,6 +27,7 @@ from quant_utils.cli import (HelpFormatter, DEFAULT_PROMPTS, add_model_args, add
                              check_device_for_exec, check_quant_args, nonnegative_int, pipeline_from_args,
                              positive_int, quant_request_from_args, runner_from_args, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
+from quant_utils.fusion import fusion_label  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, measure_cell  # noqa: E402
 from quant_utils.mixdq import folder_summary, mode_label, quantize_pipeline  # noqa: E402
@@ -97,7 +98,8 @@ def main(args: argparse.Namespace) -> None:
     out = repo_path(args.out or f"logs/latency/latency_{args.mode}.csv")
     vae, vae_exec = runner.vae_kind, runner.vae_exec
     meta = provenance(script="latency_probe", weights=weights_label(cfg, args), backend=backend, mode=args.mode,
-                      exec=runner.exec_mode, vae=vae, vae_exec=vae_exec, model=cfg.name, seed=args.seed)
+                      exec=runner.exec_mode, vae=vae, vae_exec=vae_exec, model=cfg.name, seed=args.seed,
+                      fused_qkv=fusion_label(runner.fused))
     cells = [(r, b) for r in args.res for b in args.batch]
     for res, batch in tqdm(cells, desc=f"latency {args.mode}", unit="cell"):
         steps = cfg.steps if args.steps is None else args.steps

@@ -1,6 +1,8 @@
 """Fused attention projections (quant_utils/fusion.py): the same UNet output with one GEMM per attention input."""
 import copy
 
+import pytest
+
 import torch
 from torch import nn
 
@@ -84,3 +86,59 @@ def test_prepared_kernel_layers_fuse_from_their_packed_bytes(w8a8):
     qkv = next(a for _, a in attentions(unet) if not a.is_cross_attention).to_qkv
     assert qkv.backend is Backend.KERNEL and qkv.kernel_state.path == "int" and qkv.weight is None
     assert rel_err(out, ref) < 1e-5
+
+
+def test_the_runner_fuses_the_fp16_unet_when_compiled_and_on_request(tiny_pipe, w8a8):
+    import numpy as np
+
+    from quant_utils.fusion import fusion_label, wants_fusion
+    from quant_utils.mixdq import pipeline_view
+    from quant_utils.runtime import Runner
+
+    fp16, quant = tiny_pipe.unet, w8a8[0].unet
+    assert wants_fusion("auto", True, fp16) and not wants_fusion("auto", True, quant)
+    assert not wants_fusion("auto", False, fp16) and wants_fusion("on", False, quant) and not wants_fusion("off", True, fp16)
+    with pytest.raises(ValueError, match="fuse_qkv"):
+        wants_fusion("yes", True, fp16)
+    ref_runner = Runner(tiny_pipe, "eager")  # auto, eager: left as it is
+    assert ref_runner.fused is None and fusion_label(ref_runner.fused) == "none"
+    ref = ref_runner(["a cat"], [5], 64, 64).astype(int)
+    view = pipeline_view(tiny_pipe, copy.deepcopy(fp16))
+    fused = Runner(view, "eager", fuse_qkv="on")
+    assert fused.fused["self"] > 0 and "attentions fused" in fusion_label(fused.fused)
+    assert np.abs(fused(["a cat"], [5], 64, 64).astype(int) - ref).max() <= 1
+    with pytest.raises(ValueError, match="fuse_qkv"):
+        Runner(view, "eager", fuse_qkv="maybe")
+
+
+def test_a_fused_fp16_unet_is_unfused_before_it_is_quantized(tiny_pipe):
+    """A service builds its FP16 Runner first (fusing the loaded UNet in place), then quantized copies of that UNet:
+    quantization sees the unfused layers its bit configs name."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from quant_utils.fusion import unfuse_qkv
+    from quant_utils.mixdq import pipeline_view, quantized_copy
+
+    unet = copy.deepcopy(tiny_pipe.unet)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    inputs = unet_inputs(tiny_pipe)
+    with torch.no_grad():
+        ref = unet(**inputs).sample
+        fuse_qkv(unet)
+        assert unfuse_qkv(unet) == len(attentions(unet)) and unfuse_qkv(unet) == 0
+        assert unet.state_dict().keys() == before.keys()
+        assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+        assert all(type(a.processor) is AttnProcessor2_0 for _, a in attentions(unet))
+        assert torch.equal(unet(**inputs).sample, ref)
+    fused = pipeline_view(tiny_pipe, copy.deepcopy(tiny_pipe.unet))
+    fuse_qkv(fused.unet)
+    from quant_utils.quantize import make_spec, quantize_unet, uniform_bits
+
+    with pytest.raises(ValueError, match="unfuse_qkv"):
+        quantize_unet(copy.deepcopy(fused.unet), make_spec(unet, uniform_bits(unet, 8), uniform_bits(unet, 8)))
+    q, _ = quantized_copy(fused, "w8a8", "sdxl_turbo_tiny", None, ["a cat"], 0, 64, 64, 1)
+    a = next(a for _, a in attentions(q.unet) if not a.is_cross_attention)
+    assert isinstance(a.to_q, QuantLayer) and not getattr(a, "fused_projections", False)
+    fuse_qkv(q.unet)
+    with pytest.raises(ValueError, match="quantized"):
+        unfuse_qkv(q.unet)
