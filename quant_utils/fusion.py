@@ -43,7 +43,7 @@ def _act_key(layer: QuantLayer) -> tuple | None:
 def why_not_fusable(layers: list[nn.Module]) -> str:
     """'' when `layers` (one attention's projections, same input) can be fused exactly, else the reason."""
     if all(type(m) is nn.Linear for m in layers):
-        return ""
+        return "" if len({m.bias is None for m in layers}) == 1 else "some with a bias, some without"
     if not all(isinstance(m, QuantLayer) and m.kind == "linear" for m in layers):
         return "mixed quantized and FP layers"
     first = layers[0]

@@ -59,6 +59,7 @@ def test_layers_that_differ_are_kept(w8a8):
     done = fuse_qkv(unet)
     assert done["kept"] == {name: "different activation quantizer"} and hasattr(attn, "to_q")
     assert why_not_fusable([attn.to_q, nn.Linear(4, 4)]) == "mixed quantized and FP layers"
+    assert why_not_fusable([nn.Linear(4, 4), nn.Linear(4, 4, bias=False)]) == "some with a bias, some without"
     attn.to_v.w_bits = 4
     assert why_not_fusable([attn.to_q, attn.to_v]) == "different weight bits"
 
