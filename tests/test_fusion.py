@@ -64,15 +64,17 @@ def test_layers_that_differ_are_kept(w8a8):
     assert why_not_fusable([attn.to_q, attn.to_v]) == "different weight bits"
 
 
-def test_prepared_kernel_layers_fuse_from_their_packed_bytes(w8a8):
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_prepared_kernel_layers_fuse_from_their_packed_bytes(w8a8, wbits):
     """Layers already prepared for the kernel backend (on a CPU their forward is the kernels' integer reference) fuse
-    from their packed weights, and the fused layer is prepared again."""
+    from their packed weights (8-bit and 4-bit packing), and the fused layer is prepared again."""
     import warnings
 
+    from conftest import fresh_pipe, quantized
     from quant_utils.qlayers import Backend
     from quant_utils.quantize import quant_layers
 
-    pipe, _ = w8a8
+    pipe = w8a8[0] if wbits == 8 else quantized(fresh_pipe(), wbits=wbits)
     unet = copy.deepcopy(pipe.unet)
     for _, m in quant_layers(unet):
         m.prepare_kernels()
@@ -86,6 +88,7 @@ def test_prepared_kernel_layers_fuse_from_their_packed_bytes(w8a8):
     assert done["self"] > 0 and done["cross"] > 0 and not done["kept"]
     qkv = next(a for _, a in attentions(unet) if not a.is_cross_attention).to_qkv
     assert qkv.backend is Backend.KERNEL and qkv.kernel_state.path == "int" and qkv.weight is None
+    assert qkv.w_bits == wbits and qkv.kernel_state.bits == wbits
     assert rel_err(out, ref) < 1e-5
 
 
