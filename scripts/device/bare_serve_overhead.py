@@ -69,12 +69,16 @@ async def time_aiohttp(url: str, n: int) -> list[float]:
     return out
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="logs/serve_client_overhead.csv")
     p.add_argument("--n", type=int, default=40, help="timed requests per client and body (after 3 warm-up ones)")
     p.add_argument("--port", type=int, default=8011)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"port": args.port})
     serve.run(Bare.bind(), name="bare", route_prefix="/")
