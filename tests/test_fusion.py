@@ -146,3 +146,18 @@ def test_a_fused_fp16_unet_is_unfused_before_it_is_quantized(tiny_pipe):
     fuse_qkv(q.unet)
     with pytest.raises(ValueError, match="quantized"):
         unfuse_qkv(q.unet)
+
+
+def test_fused_attention_traces_under_dynamo(w8a8):
+    """The fused quantized UNet through torch.compile's tracer (regional, eager backend: what the compiled serving
+    path traces, without a GPU): the same output."""
+    from quant_utils.runtime import compile_regions
+
+    pipe, _ = w8a8
+    unet = copy.deepcopy(pipe.unet)
+    inputs = unet_inputs(pipe)
+    with torch.no_grad():
+        ref = unet(**inputs).sample
+        fuse_qkv(unet)
+        assert compile_regions(unet, backend="eager") > 0
+        assert rel_err(unet(**inputs).sample, ref) < 1e-5
