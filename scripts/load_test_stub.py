@@ -315,7 +315,15 @@ def main(args: argparse.Namespace) -> None:
     # 5. write the results, the per-request table, the report and the resolved config
     counts = sorted(int(c) for c in results["n_requests"].unique())  # a trace run has the trace's length
     per_run = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    meta = provenance(script="load_test_stub", perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
+    # what the measured rows ran on (the simulated ones: the performance model's perf_* lines)
+    live_backend = args.backend if args.quantize_live else "none (modes run the loaded model)"
+    weights = (f"{service.get('weights', 'not reported')} (service)" if service else "") + (
+        f"{' + ' if service else ''}{weights_label(model_config_from_args(args), args)} (live)" if args.live else "")
+    backend = (" ".join(f"{m}={label}" for m, label in service["labels"].items()) + " (service)" if service else "") + (
+        f"{' + ' if service else ''}{live_backend} (live)" if args.live else "")
+    meta = provenance(script="load_test_stub", weights=weights or f"simulated only: {perf.weights} (performance model)",
+                      backend=backend or f"simulated only: {perf.backends_label()} (performance model)",
+                      perf_model=perf_src, perf_gpu=perf.gpu, perf_weights=perf.weights,
                       perf_backends=perf.backends_label(),
                       perf_synthetic=perf.synthetic, seed=seed,
                       sources="sim" + ("+live" if args.live else "") + (f"+http {' '.join(args.target)}" if args.target else ""),
@@ -328,8 +336,7 @@ def main(args: argparse.Namespace) -> None:
                       **({"service": f"{service['device']}, {service.get('weights', 'weights not reported')} weights, "
                                      f"models {service['labels']}", "format": args.format} if service else {}),
                       **({"live": f"{weights_label(model_config_from_args(args), args)} weights, quantized backend "
-                                  f"{args.backend if args.quantize_live else 'none (modes run the loaded model)'}"}
-                         if args.live else {}),
+                                  f"{live_backend}"} if args.live else {}),
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
     write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)

@@ -32,6 +32,7 @@ def test_load_test_default_sweep_csv_schema_and_plots(tmp_path, perf_json, capsy
     assert list(req.columns) == ["run_id", "source"] + REQUEST_COLUMNS and len(req) == 200 * len(res)
     prov = read_provenance(out / "mixdq_queue_results.csv")
     assert prov["perf_synthetic"] == "True" and prov["seed"] == "123"
+    assert prov["weights"].startswith("simulated only") and prov["backend"].startswith("simulated only")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 123 and len(cfg["cells"]) == len(res) and "adaptive" in cfg["policies_resolved"][res["run_id"].iloc[1]]
     assert "[sim BURST W8 conc=1] STATIC p95=" in (out / "mixdq_queue_results.txt").read_text()
@@ -113,6 +114,8 @@ def test_load_test_live_on_the_tiny_model(tmp_path, perf_json):
     assert pm["gpu"].startswith("cpu") and pm["synthetic"] is False
     req = read_csv(out / "mixdq_queue_requests.csv")
     assert set(req.loc[req["source"] == "live", "res"]) <= {64, 32}
+    prov = read_provenance(out / "mixdq_queue_results.csv")  # what the measured rows ran on
+    assert prov["weights"] == "random-tiny (live)" and prov["backend"] == "none (modes run the loaded model) (live)"
 
 
 def test_adaptive_policy_switches_to_a_faster_decoder_under_overload(tmp_path):

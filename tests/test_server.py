@@ -356,6 +356,7 @@ def test_load_test_against_the_service(service, tmp_path):
     assert "HTTP accounting" in report and "HTTP latency split" in report
     meta = read_provenance(out / "mixdq_queue_results.csv")  # what was measured: the service's weights and models
     assert "random-tiny weights" in meta["service"] and "fp16" in meta["service"] and meta["format"] == "jpeg"
+    assert meta["weights"] == "random-tiny (service)" and meta["backend"].startswith("fp16=") and "(service)" in meta["backend"]
     assert float(meta["transport_ms"].split()[0]) > 0  # probed before the runs, added to the sim rows
     assert float(meta["encode_ms"]) >= 0 and cfg["format"] == "jpeg"
     assert float(meta["handoff_ms"].split()[0]) > 0 and cfg["handoff_ms"] > 0  # the replica's handling, probed
