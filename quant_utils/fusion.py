@@ -20,7 +20,7 @@ import copy
 import torch
 from torch import nn
 
-from .qlayers import Backend, QuantLayer
+from .qlayers import QuantLayer
 
 FUSE_QKV = ("auto", "on", "off")  # the Runner's choices (runtime.Runner): auto = the FP16 UNet under compile
 
@@ -60,13 +60,22 @@ def why_not_fusable(layers: list[nn.Module]) -> str:
     return ""
 
 
-def _fused_linear(layers: list[nn.Linear]) -> nn.Linear:
-    w = torch.cat([m.weight.data for m in layers])
-    out = nn.Linear(w.shape[1], w.shape[0], bias=layers[0].bias is not None, device=w.device, dtype=w.dtype)
-    out.weight.data.copy_(w)
-    if out.bias is not None:
-        out.bias.data.copy_(torch.cat([m.bias.data for m in layers]))
+def _projections(attn) -> tuple[tuple[str, ...], str]:
+    """(the projections that share an input, the fused layer's name): q/k/v of a self-attention, k/v of a cross one."""
+    return (("to_k", "to_v"), "to_kv") if attn.is_cross_attention else (("to_q", "to_k", "to_v"), "to_qkv")
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    out.weight.data.copy_(weight)
+    if bias is not None:
+        out.bias.data.copy_(bias)
     return out
+
+
+def _fused_linear(layers: list[nn.Linear]) -> nn.Linear:
+    bias = torch.cat([m.bias.data for m in layers]) if layers[0].bias is not None else None
+    return _linear(torch.cat([m.weight.data for m in layers]), bias)
 
 
 @torch.no_grad()
@@ -92,7 +101,7 @@ def _fused_quant(layers: list[QuantLayer]) -> QuantLayer:
     out.use_wq, out.use_aq = first.use_wq, first.use_aq
     if first.kernel_state is not None:
         out.prepare_kernels()
-    out.backend = first.backend if first.backend is not Backend.KERNEL or out.kernel_state is not None else Backend.FAKE
+    out.backend = first.backend  # (a kernel-backend layer is always prepared: QuantLayer.set_backend)
     return out
 
 
@@ -115,20 +124,18 @@ def fuse_qkv(unet: nn.Module) -> dict[str, object]:
     for name, attn in unet.named_modules():
         if not isinstance(attn, Attention) or getattr(attn, "fused_projections", False):
             continue
-        cross = attn.is_cross_attention
-        names = ("to_k", "to_v") if cross else ("to_q", "to_k", "to_v")
+        names, fused_name = _projections(attn)
         layers = [getattr(attn, n) for n in names]
         why = why_not_fusable(layers)
         if why:
             done["kept"][name] = why
             continue
-        fused = _fused_linear(layers) if type(layers[0]) is nn.Linear else _fused_quant(layers)
-        setattr(attn, "to_kv" if cross else "to_qkv", fused)
+        setattr(attn, fused_name, _fused_linear(layers) if type(layers[0]) is nn.Linear else _fused_quant(layers))
         for n in names:
             delattr(attn, n)
         attn.fused_projections = True
         attn.set_processor(FusedAttnProcessor2_0())
-        done["cross" if cross else "self"] += 1
+        done["cross" if attn.is_cross_attention else "self"] += 1
     return done
 
 
@@ -142,21 +149,16 @@ def unfuse_qkv(unet: nn.Module) -> int:
     for name, attn in unet.named_modules():
         if not isinstance(attn, Attention) or not getattr(attn, "fused_projections", False):
             continue
-        cross = attn.is_cross_attention
-        fused = getattr(attn, "to_kv" if cross else "to_qkv")
+        names, fused_name = _projections(attn)
+        fused = getattr(attn, fused_name)
         if type(fused) is not nn.Linear:
             raise ValueError(f"{name}: its fused projections are quantized ({type(fused).__name__}); fusing is a "
                              "runtime step after quantization, not undone")
-        names = ("to_k", "to_v") if cross else ("to_q", "to_k", "to_v")
         weights = fused.weight.data.chunk(len(names))
         biases = fused.bias.data.chunk(len(names)) if fused.bias is not None else [None] * len(names)
         for part, w, b in zip(names, weights, biases):
-            layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-            layer.weight.data.copy_(w)
-            if b is not None:
-                layer.bias.data.copy_(b)
-            setattr(attn, part, layer)
-        delattr(attn, "to_kv" if cross else "to_qkv")
+            setattr(attn, part, _linear(w, b))
+        delattr(attn, fused_name)
         attn.fused_projections = False
         attn.set_processor(AttnProcessor2_0())
         n += 1

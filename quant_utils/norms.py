@@ -58,8 +58,8 @@ class SplitGroupNorm(nn.GroupNorm):
 def use_group_norm(model: nn.Module, kind: str) -> int:
     """Every nn.GroupNorm of `model` computes as `kind` ("split" or "native") from now on, in place (the class is
     swapped: parameters, buffers and state-dict keys stay as they are). Returns how many modules were switched."""
-    if kind not in ("native", "split"):
-        raise ValueError(f"group_norm={kind!r}, expected 'native' or 'split'")
+    if kind not in GROUP_NORMS:
+        raise ValueError(f"group_norm={kind!r}, expected one of {GROUP_NORMS}")
     cls = SplitGroupNorm if kind == "split" else nn.GroupNorm
     n = 0
     for m in model.modules():
@@ -67,9 +67,3 @@ def use_group_norm(model: nn.Module, kind: str) -> int:
             n += type(m) is not cls
             m.__class__ = cls
     return n
-
-
-def group_norm_kind(model: nn.Module) -> str:
-    """"split", "native", "mixed" or "none": how the GroupNorms of `model` compute now."""
-    kinds = {type(m) is SplitGroupNorm for m in model.modules() if isinstance(m, nn.GroupNorm)}
-    return "none" if not kinds else "mixed" if len(kinds) == 2 else "split" if kinds == {True} else "native"

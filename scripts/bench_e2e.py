@@ -46,7 +46,8 @@ from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
 # FP16 UNet executions -> the Runner's exec mode (compile-fused: its own UNet copy, QKV projections fused first)
-FP16_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
+# a UNet variant's exec name -> the Runner's exec mode (compile-fused: compiled after fusion.fuse_qkv; FP16 and quantized)
+UNET_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_model_args(p, resolution=False)
     p.add_argument("--modes", nargs="+", default=list(E2E_MODES), choices=E2E_MODES,
                    help="UNet precision modes (mixdq: MixDQ's weight_4.00 + act_7.77 + its 1%% FP16 activations)")
-    p.add_argument("--fp16_exec", nargs="+", default=None, choices=list(FP16_EXECS),
+    p.add_argument("--fp16_exec", nargs="+", default=None, choices=list(UNET_EXECS),
                    help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager); compile-fused: "
                         "compiled with fused attention projections (one GEMM for q/k/v, one for cross-attention's "
                         "k/v: fewer launches, quant_utils/fusion.py), a candidate for the fastest FP16 UNet")
@@ -119,7 +120,7 @@ def unet_variants(args, cuda: bool) -> list[tuple[str, str]]:
     """(mode, exec) in run order: CUDA-graph FP16 before compiled (compiling changes a UNet in place)."""
     fp16_exec = args.fp16_exec or (["graph", "compile"] if cuda else ["eager"])
     quant_exec = args.quant_exec or (["compile"] if cuda else ["eager"])
-    out = [("fp16", e) for e in sorted(fp16_exec, key=list(FP16_EXECS).index)] if "fp16" in args.modes else []
+    out = [("fp16", e) for e in sorted(fp16_exec, key=list(UNET_EXECS).index)] if "fp16" in args.modes else []
     return out + [(m, e) for m in args.modes if m != "fp16" for e in quant_exec]
 
 
@@ -268,7 +269,7 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
                      group_norm=args.group_norm, fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
         refs = {k: Runner(variant, "eager", vae=decoders[k], **plans)(*check).astype(float) for k in kinds}
         for kind in kinds:
-            runner = Runner(variant, resolve_exec(FP16_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,
+            runner = Runner(variant, resolve_exec(UNET_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,
                             vae=decoders[kind], vae_kind=kind, compile_shapes=args.compile_shapes, **plans)
             yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
                         encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),

@@ -117,9 +117,11 @@ def main(args) -> None:
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
                 use_group_norm(vae, group_norm)
-                torch._dynamo.reset()  # a fresh trace: the GroupNorms' form and the memory format are part of it
                 z = z0.contiguous(memory_format=fmt)
-                fn = torch.compile(decode, dynamic=dynamic, mode=mode) if mode else decode
+                fn = decode
+                if mode:
+                    torch._dynamo.reset()  # a fresh trace: the GroupNorms' form and the memory format are part of it
+                    fn = torch.compile(decode, dynamic=dynamic, mode=mode)
                 graphs = _GraphCache()
                 run = (lambda f=fn: graphs.run(("vae",), f, [z])) if graph else (lambda f=fn: f(z))
                 t0 = time.perf_counter()

@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant_utils.norms import SplitGroupNorm, group_norm_kind, group_norm_split, use_group_norm
+from quant_utils.norms import SplitGroupNorm, group_norm_split, use_group_norm
+
+
+def group_norm_kind(model: nn.Module) -> str:
+    """"split", "native", "mixed" or "none": how the GroupNorms of `model` compute now."""
+    kinds = {type(m) is SplitGroupNorm for m in model.modules() if isinstance(m, nn.GroupNorm)}
+    return "none" if not kinds else "mixed" if len(kinds) == 2 else "split" if kinds == {True} else "native"
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 64, 32, 32), 32), ((1, 12, 9, 7), 4), ((3, 6, 10), 3), ((2, 8, 4, 4, 4), 2)])
