@@ -96,8 +96,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
         help="GroupNorm of the UNet and the decoder: native = PyTorch's; split = statistics in two steps "
              "(quant_utils/norms.py; measured slower in the compiled decode, kept for benchmarks)")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
-        help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = the FP16 "
-             "UNet with --exec compile; on = quantized UNets too, where exactly fusable; off")
+        help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
+             "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
     add("--dense_budget", type=nonnegative_float, default=DENSE_BUDGET,
         help="with --layer_plan auto, the most dense fp16 weights the UNet may keep over all buckets, as a fraction "
              "of its kernel layers' weights in fp16 (the biggest time saved per byte goes dense first)")

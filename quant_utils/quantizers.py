@@ -107,13 +107,18 @@ class ActQuantizer(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        """Record the range and a random subsample of x (enough for percentile/MSE searches)."""
+        """Record the range and a random subsample of x (enough for percentile/MSE searches).
+
+        The subsample is drawn from a generator seeded by the call's index, so quantizers that see the same inputs
+        (an attention's q/k/v projections) keep the same values and calibrate to the same range: they can then share
+        one GEMM exactly (quant_utils/fusion.py), and a calibration run repeats."""
         flat = x.detach().reshape(-1).float()
         self._lo, self._hi = min(self._lo, flat.min().item()), max(self._hi, flat.max().item())
         if self.method != "minmax":
             keep = max(1, _SAMPLE_CAP // 16)
             if flat.numel() > keep:
-                flat = flat[torch.randint(flat.numel(), (keep,), device=flat.device)]
+                gen = torch.Generator(device=flat.device).manual_seed(len(self._samples))
+                flat = flat[torch.randint(flat.numel(), (keep,), device=flat.device, generator=gen)]
             self._samples.append(flat.cpu())
 
     @torch.no_grad()
@@ -127,7 +132,7 @@ class ActQuantizer(nn.Module):
         scale, zp = _affine_params(lo, hi, self.bits, symmetric=False)
         if self.method == "mse":
             s = torch.cat(self._samples)
-            s = s[torch.randperm(s.numel())[:_SAMPLE_CAP]]
+            s = s[torch.randperm(s.numel(), generator=torch.Generator().manual_seed(0))[:_SAMPLE_CAP]]
             best = float("inf")
             for ratio in _CLIP_GRID:
                 sc, z = _affine_params(lo * ratio, hi * ratio, self.bits, symmetric=False)

@@ -19,9 +19,9 @@ The decoder is the pipeline's VAE unless another is given (`vae=`, see quant_uti
 with int8 convs, or a tiny decoder); its kind is reported as `vae_kind` (fp16 | int8 | tiny).
 On CUDA the decoder's self-attention op is chosen per decode bucket (`vae_attention="auto"`, measured: PyTorch's
 SDPA or explicit score matrices, quant_utils/decoders.py), for every decoder alike (the FP16 one too).
-`fuse_qkv` (quant_utils/fusion.py): `auto` fuses the FP16 UNet's attention projections (q/k/v in one GEMM) under
-`compile`, 9 % faster at 512x1 on the H200 (report section 1); `on` fuses quantized UNets too (where exact), `off`
-never. In place, like compiling.
+`fuse_qkv` (quant_utils/fusion.py): `auto` fuses the attention projections (q/k/v in one GEMM; quantized layers where
+exact) under `compile`, measured faster there for FP16 and W8A8 on the H200 (report section 1); `on` also uncompiled,
+`off` never. In place, like compiling.
 `group_norm="split"` switches the UNet's and the decoder's GroupNorms in place to quant_utils/norms.py's two-step
 form (opt-in: measured slower in the compiled decode); `native` (default) is PyTorch's.
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded

@@ -86,3 +86,19 @@ def test_activation_calibration_methods(method):
 def test_activation_quantizer_needs_data():
     with pytest.raises(RuntimeError, match="no data"):
         ActQuantizer(8).finish_calibration()
+
+
+def test_quantizers_that_see_the_same_inputs_calibrate_alike():
+    """Subsamples are seeded per call, not drawn from the global RNG: an attention's q/k/v quantizers (the same inputs,
+    other layers' draws in between) keep the same values and reach the same range, so their GEMMs fuse exactly."""
+    torch.manual_seed(0)
+    xs = [torch.randn(300_000) * (1 + i) for i in range(3)]  # more values than a call keeps: subsampled
+    a, b = ActQuantizer(8, "mse"), ActQuantizer(8, "mse")
+    for x in xs:
+        a.observe(x)
+        torch.randn(7)  # another layer's random draw between the two
+        b.observe(x)
+    assert all(torch.equal(s, t) for s, t in zip(a._samples, b._samples))
+    assert a._samples[0].numel() < xs[0].numel()
+    a.finish_calibration(), b.finish_calibration()
+    assert float(a.scale) == float(b.scale) and float(a.zero_point) == float(b.zero_point)
