@@ -1,5 +1,6 @@
-"""Plot bench_e2e's CSV: per cell, each (UNet, decoder)'s image time stacked by stage, with its speedup over the
-fastest FP16 image. Reads the CSV only (no model, no GPU).
+"""Plot bench_e2e's CSVs: per cell, each (UNet, decoder)'s image time stacked by stage, with its speedup over the
+fastest FP16 image of the same run (the CSV's speedup_vs_fp16). Several CSVs (e.g. one GPU call per cell) give one
+panel per cell of each; a cell in two CSVs is refused. Reads the CSVs only (no model, no GPU).
 
 Example:
     python scripts/plot_e2e.py results/e2e_nvidia_h200.csv --out results/e2e_nvidia_h200.png
@@ -16,6 +17,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
@@ -29,22 +31,34 @@ NEEDED = ["mode", "unet_exec", "vae", "res", "batch", "total_p50_ms", "speedup_v
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("csv", help="bench_e2e output CSV")
-    p.add_argument("--out", default=None, help="PNG to write (default: the CSV's path with .png)")
+    p.add_argument("csv", nargs="+", help="bench_e2e output CSVs")
+    p.add_argument("--out", default=None, help="PNG to write (default: the first CSV's path with .png)")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> None:
     # 1. read and check
-    src = repo_path(args.csv)
-    df = read_csv(src)
-    missing = [c for c in NEEDED if c not in df]
-    if missing:
-        raise ConfigError(f"{src}: not a bench_e2e CSV (lacks {missing})")
-    prov = read_provenance(src)
+    srcs = [repo_path(c) for c in args.csv]
+    frames, seen = [], {}
+    for src in srcs:
+        df = read_csv(src)
+        missing = [c for c in NEEDED if c not in df]
+        if missing:
+            raise ConfigError(f"{src}: not a bench_e2e CSV (lacks {missing})")
+        for cell in dict.fromkeys(zip(df["res"], df["batch"])):
+            if cell in seen:  # speedups are per run: one cell from two runs would mix baselines
+                raise ConfigError(f"{src}: cell {cell[0]}x{cell[1]} is also in {seen[cell]}")
+            seen[cell] = src
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    provs = [read_provenance(src) for src in srcs]
+    device = " / ".join(dict.fromkeys(p.get("device", "?") for p in provs))
+    weights = " / ".join(dict.fromkeys(p.get("weights", "?") for p in provs))
     # 2. one panel per cell, one bar per (UNet mode, exec, decoder), stages stacked
     cells = list(dict.fromkeys(zip(df["res"], df["batch"])))
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 4.2), squeeze=False)
+    widths = [max(3, 0.45 * ((df["res"] == r) & (df["batch"] == b)).sum() + 1) for r, b in cells]
+    fig, axes = plt.subplots(1, len(cells), figsize=(sum(widths), 4.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, (res, batch) in zip(axes[0], cells):
         sub = df[(df["res"] == res) & (df["batch"] == batch)].reset_index(drop=True)
         labels = [f"{m.upper() if m != 'fp16' else 'FP16'}{'' if e == 'compile' else f' ({e})'}\n{v} dec."
@@ -59,12 +73,12 @@ def main(args: argparse.Namespace) -> None:
         ax.set_title(f"{res} px, batch {batch}")
         ax.set_ylabel("ms per call (p50)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Whole image per (UNet, decoder): {prov.get('device', '?')}, weights {prov.get('weights', '?')}; "
-                 f"labels: speedup over the fastest FP16 image", fontsize=10)
-    fig.tight_layout()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(STAGES), fontsize=8)
+    fig.suptitle(f"Whole image per (UNet, decoder): {device}, weights {weights}; "
+                 f"labels: speedup over the fastest FP16 image of the same run", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     # 3. write
-    out = repo_path(args.out) if args.out else src.with_suffix(".png")
+    out = repo_path(args.out) if args.out else srcs[0].with_suffix(".png")
     fig.savefig(out, dpi=110)
     print(f"-> {out}")
 

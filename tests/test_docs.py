@@ -131,9 +131,14 @@ def _precise_numbers(doc) -> dict[str, str]:
     return found
 
 
+# the same digits from two different measurements (not a copied result), and which two
+COINCIDENCES = {"130.2": "README: the v5 run's W8A8 1024x4 fp16 decode; report: the GroupNorm run's FP16 decode"}
+
+
 def test_no_result_is_copied_into_two_documents():
     """A measured number has one home (the README's headline table, the report, or a docs page); others cite it."""
     nums = {doc: _precise_numbers(doc) for doc in DOCS}
     copies = [f"{n}: {a} [{nums[a][n]}] and {b} [{nums[b][n]}]"
-              for a, b in itertools.combinations(DOCS, 2) for n in sorted(set(nums[a]) & set(nums[b]))]
+              for a, b in itertools.combinations(DOCS, 2) for n in sorted(set(nums[a]) & set(nums[b]))
+              if n not in COINCIDENCES]
     assert not copies, "\n".join(copies)
