@@ -14,7 +14,7 @@ from torch import nn
 from .bitconfig import load_plain_torch
 from .csvio import atomic_file
 from .errors import ConfigError
-from .quantize import QuantSpec, quant_layers, unet_fingerprint
+from .quantize import QuantSpec, quant_layers, refuse_fused, unet_fingerprint
 
 FORMAT = "mixdq-quant-params/1"
 KEYS = ("format", "spec", "sources", "layers", "fingerprint")
@@ -22,6 +22,7 @@ KEYS = ("format", "spec", "sources", "layers", "fingerprint")
 
 def save_quant_params(unet: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
     """Write atomically (temp file + rename)."""
+    refuse_fused(unet, "save the calibration of")
     spec: QuantSpec = unet.mixdq_spec
     layers = {}
     for name, m in quant_layers(unet):

@@ -22,7 +22,7 @@ from torch import nn
 
 from .qlayers import QuantLayer
 
-FUSE_QKV = ("auto", "on", "off")  # the Runner's choices (runtime.Runner): auto = the FP16 UNet under compile
+FUSE_QKV = ("auto", "on", "off")  # the Runner's choices (runtime.Runner): auto = under compile, FP16 or quantized
 
 
 def _codes(layer: QuantLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:

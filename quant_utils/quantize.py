@@ -90,15 +90,22 @@ def uniform_bits(unet: nn.Module, bits: int) -> dict[str, int]:
     return {n: bits for n in quantizable_layers(unet)}
 
 
+def refuse_fused(unet: nn.Module, doing: str) -> None:
+    """Bit configs, checkpoints and quantized folders name to_q/to_k/to_v: a UNet whose attention projections a
+    compiled Runner fused in place (quant_utils/fusion.py) is refused rather than written or read under other names."""
+    if any(getattr(m, "fused_projections", False) for m in unet.modules()):
+        raise ValueError(f"cannot {doing} this UNet: its attention projections are fused in place "
+                         "(quant_utils/fusion.py, a compiled Runner's --fuse_qkv); use the UNet from before the Runner, "
+                         "or fusion.unfuse_qkv an FP one; bit configs and files name to_q/to_k/to_v")
+
+
 def quantize_unet(unet: nn.Module, spec: QuantSpec, search: bool = True) -> nn.Module:
     """Replace every quantizable layer in place (weights are quantized here, once); returns the UNet.
 
     `search=False` skips the weight range search (min-max placeholders), for when a checkpoint's
     scales are loaded next anyway.
     """
-    if any(getattr(m, "fused_projections", False) for m in unet.modules()):
-        raise ValueError("this UNet's attention projections are fused (quant_utils/fusion.py): unfuse_qkv it first, "
-                         "the bit configs name to_q/to_k/to_v")
+    refuse_fused(unet, "quantize")
     splits = skip_split_points(unet) if spec.split else {}
     layers = list(quantizable_layers(unet).items())
     # minutes on a full-size UNet with the MSE range search: show progress

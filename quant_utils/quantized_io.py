@@ -32,6 +32,7 @@ from .quantize import (
     quant_layers,
     quantizable_layers,
     quantize_unet,
+    refuse_fused,
     set_backend,
 )
 
@@ -97,6 +98,7 @@ def save_quantized(unet: nn.Module, folder: str | Path, created: dict | None = N
     an existing quantized folder there is replaced, any other non-empty path is an error."""
     from safetensors.torch import save_file
 
+    refuse_fused(unet, "save")
     spec: QuantSpec | None = getattr(unet, "mixdq_spec", None)
     if spec is None:
         raise ValueError("save_quantized needs a UNet quantized by quantize_unet")

@@ -149,6 +149,21 @@ def test_a_fused_fp16_unet_is_unfused_before_it_is_quantized(tiny_pipe):
         unfuse_qkv(q.unet)
 
 
+def test_a_fused_quantized_unet_is_not_written_under_fused_names(w8a8, tmp_path):
+    """A compiled Runner fuses a quantized UNet in place (--fuse_qkv auto): its calibration and its quantized folder
+    would name to_qkv/to_kv, which no bit config or loader knows; both writers refuse, and write nothing."""
+    from quant_utils.checkpoint import save_quant_params
+    from quant_utils.quantized_io import save_quantized
+
+    unet = copy.deepcopy(w8a8[0].unet)
+    fuse_qkv(unet)
+    with pytest.raises(ValueError, match="fused in place"):
+        save_quant_params(unet, tmp_path / "ckpt.pth")
+    with pytest.raises(ValueError, match="fused in place"):
+        save_quantized(unet, tmp_path / "packed")
+    assert not list(tmp_path.iterdir())
+
+
 def test_fused_attention_traces_under_dynamo(w8a8):
     """The fused quantized UNet through torch.compile's tracer (regional, eager backend: what the compiled serving
     path traces, without a GPU): the same output."""
