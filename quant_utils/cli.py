@@ -94,7 +94,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
              "matrices, whichever is faster (the SDXL VAE's one head of 512 is beyond flash attention); sdpa = always SDPA")
     add("--group_norm", default="native", choices=GROUP_NORMS,
         help="GroupNorm of the UNet and the decoder: native = PyTorch's; split = statistics in two steps "
-             "(quant_utils/norms.py; measured slower in the compiled decode, kept for benchmarks)")
+             "(quant_utils/norms.py; measured slower in the compiled decode); triton = split with the per-channel "
+             "statistics from a Triton kernel (CUDA; not yet measured)")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")

@@ -1,5 +1,6 @@
-"""GroupNorm with its statistics as two reductions (`--group_norm split`): measured slower in the whole decode, so
-opt-in; PyTorch's GroupNorm (`native`) is the default everywhere.
+"""GroupNorm with its statistics as two reductions (`--group_norm split`; measured slower in the whole decode) or with
+its per-channel statistics from a Triton kernel (`--group_norm triton`; not yet measured): both opt-in; PyTorch's
+GroupNorm (`native`) is the default everywhere.
 
 Why it was tried: as Inductor compiles the SDXL decoder, its GroupNorms (+ SiLU) run far below memory bandwidth (on
 the H200, ~280 GB/s counting one read and one write per element, against ~4.3 TB/s for a copy; 63 ms of a 130 ms
@@ -13,9 +14,12 @@ convolutions' outputs channels_last (cuDNN ran its NHWC kernels; likely, not ver
 are strided in that layout.
 The form below takes per-channel statistics over the spatial dims without reshaping (any layout: Inductor picks
 the loop order) and normalises with one per-channel scale and shift: not yet measured on a GPU (queued,
-scripts/device/README.md).
+scripts/device/README.md). `triton` computes those statistics with quant_utils/kernels' moments kernel (plain shifted
+sums over chunks of 4096 pixels, thousands of programs, either layout read with vector loads; the chunks combined
+here), since the looped reductions Inductor generates are the suspect; the per-channel scale and shift, the SiLU
+after it and (int8 decoder) the next conv's input quantize stay Inductor's to fuse. Not yet measured (queued).
 
-`use_group_norm(model, "split")` switches every nn.GroupNorm of a model (same parameters and state dict); "native"
+`use_group_norm(model, kind)` switches every nn.GroupNorm of a model (same parameters and state dict); "native"
 switches back.
 """
 from __future__ import annotations
@@ -24,15 +28,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUP_NORMS = ("native", "split")
+GROUP_NORMS = ("native", "split", "triton")
+
+
+def torch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel float32 (mean, variance) over the spatial dims of an (N, C, *spatial) tensor, by torch.var_mean."""
+    var, mean = torch.var_mean(x.float(), dim=tuple(range(2, x.dim())), correction=0)  # (n, c): no reshape of x
+    return mean, var
+
+
+def kernel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch_moments by the Triton kernel (quant_utils/kernels: per chunk of pixels, then the chunks combined here,
+    Chan's parallel formula: exact in exact arithmetic, no sum-of-squares cancellation)."""
+    from .kernels import ops, triton_kernels
+
+    mean_p, m2_p = ops.channel_moments(x)
+    n, c = x.shape[:2]
+    p = x.numel() // (n * c)
+    _, chunk = triton_kernels.moments_chunk(p)
+    counts = torch.full((mean_p.shape[-1],), float(chunk), device=x.device)
+    counts[-1] = p - chunk * (mean_p.shape[-1] - 1)
+    mean = (mean_p * counts).sum(-1) / p
+    m2 = m2_p.sum(-1) + (counts * (mean_p - mean.unsqueeze(-1)).square()).sum(-1)
+    return mean, m2 / p
 
 
 def group_norm_split(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float) -> torch.Tensor:
+                     eps: float, moments=torch_moments) -> torch.Tensor:
     """F.group_norm(x, groups, weight, bias, eps) for an (N, C, *spatial) tensor in any memory layout: float32
-    statistics per channel over the spatial dims, combined per group, then one per-channel scale and shift."""
+    statistics per channel over the spatial dims (`moments`), combined per group, then one per-channel scale and
+    shift."""
     n, c = x.shape[:2]
-    var, mean = torch.var_mean(x.float(), dim=tuple(range(2, x.dim())), correction=0)  # (n, c): no reshape of x
+    mean, var = moments(x)
     mean, var = mean.view(n, groups, -1), var.view(n, groups, -1)  # equal counts per channel
     group_mean = mean.mean(-1, keepdim=True)
     group_var = (var + (mean - group_mean).square()).mean(-1, keepdim=True)
@@ -46,24 +73,44 @@ def group_norm_split(x: torch.Tensor, groups: int, weight: torch.Tensor | None, 
     return (x.float() * scale.view(per_channel) + shift.view(per_channel)).to(x.dtype)
 
 
+def group_norm_triton(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                      eps: float) -> torch.Tensor:
+    """group_norm_split with the per-channel statistics from the Triton kernel on CUDA (or in the Triton
+    interpreter); elsewhere torch's."""
+    from .kernels.tuning import interpreting
+
+    return group_norm_split(x, groups, weight, bias, eps, kernel_moments if x.is_cuda or interpreting() else torch_moments)
+
+
 class SplitGroupNorm(nn.GroupNorm):
     """nn.GroupNorm whose forward is group_norm_split."""
+
+    form = staticmethod(group_norm_split)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3:  # (N, C): no spatial dims to take per-channel statistics over
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return group_norm_split(x, self.num_groups, self.weight, self.bias, self.eps)
+        return self.form(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class TritonGroupNorm(SplitGroupNorm):
+    """nn.GroupNorm whose forward is group_norm_triton."""
+
+    form = staticmethod(group_norm_triton)
+
+
+_FORMS = {"native": nn.GroupNorm, "split": SplitGroupNorm, "triton": TritonGroupNorm}
 
 
 def use_group_norm(model: nn.Module, kind: str) -> int:
-    """Every nn.GroupNorm of `model` computes as `kind` ("split" or "native") from now on, in place (the class is
+    """Every nn.GroupNorm of `model` computes as `kind` (GROUP_NORMS) from now on, in place (the class is
     swapped: parameters, buffers and state-dict keys stay as they are). Returns how many modules were switched."""
     if kind not in GROUP_NORMS:
         raise ValueError(f"group_norm={kind!r}, expected one of {GROUP_NORMS}")
-    cls = SplitGroupNorm if kind == "split" else nn.GroupNorm
+    cls = _FORMS[kind]
     n = 0
     for m in model.modules():
-        if isinstance(m, nn.GroupNorm) and type(m) in (nn.GroupNorm, SplitGroupNorm):
+        if isinstance(m, nn.GroupNorm) and type(m) in _FORMS.values():
             n += type(m) is not cls
             m.__class__ = cls
     return n

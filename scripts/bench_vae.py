@@ -8,7 +8,8 @@ Needs a CUDA GPU (checked before the model is built). Default output: logs/vae_d
 Every variant decodes the same latents; `psnr_db_vs_eager` compares its image with the eager decode. `--vae int8`
 times the int8 decoder (calibrated on pipeline latents, quant_utils/decoders.py) instead of the FP16 one; on both the
 decoder's attention takes the path the Runner would measure and pick (`vae_attention` column). The `*-split-gn`
-variants compute the GroupNorms as quant_utils/norms.py's two-step reductions (`group_norm` column).
+variants compute the GroupNorms as quant_utils/norms.py's two-step reductions, the `*-triton-gn` ones with their
+per-channel statistics from its Triton kernel (`group_norm` column).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -44,10 +45,13 @@ VARIANTS = {
     "graph-channels-last": (True, None, True, True, False, "native"),
     "compile": (True, "default", False, True, False, "native"),
     "compile-split-gn": (True, "default", False, True, False, "split"),
+    "compile-triton-gn": (True, "default", False, True, False, "triton"),
     "compile-channels-last": (True, "default", True, True, False, "native"),
     "compile-dynamic": (True, "default", False, False, True, "native"),  # what Runner's graph mode runs
     "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True, False, "native"),
 }
+
+PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-channels-last")
 
 
 def parse_args(argv=None):
@@ -138,8 +142,7 @@ def main(args) -> None:
                              "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
                 print(rows[-1], flush=True)
-                if args.profile_out and res == args.res[0] and name in ("eager", "compile", "compile-split-gn",
-                                                                           "compile-channels-last"):
+                if args.profile_out and res == args.res[0] and name in PROFILED:
                     cell, per_kernel = dict(variant=name, height=res, width=res, batch=args.batch), []
                     prof_rows += [dict(cell, **r) for r in profile_step(lambda f=fn: f(z), per_kernel)]
                     kernel_rows += [dict(cell, **r) for r in per_kernel]

@@ -1,17 +1,19 @@
-"""The split GroupNorm (quant_utils/norms.py): PyTorch's GroupNorm in numbers, switched in place, chosen by the Runner."""
+"""The split and triton GroupNorms (quant_utils/norms.py): PyTorch's GroupNorm in numbers, switched in place, chosen by
+the Runner; the Triton statistics kernel in the interpreter."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant_utils.norms import SplitGroupNorm, group_norm_split, use_group_norm
+from conftest import run_interpreted
+from quant_utils.norms import _FORMS, SplitGroupNorm, TritonGroupNorm, group_norm_split, use_group_norm
 
 
 def group_norm_kind(model: nn.Module) -> str:
-    """"split", "native", "mixed" or "none": how the GroupNorms of `model` compute now."""
-    kinds = {type(m) is SplitGroupNorm for m in model.modules() if isinstance(m, nn.GroupNorm)}
-    return "none" if not kinds else "mixed" if len(kinds) == 2 else "split" if kinds == {True} else "native"
+    """A GROUP_NORMS kind, "mixed" or "none": how the GroupNorms of `model` compute now."""
+    kinds = {k for m in model.modules() if isinstance(m, nn.GroupNorm) for k, cls in _FORMS.items() if type(m) is cls}
+    return "none" if not kinds else "mixed" if len(kinds) > 1 else kinds.pop()
 
 
 @pytest.mark.parametrize("shape,groups", [((2, 64, 32, 32), 32), ((1, 12, 9, 7), 4), ((3, 6, 10), 3), ((2, 8, 4, 4, 4), 2)])
@@ -50,6 +52,9 @@ def test_use_group_norm_switches_in_place_and_back():
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
     h = model[0](x)  # channels_last (as Inductor lays out conv outputs): the same numbers
     torch.testing.assert_close(model[1](h.to(memory_format=torch.channels_last)), model[1](h), atol=1e-5, rtol=1e-5)
+    assert use_group_norm(model, "triton") == 2 and group_norm_kind(model) == "triton"
+    assert all(type(m) is TritonGroupNorm for m in model if isinstance(m, nn.GroupNorm))
+    torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)  # on a CPU: torch's statistics, the split form
     assert use_group_norm(model, "native") == 2 and group_norm_kind(model) == "native"
     assert group_norm_kind(nn.Linear(2, 2)) == "none"
     with pytest.raises(ValueError, match="group_norm"):
@@ -72,3 +77,50 @@ def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
     finally:
         use_group_norm(tiny_pipe.unet, "native")
         use_group_norm(tiny_pipe.vae, "native")
+
+
+MOMENTS_CHECK = """
+import torch, torch.nn.functional as F
+from torch import nn
+from quant_utils.norms import TritonGroupNorm, kernel_moments, torch_moments, group_norm_triton
+torch.manual_seed(0)
+cases = [((2, 96, 37, 23), "nchw", 0.0), ((2, 96, 37, 23), "nhwc", 0.0), ((1, 64, 3, 5), "nhwc", 1000.0),
+         ((3, 40, 70, 70), "nchw", 300.0), ((2, 8, 4), "nchw", 0.0), ((1, 32, 1, 1), "nchw", 0.0),
+         ((2, 16, 9, 9), "half", 5.0), ((2, 16, 12, 12), "strided", 0.0)]
+for shape, layout, off in cases:
+    x = torch.randn(shape, dtype=torch.float64) * 3 + off
+    xk = x.half() if layout == "half" else x.float()
+    if layout == "nhwc":
+        xk = xk.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # spatial dims that do not collapse: the op copies to contiguous first
+        xk = torch.randn(2, 16, 12, 24, dtype=torch.float64)[..., ::2].float()
+        x = xk.double()
+    mean, var = kernel_moments(xk)
+    rm, rv = torch_moments(xk.double())
+    em = ((mean.double() - rm).abs() / (rv.sqrt() + 1e-9)).max().item()
+    ev = ((var.double() - rv).abs() / (rv + 1e-9)).max().item()
+    g = 8 if shape[1] % 8 == 0 else 4
+    eg = (group_norm_triton(xk, g, None, None, 1e-6).double() - F.group_norm(xk.double(), g, None, None, 1e-6)).abs().max().item()
+    print("case", layout, off, mean.dtype, tuple(mean.shape) == tuple(shape[:2]), f"{em:.3g} {ev:.3g} {eg:.3g}")
+m = nn.Sequential(nn.Conv2d(3, 16, 3), TritonGroupNorm(4, 16), nn.SiLU())
+x = torch.randn(2, 3, 20, 20)
+with torch.no_grad():  # (inference only: the op has no backward)
+    ex = torch._dynamo.explain(m)(x)
+    out = torch.compile(m, backend="aot_eager")(x)
+    same = bool(torch.allclose(out, m(x), atol=1e-5))
+print("graphs", ex.graph_count, "breaks", ex.graph_break_count, "same", same)
+"""
+
+
+def test_triton_moments_kernel_in_the_interpreter():
+    """The Triton statistics kernel (interpreted) against float64 statistics: NCHW and channels_last, fp16 input, a mean
+    1000x the spread (shifted sums: no cancellation), ragged and single-pixel sizes, non-collapsible strides; and
+    the triton GroupNorm traced by torch.compile as one graph (the op's fake shapes), the same output."""
+    out = run_interpreted(MOMENTS_CHECK).splitlines()
+    cases = [ln.split() for ln in out if ln.startswith("case")]
+    assert len(cases) == 8
+    for _, layout, off, dtype, shape_ok, em, ev, eg in cases:
+        assert dtype == "torch.float32" and shape_ok == "True", cases
+        tol = 2e-3 if layout == "half" else 1e-4 * (1 + float(off) / 100)  # float32/fp16 inputs themselves
+        assert float(em) < tol and float(ev) < 1e-3 and float(eg) < 10 * tol, (layout, off, em, ev, eg)
+    assert out[-1] == "graphs 1 breaks 0 same True", out[-1]

@@ -1,4 +1,5 @@
-"""Real low-bit kernels for QuantLayer's `kernel` backend (Triton; W8/W6/W4/W2 packed weights x int8 activations).
+"""Real low-bit kernels for QuantLayer's `kernel` backend (Triton; W8/W6/W4/W2 packed weights x int8 activations),
+and the per-channel moments kernel of quant_utils/norms.py's `triton` GroupNorm.
 
 The contract with qlayers.py, one way: `prepare(layer)` returns the layer's KernelState (the layer owns it and frees
 its own weights), `forward(state, x)` runs it, `weight_bytes(state)` counts it; `plan(LayerSpec)` says what prepare

@@ -54,6 +54,38 @@ def _(x, split, s1, z1, lo1, hi1, s2, z2, lo2, hi2):
     return torch.empty_like(x)
 
 
+# ----------------------------------------------------------------------------------------------- GroupNorm statistics
+
+
+def spatial_strides(x: Tensor) -> tuple[int, int, int] | None:
+    """(s_n, s_c, s_p) when x's spatial dims (2:) collapse into one strided dim P (NCHW contiguous, channels_last);
+    else None."""
+    dims = [(size, stride) for size, stride in zip(x.shape[2:], x.stride()[2:]) if size != 1]
+    for (_, outer), (size, inner) in zip(dims, dims[1:]):
+        if outer != inner * size:
+            return None
+    return x.stride(0), x.stride(1), dims[-1][1] if dims else 1
+
+
+@torch.library.custom_op("mixdq::channel_moments", mutates_args=())
+def channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per (image, channel, chunk of pixels): (mean, M2) in float32, [N, C, n_chunks] (triton_kernels)."""
+    strides = spatial_strides(x)
+    if strides is None:
+        x = x.contiguous()
+        strides = spatial_strides(x)
+    return tk.channel_moments_partials(x, *strides)
+
+
+@channel_moments.register_fake
+def _(x):
+    n, c = x.shape[:2]
+    p = int(x.numel() // (n * c))  # (specialises a symbolic size: one kernel launch shape per bucket)
+    _, chunk = tk.moments_chunk(p)
+    shape = (n, c, (p + chunk - 1) // chunk)
+    return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
+
+
 # ----------------------------------------------------------------------------------------------- GEMM / conv
 
 

@@ -125,6 +125,67 @@ def fake_quant(x: torch.Tensor, split: int, p1: tuple, p2: tuple, block: int = 2
     return y
 
 
+# ----------------------------------------------------------------------------------------------- GroupNorm statistics
+
+
+# Per-channel moments of an (N, C, P) view in any layout (strides: NCHW has s_p = 1, channels_last s_c = 1; Triton
+# specialises a stride of 1, so the tile loads are vectorised along whichever dimension is contiguous). One program
+# per (image, channel block, CHUNK pixels): plain sums of (x - k) and (x - k)^2 in float32 registers, k = the chunk's
+# first pixel per channel (shifted sums: no cancellation when the mean is large against the spread), reduced once at
+# the end; the chunks' (mean, M2) are combined in torch (quant_utils/norms.py). Thousands of programs at the decoder's
+# 1024 px shapes, against one reduction per (image, group) in PyTorch's GroupNorm.
+@triton.jit
+def _channel_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, P, s_n, s_c, s_p, N_CHUNKS,
+                            CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    n = tl.program_id(0) // c_blocks
+    c = (tl.program_id(0) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    chunk = tl.program_id(1)
+    c_ok = c < C
+    p0 = chunk * CHUNK
+    base = x_ptr + n.to(tl.int64) * s_n
+    c_off = c.to(tl.int64)[:, None] * s_c
+    k = tl.load(base + c.to(tl.int64) * s_c + p0.to(tl.int64) * s_p, mask=c_ok, other=0.0).to(tl.float32)
+    s1 = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    s2 = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
+    for i in range(0, CHUNK, BLOCK_P):
+        p = p0 + i + tl.arange(0, BLOCK_P)
+        ok = c_ok[:, None] & (p < P)[None, :]
+        v = tl.load(base + c_off + p.to(tl.int64)[None, :] * s_p, mask=ok, other=0.0).to(tl.float32)
+        d = tl.where(ok, v - k[:, None], 0.0)
+        s1 += d
+        s2 += d * d
+    t1 = tl.sum(s1, axis=1)
+    t2 = tl.sum(s2, axis=1)
+    cnt = tl.minimum(P - p0, CHUNK).to(tl.float32)
+    out = (n.to(tl.int64) * C + c) * N_CHUNKS + chunk
+    tl.store(mean_ptr + out, k + t1 / cnt, mask=c_ok)
+    tl.store(m2_ptr + out, tl.maximum(t2 - t1 * t1 / cnt, 0.0), mask=c_ok)
+
+
+def moments_chunk(p: int, block_p: int = 64, chunk: int = 4096) -> tuple[int, int]:
+    """(BLOCK_P, CHUNK) for P pixels: powers of two, CHUNK a multiple of BLOCK_P, neither far beyond P."""
+    block_p = min(block_p, triton.next_power_of_2(p))
+    return block_p, max(block_p, min(chunk, triton.next_power_of_2(p)))
+
+
+def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, block_c: int = 64, block_p: int = 64,
+                             chunk: int = 4096, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, M2) per (image, channel, chunk of CHUNK pixels), float32 [N, C, n_chunks], of x seen as (N, C, P) through
+    the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks."""
+    n, c = x.shape[:2]
+    p = x.numel() // max(n * c, 1)
+    block_p, chunk = moments_chunk(p, block_p, chunk)
+    block_c = min(block_c, triton.next_power_of_2(c))
+    n_chunks = triton.cdiv(p, chunk)
+    mean = torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device)
+    m2 = torch.empty_like(mean)
+    grid = (n * triton.cdiv(c, block_c), n_chunks)
+    _channel_moments_kernel[grid](x, mean, m2, c, p, s_n, s_c, s_p, n_chunks, CHUNK=chunk, BLOCK_C=block_c,
+                                  BLOCK_P=block_p, num_warps=num_warps)
+    return mean, m2
+
+
 # ----------------------------------------------------------------------------------------------- GEMM pieces
 
 

@@ -1,13 +1,14 @@
-"""GroupNorm + SiLU, PyTorch's GroupNorm against quant_utils/norms.py's split form, both under torch.compile, at every
-GroupNorm input shape of the SDXL UNet and VAE decoder at the given buckets.
+"""GroupNorm + SiLU, PyTorch's GroupNorm against quant_utils/norms.py's forms (`--forms`: split, and triton, the split
+form with per-channel statistics from a Triton kernel), all under torch.compile, at every GroupNorm input shape of
+the SDXL UNet and VAE decoder at the given buckets.
 
 The shapes come from one forward of each model built from the repo's architecture configs on the meta device (no
 memory, no weights): every GroupNorm's input shape and how often it runs per image batch. Each distinct (shape,
 groups, layout) is timed with random fp16 data (`--layouts`: contiguous NCHW, and channels_last as Inductor
 lays out the decoder's conv outputs), CUDA-graph replays (launch.graph_bench_ms), compiled `silu(group_norm(x))`
-as the resnets run it; the split output is checked against the native one. Writes one row per (model, bucket,
-shape, layout): calls, native_us, split_us, speedup, max_abs_diff, and the per-(model, bucket) totals (calls x us) as rows
-with shape "total" (one per layout). GPU only:
+as the resnets run it; every form's output is checked against the native one. Writes one row per (model, bucket,
+shape, layout): calls, <form>_us, and per non-native form speedup_<form> (native / form), max_abs_diff_<form> and
+gb_per_s_<form>; and the per-(model, bucket) totals (calls x us) as rows with shape "total" (one per layout). GPU only:
 
     python scripts/device/groupnorm_bench.py --out /tmp/out/groupnorm.csv --buckets 1024x4 1024x1 512x1
 """
@@ -28,7 +29,7 @@ from torch import nn  # noqa: E402
 
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.kernels.launch import graph_bench_ms  # noqa: E402
-from quant_utils.norms import group_norm_split  # noqa: E402
+from quant_utils.norms import GROUP_NORMS, group_norm_split, group_norm_triton  # noqa: E402
 from quant_utils.pipeline import architecture_configs, load_model_config  # noqa: E402
 
 DEVICE = "cuda"  # (a CPU test of this script sets "cpu" and stubs the timer)
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buckets", nargs="+", default=["1024x4", "1024x1", "512x1"], help="RESxBATCH")
     p.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"],
                    help="memory layouts of the 4-D inputs (nhwc: channels_last)")
+    p.add_argument("--forms", nargs="+", default=["split", "triton"], choices=[f for f in GROUP_NORMS if f != "native"],
+                   help="GroupNorm forms timed against PyTorch's (native)")
     p.add_argument("--config", default="configs/stable-diffusion/sdxl_turbo.yaml")
     args = p.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -79,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     arch = architecture_configs(load_model_config(ROOT / args.config))
     torch._dynamo.config.cache_size_limit = 256
-    native = torch.compile(lambda x, g, w, b: F.silu(F.group_norm(x, g, w, b, 1e-6)))
-    split = torch.compile(lambda x, g, w, b: F.silu(group_norm_split(x, g, w, b, 1e-6)))
+    forms = {"native": F.group_norm, "split": group_norm_split, "triton": group_norm_triton}
+    forms = {f: forms[f] for f in ["native", *args.forms]}
+    # (the default argument binds each form: a closure over the loop variable would time the last form only)
+    compiled = {f: torch.compile(lambda x, g, w, b, gn=gn: F.silu(gn(x, g, w, b, 1e-6))) for f, gn in forms.items()}
     rows, timed = [], {}
     for bucket in args.buckets:
         res, batch = map(int, bucket.split("x"))
@@ -95,24 +100,29 @@ def main(argv: list[str] | None = None) -> int:
                         w = torch.randn(shape[1], device=DEVICE, dtype=torch.float16, generator=gen)
                         b = torch.randn(shape[1], device=DEVICE, dtype=torch.float16, generator=gen)
                         with torch.no_grad():
-                            diff = (native(x, groups, w, b).float() - split(x, groups, w, b).float()).abs().max().item()
-                            timed[key] = (graph_bench_ms(lambda: native(x, groups, w, b)) * 1e3,
-                                          graph_bench_ms(lambda: split(x, groups, w, b)) * 1e3, diff)
+                            ref = compiled["native"](x, groups, w, b).float()
+                            timed[key] = {f: (graph_bench_ms(lambda fn=fn: fn(x, groups, w, b)) * 1e3,
+                                              (fn(x, groups, w, b).float() - ref).abs().max().item())
+                                          for f, fn in compiled.items()}
                         del x
-                    n_us, s_us, diff = timed[key]
                     gb = 2 * 2 * torch.Size(shape).numel() / 1e3  # one fp16 read + one write per element, GB/s per us
-                    rows.append({"model": model, "res": res, "batch": batch, "shape": "x".join(map(str, shape)),
-                                 "layout": layout, "groups": groups, "calls": calls, "native_us": round(n_us, 1),
-                                 "split_us": round(s_us, 1), "speedup": round(n_us / s_us, 3), "max_abs_diff": diff,
-                                 "gb_per_s_native": round(gb / n_us, 1), "gb_per_s_split": round(gb / s_us, 1)})
+                    row = {"model": model, "res": res, "batch": batch, "shape": "x".join(map(str, shape)),
+                           "layout": layout, "groups": groups, "calls": calls}
+                    n_us = timed[key]["native"][0]
+                    for f, (us, diff) in timed[key].items():
+                        row[f"{f}_us"] = round(us, 1)
+                        row[f"gb_per_s_{f}"] = round(gb / us, 1)
+                        if f != "native":
+                            row[f"speedup_{f}"], row[f"max_abs_diff_{f}"] = round(n_us / us, 3), diff
+                    rows.append(row)
                     print(rows[-1], flush=True)
             for layout in args.layouts:  # every call of this model and bucket at that layout (3-D inputs: nchw only)
                 cell = [r for r in rows if (r["model"], r["res"], r["batch"]) == (model, res, batch)
                         and r["shape"] != "total" and (r["layout"] == layout or r["shape"].count("x") == 2)]
-                tot_n, tot_s = (sum(r["calls"] * r[k] for r in cell) for k in ("native_us", "split_us"))
+                tot = {f: sum(r["calls"] * r[f"{f}_us"] for r in cell) for f in compiled}
                 rows.append({"model": model, "res": res, "batch": batch, "shape": "total", "layout": layout, "groups": 0,
-                             "calls": sum(r["calls"] for r in cell), "native_us": round(tot_n, 1),
-                             "split_us": round(tot_s, 1), "speedup": round(tot_n / tot_s, 3)})
+                             "calls": sum(r["calls"] for r in cell), **{f"{f}_us": round(t, 1) for f, t in tot.items()},
+                             **{f"speedup_{f}": round(tot["native"] / t, 3) for f, t in tot.items() if f != "native"}})
                 print(rows[-1], flush=True)
             write_csv(pd.DataFrame(rows), Path(args.out), provenance(script="groupnorm_bench", gpu=device_name(),
                       weights="random fp16 tensors", backend="torch.compile (Inductor)"))
