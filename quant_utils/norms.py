@@ -73,13 +73,17 @@ def group_norm_split(x: torch.Tensor, groups: int, weight: torch.Tensor | None, 
     return (x.float() * scale.view(per_channel) + shift.view(per_channel)).to(x.dtype)
 
 
-def group_norm_triton(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                      eps: float) -> torch.Tensor:
-    """group_norm_split with the per-channel statistics from the Triton kernel on CUDA (or in the Triton
-    interpreter); elsewhere torch's."""
+def triton_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """kernel_moments on CUDA (or in the Triton interpreter), torch_moments elsewhere."""
     from .kernels.tuning import interpreting
 
-    return group_norm_split(x, groups, weight, bias, eps, kernel_moments if x.is_cuda or interpreting() else torch_moments)
+    return kernel_moments(x) if x.is_cuda or interpreting() else torch_moments(x)
+
+
+def group_norm_triton(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                      eps: float) -> torch.Tensor:
+    """group_norm_split with triton_moments' statistics."""
+    return group_norm_split(x, groups, weight, bias, eps, triton_moments)
 
 
 class SplitGroupNorm(nn.GroupNorm):

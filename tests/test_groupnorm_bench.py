@@ -13,7 +13,8 @@ def test_groupnorm_bench_rows_and_totals(tmp_path, monkeypatch):
     import groupnorm_bench as gb
 
     monkeypatch.setattr(gb, "DEVICE", "cpu")
-    monkeypatch.setattr(gb.torch, "compile", lambda fn, **kw: lambda x, g, w, b: fn(x.float(), g, w.float(), b.float()))
+    as_float = lambda fn, **kw: lambda *a: fn(*[v.float() if isinstance(v, gb.torch.Tensor) else v for v in a])  # noqa: E731
+    monkeypatch.setattr(gb.torch, "compile", as_float)
     # (on the CPU the triton form takes torch's statistics: its kernel is checked in the interpreter, test_norms)
     times = iter(range(1, 10**6))
     monkeypatch.setattr(gb, "graph_bench_ms", lambda fn: (fn(), next(times) * 1e-3)[1])
@@ -32,6 +33,7 @@ def test_groupnorm_bench_rows_and_totals(tmp_path, monkeypatch):
             assert total.loc[layout, "native_us"] == pytest.approx((mine["calls"] * mine["native_us"]).sum(), abs=0.2)
         assert (rows["batch"] == 2).all() and rows["shape"].str.startswith("2x").all()
     rows = df[df["shape"] != "total"]
+    assert rows[["moments_torch_us", "moments_triton_us"]].gt(0).all().all()  # the statistics alone, both ways
     for form in ("split", "triton"):  # == native in float32; the totals' speedups from the summed times
         assert (rows[f"max_abs_diff_{form}"] < 1e-4).all() and rows[f"{form}_us"].gt(0).all()
         total = df[df["shape"] == "total"]

@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.kernels.launch import graph_bench_ms  # noqa: E402
-from quant_utils.norms import GROUP_NORMS, group_norm_split, group_norm_triton  # noqa: E402
+from quant_utils.norms import GROUP_NORMS, group_norm_split, group_norm_triton, torch_moments, triton_moments  # noqa: E402
 from quant_utils.pipeline import architecture_configs, load_model_config  # noqa: E402
 
 DEVICE = "cuda"  # (a CPU test of this script sets "cpu" and stubs the timer)
@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     forms = {f: forms[f] for f in ["native", *args.forms]}
     # (the default argument binds each form: a closure over the loop variable would time the last form only)
     compiled = {f: torch.compile(lambda x, g, w, b, gn=gn: F.silu(gn(x, g, w, b, 1e-6))) for f, gn in forms.items()}
+    # the statistics alone (where the time goes): Inductor's per-channel var_mean against the Triton kernel
+    moments = {"moments_torch": torch.compile(torch_moments)}
+    if "triton" in forms:
+        moments["moments_triton"] = triton_moments
     rows, timed = [], {}
     for bucket in args.buckets:
         res, batch = map(int, bucket.split("x"))
@@ -101,19 +105,22 @@ def main(argv: list[str] | None = None) -> int:
                         b = torch.randn(shape[1], device=DEVICE, dtype=torch.float16, generator=gen)
                         with torch.no_grad():
                             ref = compiled["native"](x, groups, w, b).float()
-                            timed[key] = {f: (graph_bench_ms(lambda fn=fn: fn(x, groups, w, b)) * 1e3,
-                                              (fn(x, groups, w, b).float() - ref).abs().max().item())
-                                          for f, fn in compiled.items()}
+                            timed[key] = ({f: (graph_bench_ms(lambda fn=fn: fn(x, groups, w, b)) * 1e3,
+                                               (fn(x, groups, w, b).float() - ref).abs().max().item())
+                                           for f, fn in compiled.items()},
+                                          {f: graph_bench_ms(lambda fn=fn: fn(x)) * 1e3 for f, fn in moments.items()})
                         del x
                     gb = 2 * 2 * torch.Size(shape).numel() / 1e3  # one fp16 read + one write per element, GB/s per us
                     row = {"model": model, "res": res, "batch": batch, "shape": "x".join(map(str, shape)),
                            "layout": layout, "groups": groups, "calls": calls}
-                    n_us = timed[key]["native"][0]
-                    for f, (us, diff) in timed[key].items():
+                    times, stats = timed[key]
+                    n_us = times["native"][0]
+                    for f, (us, diff) in times.items():
                         row[f"{f}_us"] = round(us, 1)
                         row[f"gb_per_s_{f}"] = round(gb / us, 1)
                         if f != "native":
                             row[f"speedup_{f}"], row[f"max_abs_diff_{f}"] = round(n_us / us, 3), diff
+                    row.update({f"{f}_us": round(us, 1) for f, us in stats.items()})
                     rows.append(row)
                     print(rows[-1], flush=True)
             for layout in args.layouts:  # every call of this model and bucket at that layout (3-D inputs: nchw only)
