@@ -15,7 +15,7 @@ are strided in that layout.
 The form below takes per-channel statistics over the spatial dims without reshaping (any layout: Inductor picks
 the loop order) and normalises with one per-channel scale and shift: not yet measured on a GPU (queued,
 scripts/device/README.md). `triton` computes those statistics with quant_utils/kernels' moments kernel (plain shifted
-sums over chunks of 4096 pixels, thousands of programs, either layout read with vector loads; the chunks combined
+sums over chunks of up to 4096 pixels, hundreds to thousands of programs, either layout read with vector loads; the chunks combined
 here), since the looped reductions Inductor generates are the suspect; the per-channel scale and shift, the SiLU
 after it and (int8 decoder) the next conv's input quantize stay Inductor's to fuse. Not yet measured (queued).
 
@@ -45,7 +45,7 @@ def kernel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean_p, m2_p = ops.channel_moments(x)
     n, c = x.shape[:2]
     p = x.numel() // (n * c)
-    _, chunk = triton_kernels.moments_chunk(p)
+    chunk = triton_kernels.moments_config(n, c, p)[2]
     counts = torch.full((mean_p.shape[-1],), float(chunk), device=x.device)
     counts[-1] = p - chunk * (mean_p.shape[-1] - 1)
     mean = (mean_p * counts).sum(-1) / p

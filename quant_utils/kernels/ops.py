@@ -79,9 +79,9 @@ def channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
 
 @channel_moments.register_fake
 def _(x):
-    n, c = x.shape[:2]
-    p = int(x.numel() // (n * c))  # (specialises a symbolic size: one kernel launch shape per bucket)
-    _, chunk = tk.moments_chunk(p)
+    n, c = (int(d) for d in x.shape[:2])  # (specialises symbolic sizes: one launch shape per bucket)
+    p = int(x.numel() // (n * c))
+    chunk = tk.moments_config(n, c, p)[2]
     shape = (n, c, (p + chunk - 1) // chunk)
     return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
 

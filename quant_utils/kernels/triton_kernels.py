@@ -130,7 +130,7 @@ def fake_quant(x: torch.Tensor, split: int, p1: tuple, p2: tuple, block: int = 2
 
 # Per-channel moments of an (N, C, P) view in any layout (strides: NCHW has s_p = 1, channels_last s_c = 1; Triton
 # specialises a stride of 1, so the tile loads are vectorised along whichever dimension is contiguous). One program
-# per (image, channel block, CHUNK pixels): plain sums of (x - k) and (x - k)^2 in float32 registers, k = the chunk's
+# per (image, channel block, CHUNK pixels; moments_config): plain sums of (x - k) and (x - k)^2 in float32 registers, k = the chunk's
 # first pixel per channel (shifted sums: no cancellation when the mean is large against the spread), reduced once at
 # the end; the chunks' (mean, M2) are combined in torch (quant_utils/norms.py). Thousands of programs at the decoder's
 # 1024 px shapes, against one reduction per (image, group) in PyTorch's GroupNorm.
@@ -163,20 +163,27 @@ def _channel_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, P, s_n, s_c, s_p, N_CHUN
     tl.store(m2_ptr + out, tl.maximum(t2 - t1 * t1 / cnt, 0.0), mask=c_ok)
 
 
-def moments_chunk(p: int, block_p: int = 64, chunk: int = 4096) -> tuple[int, int]:
-    """(BLOCK_P, CHUNK) for P pixels: powers of two, CHUNK a multiple of BLOCK_P, neither far beyond P."""
+MOMENTS_PROGRAMS = 512  # enough programs to keep a GPU's ~100-150 SMs streaming (several per SM)
+
+
+def moments_config(n: int, c: int, p: int, block_c: int = 64, block_p: int = 64, max_chunk: int = 4096) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_P, CHUNK) for an (N, C, P) input: powers of two, CHUNK a multiple of BLOCK_P; CHUNK as large as
+    keeps about MOMENTS_PROGRAMS programs (fewer, longer loops at the decoder's 1024 px shapes; one tile per program
+    at the UNet's small ones, where a long loop over few programs would leave most SMs idle)."""
+    block_c = min(block_c, triton.next_power_of_2(c))
     block_p = min(block_p, triton.next_power_of_2(p))
-    return block_p, max(block_p, min(chunk, triton.next_power_of_2(p)))
+    chunks = triton.cdiv(MOMENTS_PROGRAMS, n * triton.cdiv(c, block_c))
+    chunk = min(max_chunk, triton.next_power_of_2(triton.cdiv(p, chunks)))
+    return block_c, block_p, max(block_p, chunk)
 
 
-def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, block_c: int = 64, block_p: int = 64,
-                             chunk: int = 4096, num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int,
+                             num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, M2) per (image, channel, chunk of CHUNK pixels), float32 [N, C, n_chunks], of x seen as (N, C, P) through
     the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks."""
     n, c = x.shape[:2]
     p = x.numel() // max(n * c, 1)
-    block_p, chunk = moments_chunk(p, block_p, chunk)
-    block_c = min(block_c, triton.next_power_of_2(c))
+    block_c, block_p, chunk = moments_config(n, c, p)
     n_chunks = triton.cdiv(p, chunk)
     mean = torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device)
     m2 = torch.empty_like(mean)
