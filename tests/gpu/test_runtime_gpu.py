@@ -198,3 +198,32 @@ def test_decoder_attention_math_matches_sdpa_and_a_math_plan_compiles_like_eager
     ref = Runner(ref_pipe, "eager", vae_attention="sdpa")(prompts, seeds, 64, 64).astype(int)
     out = Runner(pipe, "compile")(prompts, seeds, 64, 64).astype(int)
     assert np.abs(out - ref).max() <= 2
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_triton_group_norm_matches_native_compiled_and_in_a_graph(layout):
+    """The `triton` GroupNorm (quant_utils/norms.py, its statistics from the Triton moments kernel) on CUDA: PyTorch's
+    GroupNorm in fp16 numbers at decoder- and UNet-like shapes, eager, compiled, and replayed from a CUDA graph."""
+    import torch.nn.functional as F
+
+    from quant_utils.norms import group_norm_triton
+
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    compiled = torch.compile(lambda x, w, b: F.silu(group_norm_triton(x, 32, w, b, 1e-6)))
+    for shape in [(2, 128, 256, 256), (1, 320, 64, 64), (4, 1280, 16, 16)]:
+        g = torch.Generator("cuda").manual_seed(0)
+        x = (torch.randn(shape, device="cuda", generator=g) * 2 + 3).half().contiguous(memory_format=fmt)
+        w, b = torch.randn(shape[1], device="cuda", generator=g).half(), torch.randn(shape[1], device="cuda", generator=g).half()
+        ref = F.silu(F.group_norm(x.float(), 32, w.float(), b.float(), 1e-6))
+        with torch.no_grad():
+            eager = F.silu(group_norm_triton(x, 32, w, b, 1e-6))
+            out = compiled(x, w, b)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                replayed = compiled(x, w, b)
+            x.copy_(x.flip(0))  # new inputs in the captured buffer: the replay must see them
+            graph.replay()
+        for y in (eager, out):
+            assert (y.float() - ref).abs().max().item() < 2e-2, shape
+        ref_flipped = F.silu(F.group_norm(x.float(), 32, w.float(), b.float(), 1e-6))
+        assert (replayed.float() - ref_flipped).abs().max().item() < 2e-2, shape
