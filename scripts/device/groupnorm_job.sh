@@ -5,8 +5,13 @@
 #   GN_BUCKETS="1024x4 512x1" VAE_KINDS="fp16 int8" VAE_RES=1024 VAE_BATCH=4 bash scripts/device/groupnorm_job.sh
 # Writes $OUT/{groupnorm.csv, vae_decode_gn_<kind>.csv, vae_profile_gn_<kind>.csv (+ _kernels), job.log}: at most 8
 # files, what the device tool returns.
+# TESTS=1 first runs the GPU test of the triton form (tests/gpu, -k TEST_K), its tail printed and kept in job.log.
 source "$(dirname "$0")/job_env.sh"
 {
+if [ "${TESTS:-0}" = 1 ]; then
+  timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q tests/gpu/test_runtime_gpu.py -k "${TEST_K:-triton_group_norm}" \
+      -p no:cacheprovider 2>&1 | grep -v Warning | tail -8
+fi
 timeout ${GN_TIMEOUT:-240} python3 scripts/device/groupnorm_bench.py --out "$OUT/groupnorm.csv" \
     --buckets ${GN_BUCKETS:-1024x4 512x1} 2>&1 | grep -v Warning
 for kind in ${VAE_KINDS:-fp16 int8}; do
@@ -15,5 +20,5 @@ for kind in ${VAE_KINDS:-fp16 int8}; do
       --profile_out "$OUT/vae_profile_gn_$kind.csv" 2>&1 | grep -v Warning
 done
 } > "$OUT/job.log" 2>&1
-grep "'total'\|p50_ms\|Error\|error" "$OUT/job.log" | tail -30
+grep "'total'\|p50_ms\|Error\|error\|passed\|failed" "$OUT/job.log" | tail -30
 ls -la "$OUT"
