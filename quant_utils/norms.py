@@ -24,11 +24,14 @@ switches back.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 GROUP_NORMS = ("native", "split", "triton")
+Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # x -> per-channel (mean, variance), (N, C)
 
 
 def torch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,15 +49,14 @@ def kernel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c = x.shape[:2]
     p = x.numel() // (n * c)
     chunk = triton_kernels.moments_config(n, c, p)[2]
-    counts = torch.full((mean_p.shape[-1],), float(chunk), device=x.device)
-    counts[-1] = p - chunk * (mean_p.shape[-1] - 1)
+    counts = (p - chunk * torch.arange(mean_p.shape[-1], device=x.device)).clamp(max=chunk).float()  # last: the rest
     mean = (mean_p * counts).sum(-1) / p
     m2 = m2_p.sum(-1) + (counts * (mean_p - mean.unsqueeze(-1)).square()).sum(-1)
     return mean, m2 / p
 
 
 def group_norm_split(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                     eps: float, moments=torch_moments) -> torch.Tensor:
+                     eps: float, moments: Moments = torch_moments) -> torch.Tensor:
     """F.group_norm(x, groups, weight, bias, eps) for an (N, C, *spatial) tensor in any memory layout: float32
     statistics per channel over the spatial dims (`moments`), combined per group, then one per-channel scale and
     shift."""
