@@ -130,10 +130,10 @@ def fake_quant(x: torch.Tensor, split: int, p1: tuple, p2: tuple, block: int = 2
 
 # Per-channel moments of an (N, C, P) view in any layout (strides: NCHW has s_p = 1, channels_last s_c = 1; Triton
 # specialises a stride of 1, so the tile loads are vectorised along whichever dimension is contiguous). One program
-# per (image, channel block, CHUNK pixels; moments_config): plain sums of (x - k) and (x - k)^2 in float32 registers, k = the chunk's
-# first pixel per channel (shifted sums: no cancellation when the mean is large against the spread), reduced once at
-# the end; the chunks' (mean, M2) are combined in torch (quant_utils/norms.py). Thousands of programs at the decoder's
-# 1024 px shapes, against one reduction per (image, group) in PyTorch's GroupNorm.
+# per (image, channel block, CHUNK pixels; sizes from moments_config): plain sums of (x - k) and (x - k)^2 in float32
+# registers, k = the chunk's first pixel per channel (shifted sums: no cancellation when the mean is large against
+# the spread), reduced once at the end; the chunks' (mean, M2) are combined in torch (quant_utils/norms.py). About
+# 512-2048 programs at SDXL's shapes, against one reduction per (image, group) in PyTorch's GroupNorm.
 @triton.jit
 def _channel_moments_kernel(x_ptr, mean_ptr, m2_ptr, C, P, s_n, s_c, s_p, N_CHUNKS,
                             CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
