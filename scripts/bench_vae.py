@@ -49,9 +49,13 @@ VARIANTS = {
     "compile-channels-last": (True, "default", True, True, False, "native"),
     "compile-dynamic": (True, "default", False, False, True, "native"),  # what Runner's graph mode runs
     "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True, False, "native"),
+    "compile-nchw": (True, "default", False, True, False, "native"),
 }
+# Inductor settings a variant compiles under: compile-nchw keeps the convolutions NCHW (Inductor's layout optimisation
+# otherwise runs them channels_last, as cuDNN's NHWC kernels, and the GroupNorms then reduce over strided channels)
+INDUCTOR = {"compile-nchw": {"layout_optimization": False}}
 
-PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-channels-last")
+PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-nchw", "compile-channels-last")
 
 
 def parse_args(argv=None):
@@ -129,7 +133,8 @@ def main(args) -> None:
                 graphs = _GraphCache()
                 run = (lambda f=fn: graphs.run(("vae",), f, [z])) if graph else (lambda f=fn: f(z))
                 t0 = time.perf_counter()
-                out = run().float()  # first call: compile / autotune / capture
+                with torch._inductor.config.patch(INDUCTOR.get(name, {})):
+                    out = run().float()  # first call: compile / autotune / capture
                 torch.cuda.synchronize()
                 first_s = time.perf_counter() - t0
                 mse = (out - ref).pow(2).mean().item()
