@@ -18,6 +18,7 @@ from .norms import GROUP_NORMS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 from .qlayers import BACKENDS
+from .runtime import VAE_EXEC
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
@@ -79,9 +80,11 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
         help="auto: compile on CUDA, eager on a CPU. eager PyTorch; graph: CUDA graphs per (batch, resolution) "
              "bucket; compile: the UNet's resnet/transformer blocks torch.compile'd (fused norms, elementwise "
              "and activation quantization) and the VAE compiled, then CUDA graphs (graph/compile: CUDA only)")
-    add("--vae_exec", default="static", choices=["dynamic", "static", "eager"],
+    add("--vae_exec", default="static", choices=VAE_EXEC,
         help="with --exec graph/compile, the VAE decode is torch.compile'd first: static (one compile per "
-             "bucket, the fastest decode), dynamic shapes (one compile for all buckets, slower decodes), or eager")
+             "bucket, the fastest decode measured), static-nchw (static with the convolutions kept NCHW: Inductor's "
+             "layout optimisation off; not yet measured), dynamic shapes (one compile for all buckets, slower "
+             "decodes), or eager")
     add("--compile_shapes", default="static", choices=["dynamic", "static"],
         help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
              "with symbolic batch/height/width (dynamic: cheap new buckets, slower steps)")

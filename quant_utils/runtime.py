@@ -54,7 +54,7 @@ from .norms import use_group_norm
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
-VAE_EXEC = ("dynamic", "static", "eager")
+VAE_EXEC = ("dynamic", "static", "static-nchw", "eager")
 COMPILE_SHAPES = ("dynamic", "static")
 # The UNet's repeated blocks, compiled one by one (regional compilation): same-shape blocks reuse one compiled
 # graph (weights and quantizer parameters are graph inputs), so the compile costs a few blocks, not 70.
@@ -106,7 +106,10 @@ def compiled_decode(vae: torch.nn.Module, vae_exec: str) -> Callable:
     key = (id(vae), vae_exec)  # the cached closure keeps `vae` alive, so its id is never reused meanwhile
     if key not in _COMPILED_DECODES:
         _allow_recompiles()
-        _COMPILED_DECODES[key] = torch.compile(lambda z: decode_images(vae, z), dynamic=vae_exec == "dynamic")
+        # static-nchw: Inductor's layout optimisation off, so the convolutions stay NCHW (on, it runs them channels_last
+        # and the GroupNorms between them reduce over strided channels: the FP16 decoder's largest cost, v5 profile)
+        opts = {"options": {"layout_optimization": False}} if vae_exec == "static-nchw" else {}
+        _COMPILED_DECODES[key] = torch.compile(lambda z: decode_images(vae, z), dynamic=vae_exec == "dynamic", **opts)
     return _COMPILED_DECODES[key]
 
 
@@ -249,7 +252,7 @@ class Runner:
             self.stage_fns["vae"] = compiled_decode(self.vae, vae_exec)
         # how the decode runs: eager (also inside a CUDA graph), compiled (symbolic shapes), compiled-static
         self.vae_exec = "eager" if exec_mode == "eager" or vae_exec == "eager" else \
-            "compiled-static" if vae_exec == "static" else "compiled"
+            "compiled" if vae_exec == "dynamic" else f"compiled-{vae_exec}"
         self.vae_label = self.vae_exec  # older name, kept for callers that print it
 
     def pop_setup_s(self) -> dict[str, float]:

@@ -31,6 +31,22 @@ def test_runner_labels_and_rejects(tiny_pipe):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             Runner(tiny_pipe, "compile")
+    with pytest.raises(ValueError, match="vae_exec"):
+        Runner(tiny_pipe, "eager", vae_exec="nchw")
+
+
+def test_static_nchw_decode_compiles_with_layout_optimisation_off(tiny_pipe, monkeypatch):
+    """--vae_exec static-nchw: the decoder compiled per bucket with Inductor's layout optimisation off (its convs
+    stay NCHW); the other static/dynamic decodes compile with Inductor's defaults. One compiled decode per kind."""
+    from quant_utils import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime.torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    monkeypatch.setattr(runtime, "_COMPILED_DECODES", {})
+    for kind in ("static", "static-nchw", "dynamic", "static-nchw"):
+        runtime.compiled_decode(tiny_pipe.vae, kind)
+    assert calls == [{"dynamic": False}, {"dynamic": False, "options": {"layout_optimization": False}},
+                     {"dynamic": True}]
 
 
 def test_a_cuda_runner_owns_the_kernels_tuning(monkeypatch, capsys):
