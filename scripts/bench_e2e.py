@@ -177,6 +177,7 @@ def main(args: argparse.Namespace) -> None:
                              "group_norm": e.runner.group_norm,
                              "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
+                             "fused_attentions": sum(bool(getattr(m, "fused_projections", False)) for m in e.unet.modules()),
                              **_plan_columns(e.unet, e.runner.unet_bucket(batch, res, res)),
                              "vae_weight_bytes": device_weight_bytes(decoders[e.kind]),
                              "weight_config": Path(e.summary.get("weight_config", "")).name,

@@ -72,7 +72,7 @@ E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "vae_at
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
                "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "first_call_plan_s", "first_call_warmup_s",
                "first_call_capture_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
-               "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
+               "fused_attentions", "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
 
 
 def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
@@ -96,6 +96,7 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     setup = ["first_call_plan_s", "first_call_warmup_s", "first_call_capture_s"]
     assert (df[setup] == 0).all().all()  # eager on a CPU: no plan, no warm-up before a graph, no capture
     assert (df[["kernel_layers", "wonly_layers", "dense_layers", "dense_bytes"]] == 0).all().all()  # a CPU plans nothing
+    assert (df["fused_attentions"] == 0).all()  # eager on a CPU: nothing fused
     assert not (tmp_path / "e2e_layer_plan.csv").exists()
     first = df[df["batch"] == 1]  # the check cell: eager vs eager here, so identical images
     assert (first["diff_vs_eager"] == 0).all() and df[df["batch"] == 2]["diff_vs_eager"].isna().all()
