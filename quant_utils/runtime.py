@@ -22,8 +22,9 @@ SDPA or explicit score matrices, quant_utils/decoders.py), for every decoder ali
 `fuse_qkv` (quant_utils/fusion.py): `auto` fuses the attention projections (q/k/v in one GEMM; quantized layers where
 exact) under `compile`, measured faster there for FP16 and W8A8 on the H200 (report section 1); `on` also uncompiled,
 `off` never. In place, like compiling.
-`group_norm="split"` switches the UNet's and the decoder's GroupNorms in place to quant_utils/norms.py's two-step
-form (opt-in: measured slower in the compiled decode); `native` (default) is PyTorch's.
+`group_norm="split"` / `"triton"` switch the UNet's and the decoder's GroupNorms in place to quant_utils/norms.py's
+two-step form (opt-in: measured slower in the compiled decode) / the same with the Triton statistics kernel (opt-in,
+not yet measured); `native` (default) is PyTorch's. `vae_exec="static-nchw"` compiles the decoder with NCHW convs.
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
 Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
@@ -250,7 +251,7 @@ class Runner:
             compile_regions(pipe.unet, dynamic=compile_shapes == "dynamic")
         if exec_mode != "eager" and vae_exec != "eager":
             self.stage_fns["vae"] = compiled_decode(self.vae, vae_exec)
-        # how the decode runs: eager (also inside a CUDA graph), compiled (symbolic shapes), compiled-static
+        # how the decode runs: eager (also inside a CUDA graph), compiled (symbolic shapes), compiled-static(-nchw)
         self.vae_exec = "eager" if exec_mode == "eager" or vae_exec == "eager" else \
             "compiled" if vae_exec == "dynamic" else f"compiled-{vae_exec}"
         self.vae_label = self.vae_exec  # older name, kept for callers that print it
