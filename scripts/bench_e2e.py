@@ -184,9 +184,9 @@ def main(args: argparse.Namespace) -> None:
                              "act_config": Path(e.summary.get("act_config", "")).name, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
                 write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
-                plans[e.mode] = plan_rows(e.unet)
-                if plans[e.mode]:
-                    write_csv(pd.DataFrame([dict(mode=m, **r) for m, rs in plans.items() for r in rs]),
+                plans[e.mode, e.exec_mode] = plan_rows(e.unet)  # (compile and compile-fused plan different layers)
+                if plans[e.mode, e.exec_mode]:
+                    write_csv(pd.DataFrame([dict(mode=m, unet_exec=x, **r) for (m, x), rs in plans.items() for r in rs]),
                               repo_path(args.layer_plan_out or out.with_name(out.stem + "_layer_plan.csv")),
                               {**meta, "timing": "per layer geometry: CUDA-graph replays of its kernel (codes "
                                                  "quantized beforehand) and of cuBLAS/cuDNN on an fp16 weight"})
