@@ -151,17 +151,18 @@ def main(args) -> None:
                     cell, per_kernel = dict(variant=name, height=res, width=res, batch=args.batch), []
                     prof_rows += [dict(cell, **r) for r in profile_step(lambda f=fn: f(z), per_kernel)]
                     kernel_rows += [dict(cell, **r) for r in per_kernel]
+                # after every variant: partial results survive a later variant's failure or timeout
+                write_csv(pd.DataFrame(rows), repo_path(args.out),
+                          provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
+                if prof_rows:
+                    meta = provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none",
+                                      timing="torch.profiler")
+                    write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out), meta)
+                    out = repo_path(args.profile_out)
+                    write_csv(pd.DataFrame(kernel_rows), out.with_name(f"{out.stem}_kernels{out.suffix}"), meta)
         vae.to(memory_format=torch.contiguous_format)
         use_group_norm(vae, "native")
         torch.backends.cudnn.benchmark = False
-        # Partial results survive a later resolution's failure or timeout.
-        write_csv(pd.DataFrame(rows), repo_path(args.out),
-                  provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
-        if prof_rows:
-            meta = provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none", timing="torch.profiler")
-            write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out), meta)
-            out = repo_path(args.profile_out)
-            write_csv(pd.DataFrame(kernel_rows), out.with_name(f"{out.stem}_kernels{out.suffix}"), meta)
     print(pd.DataFrame(rows).round(2).to_string(index=False))
 
 
