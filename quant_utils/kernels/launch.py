@@ -36,7 +36,7 @@ def _tma(bm: int, bn: int, warps: int, stages: int, swap: bool = False) -> dict:
 LINEAR_CANDIDATES = {
     "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2),
              _cfg(32, 64, 4, 4)],
-    # 129-512 rows (512 px, batch 1) leave most SMs idle, but split-K 4/8 here never won in measurements
+    # 65-512 rows (512 px, batch 1) leave most SMs idle, but split-K 4/8 here never won in measurements
     # (zeroing, fp32 atomics and the cast pass cost more: results/kernels_notes.md, v3), so only split-K 2
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3),
               _tma(64, 128, 4, 4, True), _tma(128, 128, 8, 4)],
@@ -45,11 +45,6 @@ LINEAR_CANDIDATES = {
     "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True),
               _tma(128, 256, 8, 3), _tma(128, 256, 8, 4), _tma(256, 128, 8, 3, True)],
 }
-# 65-128 rows (the cross-attention K/V projections of 77 text tokens at batch 1, K = 2048): the small class's tiles
-# leave 20-40 programs for a weight-bound GEMM (~18 us against ~6 us for cuBLAS, v5 layer plan at 512x1), so split-K
-# 4 and 8 over the long K join them here; the autotuner keeps whichever wins per shape
-LINEAR_CANDIDATES["narrow"] = LINEAR_CANDIDATES["small"] + [_cfg(32, 64, 4, 4, True, 4), _cfg(32, 128, 4, 4, True, 4),
-                                                            _cfg(32, 64, 4, 4, True, 8)]
 # TMA (kernels v4): tiles loaded by tensor descriptors (triton_kernels._qlinear_tma_kernel), int8 activations and
 # 8-bit weights only (4/6/2-bit weights through the PRE pass); the autotuner keeps them where they win
 CONV_CANDIDATES = {
@@ -60,7 +55,6 @@ CONV_CANDIDATES = {
 # fp16 activations (BOS rows, protected layers) double the A tile's shared memory: no 256-wide tiles
 FP16A_CANDIDATES = {
     "tiny": LINEAR_CANDIDATES["tiny"],
-    "narrow": LINEAR_CANDIDATES["narrow"],
     "small": LINEAR_CANDIDATES["small"],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4)],
     "large": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4)],
@@ -69,7 +63,7 @@ INT32_LIMIT = 2**31  # the conv kernel's offsets are int32: larger batches run i
 
 
 def linear_class(m: int) -> str:
-    return "tiny" if m <= 64 else "narrow" if m <= 128 else "small" if m <= 512 else "mid" if m <= 4096 else "large"
+    return "tiny" if m <= 64 else "small" if m <= 512 else "mid" if m <= 4096 else "large"
 
 
 def conv_class(m: int) -> str:
