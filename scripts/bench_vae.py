@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,23 +38,31 @@ from quant_utils.norms import use_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
 
-# name -> (CUDA graph replay, torch.compile mode or None, channels_last, cudnn.benchmark, dynamic shapes, GroupNorm)
+class Variant(NamedTuple):
+    graph: bool                  # CUDA graph replay
+    mode: str | None             # torch.compile mode (None: not compiled)
+    channels_last: bool
+    benchmark: bool              # cudnn.benchmark
+    dynamic: bool = False        # dynamic shapes
+    group_norm: str = "native"   # quant_utils/norms.py
+    inductor: tuple = ()         # Inductor settings the variant compiles under
+
+
 VARIANTS = {
-    "eager": (False, None, False, False, False, "native"),
-    "graph": (True, None, False, False, False, "native"),
-    "graph-cudnn-benchmark": (True, None, False, True, False, "native"),
-    "graph-channels-last": (True, None, True, True, False, "native"),
-    "compile": (True, "default", False, True, False, "native"),
-    "compile-split-gn": (True, "default", False, True, False, "split"),
-    "compile-triton-gn": (True, "default", False, True, False, "triton"),
-    "compile-channels-last": (True, "default", True, True, False, "native"),
-    "compile-dynamic": (True, "default", False, False, True, "native"),  # what Runner's graph mode runs
-    "compile-max-autotune": (True, "max-autotune-no-cudagraphs", True, True, False, "native"),
-    "compile-nchw": (True, "default", False, True, False, "native"),
+    "eager": Variant(False, None, False, False),
+    "graph": Variant(True, None, False, False),
+    "graph-cudnn-benchmark": Variant(True, None, False, True),
+    "graph-channels-last": Variant(True, None, True, True),
+    "compile": Variant(True, "default", False, True),
+    "compile-split-gn": Variant(True, "default", False, True, group_norm="split"),
+    "compile-triton-gn": Variant(True, "default", False, True, group_norm="triton"),
+    "compile-channels-last": Variant(True, "default", True, True),
+    "compile-dynamic": Variant(True, "default", False, False, dynamic=True),  # what Runner's graph mode runs
+    "compile-max-autotune": Variant(True, "max-autotune-no-cudagraphs", True, True),
+    # the convolutions kept NCHW: Inductor's layout optimisation otherwise runs them channels_last (cuDNN's NHWC
+    # kernels), and the GroupNorms between them reduce over strided channels (--vae_exec static-nchw in the Runner)
+    "compile-nchw": Variant(True, "default", False, True, inductor=(("layout_optimization", False),)),
 }
-# Inductor settings a variant compiles under: compile-nchw keeps the convolutions NCHW (Inductor's layout optimisation
-# otherwise runs them channels_last, as cuDNN's NHWC kernels, and the GroupNorms then reduce over strided channels)
-INDUCTOR = {"compile-nchw": {"layout_optimization": False}}
 
 PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-nchw", "compile-channels-last")
 
@@ -104,12 +113,15 @@ def main(args) -> None:
 
     torch._dynamo.config.cache_size_limit = 64  # one graph per (variant, resolution)
     vae = decoder_from_args(pipe, args, args.res[0]) or pipe.vae
-    if args.vae == "int8" and any(VARIANTS[v][2] for v in args.variants):
+    if args.vae == "int8" and any(VARIANTS[v].channels_last for v in args.variants):
         raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
 
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
 
+    meta = provenance(script="bench_vae", weights=weights_label(cfg, args),
+                      backend="kernel (the int8 decoder's convs)" if args.vae == "int8" else "none")
+    prof_meta = {**meta, "timing": "torch.profiler"}
     rows, prof_rows, kernel_rows = [], [], []
     for res in args.res:
         z0 = torch.randn(args.batch, 4, res // 8, res // 8, device=device, dtype=torch.float16,
@@ -120,7 +132,7 @@ def main(args) -> None:
             use_group_norm(vae, "native")
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark, dynamic, group_norm = VARIANTS[name]
+                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor = VARIANTS[name]
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
@@ -133,7 +145,7 @@ def main(args) -> None:
                 graphs = _GraphCache()
                 run = (lambda f=fn: graphs.run(("vae",), f, [z])) if graph else (lambda f=fn: f(z))
                 t0 = time.perf_counter()
-                with torch._inductor.config.patch(INDUCTOR.get(name, {})):
+                with torch._inductor.config.patch(dict(inductor)):
                     out = run().float()  # first call: compile / autotune / capture
                 torch.cuda.synchronize()
                 first_s = time.perf_counter() - t0
@@ -152,14 +164,11 @@ def main(args) -> None:
                     prof_rows += [dict(cell, **r) for r in profile_step(lambda f=fn: f(z), per_kernel)]
                     kernel_rows += [dict(cell, **r) for r in per_kernel]
                 # after every variant: partial results survive a later variant's failure or timeout
-                write_csv(pd.DataFrame(rows), repo_path(args.out),
-                          provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none"))
+                write_csv(pd.DataFrame(rows), repo_path(args.out), meta)
                 if prof_rows:
-                    meta = provenance(script="bench_vae", weights=weights_label(cfg, args), backend="none",
-                                      timing="torch.profiler")
-                    write_csv(pd.DataFrame(prof_rows), repo_path(args.profile_out), meta)
                     out = repo_path(args.profile_out)
-                    write_csv(pd.DataFrame(kernel_rows), out.with_name(f"{out.stem}_kernels{out.suffix}"), meta)
+                    write_csv(pd.DataFrame(prof_rows), out, prof_meta)
+                    write_csv(pd.DataFrame(kernel_rows), out.with_name(f"{out.stem}_kernels{out.suffix}"), prof_meta)
         vae.to(memory_format=torch.contiguous_format)
         use_group_norm(vae, "native")
         torch.backends.cudnn.benchmark = False
