@@ -105,6 +105,11 @@ def _fused_quant(layers: list[QuantLayer]) -> QuantLayer:
     return out
 
 
+def fused_attentions(unet: nn.Module) -> int:
+    """How many attentions of `unet` run with fused projections (0: none, as bit configs and checkpoints expect)."""
+    return sum(bool(getattr(m, "fused_projections", False)) for m in unet.modules())
+
+
 def wants_fusion(choice: str, compiled: bool, unet: object) -> bool:
     """The Runner's --fuse_qkv: `on`, `off`, or `auto` = a compiled UNet, FP16 or quantized (measured faster compiled
     on the H200: FP16 9-10 % at 512x1, 6 % at 1024x1; W8A8 6 % at 512x1, 3 % at 1024x1; report section 1)."""

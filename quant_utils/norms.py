@@ -12,12 +12,13 @@ not what held it; untested guess: Inductor's looped var_mean is a Welford update
 the compiled decode it was slower (FP16 1024x4 172 vs 130 ms; int8 decoder 82 vs 84 ms): there Inductor keeps the
 convolutions' outputs channels_last (cuDNN ran its NHWC kernels; likely, not verified), and rows of one channel
 are strided in that layout.
-The form below takes per-channel statistics over the spatial dims without reshaping (any layout: Inductor picks
-the loop order) and normalises with one per-channel scale and shift: not yet measured on a GPU (queued,
+The form below takes per-channel statistics over the spatial dims without reshaping (any layout: Inductor picks the
+loop order) and normalises with one per-channel scale and shift: not yet measured on a GPU (queued,
 scripts/device/README.md). `triton` computes those statistics with quant_utils/kernels' moments kernel (plain shifted
-sums over chunks of up to 4096 pixels, hundreds to thousands of programs, either layout read with vector loads; the chunks combined
-here), since the looped reductions Inductor generates are the suspect; the per-channel scale and shift, the SiLU
-after it and (int8 decoder) the next conv's input quantize stay Inductor's to fuse. Not yet measured (queued).
+sums over chunks of up to 4096 pixels, hundreds to thousands of programs, either layout read with vector loads; the
+chunks combined here), since the looped reductions Inductor generates are the suspect; the per-channel scale and
+shift, the SiLU after it and (int8 decoder) the next conv's input quantize stay Inductor's to fuse. Not yet measured
+(queued).
 
 `use_group_norm(model, kind)` switches every nn.GroupNorm of a model (same parameters and state dict); "native"
 switches back.
@@ -106,6 +107,8 @@ class TritonGroupNorm(SplitGroupNorm):
 
 
 _FORMS = {"native": nn.GroupNorm, "split": SplitGroupNorm, "triton": TritonGroupNorm}
+# each kind as a function with F.group_norm's arguments (x, groups, weight, bias, eps)
+GROUP_NORM_FUNCTIONS = {"native": F.group_norm, "split": group_norm_split, "triton": group_norm_triton}
 
 
 def use_group_norm(model: nn.Module, kind: str) -> int:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .bitconfig import resolve_layer_bits
 from .errors import ConfigError
+from .fusion import fused_attentions
 from .qlayers import QuantLayer
 
 _BOS_LAYER = re.compile(r"attn2\.to_[kv]$")
@@ -93,7 +94,7 @@ def uniform_bits(unet: nn.Module, bits: int) -> dict[str, int]:
 def refuse_fused(unet: nn.Module, doing: str) -> None:
     """Bit configs, checkpoints and quantized folders name to_q/to_k/to_v: a UNet whose attention projections a
     compiled Runner fused in place (quant_utils/fusion.py) is refused rather than written or read under other names."""
-    if any(getattr(m, "fused_projections", False) for m in unet.modules()):
+    if fused_attentions(unet):
         raise ValueError(f"cannot {doing} this UNet: its attention projections are fused in place "
                          "(quant_utils/fusion.py, a compiled Runner's --fuse_qkv); use the UNet from before the Runner, "
                          "or fusion.unfuse_qkv an FP one; bit configs and files name to_q/to_k/to_v")

@@ -34,7 +34,7 @@ from quant_utils.cli import (PROMPTS_32, HelpFormatter, add_model_args, check_de
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
-from quant_utils.fusion import fuse_qkv  # noqa: E402
+from quant_utils.fusion import fuse_qkv, fused_attentions  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, summarize, timed_call  # noqa: E402
 from quant_utils.layer_plan import dense_summary, plan_rows  # noqa: E402
@@ -45,7 +45,6 @@ from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
-# FP16 UNet executions -> the Runner's exec mode (compile-fused: its own UNet copy, QKV projections fused first)
 # a UNet variant's exec name -> the Runner's exec mode (compile-fused: compiled after fusion.fuse_qkv; FP16 and quantized)
 UNET_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
 
@@ -59,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager); compile-fused: "
                         "compiled with fused attention projections (one GEMM for q/k/v, one for cross-attention's "
                         "k/v: fewer launches, quant_utils/fusion.py), a candidate for the fastest FP16 UNet")
-    p.add_argument("--quant_exec", nargs="+", default=None, choices=["graph", "compile", "compile-fused"],
+    p.add_argument("--quant_exec", nargs="+", default=None, choices=[e for e in UNET_EXECS if e != "eager"],
                    help="quantized UNets' executions (default on CUDA: compile; on a CPU: eager); compile-fused: their "
                         "attention projections fused where they are exactly fusable (same bits and input quantizer)")
     p.add_argument("--vae_kinds", "--vaes", dest="vae_kinds", nargs="+", default=["fp16", "int8", "tiny"],
@@ -177,7 +176,7 @@ def main(args: argparse.Namespace) -> None:
                              "group_norm": e.runner.group_norm,
                              "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
-                             "fused_attentions": sum(bool(getattr(m, "fused_projections", False)) for m in e.unet.modules()),
+                             "fused_attentions": fused_attentions(e.unet),
                              **_plan_columns(e.unet, e.runner.unet_bucket(batch, res, res)),
                              "vae_weight_bytes": device_weight_bytes(decoders[e.kind]),
                              "weight_config": Path(e.summary.get("weight_config", "")).name,

@@ -317,8 +317,9 @@ def main(args: argparse.Namespace) -> None:
     per_run = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     # what the measured rows ran on (the simulated ones: the performance model's perf_* lines)
     live_backend = args.backend if args.quantize_live else "none (modes run the loaded model)"
+    live_weights = weights_label(model_config_from_args(args), args) if args.live else ""
     weights = (f"{service.get('weights', 'not reported')} (service)" if service else "") + (
-        f"{' + ' if service else ''}{weights_label(model_config_from_args(args), args)} (live)" if args.live else "")
+        f"{' + ' if service else ''}{live_weights} (live)" if args.live else "")
     backend = (" ".join(f"{m}={label}" for m, label in service["labels"].items()) + " (service)" if service else "") + (
         f"{' + ' if service else ''}{live_backend} (live)" if args.live else "")
     meta = provenance(script="load_test_stub", weights=weights or f"simulated only: {perf.weights} (performance model)",
@@ -335,8 +336,7 @@ def main(args: argparse.Namespace) -> None:
                                                                if server.handoff_ms else ""),
                       **({"service": f"{service['device']}, {service.get('weights', 'weights not reported')} weights, "
                                      f"models {service['labels']}", "format": args.format} if service else {}),
-                      **({"live": f"{weights_label(model_config_from_args(args), args)} weights, quantized backend "
-                                  f"{live_backend}"} if args.live else {}),
+                      **({"live": f"{live_weights} weights, quantized backend {live_backend}"} if args.live else {}),
                       notes=" | ".join(notes) or "none")
     write_csv(results, out / "mixdq_queue_results.csv", meta)
     write_csv(requests.round(REQUEST_CSV_DECIMALS), out / "mixdq_queue_requests.csv", meta)

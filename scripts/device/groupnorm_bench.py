@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.kernels.launch import graph_bench_ms  # noqa: E402
-from quant_utils.norms import GROUP_NORMS, group_norm_split, group_norm_triton, torch_moments, triton_moments  # noqa: E402
+from quant_utils.norms import GROUP_NORM_FUNCTIONS, GROUP_NORMS, torch_moments, triton_moments  # noqa: E402
 from quant_utils.pipeline import architecture_configs, load_model_config  # noqa: E402
 
 DEVICE = "cuda"  # (a CPU test of this script sets "cpu" and stubs the timer)
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     arch = architecture_configs(load_model_config(ROOT / args.config))
     torch._dynamo.config.cache_size_limit = 256
-    forms = {"native": F.group_norm, "split": group_norm_split, "triton": group_norm_triton}
-    forms = {f: forms[f] for f in ["native", *args.forms]}
+    forms = {f: GROUP_NORM_FUNCTIONS[f] for f in ["native", *args.forms]}
     # (the default argument binds each form: a closure over the loop variable would time the last form only)
     compiled = {f: torch.compile(lambda x, g, w, b, gn=gn: F.silu(gn(x, g, w, b, 1e-6))) for f, gn in forms.items()}
     # the statistics alone (where the time goes): Inductor's per-channel var_mean against the Triton kernel
@@ -133,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                              **{f"speedup_{f}": round(tot["native"] / t, 3) for f, t in tot.items() if f != "native"}})
                 print(rows[-1], flush=True)
             write_csv(pd.DataFrame(rows), Path(args.out), provenance(script="groupnorm_bench", gpu=device_name(),
-                      weights="random fp16 tensors", backend="torch.compile (Inductor)"))
+                      weights="random fp16 tensors",
+                      backend="torch.compile (Inductor); the triton form's statistics: the Triton moments kernel"))
     return 0
 
 
