@@ -14,7 +14,7 @@ from .errors import ConfigError, UserError
 from .fusion import FUSE_QKV
 from .decoders import VAE_ATTENTION
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS
-from .norms import GROUP_NORMS
+from .norms import DECODER_GROUP_NORMS, GROUP_NORMS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 from .qlayers import BACKENDS
@@ -96,9 +96,11 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
         help="the decoder's self-attention: auto = per decode bucket on CUDA, PyTorch's SDPA or explicit score "
              "matrices, whichever is faster (the SDXL VAE's one head of 512 is beyond flash attention); sdpa = always SDPA")
     add("--group_norm", default="native", choices=GROUP_NORMS,
-        help="GroupNorm of the UNet and the decoder: native = PyTorch's; split = statistics in two steps "
-             "(quant_utils/norms.py; measured slower in the compiled decode); triton = split with the per-channel "
-             "statistics from a Triton kernel (CUDA; not yet measured)")
+        help="the UNet's GroupNorms: native = PyTorch's; split = statistics in two steps (quant_utils/norms.py); "
+             "triton = split with the per-channel statistics from a Triton kernel (CUDA; unmeasured in the UNet)")
+    add("--vae_group_norm", default="auto", choices=DECODER_GROUP_NORMS,
+        help="the decoder's GroupNorms, same forms: auto = triton for the FP16 decoder compiled on CUDA (measured "
+             "faster: H200, 1024x4 decode 131 -> 108 ms), native otherwise (the int8 decoder was slower with triton)")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
@@ -205,6 +207,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
                   vae_attention=getattr(args, "vae_attention", "auto"),
                   group_norm=getattr(args, "group_norm", "native"),
+                  vae_group_norm=getattr(args, "vae_group_norm", "auto"),
                   fuse_qkv=getattr(args, "fuse_qkv", "auto"))
 
 

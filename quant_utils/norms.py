@@ -1,6 +1,7 @@
-"""GroupNorm with its statistics as two reductions (`--group_norm split`; measured slower in the whole decode) or with
-its per-channel statistics from a Triton kernel (`--group_norm triton`; not yet measured): both opt-in; PyTorch's
-GroupNorm (`native`) is the default everywhere.
+"""GroupNorm with its statistics as two reductions (`split`; measured slower in the whole decode) or with its
+per-channel statistics from a Triton kernel (`triton`): `--group_norm` sets the UNet's (PyTorch's, `native`, by
+default), `--vae_group_norm` the decoder's (`auto`: `triton` for the FP16 decoder compiled on CUDA, measured faster;
+else `native`; see decoder_group_norm).
 
 Why it was tried: as Inductor compiles the SDXL decoder, its GroupNorms (+ SiLU) run far below memory bandwidth (on
 the H200, ~280 GB/s counting one read and one write per element, against ~4.3 TB/s for a copy; 63 ms of a 130 ms
@@ -17,8 +18,11 @@ loop order) and normalises with one per-channel scale and shift: not yet measure
 scripts/device/README.md). `triton` computes those statistics with quant_utils/kernels' moments kernel (plain shifted
 sums over chunks of up to 4096 pixels, hundreds to thousands of programs, either layout read with vector loads; the
 chunks combined here), since the looped reductions Inductor generates are the suspect; the per-channel scale and
-shift, the SiLU after it and (int8 decoder) the next conv's input quantize stay Inductor's to fuse. Not yet measured
-(queued).
+shift, the SiLU after it and (int8 decoder) the next conv's input quantize stay Inductor's to fuse. Measured (tenth
+session, H200, 1024x4, results/vae_decode_gn_*_nvidia_h200.csv): the compiled FP16 decode 131.0 -> 108.2 ms with
+`triton` (Inductor's layout optimisation off instead: 128.8 ms); the int8 decoder 83.2 -> 92.2 ms (slower: its
+GroupNorms already reduce over contiguous NCHW rows, fused with their quantize), so `auto` gives `triton` to the FP16
+decoder only.
 
 `use_group_norm(model, kind)` switches every nn.GroupNorm of a model (same parameters and state dict); "native"
 switches back.
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUP_NORMS = ("native", "split", "triton")
+DECODER_GROUP_NORMS = ("auto",) + GROUP_NORMS
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # x -> per-channel (mean, variance), (N, C)
 
 
@@ -109,6 +114,17 @@ class TritonGroupNorm(SplitGroupNorm):
 _FORMS = {"native": nn.GroupNorm, "split": SplitGroupNorm, "triton": TritonGroupNorm}
 # each kind as a function with F.group_norm's arguments (x, groups, weight, bias, eps)
 GROUP_NORM_FUNCTIONS = {"native": F.group_norm, "split": group_norm_split, "triton": group_norm_triton}
+
+
+def decoder_group_norm(choice: str, vae_kind: str, compiled_on_cuda: bool) -> str:
+    """The decoder's GroupNorm form for `--vae_group_norm choice`: auto = `triton` for the FP16 decoder when its decode
+    is compiled on CUDA (measured 1.21x over PyTorch's in the compiled decode at 1024x4, see above), else `native`
+    (the int8 decoder was slower with it; uncompiled it is unmeasured; the tiny decoder has no GroupNorm)."""
+    if choice not in DECODER_GROUP_NORMS:
+        raise ValueError(f"vae_group_norm={choice!r}, expected one of {DECODER_GROUP_NORMS}")
+    if choice != "auto":
+        return choice
+    return "triton" if vae_kind == "fp16" and compiled_on_cuda else "native"
 
 
 def use_group_norm(model: nn.Module, kind: str) -> int:

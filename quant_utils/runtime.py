@@ -22,9 +22,11 @@ SDPA or explicit score matrices, quant_utils/decoders.py), for every decoder ali
 `fuse_qkv` (quant_utils/fusion.py): `auto` fuses the attention projections (q/k/v in one GEMM; quantized layers where
 exact) under `compile`, measured faster there for FP16 and W8A8 on the H200 (report section 1); `on` also uncompiled,
 `off` never. In place, like compiling.
-`group_norm="split"` / `"triton"` switch the UNet's and the decoder's GroupNorms in place to quant_utils/norms.py's
-two-step form (opt-in: measured slower in the compiled decode) / the same with the Triton statistics kernel (opt-in,
-not yet measured); `native` (default) is PyTorch's. `vae_exec="static-nchw"` compiles the decoder with NCHW convs.
+`group_norm` (the UNet's) and `vae_group_norm` (the decoder's) switch GroupNorms in place to quant_utils/norms.py's
+forms: `native` is PyTorch's (the UNet's default), `split` the two-step form (measured slower in the compiled decode),
+`triton` the same with the Triton statistics kernel; `vae_group_norm="auto"` gives `triton` to the FP16 decoder
+compiled on CUDA (measured 1.21x in the 1024x4 decode), `native` to the others (the int8 decoder was slower with it).
+`vae_exec="static-nchw"` compiles the decoder with NCHW convs (measured: no gain).
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
 Compiled code is cached by Inductor on disk and reused by later processes; `save_compile_cache` /
@@ -51,7 +53,7 @@ from .kernels.tuning import Tuning, tuning_installed, use_tuning
 from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
 from . import fusion
-from .norms import use_group_norm
+from .norms import decoder_group_norm, use_group_norm
 
 EXEC_MODES = ("eager", "graph", "compile")
 EXEC_CHOICES = ("auto",) + EXEC_MODES   # auto: compile on CUDA (the fastest path), eager on a CPU
@@ -207,7 +209,7 @@ class Runner:
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
                  layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
-                 group_norm: str = "native", fuse_qkv: str = "auto"):
+                 group_norm: str = "native", fuse_qkv: str = "auto", vae_group_norm: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -240,9 +242,11 @@ class Runner:
         self.vae_kind = vae_kind
         self.vae_dtype = self.vae.dtype
         # before anything is compiled: the GroupNorms' form is part of the traced code
-        for model in (pipe.unet, self.vae):
+        compiled_decode_on_cuda = self.device.type == "cuda" and exec_mode != "eager" and vae_exec != "eager"
+        self.vae_group_norm = decoder_group_norm(vae_group_norm, vae_kind, compiled_decode_on_cuda)
+        for model, kind in ((pipe.unet, group_norm), (self.vae, self.vae_group_norm)):
             if isinstance(model, torch.nn.Module):  # (tests' stand-in pipelines are not)
-                use_group_norm(model, group_norm)  # (raises on an unknown kind)
+                use_group_norm(model, kind)  # (raises on an unknown kind)
         self.group_norm = group_norm
         # before compiling: the fused layers are what gets traced
         self.fused = fusion.fuse_qkv(pipe.unet) if fusion.wants_fusion(fuse_qkv, exec_mode == "compile", pipe.unet) else None

@@ -40,6 +40,7 @@ from quant_utils.latency import device_weight_bytes, summarize, timed_call  # no
 from quant_utils.layer_plan import dense_summary, plan_rows  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_copy  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
+from quant_utils.norms import decoder_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
@@ -173,7 +174,7 @@ def main(args: argparse.Namespace) -> None:
                              "unet_exec": e.exec_mode,
                              "vae": e.kind, "vae_exec": e.runner.vae_exec,
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
-                             "group_norm": e.runner.group_norm,
+                             "group_norm": e.runner.group_norm, "vae_group_norm": e.runner.vae_group_norm,
                              "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
                              "fused_attentions": fused_attentions(e.unet),
@@ -267,10 +268,15 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
         plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention,
                      group_norm=args.group_norm, fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
-        refs = {k: Runner(variant, "eager", vae=decoders[k], **plans)(*check).astype(float) for k in kinds}
+        # each decoder's GroupNorm form as its fast path resolves it, for the eager reference too: decoders are shared
+        # across entries, and a Runner switches its decoder's form in place
+        vae_gn = {k: decoder_group_norm(args.vae_group_norm, k, cuda and args.vae_exec != "eager") for k in kinds}
+        refs = {k: Runner(variant, "eager", vae=decoders[k], vae_group_norm=vae_gn[k], **plans)(*check).astype(float)
+                for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(UNET_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,
-                            vae=decoders[kind], vae_kind=kind, compile_shapes=args.compile_shapes, **plans)
+                            vae=decoders[kind], vae_kind=kind, compile_shapes=args.compile_shapes,
+                            vae_group_norm=vae_gn[kind], **plans)
             yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
                         encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),
                         check, refs[kind])

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import run_interpreted
-from quant_utils.norms import _FORMS, SplitGroupNorm, TritonGroupNorm, group_norm_split, use_group_norm
+from quant_utils.norms import (_FORMS, SplitGroupNorm, TritonGroupNorm, decoder_group_norm, group_norm_split,
+                               use_group_norm)
 
 
 def group_norm_kind(model: nn.Module) -> str:
@@ -61,6 +62,15 @@ def test_use_group_norm_switches_in_place_and_back():
         use_group_norm(model, "auto")
 
 
+def test_decoder_group_norm_auto_is_triton_for_the_compiled_fp16_decoder_only():
+    assert decoder_group_norm("auto", "fp16", compiled_on_cuda=True) == "triton"
+    assert decoder_group_norm("auto", "fp16", compiled_on_cuda=False) == "native"
+    assert decoder_group_norm("auto", "int8", compiled_on_cuda=True) == "native"  # measured slower with triton
+    assert decoder_group_norm("split", "int8", compiled_on_cuda=True) == "split"  # an explicit form is kept
+    with pytest.raises(ValueError, match="vae_group_norm"):
+        decoder_group_norm("fast", "fp16", compiled_on_cuda=True)
+
+
 def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
     from quant_utils.runtime import Runner
 
@@ -68,12 +78,17 @@ def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
         native = Runner(tiny_pipe, "eager")
         assert native.group_norm == "native" and group_norm_kind(tiny_pipe.unet) == "native"
         ref = native(["a cat"], [3], 64, 64)
+        assert native.vae_group_norm == "native" and group_norm_kind(tiny_pipe.vae) == "native"  # auto, on the CPU
         split = Runner(tiny_pipe, "eager", group_norm="split")
+        assert group_norm_kind(tiny_pipe.unet) == "split" and group_norm_kind(tiny_pipe.vae) == "native"
+        split = Runner(tiny_pipe, "eager", group_norm="split", vae_group_norm="split")
         assert group_norm_kind(tiny_pipe.unet) == "split" and group_norm_kind(tiny_pipe.vae) == "split"
         out = split(["a cat"], [3], 64, 64)
         assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1  # the same image up to rounding
         with pytest.raises(ValueError, match="group_norm"):
             Runner(tiny_pipe, "eager", group_norm="fast")
+        with pytest.raises(ValueError, match="vae_group_norm"):
+            Runner(tiny_pipe, "eager", vae_group_norm="fast")
     finally:
         use_group_norm(tiny_pipe.unet, "native")
         use_group_norm(tiny_pipe.vae, "native")
