@@ -97,7 +97,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
              "matrices, whichever is faster (the SDXL VAE's one head of 512 is beyond flash attention); sdpa = always SDPA")
     add("--group_norm", default="native", choices=GROUP_NORMS,
         help="the UNet's GroupNorms: native = PyTorch's; split = statistics in two steps (quant_utils/norms.py); "
-             "triton = split with the per-channel statistics from a Triton kernel (CUDA; unmeasured in the UNet)")
+             "triton = split with the per-channel statistics from a Triton kernel; triton-affine = the per-channel "
+             "scale and shift from Triton kernels too (CUDA; both unmeasured in the UNet)")
     add("--vae_group_norm", default="auto", choices=DECODER_GROUP_NORMS,
         help="the decoder's GroupNorms, same forms: auto = triton for the FP16 decoder compiled on CUDA (measured "
              "faster: H200, 1024x4 decode 131 -> 108 ms), native otherwise (the int8 decoder was slower with triton)")

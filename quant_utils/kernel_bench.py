@@ -148,7 +148,7 @@ def bench_us(fn: Callable[[], object]) -> float:
 KERNEL_CATEGORIES = [
     ("int8 GEMM (ours)", r"_qlinear_kernel"), ("int8 conv (ours)", r"_qconv_kernel"),
     ("activation quantize (ours)", r"_quant_flat|_quant_nhwc"), ("weight unpack pass (ours)", r"_unpack_kernel"),
-    ("fake-quant for fp16 layers (ours)", r"_fake_quant"),
+    ("fake-quant for fp16 layers (ours)", r"_fake_quant"), ("group/layer norm", r"_channel_moments|_group_affine"),
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
     # Inductor's generated pointwise/reduction kernels are named after the ops they fuse, `convolution` (a bias add)
     # and `qconv`/`qlinear` (an activation quantize) among them: never cuDNN or cuBLAS work

@@ -1,7 +1,8 @@
-"""GroupNorm with its statistics as two reductions (`split`; measured slower in the whole decode) or with its
-per-channel statistics from a Triton kernel (`triton`): `--group_norm` sets the UNet's (PyTorch's, `native`, by
-default), `--vae_group_norm` the decoder's (`auto`: `triton` for the FP16 decoder compiled on CUDA, measured faster;
-else `native`; see decoder_group_norm).
+"""GroupNorm with its statistics as two reductions (`split`; measured slower in the whole decode), with its
+per-channel statistics from a Triton kernel (`triton`), or with its per-channel scale and shift from Triton kernels
+(`triton-affine`, not yet measured): `--group_norm` sets the UNet's (PyTorch's, `native`, by default),
+`--vae_group_norm` the decoder's (`auto`: `triton` for the FP16 decoder compiled on CUDA, measured faster; else
+`native`; see decoder_group_norm).
 
 Why it was tried: as Inductor compiles the SDXL decoder, its GroupNorms (+ SiLU) run far below memory bandwidth (on
 the H200, ~280 GB/s counting one read and one write per element, against ~4.3 TB/s for a copy; 63 ms of a 130 ms
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUP_NORMS = ("native", "split", "triton")
+GROUP_NORMS = ("native", "split", "triton", "triton-affine")
 DECODER_GROUP_NORMS = ("auto",) + GROUP_NORMS
 Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # x -> per-channel (mean, variance), (N, C)
 
@@ -77,7 +78,12 @@ def group_norm_split(x: torch.Tensor, groups: int, weight: torch.Tensor | None, 
         scale, shift = scale * weight.float(), shift * weight.float()
     if bias is not None:
         shift = shift + bias.float()
-    per_channel = (n, c) + (1,) * (x.dim() - 2)
+    return _per_channel_affine(x, scale, shift)
+
+
+def _per_channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x * scale + shift with (N, C) float32 scale and shift, in x's dtype."""
+    per_channel = tuple(x.shape[:2]) + (1,) * (x.dim() - 2)
     return (x.float() * scale.view(per_channel) + shift.view(per_channel)).to(x.dtype)
 
 
@@ -92,6 +98,21 @@ def group_norm_triton(x: torch.Tensor, groups: int, weight: torch.Tensor | None,
                       eps: float) -> torch.Tensor:
     """group_norm_split with triton_moments' statistics."""
     return group_norm_split(x, groups, weight, bias, eps, triton_moments)
+
+
+def group_norm_triton_affine(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                             eps: float) -> torch.Tensor:
+    """group_norm_triton with the per-group combine and the per-channel scale and shift in a Triton kernel too (op
+    `mixdq::group_affine`): in the `triton` form a compiled graph's normalize kernel recomputes the combine per element
+    (Inductor unrolls reductions over <= 8 channels, a group of SDXL's 256-channel decoder blocks, into it). CPU
+    without the Triton interpreter: group_norm_split."""
+    from .kernels.tuning import interpreting
+
+    if not (x.is_cuda or interpreting()):
+        return group_norm_split(x, groups, weight, bias, eps)
+    from .kernels import ops
+
+    return _per_channel_affine(x, *ops.group_affine(x, groups, weight, bias, eps))
 
 
 class SplitGroupNorm(nn.GroupNorm):
@@ -111,9 +132,17 @@ class TritonGroupNorm(SplitGroupNorm):
     form = staticmethod(group_norm_triton)
 
 
-_FORMS = {"native": nn.GroupNorm, "split": SplitGroupNorm, "triton": TritonGroupNorm}
+class TritonAffineGroupNorm(SplitGroupNorm):
+    """nn.GroupNorm whose forward is group_norm_triton_affine."""
+
+    form = staticmethod(group_norm_triton_affine)
+
+
+_FORMS = {"native": nn.GroupNorm, "split": SplitGroupNorm, "triton": TritonGroupNorm,
+          "triton-affine": TritonAffineGroupNorm}
 # each kind as a function with F.group_norm's arguments (x, groups, weight, bias, eps)
-GROUP_NORM_FUNCTIONS = {"native": F.group_norm, "split": group_norm_split, "triton": group_norm_triton}
+GROUP_NORM_FUNCTIONS = {"native": F.group_norm, "split": group_norm_split, "triton": group_norm_triton,
+                        "triton-affine": group_norm_triton_affine}
 
 
 def decoder_group_norm(choice: str, vae_kind: str, compiled_on_cuda: bool) -> str:

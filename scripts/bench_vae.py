@@ -56,6 +56,7 @@ VARIANTS = {
     "compile": Variant(True, "default", False, True),
     "compile-split-gn": Variant(True, "default", False, True, group_norm="split"),
     "compile-triton-gn": Variant(True, "default", False, True, group_norm="triton"),
+    "compile-triton-affine-gn": Variant(True, "default", False, True, group_norm="triton-affine"),
     "compile-channels-last": Variant(True, "default", True, True),
     "compile-dynamic": Variant(True, "default", False, False, dynamic=True),  # what Runner's graph mode runs
     "compile-max-autotune": Variant(True, "max-autotune-no-cudagraphs", True, True),

@@ -65,6 +65,7 @@ def test_kernel_categories_file_inductor_kernels_by_what_they_fuse_not_as_cudnn(
         "nvjet_sm90_hsh_64x64_64x13_4x2_h_bz_bias_TNT": "matmul fp16 (cuBLAS)",
         "triton_tem_fused_mm_3": "matmul fp16 (cuBLAS)",  # an Inductor GEMM template stays a GEMM
         "_qconv_kernel": "int8 conv (ours)", "_qlinear_kernel": "int8 GEMM (ours)",
+        "_channel_moments_kernel": "group/layer norm", "_group_affine_kernel": "group/layer norm",  # GroupNorm's, ours
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7": "attention",
         "void at::native::vectorized_elementwise_kernel<4>": "elementwise, copies, other",
     }

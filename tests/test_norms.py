@@ -97,7 +97,8 @@ def test_runner_applies_the_group_norm_to_unet_and_decoder(tiny_pipe):
 MOMENTS_CHECK = """
 import torch, torch.nn.functional as F
 from torch import nn
-from quant_utils.norms import TritonGroupNorm, kernel_moments, torch_moments, group_norm_triton
+from quant_utils.norms import (TritonAffineGroupNorm, TritonGroupNorm, kernel_moments, torch_moments, group_norm_triton,
+                               group_norm_triton_affine)
 torch.manual_seed(0)
 cases = [((2, 96, 37, 23), "nchw", 0.0), ((2, 96, 37, 23), "nhwc", 0.0), ((1, 64, 3, 5), "nhwc", 1000.0),
          ((3, 40, 70, 70), "nchw", 300.0), ((2, 8, 4), "nchw", 0.0), ((1, 32, 1, 1), "nchw", 0.0),
@@ -116,26 +117,34 @@ for shape, layout, off in cases:
     ev = ((var.double() - rv).abs() / (rv + 1e-9)).max().item()
     g = 8 if shape[1] % 8 == 0 else 4
     eg = (group_norm_triton(xk, g, None, None, 1e-6).double() - F.group_norm(xk.double(), g, None, None, 1e-6)).abs().max().item()
-    print("case", layout, off, mean.dtype, tuple(mean.shape) == tuple(shape[:2]), f"{em:.3g} {ev:.3g} {eg:.3g}")
-m = nn.Sequential(nn.Conv2d(3, 16, 3), TritonGroupNorm(4, 16), nn.SiLU())
+    # the affine form, with weight and bias, and a group size that is no power of two (96 / 8 = 12 channels)
+    w, b = torch.randn(shape[1], dtype=torch.float64), torch.randn(shape[1], dtype=torch.float64)
+    ref = F.group_norm(xk.double(), g, w, b, 1e-6)
+    ea = ((group_norm_triton_affine(xk, g, w.to(xk.dtype), b.to(xk.dtype), 1e-6).double() - ref).abs().max()
+          / ref.abs().max()).item()
+    print("case", layout, off, mean.dtype, tuple(mean.shape) == tuple(shape[:2]), f"{em:.3g} {ev:.3g} {eg:.3g} {ea:.3g}")
 x = torch.randn(2, 3, 20, 20)
-with torch.no_grad():  # (inference only: the op has no backward)
-    ex = torch._dynamo.explain(m)(x)
-    out = torch.compile(m, backend="aot_eager")(x)
-    same = bool(torch.allclose(out, m(x), atol=1e-5))
-print("graphs", ex.graph_count, "breaks", ex.graph_break_count, "same", same)
+for norm in (TritonGroupNorm(4, 16), TritonAffineGroupNorm(4, 16)):
+    m = nn.Sequential(nn.Conv2d(3, 16, 3), norm, nn.SiLU())
+    with torch.no_grad():  # (inference only: the ops have no backward)
+        ex = torch._dynamo.explain(m)(x)
+        out = torch.compile(m, backend="aot_eager")(x)
+        same = bool(torch.allclose(out, m(x), atol=1e-5))
+    print("graphs", ex.graph_count, "breaks", ex.graph_break_count, "same", same)
 """
 
 
 def test_triton_moments_kernel_in_the_interpreter():
     """The Triton statistics kernel (interpreted) against float64 statistics: NCHW and channels_last, fp16 input, a mean
-    1000x the spread (shifted sums: no cancellation), ragged and single-pixel sizes, non-collapsible strides; and
-    the triton GroupNorm traced by torch.compile as one graph (the op's fake shapes), the same output."""
+    1000x the spread (shifted sums: no cancellation), ragged and single-pixel sizes, non-collapsible strides; the
+    triton-affine GroupNorm (its per-group combine kernel too) against float64 GroupNorm with weight and bias; and
+    both forms traced by torch.compile as one graph (the ops' fake shapes), the same output."""
     out = run_interpreted(MOMENTS_CHECK).splitlines()
     cases = [ln.split() for ln in out if ln.startswith("case")]
     assert len(cases) == 9
-    for _, layout, off, dtype, shape_ok, em, ev, eg in cases:
+    for _, layout, off, dtype, shape_ok, em, ev, eg, ea in cases:
         assert dtype == "torch.float32" and shape_ok == "True", cases
         tol = 2e-3 if layout == "half" else 1e-4 * (1 + float(off) / 100)  # float32/fp16 inputs themselves
         assert float(em) < tol and float(ev) < 1e-3 and float(eg) < 10 * tol, (layout, off, em, ev, eg)
-    assert out[-1] == "graphs 1 breaks 0 same True", out[-1]
+        assert float(ea) < (2e-3 if layout == "half" else 10 * tol), (layout, off, ea)  # relative to the output's max
+    assert out[-2:] == ["graphs 1 breaks 0 same True"] * 2, out[-2:]

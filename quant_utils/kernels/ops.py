@@ -86,6 +86,24 @@ def _(x):
     return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
 
 
+@torch.library.custom_op("mixdq::group_affine", mutates_args=())
+def group_affine(x: Tensor, groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                 eps: float) -> tuple[Tensor, Tensor]:
+    """GroupNorm's per-(image, channel) scale and shift, float32 [N, C] (triton_kernels.group_affine): one op, so a
+    compiled graph's normalize kernel only reads them."""
+    strides = spatial_strides(x)
+    if strides is None:
+        x = x.contiguous()
+        strides = spatial_strides(x)
+    return tk.group_affine(x, groups, weight, bias, eps, *strides)
+
+
+@group_affine.register_fake
+def _(x, groups, weight, bias, eps):
+    shape = tuple(x.shape[:2])
+    return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
+
+
 # ----------------------------------------------------------------------------------------------- GEMM / conv
 
 

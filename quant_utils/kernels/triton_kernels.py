@@ -193,6 +193,68 @@ def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int,
     return mean, m2
 
 
+# GroupNorm's per-channel scale and shift from the chunks' (mean, M2) of channel_moments_partials. One program per
+# (image, group): the group's chunks combined by Chan's formula in two passes (the mean, then M2 around it), then each
+# of its channels' scale = weight * rstd and shift = bias - mean * scale, float32 [N, C]. Why a kernel: left to
+# Inductor, the per-group combine of <= 8 channels is unrolled into the normalize kernel and recomputed per element.
+@triton.jit
+def _group_affine_kernel(mean_ptr, m2_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, C, P, N_CHUNKS, total, eps,
+                         CPG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CH: tl.constexpr, BLOCK_K: tl.constexpr,
+                         HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    groups = C // CPG
+    n = tl.program_id(0) // groups
+    g = tl.program_id(0) % groups
+    j = tl.arange(0, BLOCK_CH)
+    ch_ok = j < CPG
+    ch = g * CPG + j
+    row = (n.to(tl.int64) * C + ch) * N_CHUNKS
+    acc = tl.zeros([BLOCK_CH, BLOCK_K], tl.float32)
+    for k0 in range(0, N_CHUNKS, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        ok = ch_ok[:, None] & (k < N_CHUNKS)[None, :]
+        cnt = tl.minimum(P - k * CHUNK, CHUNK).to(tl.float32)
+        m = tl.load(mean_ptr + row[:, None] + k[None, :], mask=ok, other=0.0)
+        acc += tl.where(ok, m * cnt[None, :], 0.0)
+    mean = tl.sum(tl.sum(acc, axis=1), axis=0) / total
+    acc = tl.zeros([BLOCK_CH, BLOCK_K], tl.float32)
+    for k0 in range(0, N_CHUNKS, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        ok = ch_ok[:, None] & (k < N_CHUNKS)[None, :]
+        cnt = tl.minimum(P - k * CHUNK, CHUNK).to(tl.float32)
+        m = tl.load(mean_ptr + row[:, None] + k[None, :], mask=ok, other=0.0)
+        m2 = tl.load(m2_ptr + row[:, None] + k[None, :], mask=ok, other=0.0)
+        d = m - mean
+        acc += tl.where(ok, m2 + cnt[None, :] * d * d, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(acc, axis=1), axis=0) / total + eps)
+    scale = tl.zeros([BLOCK_CH], tl.float32) + rstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + ch, mask=ch_ok, other=1.0).to(tl.float32)
+    shift = -mean * scale
+    if HAS_B:
+        shift += tl.load(b_ptr + ch, mask=ch_ok, other=0.0).to(tl.float32)
+    out = n.to(tl.int64) * C + ch
+    tl.store(scale_ptr + out, scale, mask=ch_ok)
+    tl.store(shift_ptr + out, shift, mask=ch_ok)
+
+
+def group_affine(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                 s_n: int, s_c: int, s_p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm's (scale, shift) per (image, channel), float32 [N, C], of x seen as (N, C, P) through the strides
+    (elements): F.group_norm(x) == x * scale + shift per channel. Two launches: the moments, then the combine."""
+    mean_p, m2_p = channel_moments_partials(x, s_n, s_c, s_p)
+    n, c, n_chunks = mean_p.shape
+    p = x.numel() // max(n * c, 1)
+    cpg = c // groups
+    scale = torch.empty((n, c), dtype=torch.float32, device=x.device)
+    shift = torch.empty_like(scale)
+    _group_affine_kernel[(n * groups,)](
+        mean_p, m2_p, weight if weight is not None else scale, bias if bias is not None else scale, scale, shift,
+        c, p, n_chunks, float(cpg * p), float(eps), CPG=cpg, CHUNK=moments_config(n, c, p)[2],
+        BLOCK_CH=triton.next_power_of_2(cpg), BLOCK_K=min(triton.next_power_of_2(n_chunks), 128),
+        HAS_W=weight is not None, HAS_B=bias is not None, num_warps=4)
+    return scale, shift
+
+
 # ----------------------------------------------------------------------------------------------- GEMM pieces
 
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buckets", nargs="+", default=["1024x4", "1024x1", "512x1"], help="RESxBATCH")
     p.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"],
                    help="memory layouts of the 4-D inputs (nhwc: channels_last)")
-    p.add_argument("--forms", nargs="+", default=["split", "triton"], choices=[f for f in GROUP_NORMS if f != "native"],
+    p.add_argument("--forms", nargs="+", default=["triton", "triton-affine"], choices=[f for f in GROUP_NORMS if f != "native"],
                    help="GroupNorm forms timed against PyTorch's (native)")
     p.add_argument("--config", default="configs/stable-diffusion/sdxl_turbo.yaml")
     args = p.parse_args(argv)

@@ -200,14 +200,17 @@ def test_decoder_attention_math_matches_sdpa_and_a_math_plan_compiles_like_eager
     assert np.abs(out - ref).max() <= 2
 
 
+@pytest.mark.parametrize("form", ["triton", "triton-affine"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_triton_group_norm_matches_native_compiled_and_in_a_graph(layout):
-    """The `triton` GroupNorm (quant_utils/norms.py, its statistics from the Triton moments kernel) on CUDA: PyTorch's
-    GroupNorm in fp16 numbers at decoder- and UNet-like shapes, eager, compiled, and replayed from a CUDA graph."""
+def test_triton_group_norm_matches_native_compiled_and_in_a_graph(layout, form):
+    """The `triton` and `triton-affine` GroupNorms (quant_utils/norms.py: statistics from the Triton moments kernel;
+    the second with its per-group combine in a kernel too) on CUDA: PyTorch's GroupNorm in fp16 numbers at decoder-
+    and UNet-like shapes, eager, compiled, and replayed from a CUDA graph."""
     import torch.nn.functional as F
 
-    from quant_utils.norms import group_norm_triton
+    from quant_utils.norms import GROUP_NORM_FUNCTIONS
 
+    group_norm_triton = GROUP_NORM_FUNCTIONS[form]
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     compiled = torch.compile(lambda x, w, b: F.silu(group_norm_triton(x, 32, w, b, 1e-6)))
     for shape in [(2, 128, 256, 256), (1, 320, 64, 64), (4, 1280, 16, 16)]:
