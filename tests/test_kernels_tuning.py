@@ -117,3 +117,23 @@ def test_the_launches_use_the_installed_tuning_and_its_forced_config(monkeypatch
     with mine.forced(dict(CFG, BM=16)):
         assert mine.choose("k", [CFG], lambda c: pytest.fail("forced")) == dict(CFG, BM=16)
     assert mine.choose("k", [dict(CFG, BM=32)], lambda c: pytest.fail("known")) == CFG
+
+
+@pytest.mark.parametrize("flag, env", [("TMA", "MIXDQ_TMA"), ("PERSIST", "MIXDQ_PERSIST")])
+def test_opt_in_tile_configs_are_candidates_only_when_enabled(monkeypatch, flag, env):
+    """TMA and persistent tile configs join the int8 linear's candidates (mid and large classes) only with their
+    environment switch; never for fp16 activations; for packed 4/6/2-bit weights only with the PRE unpack pass."""
+    from quant_utils.kernels import launch
+
+    monkeypatch.delenv("MIXDQ_TMA", raising=False)
+    monkeypatch.delenv("MIXDQ_PERSIST", raising=False)
+    for m in (600, 16384):
+        assert not any(c.get(flag) for c in launch.linear_candidates(m, False, 8))
+    monkeypatch.setenv(env, "1")
+    for m in (600, 16384):
+        mine = [c for c in launch.linear_candidates(m, False, 8) if c.get(flag)]
+        assert mine and not any(c.get("TMA") and c.get("PERSIST") for c in mine)
+        assert not any(c.get(flag) for c in launch.linear_candidates(m, True, 8))  # fp16 activations
+        packed = [c for c in launch.linear_candidates(m, False, 4) if c.get(flag)]
+        assert packed and all(c.get("PRE") for c in packed)
+    assert not any(c.get(flag) for c in launch.linear_candidates(40, False, 8))  # tiny GEMMs: none

@@ -31,6 +31,11 @@ def _tma(bm: int, bn: int, warps: int, stages: int, swap: bool = False) -> dict:
     return dict(_cfg(bm, bn, warps, stages, swap), TMA=True, BK=128)
 
 
+def _persist(bm: int, bn: int, warps: int, stages: int, swap: bool = False, per_sm: int = 1,
+             flatten: bool = True) -> dict:
+    return dict(_cfg(bm, bn, warps, stages, swap), PERSIST=True, PER_SM=per_sm, FLATTEN=flatten)
+
+
 # SWAP: the weight tile is the tensor-core instruction's M side and the activation rows its N side, so a
 # handful of rows still fills the instruction; SPLIT_K > 1 spreads a long K over more SMs when tiles are few.
 LINEAR_CANDIDATES = {
@@ -41,12 +46,18 @@ LINEAR_CANDIDATES = {
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3),
               _tma(64, 128, 4, 4, True), _tma(128, 128, 8, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
-            _cfg(64, 256, 8, 3, True), _tma(128, 128, 8, 4), _tma(128, 128, 8, 4, True), _tma(128, 256, 8, 3)],
+            _cfg(64, 256, 8, 3, True), _tma(128, 128, 8, 4), _tma(128, 128, 8, 4, True), _tma(128, 256, 8, 3),
+            _persist(128, 128, 8, 3, True), _persist(128, 128, 8, 3, True, per_sm=2), _persist(128, 128, 8, 4, True),
+            _persist(128, 256, 8, 3), _persist(128, 128, 8, 3, True, flatten=False)],
     "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True),
-              _tma(128, 256, 8, 3), _tma(128, 256, 8, 4), _tma(256, 128, 8, 3, True)],
+              _tma(128, 256, 8, 3), _tma(128, 256, 8, 4), _tma(256, 128, 8, 3, True),
+              _persist(128, 128, 8, 3, True), _persist(128, 128, 8, 3, True, per_sm=2), _persist(128, 256, 8, 3),
+              _persist(256, 128, 8, 3, True), _persist(128, 128, 8, 3, True, flatten=False)],
 }
 # TMA (kernels v4): tiles loaded by tensor descriptors (triton_kernels._qlinear_tma_kernel), int8 activations and
-# 8-bit weights only (4/6/2-bit weights through the PRE pass); the autotuner keeps them where they win
+# 8-bit weights only (4/6/2-bit weights through the PRE pass); the autotuner keeps them where they win.
+# PERSIST (kernels v5): the persistent form (triton_kernels._qlinear_persistent_kernel), PER_SM programs per SM,
+# FLATTEN the tile and K loops pipelined as one; same formats as TMA
 CONV_CANDIDATES = {
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True), _cfg(64, 64, 4, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
@@ -77,7 +88,12 @@ def with_pre(cands: list[dict], bits: int) -> list[dict]:
     Unpacking in the K loop puts the weight through registers before the tensor cores, which makes the GEMM slower
     than an 8-bit one (measured: results/kernels_notes.md); a separate pass costs one read of the packed and one
     write of the int8 weight. The autotuner keeps whichever is faster per shape."""
-    return cands if bits == 8 else [c for c in cands if not c.get("TMA")] + [dict(c, PRE=True) for c in cands]
+    return cands if bits == 8 else [c for c in cands if not _int8_only(c)] + [dict(c, PRE=True) for c in cands]
+
+
+def _int8_only(cfg: dict) -> bool:
+    """Tile configs whose kernels take int8 codes and int8 weight tiles only (4/6/2-bit weights: with PRE)."""
+    return bool(cfg.get("TMA") or cfg.get("PERSIST"))
 
 
 def tma_enabled() -> bool:
@@ -86,9 +102,16 @@ def tma_enabled() -> bool:
     return os.environ.get("MIXDQ_TMA", "0") == "1"
 
 
+def persist_enabled() -> bool:
+    """Persistent tile configs are opt-in (MIXDQ_PERSIST=1) until they have passed the GPU self-check and been timed
+    against the tuned ones (scripts/device/tiles_vs_tuned.py --tiles persist)."""
+    return os.environ.get("MIXDQ_PERSIST", "0") == "1"
+
+
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
-    return with_pre([c for c in cands if not (c.get("TMA") and (a_fp16 or not tma_enabled()))], bits)
+    enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled()}
+    return with_pre([c for c in cands if not any(c.get(k) and (a_fp16 or not on) for k, on in enabled.items())], bits)
 
 
 def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:

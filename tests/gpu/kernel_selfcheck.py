@@ -56,7 +56,8 @@ def small_cases() -> list[Case]:
               Case("linear", 64, 64, 8, 4, rows=21), Case("conv", 24, 96, 6, 8, hw=5, split=64),
               Case("conv", 32, 80, 3, 8, hw=5, ksize=1, split=32), Case("conv", 16, 32, 8, 8, hw=7, stride=2),
               Case("conv", 16, 32, 4, None, hw=4), Case("linear", 32, 64, None, 8, rows=5),
-              Case("linear", 48, 160, 8, 8, rows=300), Case("linear", 48, 160, 4, 8, rows=300)]  # mid-size tiles
+              Case("linear", 48, 160, 8, 8, rows=300), Case("linear", 48, 160, 4, 8, rows=300),  # mid-size tiles
+              Case("linear", 48, 160, 8, 8, rows=600), Case("linear", 40, 144, 4, 8, rows=700)]  # 'mid': persistent
     return cases
 
 
@@ -157,7 +158,8 @@ def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) 
     ok = res["nan"] == 0 and tuple(y.shape) == tuple(ref.shape) and (
         res["within_tol"] == 1.0 if exact else res["rel_l2"] < 2e-3)
     cfg_s = "autotuned" if cfg is None else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}" + (
-        f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "") + (" tma" if cfg.get("TMA") else "")
+        f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "") + (" tma" if cfg.get("TMA") else "") + (
+        f" persist{cfg.get('PER_SM', 1)}{'' if cfg.get('FLATTEN', True) else ' noflatten'}" if cfg.get("PERSIST") else "")
     return {"case": case.name, "config": cfg_s, "path": st.path, "bits": st.bits,
             "group": st.fmt.group if st.fmt else None, "ok": ok, **res}
 

@@ -1,12 +1,15 @@
-"""Kernels v4 (issue 15): the TMA tile configs of the int8 linear against the tuned non-TMA config, per UNet shape.
+"""Kernels v4/v5 (issue 15): the opt-in tile configs of the int8 linear (`--tiles tma`: tiles loaded by tensor
+descriptors; `--tiles persist`: the persistent kernel) against the tuned config, per UNet shape.
 
 For every int8-activation, 8-bit-weight linear shape the committed tuning files know (the real SDXL UNet layer
 shapes of the measured cells), a random layer is built (tests/gpu/kernel_selfcheck.build_layer), its GEMM is timed
-with the tuned config and with each TMA candidate of its size class (CUDA-graph replays, launch.graph_bench_ms), and
-each TMA output must equal the tuned config's (integer sums: the same fp16 values). Writes
-  <out>.csv   key, m, n, k, tuned config and us, best TMA config and us, speedup, TMA outputs equal (bool)
-  <out>.json  a tuning file: the tuned configs with the TMA winners (>= `--min_gain` faster and equal) swapped in
-GPU only:  MIXDQ_TMA=1 python scripts/device/tma_vs_tuned.py --out /tmp/out/tma_vs_tuned
+with the tuned config and with each candidate of that kind in its size class (CUDA-graph replays,
+launch.graph_bench_ms), and each candidate's output must equal the tuned config's (integer sums: the same fp16
+values). Writes
+  <out>.csv   key, m, n, k, tuned config and us, best candidate config and us, speedup, outputs equal (bool)
+  <out>.json  a tuning file: the tuned configs with the winners (>= `--min_gain` faster and equal) swapped in
+GPU only:  python scripts/device/tiles_vs_tuned.py --tiles persist --out /tmp/out/persist_vs_tuned
+(the seventh session's TMA run was this script as tma_vs_tuned.py; its CSV kept the tma_* column names)
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("MIXDQ_TMA", "1")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "gpu")]
 
@@ -37,14 +39,22 @@ def parse_key(key: str) -> dict:
 
 def cfg_name(c: dict) -> str:
     return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
-        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("tma" if c.get("TMA") else "")
+        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("tma" if c.get("TMA") else "") + (
+        f"persist{c.get('PER_SM', 1)}" + ("" if c.get("FLATTEN", True) else "nf") if c.get("PERSIST") else "")
+
+
+# --tiles -> (the tile-config flag, the environment variable that enables those configs)
+TILES = {"tma": ("TMA", "MIXDQ_TMA"), "persist": ("PERSIST", "MIXDQ_PERSIST")}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output stem (.csv and .json are added)")
-    p.add_argument("--min_gain", type=float, default=1.03, help="a TMA config replaces the tuned one if this much faster")
+    p.add_argument("--tiles", choices=sorted(TILES), default="tma", help="which opt-in tile configs to time")
+    p.add_argument("--min_gain", type=float, default=1.03, help="a candidate replaces the tuned config if this much faster")
     args = p.parse_args()
+    flag, env = TILES[args.tiles]
+    os.environ[env] = "1"  # (read at each candidate listing: launch.linear_candidates)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
@@ -66,7 +76,7 @@ def main() -> int:
         tuned_us = 1e3 * launch.graph_bench_ms(lambda: run(tuned), n_inner=20, reps=7)
         best = (None, float("inf"), True)
         for c in launch.linear_candidates(s["m"], False, 8):
-            if not c.get("TMA"):
+            if not c.get(flag):
                 continue
             try:
                 equal = bool(torch.equal(run(c), ref))
@@ -78,18 +88,18 @@ def main() -> int:
                 best = (c, us, equal)
         c, us, equal = best
         rows.append({"key": key, "m": s["m"], "n": s["n"], "k": s["k"], "tuned_config": cfg_name(tuned),
-                     "tuned_us": round(tuned_us, 2), "tma_config": cfg_name(c) if c else "",
-                     "tma_us": round(us, 2) if c else float("nan"),
-                     "speedup": round(tuned_us / us, 3) if c else float("nan"), "tma_equal": equal})
+                     "tuned_us": round(tuned_us, 2), "tiles": args.tiles, "candidate_config": cfg_name(c) if c else "",
+                     "candidate_us": round(us, 2) if c else float("nan"),
+                     "speedup": round(tuned_us / us, 3) if c else float("nan"), "candidate_equal": equal})
         if c is not None and equal and tuned_us / us >= args.min_gain:
             winners[key] = dict(c, ms=round(us / 1e3, 5))
-        print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | tma {rows[-1]['tma_config']:<20} "
+        print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | {args.tiles} {rows[-1]['candidate_config']:<20} "
               f"{us:8.1f} us  x{tuned_us / us:.2f}  equal={equal}")
     df = pd.DataFrame(rows)
-    write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tma_vs_tuned.py", weights="random (one layer per shape)", backend="kernel (Triton GEMM, no model)"))
+    write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tiles_vs_tuned.py", weights="random (one layer per shape)", backend="kernel (Triton GEMM, no model)"))
     Tuning(configs={**tuning.configs, **winners}).save(f"{args.out}.json")
-    bad = int((~df.tma_equal).sum()) if len(df) else 0
-    print(f"{len(rows)} shapes, TMA faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")
+    bad = int((~df.candidate_equal).sum()) if len(df) else 0
+    print(f"{len(rows)} shapes, {args.tiles} faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")
     return 1 if bad else 0
 
 
