@@ -52,6 +52,8 @@ def measure_paths(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
 # A later process on the same GPU model plans a bucket from the times an earlier one measured (this user's cache,
 # like the kernels' tile configs) instead of timing every geometry again: the first call of a bucket gets seconds
 # faster; the plan is the same function of the times. MIXDQ_PLAN_CACHE=<file> uses that file, `none` no cache.
+# The times are keyed by geometry and the torch/Triton versions, not by the kernels' tile configs: after new tile
+# configs (a new tuning file, `TILES=1` in a GPU job) plan with MIXDQ_PLAN_CACHE=none once, or the old times stand.
 _TIMES: dict[Path, dict[str, dict[str, float]]] = {}  # per cache file, read once per process: key -> us per path
 
 

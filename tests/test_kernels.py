@@ -9,15 +9,17 @@ from conftest import EXPLAIN, KERNEL_UNET, REPO, run_interpreted
 
 
 def test_triton_kernels_in_the_interpreter():
-    """Every format, ragged tiles, split, BOS, stride 2, 1x1, protected, every tile config (the opt-in TMA and
-    persistent ones too): Triton kernels (interpreted) vs reference."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "MIXDQ_TMA": "1", "MIXDQ_PERSIST": "1"}  # the opt-in configs too
+    """Every format, ragged tiles, split, BOS, stride 2, 1x1, protected, every tile config (the opt-in TMA, persistent
+    and FIXUP split-K ones too; FIXUP's counters reset, or the next case would fail): Triton kernels (interpreted) vs
+    reference."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MIXDQ_TMA": "1", "MIXDQ_PERSIST": "1", "MIXDQ_FIXUP": "1"}  # opt-ins
     proc = subprocess.run([sys.executable, "tests/gpu/kernel_selfcheck.py", "--all_configs"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("PASS") >= 80 and "FAIL" not in proc.stdout
     assert proc.stdout.count(" tma") >= 10  # the TMA configs were checked
     assert proc.stdout.count(" persist") >= 15  # the persistent ones too (8-bit, and 4-bit through PRE)
+    assert proc.stdout.count(" fixup int") >= 30  # FIXUP split-K on int8 codes, every weight format
 
 
 def test_kernel_backend_traces_as_one_graph_under_torch_compile():

@@ -119,21 +119,26 @@ def test_the_launches_use_the_installed_tuning_and_its_forced_config(monkeypatch
     assert mine.choose("k", [dict(CFG, BM=32)], lambda c: pytest.fail("known")) == CFG
 
 
-@pytest.mark.parametrize("flag, env", [("TMA", "MIXDQ_TMA"), ("PERSIST", "MIXDQ_PERSIST")])
-def test_opt_in_tile_configs_are_candidates_only_when_enabled(monkeypatch, flag, env):
-    """TMA and persistent tile configs join the int8 linear's candidates (mid and large classes) only with their
-    environment switch; never for fp16 activations; for packed 4/6/2-bit weights only with the PRE unpack pass."""
+@pytest.mark.parametrize("flag, env, rows, none_at, needs_pre", [
+    ("TMA", "MIXDQ_TMA", (300, 600, 16384), 40, True), ("PERSIST", "MIXDQ_PERSIST", (600, 16384), 300, True),
+    ("FIXUP", "MIXDQ_FIXUP", (40, 300), 600, False)])
+def test_opt_in_tile_configs_are_candidates_only_when_enabled(monkeypatch, flag, env, rows, none_at, needs_pre):
+    """TMA, persistent and FIXUP split-K tile configs join the int8 linear's candidates of their size classes only
+    with their environment switch, never for fp16 activations; TMA and persistent ones take packed 4/6/2-bit weights
+    only through the PRE unpack pass (FIXUP changes the epilogue alone: any weight bits)."""
     from quant_utils.kernels import launch
 
-    monkeypatch.delenv("MIXDQ_TMA", raising=False)
-    monkeypatch.delenv("MIXDQ_PERSIST", raising=False)
-    for m in (600, 16384):
+    for name in ("MIXDQ_TMA", "MIXDQ_PERSIST", "MIXDQ_FIXUP"):
+        monkeypatch.delenv(name, raising=False)
+    for m in rows:
         assert not any(c.get(flag) for c in launch.linear_candidates(m, False, 8))
     monkeypatch.setenv(env, "1")
-    for m in (600, 16384):
+    for m in rows:
         mine = [c for c in launch.linear_candidates(m, False, 8) if c.get(flag)]
-        assert mine and not any(c.get("TMA") and c.get("PERSIST") for c in mine)
+        assert mine and all(sum(bool(c.get(k)) for k in ("TMA", "PERSIST", "FIXUP")) == 1 for c in mine)
         assert not any(c.get(flag) for c in launch.linear_candidates(m, True, 8))  # fp16 activations
         packed = [c for c in launch.linear_candidates(m, False, 4) if c.get(flag)]
-        assert packed and all(c.get("PRE") for c in packed)
-    assert not any(c.get(flag) for c in launch.linear_candidates(40, False, 8))  # tiny GEMMs: none
+        assert packed and (all(c.get("PRE") for c in packed) if needs_pre else any(not c.get("PRE") for c in packed))
+    assert not any(c.get(flag) for c in launch.linear_candidates(none_at, False, 8))  # not in that size class
+    if flag == "FIXUP":
+        assert all(c["SPLIT_K"] > 1 for c in launch.linear_candidates(40, False, 8) if c.get(flag))

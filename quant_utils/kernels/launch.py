@@ -31,6 +31,10 @@ def _tma(bm: int, bn: int, warps: int, stages: int, swap: bool = False) -> dict:
     return dict(_cfg(bm, bn, warps, stages, swap), TMA=True, BK=128)
 
 
+def _fixup(bm: int, bn: int, warps: int, stages: int, swap: bool, split_k: int) -> dict:
+    return dict(_cfg(bm, bn, warps, stages, swap, split_k), FIXUP=True)
+
+
 def _persist(bm: int, bn: int, warps: int, stages: int, swap: bool = False, per_sm: int = 1,
              flatten: bool = True) -> dict:
     return dict(_cfg(bm, bn, warps, stages, swap), PERSIST=True, PER_SM=per_sm, FLATTEN=flatten)
@@ -40,11 +44,13 @@ def _persist(bm: int, bn: int, warps: int, stages: int, swap: bool = False, per_
 # handful of rows still fills the instruction; SPLIT_K > 1 spreads a long K over more SMs when tiles are few.
 LINEAR_CANDIDATES = {
     "tiny": [_cfg(16, 64, 4, 4, True), _cfg(32, 128, 4, 4, True), _cfg(32, 64, 4, 4, True, 4), _cfg(16, 128, 4, 4, True, 2),
-             _cfg(32, 64, 4, 4)],
+             _cfg(32, 64, 4, 4), _fixup(32, 64, 4, 4, True, 4), _fixup(32, 128, 4, 4, True, 8)],
     # 65-512 rows (512 px, batch 1) leave most SMs idle, but split-K 4/8 here never won in measurements
-    # (zeroing, fp32 atomics and the cast pass cost more: results/kernels_notes.md, v3), so only split-K 2
+    # (zeroing, fp32 atomics and the cast pass cost more: results/kernels_notes.md, v3), so only split-K 2; the FIXUP
+    # form (the K slices' int32 sums reduced in the kernel, kernels v5) has none of those three costs
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3),
-              _tma(64, 128, 4, 4, True), _tma(128, 128, 8, 4)],
+              _tma(64, 128, 4, 4, True), _tma(128, 128, 8, 4), _fixup(64, 128, 4, 4, True, 2),
+              _fixup(64, 128, 4, 4, True, 4), _fixup(32, 128, 4, 4, True, 4), _fixup(64, 128, 4, 3, True, 8)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
             _cfg(64, 256, 8, 3, True), _tma(128, 128, 8, 4), _tma(128, 128, 8, 4, True), _tma(128, 256, 8, 3),
             _persist(128, 128, 8, 3, True), _persist(128, 128, 8, 3, True, per_sm=2), _persist(128, 128, 8, 4, True),
@@ -57,7 +63,8 @@ LINEAR_CANDIDATES = {
 # TMA (kernels v4): tiles loaded by tensor descriptors (triton_kernels._qlinear_tma_kernel), int8 activations and
 # 8-bit weights only (4/6/2-bit weights through the PRE pass); the autotuner keeps them where they win.
 # PERSIST (kernels v5): the persistent form (triton_kernels._qlinear_persistent_kernel), PER_SM programs per SM,
-# FLATTEN the tile and K loops pipelined as one; same formats as TMA
+# FLATTEN the tile and K loops pipelined as one; same formats as TMA. FIXUP (kernels v5): split-K whose last K slice
+# of a tile adds the others' int32 partials (a workspace) and stores fp16; int8 codes, any weight bits
 CONV_CANDIDATES = {
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True), _cfg(64, 64, 4, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
@@ -108,9 +115,15 @@ def persist_enabled() -> bool:
     return os.environ.get("MIXDQ_PERSIST", "0") == "1"
 
 
+def fixup_enabled() -> bool:
+    """FIXUP split-K tile configs are opt-in (MIXDQ_FIXUP=1) until they have passed the GPU self-check and been timed
+    against the tuned ones (scripts/device/tiles_vs_tuned.py --tiles fixup)."""
+    return os.environ.get("MIXDQ_FIXUP", "0") == "1"
+
+
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
-    enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled()}
+    enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled(), "FIXUP": fixup_enabled()}
     return with_pre([c for c in cands if not any(c.get(k) and (a_fp16 or not on) for k, on in enabled.items())], bits)
 
 

@@ -401,15 +401,17 @@ def _tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexp
 # divisibility to turn tile loads into asynchronous copies, and the output store needs it along N to use
 # vector stores; a tl.multiple_of hint on a scalar argument does not give either).
 @triton.jit(do_not_specialize=["M", "K_ITERS"])
-def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
+def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr, ws_ptr, cnt_ptr,
                     M, N, K_A, K_ITERS, stride_am, stride_wn, stride_om,
                     BITS: tl.constexpr, G: tl.constexpr, A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
                     EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
-                    SWAP: tl.constexpr, SPLIT_K: tl.constexpr, SUBK: tl.constexpr):
+                    SWAP: tl.constexpr, SPLIT_K: tl.constexpr, SUBK: tl.constexpr, FIXUP: tl.constexpr):
     """out[M, N] = epilogue(A[M, K_A] @ unpack(W)[N, K]^T); W rows hold K_ITERS groups of G values.
 
     A_FP16: y = acc * scale[n] + bias (scale = w_scale), else y = (acc - zc[n]) * scale[n] + bias.
-    SPLIT_K > 1: program_id(1) takes a K slice and atomically adds its share into a float32 `out`."""
+    SPLIT_K > 1: program_id(1) takes a K slice and atomically adds its share into a float32 `out`; with FIXUP
+    (int8 codes only) it writes its int32 partial sums to the workspace `ws`, and the tile's last slice to arrive
+    (counter `cnt`, reset to 0 after) adds the others' and runs the epilogue: fp16 out, no zeroing, no cast pass."""
     BPG: tl.constexpr = G * BITS // 8
     stride_am = tl.multiple_of(stride_am, 16)
     stride_wn = tl.multiple_of(stride_wn, 16)
@@ -442,6 +444,23 @@ def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
                          w_ptrs + kt * BPG, BITS, SUBK, A_FP16, SWAP, False, not EVEN_K)
     if SPLIT_K == 1:
         _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, A_FP16, HAS_BIAS, SWAP)
+    elif FIXUP:
+        # this slice's partial sums (the accumulator's orientation) to slot pid_k of the tile's workspace
+        if SWAP:
+            offs = tl.arange(0, BN)[:, None] * BM + tl.arange(0, BM)[None, :]
+        else:
+            offs = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+        tile = tl.program_id(0)
+        slots = ws_ptr + tile.to(tl.int64) * (SPLIT_K * BM * BN)
+        tl.store(slots + pid_k * (BM * BN) + offs, acc)
+        tl.debug_barrier()  # every thread's partial stored before the release below (as CUTLASS's serial split-K)
+        if tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1:
+            for s in tl.static_range(SPLIT_K):  # the last to arrive: integer sums, exact in any order
+                acc += tl.load(slots + s * (BM * BN) + offs, mask=(offs >= 0) & (s != pid_k), other=0,
+                               cache_modifier=".cg")
+            tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch (and the next CUDA-graph replay)
+            _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, False, HAS_BIAS,
+                        SWAP)
     else:  # epilogue, in the accumulator's orientation; zero point and bias from the first K slice only
         if SWAP:
             m2 = rm[None, :]
@@ -551,17 +570,49 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
             num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
         return out
     split = cfg.get("SPLIT_K", 1)
+    tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"])
+    # FIXUP for int8 codes; fp16 activations (a forced config's BOS rows) keep the atomic form (float partial sums
+    # reduced in the kernel would add in arrival order)
+    fixup = split > 1 and bool(cfg.get("FIXUP")) and not a_fp16
+    ws, cnt = fixup_workspace(a.device, tiles * split * cfg["BM"] * cfg["BN"], tiles) if fixup else (scale, scale)
     if out is None:
-        out = torch.zeros((m, n), dtype=torch.float32, device=a.device) if split > 1 else \
+        out = torch.zeros((m, n), dtype=torch.float32, device=a.device) if split > 1 and not fixup else \
             torch.empty((m, n), dtype=torch.float16, device=a.device)
-    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]), split)
-    _qlinear_kernel[grid](a, w, out, scale, zc if zc is not None else scale, bias if bias is not None else scale,
-                          m, n, k, k_iters, a.stride(0), w.stride(0), out.stride(0),
-                          BITS=bits, G=group, A_FP16=a_fp16, HAS_BIAS=bias is not None, EVEN_K=(k == k_iters * group),
-                          BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
-                          SPLIT_K=split, SUBK=group // SUB_BLOCKS[bits], num_warps=cfg.get("num_warps", 4),
-                          num_stages=cfg.get("num_stages", 3))
-    return out.to(torch.float16) if split > 1 and out.dtype != torch.float16 else out
+    _qlinear_kernel[(tiles, split)](a, w, out, scale, zc if zc is not None else scale, bias if bias is not None else scale,
+                                    ws, cnt, m, n, k, k_iters, a.stride(0), w.stride(0), out.stride(0),
+                                    BITS=bits, G=group, A_FP16=a_fp16, HAS_BIAS=bias is not None,
+                                    EVEN_K=(k == k_iters * group), BM=cfg["BM"], BN=cfg["BN"],
+                                    GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False), SPLIT_K=split,
+                                    SUBK=group // SUB_BLOCKS[bits], FIXUP=fixup, num_warps=cfg.get("num_warps", 4),
+                                    num_stages=cfg.get("num_stages", 3))
+    return out.to(torch.float16) if out.dtype != torch.float16 else out
+
+
+# FIXUP split-K's scratch per device: int32 partial sums and per-tile arrival counters (zero between launches: the
+# last program of a tile resets its counter). One per device, so GEMMs must not run concurrently on two streams of
+# one device (the pipelines here use one stream). A buffer a CUDA graph may have captured is never freed.
+_FIXUP_WORKSPACE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_FIXUP_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def fixup_workspace(device: torch.device, partial_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 partial-sum buffer of >= partial_elems, int32 zeroed counters of >= tiles) for `device`."""
+    key = str(device)
+    ws, cnt = _FIXUP_WORKSPACE.get(key, (None, None))
+    if ws is not None and ws.numel() >= partial_elems and cnt.numel() >= tiles:
+        return ws, cnt
+    fresh = (torch.empty(max(partial_elems, 2 * (ws.numel() if ws is not None else 0)), dtype=torch.int32,
+                         device=device),
+             torch.zeros(max(tiles, 2 * (cnt.numel() if cnt is not None else 0), 1024), dtype=torch.int32, device=device))
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # first seen inside a capture (no warm-up call before it): this graph's own buffers, zeroed at every replay
+        # by the memset the capture records; not shared with later eager launches (its counters hold no zeros yet)
+        _FIXUP_RETIRED.append(fresh)
+        return fresh
+    if ws is not None:
+        _FIXUP_RETIRED.append((ws, cnt))
+    _FIXUP_WORKSPACE[key] = fresh
+    return fresh
 
 
 _SM_COUNTS: dict[int, int] = {}

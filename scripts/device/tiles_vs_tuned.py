@@ -1,14 +1,15 @@
 """Kernels v4/v5 (issue 15): the opt-in tile configs of the int8 linear (`--tiles tma`: tiles loaded by tensor
-descriptors; `--tiles persist`: the persistent kernel) against the tuned config, per UNet shape.
+descriptors; `persist`: the persistent kernel; `fixup`: split-K reduced in the kernel; one or more kinds) against
+the tuned config, per UNet shape.
 
 For every int8-activation, 8-bit-weight linear shape the committed tuning files know (the real SDXL UNet layer
 shapes of the measured cells), a random layer is built (tests/gpu/kernel_selfcheck.build_layer), its GEMM is timed
-with the tuned config and with each candidate of that kind in its size class (CUDA-graph replays,
+with the tuned config and with each candidate of those kinds in its size class (CUDA-graph replays,
 launch.graph_bench_ms), and each candidate's output must equal the tuned config's (integer sums: the same fp16
 values). Writes
-  <out>.csv   key, m, n, k, tuned config and us, best candidate config and us, speedup, outputs equal (bool)
+  <out>.csv   key, m, n, k, tuned config and us, best candidate's kind, config and us, speedup, outputs equal
   <out>.json  a tuning file: the tuned configs with the winners (>= `--min_gain` faster and equal) swapped in
-GPU only:  python scripts/device/tiles_vs_tuned.py --tiles persist --out /tmp/out/persist_vs_tuned
+GPU only:  python scripts/device/tiles_vs_tuned.py --tiles persist fixup --out /tmp/out/persist_fixup_vs_tuned
 (the seventh session's TMA run was this script as tma_vs_tuned.py; its CSV kept the tma_* column names)
 """
 from __future__ import annotations
@@ -40,27 +41,30 @@ def parse_key(key: str) -> dict:
 def cfg_name(c: dict) -> str:
     return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
         f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("tma" if c.get("TMA") else "") + (
-        f"persist{c.get('PER_SM', 1)}" + ("" if c.get("FLATTEN", True) else "nf") if c.get("PERSIST") else "")
+        f"persist{c.get('PER_SM', 1)}" + ("" if c.get("FLATTEN", True) else "nf") if c.get("PERSIST") else "") + (
+        "fixup" if c.get("FIXUP") else "")
 
 
 # --tiles -> (the tile-config flag, the environment variable that enables those configs)
-TILES = {"tma": ("TMA", "MIXDQ_TMA"), "persist": ("PERSIST", "MIXDQ_PERSIST")}
+TILES = {"tma": ("TMA", "MIXDQ_TMA"), "persist": ("PERSIST", "MIXDQ_PERSIST"), "fixup": ("FIXUP", "MIXDQ_FIXUP")}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output stem (.csv and .json are added)")
-    p.add_argument("--tiles", choices=sorted(TILES), default="tma", help="which opt-in tile configs to time")
+    p.add_argument("--tiles", nargs="+", choices=sorted(TILES), default=["tma"], help="which opt-in tile configs to time")
     p.add_argument("--min_gain", type=float, default=1.03, help="a candidate replaces the tuned config if this much faster")
     args = p.parse_args()
-    flag, env = TILES[args.tiles]
-    os.environ[env] = "1"  # (read at each candidate listing: launch.linear_candidates)
+    for kind in args.tiles:
+        os.environ[TILES[kind][1]] = "1"  # (read at each candidate listing: launch.linear_candidates)
+    kind_of = {TILES[kind][0]: kind for kind in args.tiles}  # tile-config flag -> kind
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
     tuning = Tuning.standard(ROOT / "results")
     keys = sorted(k for k in tuning.configs if k.startswith("linear|") and k.endswith("|a=int8") and "|b=8|" in k
-                  and parse_key(k)["m"] > 64)
+                  and parse_key(k)["m"] > 64
+                  and any(c.get(f) for c in launch.linear_candidates(parse_key(k)["m"], False, 8) for f in kind_of))
     rows, winners = [], {}
     for key in keys:
         s = parse_key(key)
@@ -76,7 +80,7 @@ def main() -> int:
         tuned_us = 1e3 * launch.graph_bench_ms(lambda: run(tuned), n_inner=20, reps=7)
         best = (None, float("inf"), True)
         for c in launch.linear_candidates(s["m"], False, 8):
-            if not c.get(flag):
+            if not any(c.get(f) for f in kind_of):
                 continue
             try:
                 equal = bool(torch.equal(run(c), ref))
@@ -88,18 +92,19 @@ def main() -> int:
                 best = (c, us, equal)
         c, us, equal = best
         rows.append({"key": key, "m": s["m"], "n": s["n"], "k": s["k"], "tuned_config": cfg_name(tuned),
-                     "tuned_us": round(tuned_us, 2), "tiles": args.tiles, "candidate_config": cfg_name(c) if c else "",
+                     "tuned_us": round(tuned_us, 2), "tiles": next((kind for f, kind in kind_of.items() if c and c.get(f)), ""),
+                     "candidate_config": cfg_name(c) if c else "",
                      "candidate_us": round(us, 2) if c else float("nan"),
                      "speedup": round(tuned_us / us, 3) if c else float("nan"), "candidate_equal": equal})
         if c is not None and equal and tuned_us / us >= args.min_gain:
             winners[key] = dict(c, ms=round(us / 1e3, 5))
-        print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | {args.tiles} {rows[-1]['candidate_config']:<20} "
+        print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | {rows[-1]['tiles']:<7} {rows[-1]['candidate_config']:<20} "
               f"{us:8.1f} us  x{tuned_us / us:.2f}  equal={equal}")
     df = pd.DataFrame(rows)
     write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tiles_vs_tuned.py", weights="random (one layer per shape)", backend="kernel (Triton GEMM, no model)"))
     Tuning(configs={**tuning.configs, **winners}).save(f"{args.out}.json")
     bad = int((~df.candidate_equal).sum()) if len(df) else 0
-    print(f"{len(rows)} shapes, {args.tiles} faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")
+    print(f"{len(rows)} shapes, {'/'.join(args.tiles)} faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")
     return 1 if bad else 0
 
 

@@ -159,7 +159,8 @@ def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) 
         res["within_tol"] == 1.0 if exact else res["rel_l2"] < 2e-3)
     cfg_s = "autotuned" if cfg is None else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}" + (
         f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "") + (" tma" if cfg.get("TMA") else "") + (
-        f" persist{cfg.get('PER_SM', 1)}{'' if cfg.get('FLATTEN', True) else ' noflatten'}" if cfg.get("PERSIST") else "")
+        f" persist{cfg.get('PER_SM', 1)}{'' if cfg.get('FLATTEN', True) else ' noflatten'}" if cfg.get("PERSIST") else "") + (
+        " fixup" if cfg.get("FIXUP") else "")
     return {"case": case.name, "config": cfg_s, "path": st.path, "bits": st.bits,
             "group": st.fmt.group if st.fmt else None, "ok": ok, **res}
 

@@ -106,6 +106,36 @@ def test_small_layers_every_config():
     assert all(r["ok"] for r in rows), selfcheck.format_rows([r for r in rows if not r["ok"]])
 
 
+@pytest.mark.parametrize("workspace", ["warm", "first_in_capture"])
+def test_fixup_split_k_replays_exactly_from_a_cuda_graph(workspace):
+    """FIXUP split-K (kernels v5, opt-in) at a 512x1 UNet shape: equal to the one-slice GEMM eagerly and in every
+    replay of a captured CUDA graph (its arrival counters reset themselves), also when its workspace is first
+    needed inside the capture (then the graph owns zeroed buffers)."""
+    from quant_utils.kernels import launch
+    from quant_utils.kernels import triton_kernels as tk
+
+    ks = selfcheck.build_layer(selfcheck.Case("linear", 1280, 1280, 8, 8, rows=256, batch=1), "cuda", 0).kernel_state
+    q = torch.randint(-128, 128, (256, 1280), dtype=torch.int8, device="cuda")
+
+    def run(cfg: dict) -> torch.Tensor:
+        return tk.qlinear(q, ks.packed, ks.scale1, ks.zc1, ks.bias, ks.bits, ks.fmt.group, ks.n, cfg)
+
+    ref = run(launch._cfg(64, 128, 4, 4, True))
+    cfg = launch._fixup(64, 128, 4, 4, True, 4)
+    assert torch.equal(run(cfg), ref)  # (also compiles the kernel outside the capture)
+    if workspace == "first_in_capture":
+        tk._FIXUP_WORKSPACE.clear()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run(cfg)
+    for _ in range(3):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, ref)
+    assert torch.equal(run(cfg), ref)  # eager again after the graph
+
+
 def test_unet_layer_shapes_w4():
     rows = selfcheck.run([selfcheck.with_bits(c, 4) for c in selfcheck.unet_cases()], "cuda", seed=3)
     assert all(r["ok"] for r in rows), selfcheck.format_rows([r for r in rows if not r["ok"]])
