@@ -43,6 +43,8 @@ from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.norms import decoder_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
+from quant_utils.kernels.launch import kernel_forms  # noqa: E402
+from quant_utils.kernels.tuning import current_tuning  # noqa: E402
 from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
@@ -183,6 +185,8 @@ def main(args: argparse.Namespace) -> None:
                              "weight_config": Path(e.summary.get("weight_config", "")).name,
                              "act_config": Path(e.summary.get("act_config", "")).name, "gpu": device_name(),
                              "weights": weights_label(cfg, args)})
+                if cuda:  # which kernel forms the tile configs ran (opt-in ones swapped in by a GPU job: TILES=1)
+                    meta["tile_configs"] = f"linear shapes of the loaded tuning: {kernel_forms(current_tuning().configs)}"
                 write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
                 plans[e.mode, e.exec_mode] = plan_rows(e.unet)  # (compile and compile-fused plan different layers)
                 if plans[e.mode, e.exec_mode]:
@@ -207,8 +211,6 @@ def main(args: argparse.Namespace) -> None:
         group = e = None  # drop this group's Runners: the generator frees its UNet copy when it moves on
         _free()
         if args.tuning_out and cuda:
-            from quant_utils.kernels.tuning import current_tuning
-
             current_tuning().save(repo_path(args.tuning_out))  # the Runners' tuning
     if not rows:
         raise ConfigError("no cell could be measured")

@@ -142,3 +142,16 @@ def test_opt_in_tile_configs_are_candidates_only_when_enabled(monkeypatch, flag,
     assert not any(c.get(flag) for c in launch.linear_candidates(none_at, False, 8))  # not in that size class
     if flag == "FIXUP":
         assert all(c["SPLIT_K"] > 1 for c in launch.linear_candidates(40, False, 8) if c.get(flag))
+
+
+def test_kernel_forms_counts_the_linear_shapes_by_the_kernel_they_run():
+    from quant_utils.kernels import launch
+
+    configs = {"linear|m=4096|n=1280|k=1280|b=8|g=128|a=int8": launch._persist(128, 128, 8, 3, True),
+               "linear|m=256|n=1280|k=1280|b=8|g=128|a=int8": launch._fixup(64, 128, 4, 4, True, 4),
+               "linear|m=77|n=1280|k=2048|b=8|g=128|a=int8": launch._cfg(32, 128, 4, 4, True, 2),
+               "linear|m=1024|n=640|k=640|b=8|g=128|a=int8": launch._cfg(128, 128, 8, 3),
+               "linear|m=16384|n=640|k=640|b=8|g=128|a=int8": launch._cfg(128, 128, 8, 3, True),
+               "conv|x=1x66x66x320|n=320|c1=320|k=3|s=1|b=8|g=128": launch._cfg(128, 128, 8, 3)}  # not a linear
+    assert launch.kernel_forms(configs) == ("2 one tile per program, 1 persistent, 1 fixup split-K, 1 split-K (atomic)")
+    assert launch.kernel_forms({}) == "none"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Callable
@@ -164,6 +165,17 @@ def replay_ms(graph: "torch.cuda.CUDAGraph", reps: int) -> list[float]:
 
 def _strip(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != "ms"}
+
+
+def kernel_forms(configs: dict[str, dict]) -> str:
+    """The linear shapes of a tuning by the kernel form their config runs (the opt-in forms named), e.g.
+    '340 one tile per program, 22 split-K (atomic)': a CSV's provenance says whether TMA/persistent/FIXUP tiles ran."""
+    def form(c: dict) -> str:
+        return ("tma" if c.get("TMA") else "persistent" if c.get("PERSIST") else "fixup split-K" if c.get("FIXUP")
+                else "split-K (atomic)" if c.get("SPLIT_K", 1) > 1 else "one tile per program")
+
+    counts = Counter(form(c) for k, c in configs.items() if k.startswith("linear|"))
+    return ", ".join(f"{n} {f}" for f, n in counts.most_common()) or "none"
 
 
 def linear_key(m: int, n: int, k: int, bits: int, group: int, a_fp16: bool) -> str:
