@@ -49,3 +49,26 @@ def test_compiled_regions_share_graphs_across_same_shape_blocks():
     assert int(regions) == 28 and int(graphs) < int(regions) / 2 and same == "True", line
 
 
+
+
+def test_selfcheck_skips_an_opt_in_config_that_does_not_build_and_fails_everything_else(monkeypatch):
+    """A TMA/persistent/FIXUP config that this Triton cannot compile is reported SKIP (the autotuner skips it too);
+    the same error on a tuned-file config, or any other error (a fault, a wrong shape), still stops the check."""
+    import pytest
+
+    sys.path.insert(0, str(REPO / "tests" / "gpu"))
+    import kernel_selfcheck as sc
+    from quant_utils.kernels import backend, launch
+
+    def broken(st, x):
+        raise RuntimeError("PassManager::run failed")
+
+    monkeypatch.setattr(backend, "forward", broken)
+    case = sc.Case("linear", 48, 160, 8, 8, rows=300)
+    row = sc.check_case(case, "cpu", cfg=launch._persist(128, 128, 8, 3, True))
+    assert row["ok"] and "PassManager" in row["skipped"] and "SKIP (does not build" in sc.format_rows([row])
+    with pytest.raises(RuntimeError, match="PassManager"):
+        sc.check_case(case, "cpu", cfg=launch._cfg(128, 128, 8, 3))
+    monkeypatch.setattr(backend, "forward", lambda st, x: (_ for _ in ()).throw(RuntimeError("illegal memory access")))
+    with pytest.raises(RuntimeError, match="illegal"):
+        sc.check_case(case, "cpu", cfg=launch._fixup(64, 128, 4, 4, True, 4))

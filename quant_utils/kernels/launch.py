@@ -99,6 +99,11 @@ def with_pre(cands: list[dict], bits: int) -> list[dict]:
     return cands if bits == 8 else [c for c in cands if not _int8_only(c)] + [dict(c, PRE=True) for c in cands]
 
 
+def opt_in_kind(cfg: dict) -> str | None:
+    """`TMA`, `PERSIST` or `FIXUP` for a tile config of an opt-in kind (kernels v4/v5), else None."""
+    return next((k for k in ("TMA", "PERSIST", "FIXUP") if cfg.get(k)), None)
+
+
 def _int8_only(cfg: dict) -> bool:
     """Tile configs whose kernels take int8 codes and int8 weight tiles only (4/6/2-bit weights: with PRE)."""
     return bool(cfg.get("TMA") or cfg.get("PERSIST"))
@@ -125,7 +130,7 @@ def fixup_enabled() -> bool:
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
     enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled(), "FIXUP": fixup_enabled()}
-    return with_pre([c for c in cands if not any(c.get(k) and (a_fp16 or not on) for k, on in enabled.items())], bits)
+    return with_pre([c for c in cands if not (opt_in_kind(c) and (a_fp16 or not enabled[opt_in_kind(c)]))], bits)
 
 
 def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:

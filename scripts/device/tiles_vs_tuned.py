@@ -64,7 +64,7 @@ def main() -> int:
     tuning = Tuning.standard(ROOT / "results")
     keys = sorted(k for k in tuning.configs if k.startswith("linear|") and k.endswith("|a=int8") and "|b=8|" in k
                   and parse_key(k)["m"] > 64
-                  and any(c.get(f) for c in launch.linear_candidates(parse_key(k)["m"], False, 8) for f in kind_of))
+                  and any(launch.opt_in_kind(c) in kind_of for c in launch.linear_candidates(parse_key(k)["m"], False, 8)))
     rows, winners = [], {}
     for key in keys:
         s = parse_key(key)
@@ -80,7 +80,7 @@ def main() -> int:
         tuned_us = 1e3 * launch.graph_bench_ms(lambda: run(tuned), n_inner=20, reps=7)
         best = (None, float("inf"), True)
         for c in launch.linear_candidates(s["m"], False, 8):
-            if not any(c.get(f) for f in kind_of):
+            if launch.opt_in_kind(c) not in kind_of:
                 continue
             try:
                 equal = bool(torch.equal(run(c), ref))
@@ -92,7 +92,7 @@ def main() -> int:
                 best = (c, us, equal)
         c, us, equal = best
         rows.append({"key": key, "m": s["m"], "n": s["n"], "k": s["k"], "tuned_config": cfg_name(tuned),
-                     "tuned_us": round(tuned_us, 2), "tiles": next((kind for f, kind in kind_of.items() if c and c.get(f)), ""),
+                     "tuned_us": round(tuned_us, 2), "tiles": kind_of[launch.opt_in_kind(c)] if c else "",
                      "candidate_config": cfg_name(c) if c else "",
                      "candidate_us": round(us, 2) if c else float("nan"),
                      "speedup": round(tuned_us / us, 3) if c else float("nan"), "candidate_equal": equal})
