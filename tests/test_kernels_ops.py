@@ -43,3 +43,20 @@ def test_custom_ops_copy_only_the_views_the_kernels_cannot_read():
     for view in (x.t(), x.view(-1)[1:1 + 32 * 16].view(16, 32)):  # permuted; offset by one byte
         y = _aligned(view, rows_may_stride=True)
         assert y.is_contiguous() and y.data_ptr() % 16 == 0 and torch.equal(y, view)
+
+
+def test_group_norm_ops_leave_the_layout_to_inductor():
+    """The GroupNorm statistics ops read any layout, and say so: Inductor's default for custom ops (keep the eager
+    strides) would copy a channels_last conv output to NCHW before every GroupNorm of a compiled decoder."""
+    import torch
+
+    from quant_utils.kernels import ops  # noqa: F401  (registers the ops)
+    from torch._inductor.lowering import tag_to_layout_constraint
+    from torch._library.utils import get_layout_constraint_tag
+
+    def constraint(op):  # what Inductor applies to the op's inputs when it lowers it as a fallback (graph.py)
+        return tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+
+    for op in (torch.ops.mixdq.channel_moments.default, torch.ops.mixdq.group_affine.default):
+        assert get_layout_constraint_tag(op) == torch.Tag.flexible_layout and constraint(op) is None
+    assert constraint(torch.ops.mixdq.qlinear.default) is not None  # the GEMMs keep the default constraint

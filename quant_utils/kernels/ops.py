@@ -67,7 +67,13 @@ def spatial_strides(x: Tensor) -> tuple[int, int, int] | None:
     return x.stride(0), x.stride(1), dims[-1][1] if dims else 1
 
 
-@torch.library.custom_op("mixdq::channel_moments", mutates_args=())
+# The GroupNorm ops read any layout (spatial_strides; a copy only for non-collapsible strides), so they tell Inductor
+# so: under its default constraint for custom ops an input must keep its eager strides, and in a compiled decoder
+# whose convolutions Inductor runs channels_last that meant a transposing copy to NCHW before every GroupNorm.
+FLEXIBLE_LAYOUT = (torch.Tag.flexible_layout,)
+
+
+@torch.library.custom_op("mixdq::channel_moments", mutates_args=(), tags=FLEXIBLE_LAYOUT)
 def channel_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per (image, channel, chunk of pixels): (mean, M2) in float32, [N, C, n_chunks] (triton_kernels)."""
     strides = spatial_strides(x)
@@ -86,7 +92,7 @@ def _(x):
     return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("mixdq::group_affine", mutates_args=())
+@torch.library.custom_op("mixdq::group_affine", mutates_args=(), tags=FLEXIBLE_LAYOUT)
 def group_affine(x: Tensor, groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                  eps: float) -> tuple[Tensor, Tensor]:
     """GroupNorm's per-(image, channel) scale and shift, float32 [N, C] (triton_kernels.group_affine): one op, so a
