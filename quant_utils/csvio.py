@@ -72,6 +72,18 @@ def provenance(**extra: Any) -> dict[str, Any]:
     }
 
 
+def cpu_name() -> str:
+    """This machine's CPU model (for results measured on a CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def temp_prefix(path: Path) -> str:
     """Temp files of `path` are `.<name>.<pid>.<random>.tmp` beside it: `clean_stale_temps` knows whose they are."""
     return f".{path.name}.{os.getpid()}."

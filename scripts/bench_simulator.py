@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
-from quant_utils.csvio import git_sha, write_csv  # noqa: E402
+from quant_utils.csvio import cpu_name, git_sha, write_csv  # noqa: E402
 from quant_utils.perf_model import PerfModel, synthetic_latency_frame  # noqa: E402
 from quant_utils.serving import workloads as wl  # noqa: E402
 from quant_utils.serving.policies import build_policy  # noqa: E402
@@ -48,17 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--perf_model", default=None, help="performance model JSON (default: a synthetic one, in memory)")
     p.add_argument("--seed", type=int, default=0, help="arrival and noise seed")
     return p.parse_args(argv)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
 
 
 def main(args: argparse.Namespace) -> None:

@@ -65,6 +65,28 @@ def test_encode_png_is_lossless_at_every_level():
         assert back.shape == img.shape and np.array_equal(back, img)
 
 
+@pytest.mark.parametrize("h, w", [(1, 1), (21, 1024), (22, 1024), (300, 777), (1024, 1024)])
+def test_encode_png_level_0_is_a_valid_png(h, w):
+    """Level 0 at several sizes (one to 49 of zlib's stored blocks): every chunk's CRC, the zlib stream (zlib checks
+    its adler32) holding exactly the unfiltered rows, and the image back."""
+    import struct
+    import zlib
+
+    img = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    body = encode_png(img, 0)
+    chunks, pos = {}, 8
+    while pos < len(body):
+        (n,), kind = struct.unpack(">I", body[pos:pos + 4]), body[pos + 4:pos + 8]
+        data = body[pos + 8:pos + 8 + n]
+        assert struct.unpack(">I", body[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(kind + data), kind
+        chunks[kind] = data
+        pos += 12 + n
+    assert pos == len(body) and list(chunks) == [b"IHDR", b"IDAT", b"IEND"]
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, 3 * w)], axis=1)
+    assert zlib.decompress(chunks[b"IDAT"]) == rows.tobytes()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")), img)
+
+
 def test_every_format_decodes_to_the_image_and_the_client_knows_it():
     """A smooth image: PNG exact, JPEG close and much smaller; each body passes the client's check of its own
     format only (the client calls any other body an error)."""
@@ -460,3 +482,17 @@ def test_ctrl_c_stops_the_service_and_leaves_no_process(service):
     for p in alive:
         p.kill()
     assert not alive, f"left behind: {[p.pid for p in alive]}"
+
+
+def test_bench_encode_writes_every_encoding_and_content(tmp_path):
+    from conftest import run_main
+    from quant_utils.csvio import read_csv, read_provenance
+
+    out = tmp_path / "enc.csv"
+    assert run_main("utils/bench_encode.py", "--size", 48, "--repeats", 2, "--out", out) == 0
+    df = read_csv(out)
+    assert list(df.columns) == ["encoding", "content", "encode_p50_ms", "body_mb", "repeats"]
+    assert len(df) == 8 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
+    png0 = df[df["encoding"] == "png level 0"].set_index("content")["body_mb"]
+    assert png0["noise"] == png0["smooth"] == pytest.approx((48 * (1 + 3 * 48) + 5 + 2 + 4 + 57) / 1e6, abs=1e-3)
+    assert read_provenance(out)["device"].startswith("cpu: ")
