@@ -40,8 +40,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+import functools
 from functools import cached_property
 from pathlib import Path
+from types import MethodType
 from typing import Callable
 
 import numpy as np
@@ -61,7 +63,15 @@ VAE_EXEC = ("dynamic", "static", "static-nchw", "eager")
 COMPILE_SHAPES = ("dynamic", "static")
 # The UNet's repeated blocks, compiled one by one (regional compilation): same-shape blocks reuse one compiled
 # graph (weights and quantizer parameters are graph inputs), so the compile costs a few blocks, not 70.
-REGION_TYPES = ("ResnetBlock2D", "Transformer2DModel")
+# `transformers` (the default): resnets and whole Transformer2DModels (their 1-10 transformer blocks traced inline:
+# Inductor may fuse across block boundaries, but every block is traced again); `blocks`: resnets, each
+# BasicTransformerBlock (a model's ten identical blocks traced once, as diffusers' compile_repeated_blocks does) and
+# each Transformer2DModel's input part (GroupNorm, proj_in) and output part (proj_out, residual), so its norm still
+# fuses with the proj_in quantize. Tracing the full-size UNet took about half as long with `blocks` on a CPU
+# (results/compile_trace_cpu.csv); a warm first call is mostly that trace. Not yet timed on a GPU: not the default.
+COMPILE_REGIONS = {"transformers": ("ResnetBlock2D", "Transformer2DModel"),
+                   "blocks": ("ResnetBlock2D", "BasicTransformerBlock")}
+_T2D_PARTS = ("_operate_on_continuous_inputs", "_get_output_for_continuous_inputs")  # diffusers' Transformer2DModel
 
 
 def _allow_recompiles() -> None:
@@ -81,17 +91,31 @@ def resolve_exec(exec_mode: str, device: str | torch.device) -> str:
     return exec_mode
 
 
-def compile_regions(unet: torch.nn.Module, types: tuple[str, ...] = REGION_TYPES, backend: str = "inductor",
+def compile_regions(unet: torch.nn.Module, regions: str = "transformers", backend: str = "inductor",
                     dynamic: bool = False) -> int:
-    """torch.compile every sub-module of the given class names, in place: every later call of this UNet, from any
-    Runner, runs the compiled blocks (deep-copy the UNet first to keep an uncompiled one). `dynamic`: symbolic
+    """torch.compile the UNet's `regions` (COMPILE_REGIONS), in place: every later call of this UNet, from any Runner,
+    runs the compiled parts (deep-copy the UNet first to keep an uncompiled one). `dynamic`: symbolic
     batch/height/width (one compile serves every bucket but batch 1); else one compile per input shape.
-    Returns how many modules were compiled."""
+    Returns how many modules were compiled (a Transformer2DModel's two parts count as one)."""
+    if regions not in COMPILE_REGIONS:
+        raise ValueError(f"regions={regions!r}, expected one of {list(COMPILE_REGIONS)}")
     _allow_recompiles()
+    types = COMPILE_REGIONS[regions]
     mods = [m for m in unet.modules() if type(m).__name__ in types]
     for m in mods:
         m.compile(dynamic=dynamic, backend=backend)
+    if regions == "blocks":
+        t2d = [m for m in unet.modules() if type(m).__name__ == "Transformer2DModel"]
+        for m in t2d:
+            for name in _T2D_PARTS:  # one compiled function per part, bound to each model (deepcopy rebinds it)
+                setattr(m, name, MethodType(_compiled_part(type(m), name, backend, dynamic), m))
+        mods += t2d
     return len(mods)
+
+
+@functools.cache
+def _compiled_part(cls: type, name: str, backend: str, dynamic: bool) -> Callable:
+    return torch.compile(getattr(cls, name), backend=backend, dynamic=dynamic)
 
 
 def decode_images(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:

@@ -46,9 +46,10 @@ print("graphs", ex.graph_count, "breaks", ex.graph_break_count, [r.reason[:200] 
 """
 
 
-def run_interpreted(program: str) -> str:
-    """Run a Python program in a subprocess with the Triton kernels interpreted on the CPU; its stdout."""
-    proc = subprocess.run([sys.executable, "-c", program], cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"},
+def run_interpreted(program: str, *args: str) -> str:
+    """Run a Python program (with `args` as its sys.argv[1:]) in a subprocess with the Triton kernels interpreted on
+    the CPU; its stdout."""
+    proc = subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 from conftest import EXPLAIN, KERNEL_UNET, REPO, run_interpreted
 
 
@@ -30,25 +32,42 @@ def test_kernel_backend_traces_as_one_graph_under_torch_compile():
 
 
 REGIONS_CHECK = KERNEL_UNET + """
+import copy, sys
 from torch._dynamo.utils import counters
 from quant_utils.runtime import compile_regions
 with torch.no_grad():
     ref = unet(**inputs).sample
-    n = compile_regions(unet, backend="eager")
+    twin = copy.deepcopy(unet)
+    n = compile_regions(unet, sys.argv[1], backend="eager")
     out = unet(**inputs).sample
-print("regions", n, "graphs", counters["stats"]["unique_graphs"], "same", bool(torch.equal(out, ref)))
+    graphs = counters["stats"]["unique_graphs"]
+    # a deep copy of the compiled UNet runs its own weights: its parts are bound to the copy, not to the original
+    copied = copy.deepcopy(unet)
+    for model in (copied, twin):  # a weight that a transformer's compiled input part reads
+        for m in model.modules():
+            if type(m).__name__ == "Transformer2DModel":
+                m.norm.weight *= 2.0
+    moved = bool(torch.equal(copied(**inputs).sample, twin(**inputs).sample))
+print("regions", n, "graphs", graphs, "same", bool(torch.equal(out, ref)), "copy", moved)
 """
 
 
-def test_compiled_regions_share_graphs_across_same_shape_blocks():
-    """compile_regions compiles each resnet/transformer block; blocks of one shape (different weights and quantizer
-    parameters) must reuse one dynamo graph, not recompile per instance (28 regions -> 12 graphs on the tiny
-    UNet), and the regions must compute what the uncompiled model does."""
-    line = next(ln for ln in run_interpreted(REGIONS_CHECK).splitlines() if ln.startswith("regions"))
-    _, regions, _, graphs, _, same = line.split()
-    assert int(regions) == 28 and int(graphs) < int(regions) / 2 and same == "True", line
+@pytest.mark.parametrize("regions, modules", [("transformers", 28), ("blocks", 56)])
+def test_compiled_regions_share_graphs_across_same_shape_blocks(regions, modules):
+    """compile_regions compiles each resnet and transformer (or transformer block, plus each transformer's input and
+    output parts); regions of one shape (different weights and quantizer parameters) must reuse one dynamo graph,
+    not recompile per instance (28 regions -> 12 graphs on the tiny UNet, 56 -> 16 with `blocks`), the regions
+    must compute what the uncompiled model does, and a deep copy must run its own weights."""
+    line = next(ln for ln in run_interpreted(REGIONS_CHECK, regions).splitlines() if ln.startswith("regions"))
+    _, n, _, graphs, _, same, _, copied = line.split()
+    assert int(n) == modules and int(graphs) < int(n) / 2 + 2 and same == "True" and copied == "True", line
 
 
+def test_compile_regions_refuses_an_unknown_choice():
+    from quant_utils.runtime import compile_regions
+
+    with pytest.raises(ValueError, match="regions='layers'"):
+        compile_regions(torch.nn.Linear(2, 2), "layers")
 
 
 def test_selfcheck_skips_an_opt_in_config_that_does_not_build_and_fails_everything_else(monkeypatch):
