@@ -18,7 +18,7 @@ from .norms import DECODER_GROUP_NORMS, GROUP_NORMS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 from .qlayers import BACKENDS
-from .runtime import VAE_EXEC
+from .runtime import COMPILE_REGIONS, VAE_EXEC
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
@@ -88,6 +88,11 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--compile_shapes", default="static", choices=["dynamic", "static"],
         help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
              "with symbolic batch/height/width (dynamic: cheap new buckets, slower steps)")
+    add("--compile_regions", default="transformers", choices=list(COMPILE_REGIONS),
+        help="with --exec compile, what is compiled one by one: transformers = resnets and whole transformers "
+             "(the measured path); blocks = resnets, each transformer block (ten identical blocks traced once) and "
+             "each transformer's input/output parts: about half the trace, so a shorter first call (CPU-measured, "
+             "results/compile_trace_cpu.csv), image time not yet measured on a GPU")
     add("--layer_plan", default="auto", choices=LAYER_PLANS,
         help="quantized UNets on CUDA: at each bucket's first call, time every low-bit kernel layer against "
              "cuBLAS/cuDNN and run the ones that lose dense there (dequantized fp16 weight kept beside the packed "
@@ -204,6 +209,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
     return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"),
+                  compile_regions=getattr(args, "compile_regions", "transformers"),
                   layer_plan=getattr(args, "layer_plan", "auto"),
                   dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
                   vae_attention=getattr(args, "vae_attention", "auto"),

@@ -9,7 +9,7 @@
   (new buckets cost no compile, decodes are slower; measured: results/vae_decode*.csv), `eager` captured
   as is, for comparison;
 - `compile` (the default on CUDA, `auto`): the UNet's resnet and transformer blocks compiled by torch.compile
-  (`compile_regions`: Inductor fuses norms, elementwise ops and the activation quantization into their
+  (`compile_unet_regions`: Inductor fuses norms, elementwise ops and the activation quantization into their
   producers; blocks of one shape share one compiled graph; `compile_shapes="dynamic"` compiles each block once
   with symbolic batch/height/width, so a new bucket costs a CUDA-graph capture, not a compile, apart from
   batch 1, which torch specialises) and the VAE decode compiled as in `graph`, then everything captured.
@@ -91,7 +91,7 @@ def resolve_exec(exec_mode: str, device: str | torch.device) -> str:
     return exec_mode
 
 
-def compile_regions(unet: torch.nn.Module, regions: str = "transformers", backend: str = "inductor",
+def compile_unet_regions(unet: torch.nn.Module, regions: str = "transformers", backend: str = "inductor",
                     dynamic: bool = False) -> int:
     """torch.compile the UNet's `regions` (COMPILE_REGIONS), in place: every later call of this UNet, from any Runner,
     runs the compiled parts (deep-copy the UNet first to keep an uncompiled one). `dynamic`: symbolic
@@ -116,6 +116,17 @@ def compile_regions(unet: torch.nn.Module, regions: str = "transformers", backen
 @functools.cache
 def _compiled_part(cls: type, name: str, backend: str, dynamic: bool) -> Callable:
     return torch.compile(getattr(cls, name), backend=backend, dynamic=dynamic)
+
+
+def compile_counters() -> dict[str, float]:
+    """torch.compile's work so far in this process: distinct Dynamo graphs, seconds in Dynamo's frame compiles (trace,
+    guards and the backend: Inductor's compile or its cache load) and in the backend alone. Differences of two calls
+    say what a first call spent."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    return {"graphs": counters["stats"]["unique_graphs"],
+            "dynamo_s": sum(compilation_time_metrics.get("_compile.compile_inner", [])),
+            "backend_s": sum(compilation_time_metrics.get("OutputGraph.call_user_compiler", []))}
 
 
 def decode_images(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -233,7 +244,8 @@ class Runner:
     def __init__(self, pipe, exec_mode: str = "eager", vae_exec: str = "static", vae: torch.nn.Module | None = None,
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
                  layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
-                 group_norm: str = "native", fuse_qkv: str = "auto", vae_group_norm: str = "auto"):
+                 group_norm: str = "native", fuse_qkv: str = "auto", vae_group_norm: str = "auto",
+                 compile_regions: str = "transformers"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -242,6 +254,9 @@ class Runner:
             raise ValueError(f"vae_exec={vae_exec!r}, expected one of {VAE_EXEC}")
         if compile_shapes not in COMPILE_SHAPES:
             raise ValueError(f"compile_shapes={compile_shapes!r}, expected one of {COMPILE_SHAPES}")
+        if compile_regions not in COMPILE_REGIONS:
+            raise ValueError(f"compile_regions={compile_regions!r}, expected one of {list(COMPILE_REGIONS)}")
+        self.compile_regions = compile_regions
         if layer_plan not in LAYER_PLANS:
             raise ValueError(f"layer_plan={layer_plan!r}, expected one of {LAYER_PLANS}")
         # measured per bucket on the GPU, for UNets with low-bit kernel layers (quant_utils/layer_plan.py)
@@ -276,7 +291,7 @@ class Runner:
         self.fused = fusion.fuse_qkv(pipe.unet) if fusion.wants_fusion(fuse_qkv, exec_mode == "compile", pipe.unet) else None
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}
         if exec_mode == "compile":
-            compile_regions(pipe.unet, dynamic=compile_shapes == "dynamic")
+            compile_unet_regions(pipe.unet, self.compile_regions, dynamic=compile_shapes == "dynamic")
         if exec_mode != "eager" and vae_exec != "eager":
             self.stage_fns["vae"] = compiled_decode(self.vae, vae_exec)
         # how the decode runs: eager (also inside a CUDA graph), compiled (symbolic shapes), compiled-static(-nchw)

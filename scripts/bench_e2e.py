@@ -45,11 +45,14 @@ from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 from quant_utils.kernels.launch import kernel_forms  # noqa: E402
 from quant_utils.kernels.tuning import current_tuning  # noqa: E402
-from quant_utils.runtime import Runner, resolve_exec  # noqa: E402
+from quant_utils.runtime import Runner, compile_counters, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
-# a UNet variant's exec name -> the Runner's exec mode (compile-fused: compiled after fusion.fuse_qkv; FP16 and quantized)
-UNET_EXECS = {"eager": "eager", "graph": "graph", "compile": "compile", "compile-fused": "compile"}
+# a UNet variant's exec name -> (the Runner's exec mode, fused projections (fusion.fuse_qkv, FP16 and quantized),
+# compiled regions: None = --compile_regions)
+UNET_EXECS = {"eager": ("eager", False, None), "graph": ("graph", False, None), "compile": ("compile", False, None),
+              "compile-fused": ("compile", True, None), "compile-blocks": ("compile", False, "blocks"),
+              "compile-fused-blocks": ("compile", True, "blocks")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fp16_exec", nargs="+", default=None, choices=list(UNET_EXECS),
                    help="FP16 UNet executions (default on CUDA: graph compile; on a CPU: eager); compile-fused: "
                         "compiled with fused attention projections (one GEMM for q/k/v, one for cross-attention's "
-                        "k/v: fewer launches, quant_utils/fusion.py), a candidate for the fastest FP16 UNet")
+                        "k/v: fewer launches, quant_utils/fusion.py), a candidate for the fastest FP16 UNet; "
+                        "*-blocks: compiled with --compile_regions blocks (to set both forms side by side)")
     p.add_argument("--quant_exec", nargs="+", default=None, choices=[e for e in UNET_EXECS if e != "eager"],
                    help="quantized UNets' executions (default on CUDA: compile; on a CPU: eager); compile-fused: their "
                         "attention projections fused where they are exactly fusable (same bits and input quantizer)")
@@ -173,7 +177,8 @@ def main(args: argparse.Namespace) -> None:
                     continue
                 rows.append({"mode": e.mode, "wbits": round(e.summary["avg_wbits"], 3),
                              "abits": round(e.summary["avg_abits"], 3),
-                             "unet_exec": e.exec_mode,
+                             "unet_exec": e.exec_mode, "compile_regions": e.runner.compile_regions
+                             if e.runner.exec_mode == "compile" else "",
                              "vae": e.kind, "vae_exec": e.runner.vae_exec,
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
                              "group_norm": e.runner.group_norm, "vae_group_norm": e.runner.vae_group_norm,
@@ -252,13 +257,14 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
     for mode, exec_mode in variants:
         t0 = time.perf_counter()
         if mode == "fp16":
-            own = exec_mode in ("compile", "compile-fused")  # compiling (and fusing) change a UNet in place
+            own = exec_mode.startswith("compile")  # compiling (and fusing) change a UNet in place
             variant = pipeline_view(pipe, copy.deepcopy(fp16_unet) if own else fp16_unet)
             summary = {"avg_wbits": 16.0, "avg_abits": 16.0, "weight_config": "", "act_config": ""}
         else:
             variant, summary = quantized_copy(pipe, mode, cfg.name, None, calib, args.seed, min(args.res), min(args.res),
                                               steps, backend=backend)
-        if exec_mode == "compile-fused":
+        runner_exec, fuse, regions = UNET_EXECS[exec_mode]
+        if fuse:
             fused = fuse_qkv(variant.unet)
             print(f"{mode}: fused {fused['self']} self- and {fused['cross']} cross-attention projections"
                   + (f"; kept {len(fused['kept'])}: {sorted(set(fused['kept'].values()))}" if fused["kept"] else ""))
@@ -276,8 +282,9 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         refs = {k: Runner(variant, "eager", vae=decoders[k], vae_group_norm=vae_gn[k], **plans)(*check).astype(float)
                 for k in kinds}
         for kind in kinds:
-            runner = Runner(variant, resolve_exec(UNET_EXECS.get(exec_mode, exec_mode), device), vae_exec=args.vae_exec,
+            runner = Runner(variant, resolve_exec(runner_exec, device), vae_exec=args.vae_exec,
                             vae=decoders[kind], vae_kind=kind, compile_shapes=args.compile_shapes,
+                            compile_regions=regions or args.compile_regions,
                             vae_group_norm=vae_gn[kind], **plans)
             yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
                         encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),
@@ -303,11 +310,14 @@ def _measure_group(group: list[Entry], prompts: list[str], res: int, batch: int,
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             e.runner.pop_setup_s()  # only this cell's one-time work below
+            compiled = compile_counters()
             t0 = time.perf_counter()
             timed_call(e.runner, prompts, res, res, batch, steps, args.seed)
             sync()
             first_s = time.perf_counter() - t0
             setup = {f"first_call_{k}_s": round(v, 2) for k, v in e.runner.pop_setup_s().items()}
+            # what torch.compile did in it: new graphs, seconds in Dynamo (trace, guards, backend) and the backend
+            setup.update({f"first_call_{k}": round(v - compiled[k], 2) for k, v in compile_counters().items()})
             for _ in range(args.warmup):
                 timed_call(e.runner, prompts, res, res, batch, steps, args.seed)
             sync()

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "step (they then pay a fake-quant pass of their input)")
     p.add_argument("--unet_exec", default="graph",
                    help="comma list of graph, compile: UNet steps as CUDA-graph replays of eager PyTorch, and/or of "
-                        "steps whose resnet/transformer blocks are torch.compile'd (runtime.compile_regions: Inductor "
+                        "steps whose resnet/transformer blocks are torch.compile'd (runtime.compile_unet_regions: Inductor "
                         "fuses norms, elementwise ops and the activation quantization into their producers); every "
                         "variant runs each in this order, the FP16 CUDA-graph step is the `speedup` baseline")
     p.add_argument("--tuning_in", default=None, help="JSON of tile configs tuned earlier on this GPU model (skips timing)")
@@ -230,12 +230,12 @@ class StepTable:
 
     def measure(self, name: str, model, wbytes: int, paths: str) -> None:
         """Every --unet_exec (graph first: compiling changes the model) at every --unet_points point."""
-        from quant_utils.runtime import compile_regions
+        from quant_utils.runtime import compile_unet_regions
 
         self.graph_out = {}
         for ex in self.run.args.unet_exec:
             if ex == "compile":
-                compile_regions(model)
+                compile_unet_regions(model)
             for res, batch in self.run.args.unet_points:
                 self.point(name, model, ex, res, batch, wbytes, paths)
 

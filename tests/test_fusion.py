@@ -167,7 +167,7 @@ def test_a_fused_quantized_unet_is_not_written_under_fused_names(w8a8, tmp_path)
 def test_fused_attention_traces_under_dynamo(w8a8):
     """The fused quantized UNet through torch.compile's tracer (regional, eager backend: what the compiled serving
     path traces, without a GPU): the same output."""
-    from quant_utils.runtime import compile_regions
+    from quant_utils.runtime import compile_unet_regions
 
     pipe, _ = w8a8
     unet = copy.deepcopy(pipe.unet)
@@ -175,5 +175,5 @@ def test_fused_attention_traces_under_dynamo(w8a8):
     with torch.no_grad():
         ref = unet(**inputs).sample
         fuse_qkv(unet)
-        assert compile_regions(unet, backend="eager") > 0
+        assert compile_unet_regions(unet, backend="eager") > 0
         assert rel_err(unet(**inputs).sample, ref) < 1e-5

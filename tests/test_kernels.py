@@ -34,11 +34,11 @@ def test_kernel_backend_traces_as_one_graph_under_torch_compile():
 REGIONS_CHECK = KERNEL_UNET + """
 import copy, sys
 from torch._dynamo.utils import counters
-from quant_utils.runtime import compile_regions
+from quant_utils.runtime import compile_unet_regions
 with torch.no_grad():
     ref = unet(**inputs).sample
     twin = copy.deepcopy(unet)
-    n = compile_regions(unet, sys.argv[1], backend="eager")
+    n = compile_unet_regions(unet, sys.argv[1], backend="eager")
     out = unet(**inputs).sample
     graphs = counters["stats"]["unique_graphs"]
     # a deep copy of the compiled UNet runs its own weights: its parts are bound to the copy, not to the original
@@ -54,7 +54,7 @@ print("regions", n, "graphs", graphs, "same", bool(torch.equal(out, ref)), "copy
 
 @pytest.mark.parametrize("regions, modules", [("transformers", 28), ("blocks", 56)])
 def test_compiled_regions_share_graphs_across_same_shape_blocks(regions, modules):
-    """compile_regions compiles each resnet and transformer (or transformer block, plus each transformer's input and
+    """compile_unet_regions compiles each resnet and transformer (or transformer block, plus each transformer's input and
     output parts); regions of one shape (different weights and quantizer parameters) must reuse one dynamo graph,
     not recompile per instance (28 regions -> 12 graphs on the tiny UNet, 56 -> 16 with `blocks`), the regions
     must compute what the uncompiled model does, and a deep copy must run its own weights."""
@@ -64,10 +64,10 @@ def test_compiled_regions_share_graphs_across_same_shape_blocks(regions, modules
 
 
 def test_compile_regions_refuses_an_unknown_choice():
-    from quant_utils.runtime import compile_regions
+    from quant_utils.runtime import compile_unet_regions
 
     with pytest.raises(ValueError, match="regions='layers'"):
-        compile_regions(torch.nn.Linear(2, 2), "layers")
+        compile_unet_regions(torch.nn.Linear(2, 2), "layers")
 
 
 def test_selfcheck_skips_an_opt_in_config_that_does_not_build_and_fails_everything_else(monkeypatch):

@@ -68,10 +68,10 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
     assert (tmp_path / "ckpt_w4.pth").is_file()
 
 
-E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "vae", "vae_exec", "vae_attention", "group_norm", "vae_group_norm", "res", "batch", "text_p50_ms", "text_p95_ms",
+E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "compile_regions", "vae", "vae_exec", "vae_attention", "group_norm", "vae_group_norm", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
                "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "first_call_plan_s", "first_call_warmup_s",
-               "first_call_capture_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
+               "first_call_capture_s", "first_call_graphs", "first_call_dynamo_s", "first_call_backend_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
                "fused_attentions", "kernel_layers", "wonly_layers", "dense_layers", "dense_bytes", "vae_weight_bytes", "weight_config", "act_config", "gpu", "weights", "speedup_vs_fp16", "speedup_same_vae"]
 
 
@@ -96,6 +96,7 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert (df["weight_bytes"] > 0).all() and (df["first_call_s"] >= 0).all()
     setup = ["first_call_plan_s", "first_call_warmup_s", "first_call_capture_s"]
     assert (df[setup] == 0).all().all()  # eager on a CPU: no plan, no warm-up before a graph, no capture
+    assert (df[["first_call_graphs", "first_call_dynamo_s"]] == 0).all().all() and df["compile_regions"].isna().all()
     assert (df[["kernel_layers", "wonly_layers", "dense_layers", "dense_bytes"]] == 0).all().all()  # a CPU plans nothing
     assert (df["fused_attentions"] == 0).all()  # eager on a CPU: nothing fused
     assert not (tmp_path / "e2e_layer_plan.csv").exists()

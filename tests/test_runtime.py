@@ -28,6 +28,8 @@ def test_runner_labels_and_rejects(tiny_pipe):
     assert (run.exec_mode, run.vae_kind, run.vae_exec) == ("eager", "fp16", "eager")
     with pytest.raises(ValueError, match="compile_shapes"):
         Runner(tiny_pipe, "eager", compile_shapes="sometimes")
+    with pytest.raises(ValueError, match="compile_regions='layers'"):
+        Runner(tiny_pipe, "eager", compile_regions="layers")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             Runner(tiny_pipe, "compile")
@@ -100,12 +102,12 @@ import torch
 from torch._dynamo.utils import counters
 from quant_utils import kernel_bench as kb
 from quant_utils.pipeline import build_pipeline, load_model_config
-from quant_utils.runtime import compile_regions
+from quant_utils.runtime import compile_unet_regions
 unet = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"), dtype=torch.float16).unet
 buckets = [(1, 64), (2, 64), (3, 64), (2, 96), (1, 96), (4, 128)]
 with torch.no_grad():
     refs = [unet(**kb.unet_inputs(unet, b, r, seed=b)).sample for b, r in buckets]
-    compile_regions(unet, backend="eager", dynamic=True)
+    compile_unet_regions(unet, backend="eager", dynamic=True)
     for (b, r), ref in zip(buckets, refs):
         out = unet(**kb.unet_inputs(unet, b, r, seed=b)).sample
         print(b, r, counters["stats"]["unique_graphs"], bool(torch.equal(out, ref)))
@@ -122,3 +124,18 @@ def test_dynamic_compiled_regions_serve_every_bucket_with_two_compiles():
     graphs = [int(ln[2]) for ln in lines]
     assert all(ln[3] == "True" for ln in lines), proc.stdout
     assert graphs[1] == 2 * graphs[0] and graphs[-1] == graphs[1], graphs  # no graph after the second bucket
+
+
+def test_compile_counters_say_what_a_first_call_compiled():
+    """The first call of a compiled function adds a Dynamo graph and Dynamo seconds; a second call adds nothing."""
+    import torch
+
+    from quant_utils.runtime import compile_counters
+
+    fn = torch.compile(lambda x: torch.sin(x) * 2 + 1, backend="eager")
+    before = compile_counters()
+    fn(torch.ones(3))
+    after = compile_counters()
+    fn(torch.ones(3))
+    assert after["graphs"] == before["graphs"] + 1 and after["dynamo_s"] > before["dynamo_s"]
+    assert compile_counters() == after

@@ -4,7 +4,7 @@ A warm first call (Inductor's caches already hold the compiled code) is mostly D
 region and its guards: that part runs on the CPU whatever the device, so it can be measured here. Each row is one
 fresh process: the UNet (full-size SDXL-Turbo architecture by default, random weights, fp16; W8A8 = uniform 8-bit
 weights and activations on the fake-quant path: the GPU's kernel path traces custom ops instead, so its trace
-differs) compiled with `runtime.compile_regions(regions, backend)`, then two calls at `--res` (a small latent: the
+differs) compiled with `runtime.compile_unet_regions(regions, backend)`, then two calls at `--res` (a small latent: the
 execution is cheap next to the trace). Backends: `eager` (Dynamo alone), `aot_eager` (Dynamo + AOTAutograd, what a
 cold Inductor compile traces before code generation). Columns: mode, regions, backend, modules (compiled regions),
 graphs (distinct Dynamo graphs), first_s, second_s, trace_s (= first_s - second_s), dynamo_bytecode_s (Dynamo's
@@ -44,7 +44,7 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
 
     from quant_utils import kernel_bench as kb
     from quant_utils.pipeline import build_unet_skeleton, load_model_config
-    from quant_utils.runtime import compile_regions
+    from quant_utils.runtime import compile_unet_regions
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
         inputs = kb.unet_inputs(unet, 1, res, seed=1)
         if mode == "w8a8":
             kb.quantize_random(unet, 8, 8, calib=inputs)
-        modules = compile_regions(unet, regions, backend=backend)
+        modules = compile_unet_regions(unet, regions, backend=backend)
         times = []
         for _ in range(2):
             t0 = time.perf_counter()
