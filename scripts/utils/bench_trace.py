@@ -2,9 +2,9 @@
 
 A warm first call (Inductor's caches already hold the compiled code) is mostly Dynamo's trace of every distinct
 region and its guards: that part runs on the CPU whatever the device, so it can be measured here. Each row is one
-fresh process: the UNet (full-size SDXL-Turbo architecture by default, random weights, fp16; W8A8 = uniform 8-bit
-weights and activations on the fake-quant path: the GPU's kernel path traces custom ops instead, so its trace
-differs) compiled with `runtime.compile_unet_regions(regions, backend)`, then two calls at `--res` (a small latent: the
+fresh process: the UNet (full-size SDXL-Turbo architecture by default, random weights, fp16; `w8a8` = uniform 8-bit
+weights and activations on the fake-quant path; `w8a8-kernel` = the same on the int8 kernel path, what a GPU traces
+(custom ops), its Triton kernels run by Triton's interpreter here (slow, but only the trace is compared)) compiled with `runtime.compile_unet_regions(regions, backend)`, then two calls at `--res` (a small latent: the
 execution is cheap next to the trace). Backends: `eager` (Dynamo alone), `aot_eager` (Dynamo + AOTAutograd, what a
 cold Inductor compile traces before code generation). Columns: mode, regions, backend, modules (compiled regions),
 graphs (distinct Dynamo graphs), first_s, second_s, trace_s (= first_s - second_s), dynamo_bytecode_s (Dynamo's
@@ -32,6 +32,7 @@ from quant_utils.csvio import cpu_name, provenance, write_csv  # noqa: E402
 from quant_utils.runtime import COMPILE_REGIONS  # noqa: E402
 
 FULL = "configs/stable-diffusion/sdxl_turbo.yaml"
+MODES = ("fp16", "w8a8", "w8a8-kernel")
 # dynamo_timed names in torch.compile's compilation_time_metrics (torch 2.11-2.14)
 METRICS = {"dynamo_bytecode_s": "bytecode_tracing", "backend_s": "OutputGraph.call_user_compiler",
            "guards_s": "build_guards"}
@@ -44,6 +45,7 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
 
     from quant_utils import kernel_bench as kb
     from quant_utils.pipeline import build_unet_skeleton, load_model_config
+    from quant_utils.quantize import set_backend
     from quant_utils.runtime import compile_unet_regions
 
     torch.set_num_threads(threads)
@@ -53,8 +55,10 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
         for p in unet.parameters():  # random weights, drawn fast (values do not change what is traced)
             p.normal_(0, 0.02)
         inputs = kb.unet_inputs(unet, 1, res, seed=1)
-        if mode == "w8a8":
+        if mode.startswith("w8a8"):
             kb.quantize_random(unet, 8, 8, calib=inputs)
+        if mode == "w8a8-kernel":
+            set_backend(unet, "kernel")
         modules = compile_unet_regions(unet, regions, backend=backend)
         times = []
         for _ in range(2):
@@ -70,7 +74,7 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default=FULL, help="model config (its UNet architecture; weights are random)")
-    p.add_argument("--modes", nargs="+", default=["fp16", "w8a8"], choices=["fp16", "w8a8"])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--regions", nargs="+", default=list(COMPILE_REGIONS), choices=list(COMPILE_REGIONS))
     p.add_argument("--backends", nargs="+", default=["eager", "aot_eager"], choices=["eager", "aot_eager"])
     p.add_argument("--res", type=positive_int, default=64, help="image side, pixels (latent = res / 8)")
@@ -90,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
             for regions in args.regions:
                 cmd = [sys.executable, __file__, "--config", args.config, "--res", str(args.res),
                        "--threads", str(args.threads), "--_row", f"{mode},{regions},{backend}"]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"TRITON_INTERPRET": "1"} if mode == "w8a8-kernel" else {})}
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
                 if proc.returncode or line is None:
                     raise RuntimeError(f"{mode} {regions} {backend} failed:\n{proc.stderr[-2000:]}")
@@ -101,8 +106,8 @@ def main(args: argparse.Namespace) -> int:
                          loadavg_1min_before=round(load_before, 2),
                          loadavg_1min_after=round(os.getloadavg()[0], 2), config=args.config, weights="random (values do not matter)",
                          res=args.res, threads=args.threads,
-                         note="one fresh process per row; W8A8 on the fake-quant path (the GPU's kernel path traces "
-                              "custom ops instead); not a GPU measurement"))
+                         note="one fresh process per row; w8a8: fake-quant path; w8a8-kernel: int8 kernel path (Triton "
+                              "interpreted); not a GPU measurement"))
     return 0
 
 
