@@ -37,10 +37,10 @@ depends on its own seed only, never on the batch it was generated in.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-import functools
 from functools import cached_property
 from pathlib import Path
 from types import MethodType
@@ -92,7 +92,7 @@ def resolve_exec(exec_mode: str, device: str | torch.device) -> str:
 
 
 def compile_unet_regions(unet: torch.nn.Module, regions: str = "transformers", backend: str = "inductor",
-                    dynamic: bool = False) -> int:
+                         dynamic: bool = False) -> int:
     """torch.compile the UNet's `regions` (COMPILE_REGIONS), in place: every later call of this UNet, from any Runner,
     runs the compiled parts (deep-copy the UNet first to keep an uncompiled one). `dynamic`: symbolic
     batch/height/width (one compile serves every bucket but batch 1); else one compile per input shape.
