@@ -25,11 +25,20 @@ def _with_own_unet(pipe):
     return SimpleNamespace(**{k: getattr(pipe, k) for k in parts}, unet=copy.deepcopy(pipe.unet))
 
 
-@pytest.mark.parametrize("exec_mode", ["graph", "compile"])
+def _runner_for(pipe, exec_mode: str, **kw):
+    """`compile-blocks`: compiled with --compile_regions blocks (each transformer block a region)."""
+    from quant_utils.runtime import Runner
+
+    if exec_mode == "compile-blocks":
+        return Runner(pipe, "compile", compile_regions="blocks", **kw)
+    return Runner(pipe, exec_mode, **kw)
+
+
+@pytest.mark.parametrize("exec_mode", ["graph", "compile", "compile-blocks"])
 def test_graph_and_compile_match_eager(cuda_pipe, exec_mode):
     from quant_utils.runtime import Runner
 
-    eager, fast = Runner(cuda_pipe, "eager"), Runner(_with_own_unet(cuda_pipe), exec_mode)
+    eager, fast = Runner(cuda_pipe, "eager"), _runner_for(_with_own_unet(cuda_pipe), exec_mode)
     for prompts, seeds in ((["a cat", "a dog"], [1, 2]), (["a bird", "a boat"], [3, 4])):  # second call: replay
         ref = eager(prompts, seeds, 64, 64).astype(int)
         out = fast(prompts, seeds, 64, 64).astype(int)
@@ -40,7 +49,7 @@ def test_graph_and_compile_match_eager(cuda_pipe, exec_mode):
     assert len(fast.graphs.graphs) == 3  # text, unet, vae captured once for this bucket
 
 
-@pytest.mark.parametrize("exec_mode", ["graph", "compile"])
+@pytest.mark.parametrize("exec_mode", ["graph", "compile", "compile-blocks"])
 def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode):
     from quant_utils.calibrate import calibrate
     from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
@@ -54,7 +63,7 @@ def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
     fake = Runner(pipe)(["a cat"], [7], 64, 64).astype(float)
     set_backend(pipe.unet, "kernel")
-    kernel = Runner(pipe, exec_mode, vae_exec="eager", layer_plan="off")(["a cat"], [7], 64, 64).astype(float)
+    kernel = _runner_for(pipe, exec_mode, vae_exec="eager", layer_plan="off")(["a cat"], [7], 64, 64).astype(float)
     # same integers; fp16 epilogue rounding only (compiled: quantized from fp32 norm/GELU outputs, codes at
     # rounding boundaries may move by one)
     assert np.abs(kernel - fake).mean() < 2.0, exec_mode
