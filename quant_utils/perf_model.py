@@ -241,8 +241,25 @@ def leave_one_out(df: pd.DataFrame) -> pd.DataFrame:
                 p = float(pred[t])
                 rows.append(dict(mode=cell["mode"], exec=cell["exec"], height=int(cell["height"]), width=int(cell["width"]),
                                  batch=int(cell["batch"]), target=t, measured=float(cell[t]), predicted=p,
-                                 err_pct=100.0 * (p - cell[t]) / cell[t]))
+                                 err_pct=round(100.0 * (p - cell[t]) / cell[t], ERR_PCT_DECIMALS)))
     return pd.DataFrame(rows)
+
+
+# Written numbers keep what the fit means, not its last bits: a refit of the same CSVs on another numpy/scipy/BLAS
+# differs in the 15th digit, and `make report` must leave the committed files as they are.
+ERR_PCT_DECIMALS = 6
+SIGNIFICANT_DIGITS = 10
+
+
+def _significant(obj):
+    """obj with every float rounded to SIGNIFICANT_DIGITS significant digits (NaN and inf kept)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(obj, dict):
+        return {k: _significant(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_significant(v) for v in obj]
+    return obj
 
 
 def summarize_errors(loo: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -360,7 +377,7 @@ class PerfModel:
                 **({"extra": self.extra} if self.extra else {})}
 
     def save(self, path: str | Path) -> Path:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(_significant(self.to_dict()), indent=1) + "\n")
         return Path(path)
 
     @classmethod
