@@ -139,3 +139,23 @@ def test_compile_counters_say_what_a_first_call_compiled():
     fn(torch.ones(3))
     assert after["graphs"] == before["graphs"] + 1 and after["dynamo_s"] > before["dynamo_s"]
     assert compile_counters() == after
+
+
+def test_bench_trace_times_each_region_choice_in_a_fresh_process(tmp_path):
+    """scripts/utils/bench_trace.py on the tiny UNet: one row per (mode, regions, compile backend), each from its own
+    process (its counters start at zero), with the regions and graphs compile_unet_regions makes and the provenance
+    a CPU measurement needs."""
+    from conftest import TINY, run_main
+    from quant_utils.csvio import read_csv, read_provenance
+
+    out = tmp_path / "trace.csv"
+    assert run_main("utils/bench_trace.py", "--config", TINY, "--modes", "fp16", "--backends", "eager",
+                    "--out", out) == 0
+    df = read_csv(out).set_index("regions")
+    assert list(df.columns) == ["mode", "compile_backend", "modules", "graphs", "first_s", "second_s", "trace_s",
+                                "dynamo_bytecode_s", "backend_s", "guards_s"]
+    assert df.loc["transformers", "modules"] == 28 and df.loc["blocks", "modules"] == 56
+    assert (df["graphs"] > 0).all() and (df["graphs"] < df["modules"]).all() and (df["dynamo_bytecode_s"] > 0).all()
+    assert ((df["trace_s"] - (df["first_s"] - df["second_s"])).abs() <= 0.011).all()  # each rounded to 0.01 s
+    meta = read_provenance(out)
+    assert meta["device"].startswith("cpu: ") and meta["backend"].startswith("fp16: none") and "random" in meta["weights"]

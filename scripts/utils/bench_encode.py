@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
             print(rows[-1])
     write_csv(pd.DataFrame(rows), repo_path(args.out),
               provenance(script="scripts/utils/bench_encode.py", device=f"cpu: {cpu_name()}", cores=os.cpu_count(),
+                         weights="none (synthetic images, no model)", backend="none (CPU image encoders: zlib, Pillow)",
                          loadavg_1min_before=round(load_before, 2), loadavg_1min_after=round(os.getloadavg()[0], 2),
                          size=args.size))
     return 0
