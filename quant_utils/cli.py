@@ -18,7 +18,7 @@ from .norms import DECODER_GROUP_NORMS, GROUP_NORMS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 from .qlayers import BACKENDS
-from .runtime import COMPILE_REGIONS, VAE_EXEC
+from .runtime import COMPILE_REGION_CHOICES, VAE_EXEC
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
@@ -88,11 +88,11 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--compile_shapes", default="static", choices=["dynamic", "static"],
         help="with --exec compile, the UNet blocks are compiled per bucket (static: the fastest code) or once "
              "with symbolic batch/height/width (dynamic: cheap new buckets, slower steps)")
-    add("--compile_regions", default="transformers", choices=list(COMPILE_REGIONS),
-        help="with --exec compile, what is compiled one by one: transformers = resnets and whole transformers "
-             "(the measured path); blocks = resnets, each transformer block (ten identical blocks traced once) and "
-             "each transformer's input/output parts: about half the trace, so a shorter first call (CPU-measured, "
-             "results/compile_trace_cpu.csv), image time not yet measured on a GPU")
+    add("--compile_regions", default="auto", choices=list(COMPILE_REGION_CHOICES),
+        help="with --exec compile, what is compiled one by one: transformers = resnets and whole transformers; "
+             "blocks = resnets, each transformer block (ten identical blocks traced once) and each transformer's "
+             "input/output parts: a warm first call half as long; auto = blocks for quantized UNets (same image "
+             "time on the H200), transformers for FP16 (faster at 1024x4); docs/performance.md")
     add("--layer_plan", default="auto", choices=LAYER_PLANS,
         help="quantized UNets on CUDA: at each bucket's first call, time every low-bit kernel layer against "
              "cuBLAS/cuDNN and run the ones that lose dense there (dequantized fp16 weight kept beside the packed "
@@ -105,8 +105,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
              "triton = split with the per-channel statistics from a Triton kernel; triton-affine = the per-channel "
              "scale and shift from Triton kernels too (CUDA; both unmeasured in the UNet)")
     add("--vae_group_norm", default="auto", choices=DECODER_GROUP_NORMS,
-        help="the decoder's GroupNorms, same forms: auto = triton for the FP16 decoder compiled on CUDA (measured "
-             "faster: H200, 1024x4 decode 131 -> 108 ms), native otherwise (the int8 decoder was slower with triton)")
+        help="the decoder's GroupNorms, same forms: auto = triton-affine for the FP16 decoder compiled on CUDA "
+             "(measured fastest: H200, 1024x4 decode 131 -> 90 ms), native otherwise (the int8 decoder was slower "
+             "with both Triton forms)")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
@@ -209,7 +210,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
     return Runner(pipe, args.exec_mode, vae_exec=getattr(args, "vae_exec", "static"),
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"),
-                  compile_regions=getattr(args, "compile_regions", "transformers"),
+                  compile_regions=getattr(args, "compile_regions", "auto"),
                   layer_plan=getattr(args, "layer_plan", "auto"),
                   dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
                   vae_attention=getattr(args, "vae_attention", "auto"),

@@ -1,8 +1,8 @@
 """GroupNorm with its statistics as two reductions (`split`; measured slower in the whole decode), with its
 per-channel statistics from a Triton kernel (`triton`), or with its per-channel scale and shift from Triton kernels
-(`triton-affine`, not yet measured): `--group_norm` sets the UNet's (PyTorch's, `native`, by default),
-`--vae_group_norm` the decoder's (`auto`: `triton` for the FP16 decoder compiled on CUDA, measured faster; else
-`native`; see decoder_group_norm).
+(`triton-affine`): `--group_norm` sets the UNet's (PyTorch's, `native`, by default), `--vae_group_norm` the
+decoder's (`auto`: `triton-affine` for the FP16 decoder compiled on CUDA, measured fastest; else `native`; see
+decoder_group_norm).
 
 Why it was tried: as Inductor compiles the SDXL decoder, its GroupNorms (+ SiLU) run far below memory bandwidth (on
 the H200, ~280 GB/s counting one read and one write per element, against ~4.3 TB/s for a copy; 63 ms of a 130 ms
@@ -23,7 +23,11 @@ shift, the SiLU after it and (int8 decoder) the next conv's input quantize stay 
 session, H200, 1024x4, results/vae_decode_gn_*_nvidia_h200.csv): the compiled FP16 decode 131.0 -> 108.2 ms with
 `triton` (Inductor's layout optimisation off instead: 128.8 ms); the int8 decoder 83.2 -> 92.2 ms (slower: its
 GroupNorms already reduce over contiguous NCHW rows, fused with their quantize), so `auto` gives `triton` to the FP16
-decoder only.
+decoder only. Twelfth session (same H200 setup, commit 8fb481c: the GroupNorm ops now tagged layout-free, so Inductor
+no longer copies channels_last conv outputs to NCHW for them; `triton-affine` also computes the per-group combine and
+the per-channel scale/shift in a Triton kernel): FP16 decode native 130.8, triton 95.5, triton-affine 89.6 ms (1.46x);
+int8 decoder native 81.9, triton 92.0, triton-affine 85.6 ms. So `auto` = triton-affine for the FP16 decoder and
+native for the int8 one.
 
 `use_group_norm(model, kind)` switches every nn.GroupNorm of a model (same parameters and state dict); "native"
 switches back.
@@ -146,14 +150,15 @@ GROUP_NORM_FUNCTIONS = {"native": F.group_norm, "split": group_norm_split, "trit
 
 
 def decoder_group_norm(choice: str, vae_kind: str, compiled_on_cuda: bool) -> str:
-    """The decoder's GroupNorm form for `--vae_group_norm choice`: auto = `triton` for the FP16 decoder when its decode
-    is compiled on CUDA (measured 1.21x over PyTorch's in the compiled decode at 1024x4, see above), else `native`
-    (the int8 decoder was slower with it; uncompiled it is unmeasured; the tiny decoder has no GroupNorm)."""
+    """The decoder's GroupNorm form for `--vae_group_norm choice`: auto = `triton-affine` for the FP16 decoder when its
+    decode is compiled on CUDA (measured 1.46x over PyTorch's in the compiled decode at 1024x4, see above), else
+    `native` (the int8 decoder was slower with both Triton forms; uncompiled they are unmeasured; the tiny decoder has
+    no GroupNorm)."""
     if choice not in DECODER_GROUP_NORMS:
         raise ValueError(f"vae_group_norm={choice!r}, expected one of {DECODER_GROUP_NORMS}")
     if choice != "auto":
         return choice
-    return "triton" if vae_kind == "fp16" and compiled_on_cuda else "native"
+    return "triton-affine" if vae_kind == "fp16" and compiled_on_cuda else "native"
 
 
 def use_group_norm(model: nn.Module, kind: str) -> int:

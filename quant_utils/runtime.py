@@ -63,14 +63,17 @@ VAE_EXEC = ("dynamic", "static", "static-nchw", "eager")
 COMPILE_SHAPES = ("dynamic", "static")
 # The UNet's repeated blocks, compiled one by one (regional compilation): same-shape blocks reuse one compiled
 # graph (weights and quantizer parameters are graph inputs), so the compile costs a few blocks, not 70.
-# `transformers` (the default): resnets and whole Transformer2DModels (their 1-10 transformer blocks traced inline:
-# Inductor may fuse across block boundaries, but every block is traced again); `blocks`: resnets, each
-# BasicTransformerBlock (a model's ten identical blocks traced once, as diffusers' compile_repeated_blocks does) and
-# each Transformer2DModel's input part (GroupNorm, proj_in) and output part (proj_out, residual), so its norm still
-# fuses with the proj_in quantize. Tracing the full-size UNet took about half as long with `blocks` on a CPU
-# (results/compile_trace_cpu.csv); a warm first call is mostly that trace. Not yet timed on a GPU: not the default.
+# `transformers`: resnets and whole Transformer2DModels (their 1-10 transformer blocks traced inline: Inductor may
+# fuse across block boundaries, but every block is traced again); `blocks`: resnets, each BasicTransformerBlock (a
+# model's ten identical blocks traced once, as diffusers' compile_repeated_blocks does) and each Transformer2DModel's
+# input part (GroupNorm, proj_in) and output part (proj_out, residual), so its norm still fuses with the proj_in
+# quantize. `auto` (resolve_regions): blocks for a UNet with low-bit kernel layers, transformers otherwise. Measured on
+# the H200 (results/e2e_v7_blocks_*_nvidia_h200.csv, one process per cell): W8A8's warm first call at 512x1 8.7 s with
+# blocks against 16.8 s (20.0 s in v6), its image 0.3-0.6% slower at 512x1 and equal at 1024x4; FP16's image equal
+# at 512x1 but 2.7% slower at 1024x4 with blocks, so FP16 keeps transformers (the fastest FP16 stays the baseline).
 COMPILE_REGIONS = {"transformers": ("ResnetBlock2D", "Transformer2DModel"),
                    "blocks": ("ResnetBlock2D", "BasicTransformerBlock")}
+COMPILE_REGION_CHOICES = ("auto",) + tuple(COMPILE_REGIONS)
 _T2D_PARTS = ("_operate_on_continuous_inputs", "_get_output_for_continuous_inputs")  # diffusers' Transformer2DModel
 
 
@@ -89,6 +92,16 @@ def resolve_exec(exec_mode: str, device: str | torch.device) -> str:
     if exec_mode == "auto":
         return "compile" if torch.device(device).type == "cuda" else "eager"
     return exec_mode
+
+
+def resolve_regions(choice: str, unet: torch.nn.Module) -> str:
+    """`auto` -> `blocks` for a UNet with low-bit kernel layers (its first call half as long, same image time),
+    `transformers` otherwise (FP16: faster at 1024x4); an explicit choice is kept."""
+    if choice not in COMPILE_REGION_CHOICES:
+        raise ValueError(f"compile_regions={choice!r}, expected one of {list(COMPILE_REGION_CHOICES)}")
+    if choice != "auto":
+        return choice
+    return "blocks" if kernel_layers(unet) else "transformers"
 
 
 def compile_unet_regions(unet: torch.nn.Module, regions: str = "transformers", backend: str = "inductor",
@@ -245,7 +258,7 @@ class Runner:
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
                  layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
                  group_norm: str = "native", fuse_qkv: str = "auto", vae_group_norm: str = "auto",
-                 compile_regions: str = "transformers"):
+                 compile_regions: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -254,9 +267,7 @@ class Runner:
             raise ValueError(f"vae_exec={vae_exec!r}, expected one of {VAE_EXEC}")
         if compile_shapes not in COMPILE_SHAPES:
             raise ValueError(f"compile_shapes={compile_shapes!r}, expected one of {COMPILE_SHAPES}")
-        if compile_regions not in COMPILE_REGIONS:
-            raise ValueError(f"compile_regions={compile_regions!r}, expected one of {list(COMPILE_REGIONS)}")
-        self.compile_regions = compile_regions
+        self.compile_regions = resolve_regions(compile_regions, pipe.unet)  # (raises on an unknown choice)
         if layer_plan not in LAYER_PLANS:
             raise ValueError(f"layer_plan={layer_plan!r}, expected one of {LAYER_PLANS}")
         # measured per bucket on the GPU, for UNets with low-bit kernel layers (quant_utils/layer_plan.py)

@@ -62,8 +62,8 @@ def test_use_group_norm_switches_in_place_and_back():
         use_group_norm(model, "auto")
 
 
-def test_decoder_group_norm_auto_is_triton_for_the_compiled_fp16_decoder_only():
-    assert decoder_group_norm("auto", "fp16", compiled_on_cuda=True) == "triton"
+def test_decoder_group_norm_auto_is_triton_affine_for_the_compiled_fp16_decoder_only():
+    assert decoder_group_norm("auto", "fp16", compiled_on_cuda=True) == "triton-affine"
     assert decoder_group_norm("auto", "fp16", compiled_on_cuda=False) == "native"
     assert decoder_group_norm("auto", "int8", compiled_on_cuda=True) == "native"  # measured slower with triton
     assert decoder_group_norm("split", "int8", compiled_on_cuda=True) == "split"  # an explicit form is kept

@@ -37,6 +37,20 @@ def test_runner_labels_and_rejects(tiny_pipe):
         Runner(tiny_pipe, "eager", vae_exec="nchw")
 
 
+def test_compile_regions_auto_gives_blocks_to_kernel_unets_only(tiny_pipe, monkeypatch):
+    """`auto` (the default): blocks for a UNet with low-bit kernel layers (a shorter warm first call at the same image
+    time, H200), transformers for an FP16 UNet (faster at 1024x4); an explicit choice is kept."""
+    from quant_utils import runtime
+
+    assert runtime.resolve_regions("auto", tiny_pipe.unet) == "transformers"
+    assert runtime.Runner(tiny_pipe, "eager").compile_regions == "transformers"
+    monkeypatch.setattr(runtime, "kernel_layers", lambda unet: [("down_blocks.0.attn", unet)])
+    assert runtime.resolve_regions("auto", tiny_pipe.unet) == "blocks"
+    assert runtime.resolve_regions("transformers", tiny_pipe.unet) == "transformers"
+    with pytest.raises(ValueError, match="compile_regions='layers'"):
+        runtime.resolve_regions("layers", tiny_pipe.unet)
+
+
 def test_static_nchw_decode_compiles_with_layout_optimisation_off(tiny_pipe, monkeypatch):
     """--vae_exec static-nchw: the decoder compiled per bucket with Inductor's layout optimisation off (its convs
     stay NCHW); the other static/dynamic decodes compile with Inductor's defaults. One compiled decode per kind."""
