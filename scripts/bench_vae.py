@@ -9,7 +9,9 @@ Every variant decodes the same latents; `psnr_db_vs_eager` compares its image wi
 times the int8 decoder (calibrated on pipeline latents, quant_utils/decoders.py) instead of the FP16 one; on both the
 decoder's attention takes the path the Runner would measure and pick (`vae_attention` column). The `*-split-gn`
 variants compute the GroupNorms as quant_utils/norms.py's two-step reductions, the `*-triton-gn` ones with their
-per-channel statistics from its Triton kernel (`group_norm` column).
+per-channel statistics from its Triton kernel (`group_norm` column). The `*-nhwc-conv*` variants (int8 decoder) have
+its int8 convs write channels_last outputs (MIXDQ_CONV_NHWC=1 while the variant runs; every other variant runs with
+it 0: `int8_conv_out` column).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -17,6 +19,7 @@ one row per distinct kernel (name, category, gpu_ms, count).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +49,7 @@ class Variant(NamedTuple):
     dynamic: bool = False        # dynamic shapes
     group_norm: str = "native"   # quant_utils/norms.py
     inductor: tuple = ()         # Inductor settings the variant compiles under
+    conv_nhwc: bool = False      # the int8 convs write channels_last outputs (quant_utils/kernels/launch.py)
 
 
 VARIANTS = {
@@ -57,6 +61,10 @@ VARIANTS = {
     "compile-split-gn": Variant(True, "default", False, True, group_norm="split"),
     "compile-triton-gn": Variant(True, "default", False, True, group_norm="triton"),
     "compile-triton-affine-gn": Variant(True, "default", False, True, group_norm="triton-affine"),
+    "compile-nhwc-conv": Variant(True, "default", False, True, conv_nhwc=True),
+    "compile-nhwc-conv-triton-gn": Variant(True, "default", False, True, group_norm="triton", conv_nhwc=True),
+    "compile-nhwc-conv-triton-affine-gn": Variant(True, "default", False, True, group_norm="triton-affine",
+                                                  conv_nhwc=True),
     "compile-channels-last": Variant(True, "default", True, True),
     "compile-dynamic": Variant(True, "default", False, False, dynamic=True),  # what Runner's graph mode runs
     "compile-max-autotune": Variant(True, "max-autotune-no-cudagraphs", True, True),
@@ -65,7 +73,9 @@ VARIANTS = {
     "compile-nchw": Variant(True, "default", False, True, inductor=(("layout_optimization", False),)),
 }
 
-PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-nchw", "compile-channels-last")
+PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-triton-affine-gn", "compile-nchw",
+            "compile-channels-last", "compile-nhwc-conv", "compile-nhwc-conv-triton-gn",
+            "compile-nhwc-conv-triton-affine-gn")
 
 
 def parse_args(argv=None):
@@ -116,6 +126,8 @@ def main(args) -> None:
     vae = decoder_from_args(pipe, args, args.res[0]) or pipe.vae
     if args.vae == "int8" and any(VARIANTS[v].channels_last for v in args.variants):
         raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
+    if args.vae != "int8" and any(VARIANTS[v].conv_nhwc for v in args.variants):
+        raise ConfigError(f"--vae {args.vae}: the *-nhwc-conv variants are for the int8 decoder (its int8 convs)")
 
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
@@ -133,7 +145,8 @@ def main(args) -> None:
             use_group_norm(vae, "native")
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor = VARIANTS[name]
+                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc = VARIANTS[name]
+                os.environ["MIXDQ_CONV_NHWC"] = "1" if conv_nhwc else "0"  # read as the int8 convs run / are traced
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
@@ -154,6 +167,7 @@ def main(args) -> None:
                 psnr = float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)  # images in [-1, 1]: peak-to-peak 2
                 t = time_ms(run, args.repeats)
                 rows.append({"variant": name, "vae": args.vae, "vae_attention": attention, "group_norm": group_norm,
+                             "int8_conv_out": ("nhwc" if conv_nhwc else "nchw") if args.vae == "int8" else "",
                              "height": res, "width": res, "batch": args.batch,
                              "p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
                              "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr,

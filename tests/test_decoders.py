@@ -71,16 +71,30 @@ whole = launch.conv(x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1,
 launch.INT32_LIMIT = 2000  # forces the batch into parts (1 + 2 images, then 1 + 1)
 parts = launch.conv(x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, cfg)
 print("same", whole.shape == parts.shape == (3, 16, 8, 8), bool(torch.equal(whole, parts)))
+# channels_last outputs (MIXDQ_CONV_NHWC): the same values in channels_last memory, both tile orientations, in parts too
+for swap in (False, True):
+    c = dict(cfg, SWAP=swap)
+    nhwc = launch.conv(x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, c, channels_last=True)
+    print("nhwc", swap, bool(torch.equal(nhwc, whole)), nhwc.is_contiguous(memory_format=torch.channels_last))
+# the custom op's fake output has the real one's strides (what Inductor lays out the next kernels by)
+from quant_utils.kernels import ops
+launch.INT32_LIMIT = 2**31
+args = (x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, True)
+torch.library.opcheck(torch.ops.mixdq.qconv.default, args, test_utils=("test_faketensor",))
+print("opcheck ok", ops.qconv(*args).stride() == whole.contiguous(memory_format=torch.channels_last).stride())
 """
 
 
 def test_conv_splits_a_batch_past_int32_offsets():
     """The int8 VAE decoder at 1024 px batch 8 passes the conv kernel's int32 offsets: the launcher runs the batch
-    in parts, with the same result (Triton kernels in the interpreter)."""
+    in parts, with the same result (Triton kernels in the interpreter); channels_last outputs hold the same values,
+    and the custom op's fake tensor says so."""
     proc = subprocess.run([sys.executable, "-c", CONV_HALVES], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "same True True" in proc.stdout, proc.stdout
+    assert "nhwc False True True" in proc.stdout and "nhwc True True True" in proc.stdout, proc.stdout
+    assert "opcheck ok True" in proc.stdout, proc.stdout
 
 
 def test_attention_math_equals_sdpa():

@@ -388,7 +388,7 @@ def _int_core(st: KernelState, x: torch.Tensor, q: torch.Tensor, ops) -> torch.T
         split = st.split if st.split is not None else x.shape[1]
         kh, kw = st.shape[2], st.shape[3]
         return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
-                         split, kh, kw, st.stride, st.pad)
+                         split, kh, kw, st.stride, st.pad, ops.launch.conv_out_channels_last())
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
     y = y.reshape(*x.shape[:-1], st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights

@@ -127,6 +127,14 @@ def fixup_enabled() -> bool:
     return os.environ.get("MIXDQ_FIXUP", "0") == "1"
 
 
+def conv_out_channels_last() -> bool:
+    """The int8 convs write channels_last outputs (MIXDQ_CONV_NHWC=1, opt-in until timed on a GPU): the next
+    layer's quantize to padded NHWC codes (and cuDNN's channels_last kernels) then read them without a transpose.
+    Why: in the compiled int8 decoder the NCHW outputs are transposed again by every fused GroupNorm/SiLU/quantize
+    kernel (17 ms of its 82 ms decode at 1024x4, results/vae_profile_gn_v7_int8_kernels_nvidia_h200.csv)."""
+    return os.environ.get("MIXDQ_CONV_NHWC", "0") == "1"
+
+
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
     enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled(), "FIXUP": fixup_enabled()}
@@ -187,8 +195,10 @@ def linear_key(m: int, n: int, k: int, bits: int, group: int, a_fp16: bool) -> s
     return f"linear|m={m}|n={n}|k={k}|b={bits}|g={group}|a={'fp16' if a_fp16 else 'int8'}"
 
 
-def conv_key(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int) -> str:
-    return f"conv|x={'x'.join(map(str, x_shape))}|n={n}|c1={c1}|k={kh}|s={stride}|b={bits}|g={group}"
+def conv_key(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int,
+             channels_last: bool = False) -> str:
+    key = f"conv|x={'x'.join(map(str, x_shape))}|n={n}|c1={c1}|k={kh}|s={stride}|b={bits}|g={group}"
+    return key + "|o=nhwc" if channels_last else key  # its own tuning: the store pattern differs
 
 
 def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
@@ -204,22 +214,25 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
 
 def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
          zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
-         stride: int, pad: int, cfg: dict | None = None) -> torch.Tensor:
-    """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config. A batch whose input or
-    output passes the kernel's int32 offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
+         stride: int, pad: int, cfg: dict | None = None, channels_last: bool = False) -> torch.Tensor:
+    """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config, its output NCHW or
+    (`channels_last`) channels_last. A batch whose input or output passes the kernel's int32 offsets (the VAE decoder
+    at 1024 px, batch 8) runs in halves."""
     b, hp, wp, _ = x_pad.shape
     if b > 1 and max(x_pad.numel(), b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)) >= INT32_LIMIT:
         h = b // 2
-        return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg)
-                          for x in (x_pad[:h], x_pad[h:])])
+        return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg,
+                               channels_last) for x in (x_pad[:h], x_pad[h:])])
     if cfg is None:
         b, hp, wp, _ = x_pad.shape
         m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
         cfg = current_tuning().choose(
-            conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group), conv_candidates(m, c1 < x_pad.shape[3], bits),
+            conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
+            conv_candidates(m, c1 < x_pad.shape[3], bits),
             lambda c: graph_bench_ms(lambda: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
-                                                      stride, pad, c)))
-    return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg))
+                                                      stride, pad, c, channels_last)))
+    return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
+                    channels_last)
 
 
 # ----------------------------------------------------------------------------------------------- precompile

@@ -136,16 +136,19 @@ def _(a, w, scale, zc, bias, bits, group, n):
 @torch.library.custom_op("mixdq::qconv", mutates_args=())
 def qconv(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optional[Tensor], zc2: Optional[Tensor],
           bias: Optional[Tensor], bits: int, group: int, n: int, c1: int, kh: int, kw: int, stride: int,
-          pad: int) -> Tensor:
-    """Padded NHWC int8 codes -> NCHW fp16 conv output (implicit GEMM, fused epilogue)."""
-    return launch.conv(_aligned(x_pad), w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad)
+          pad: int, channels_last: bool = False) -> Tensor:
+    """Padded NHWC int8 codes -> NCHW fp16 conv output (implicit GEMM, fused epilogue), in channels_last memory
+    with `channels_last`."""
+    return launch.conv(_aligned(x_pad), w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad,
+                       channels_last=channels_last)
 
 
 @qconv.register_fake
-def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad):
+def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last=False):
     b, hp, wp, _ = x_pad.shape
     return torch.empty((b, n, (hp - kh) // stride + 1, (wp - kw) // stride + 1), dtype=torch.float16,
-                       device=x_pad.device)
+                       device=x_pad.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 # ----------------------------------------------------------------------------------------------- plain torch twins

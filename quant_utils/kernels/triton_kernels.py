@@ -727,8 +727,9 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
                   STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
-                  SWAP: tl.constexpr, SUBK: tl.constexpr):
-    """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW].
+                  SWAP: tl.constexpr, SUBK: tl.constexpr, OUT_NHWC: tl.constexpr = False):
+    """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW]
+    (OUT_NHWC: the same tensor in channels_last memory, channels contiguous).
 
     Row tiles never straddle two images (M = B * cdiv(OH*OW, BM) * BM), so each tile's output pixels are
     contiguous in NCHW (vector stores). K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2)
@@ -767,9 +768,13 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     if HAS_BIAS:
         y += tl.load(bias_ptr + n_in)
     # NCHW offset = image part + pixel (contiguous along the tile) + channel part: separable int32 vectors
-    # (a per-element 64-bit product here made the kernel spill registers)
-    row_off = b * (N * OHW) + r
-    col_off = rn * OHW
+    # (a per-element 64-bit product here made the kernel spill registers); channels_last: pixel * N + channel
+    if OUT_NHWC:
+        row_off = (b * OHW + r) * N
+        col_off = rn
+    else:
+        row_off = b * (N * OHW) + r
+        col_off = rn * OHW
     if SWAP:
         mask = (r[None, :] < OHW) & (rn[:, None] < N)
         o_ptrs = out_ptr + (row_off[None, :] + col_off[:, None])
@@ -781,8 +786,9 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
 
 def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
           zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
-          stride: int, pad: int, cfg: dict) -> torch.Tensor:
-    """Launch `_qconv_kernel`: padded NHWC int8 codes (from quant_nchw_to_nhwc with this `pad`) -> NCHW fp16.
+          stride: int, pad: int, cfg: dict, channels_last: bool = False) -> torch.Tensor:
+    """Launch `_qconv_kernel`: padded NHWC int8 codes (from quant_nchw_to_nhwc with this `pad`) -> NCHW fp16
+    (`channels_last`: in channels_last memory, as the next layer's NHWC quantize and cuDNN read it without a transpose).
 
     c1 = channels of segment 1 (= C when the input is not split)."""
     b, hp, wp, c = x_pad.shape
@@ -794,7 +800,8 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
         raise ValueError("qconv uses int32 offsets: split the batch")
     oh = (hp - kh) // stride + 1
     ow = (wp - kw) // stride + 1
-    out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device)
+    out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     c2 = c - c1
     m = b * triton.cdiv(oh * ow, cfg["BM"]) * cfg["BM"]  # whole row tiles per image
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
@@ -804,6 +811,6 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
                         STRIDE=stride, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
-                        SUBK=group // SUB_BLOCKS[bits], num_warps=cfg.get("num_warps", 4),
+                        SUBK=group // SUB_BLOCKS[bits], OUT_NHWC=channels_last, num_warps=cfg.get("num_warps", 4),
                         num_stages=cfg.get("num_stages", 3))
     return out

@@ -158,6 +158,35 @@ def test_int8_decoder_kernels_match_the_fake_path(cuda_pipe):
     assert all(r["rel_err"] < 0.1 for r in decoder_errors(cuda_pipe.vae, kern, z.half()) if r["kind"] == "image")
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, monkeypatch, compiled):
+    """MIXDQ_CONV_NHWC=1 (opt-in): the int8 convs write channels_last outputs; the decoder, eager or compiled,
+    gives the images it gives with NCHW outputs (fp16 rounding of reordered reductions only)."""
+    import torch._dynamo
+
+    from quant_utils.decoders import make_int8_decoder
+    from quant_utils.runtime import Runner, decode_images
+
+    z = Runner(cuda_pipe).denoise(["a cat", "a dog"], [1, 2], 64, 64)
+    dec = make_int8_decoder(cuda_pipe.vae, [z], backend="kernel")
+    run = torch.compile(lambda lat: decode_images(dec, lat)) if compiled else (lambda lat: decode_images(dec, lat))
+    with torch.no_grad():
+        ref = run(z).float()
+        monkeypatch.setenv("MIXDQ_CONV_NHWC", "1")
+        torch._dynamo.reset()  # the flag is read while tracing
+        out = run(z).float()
+    assert (out - ref).abs().max() <= 3 / 255 and not torch.isnan(out).any()
+    if not compiled:  # the flag took effect: an int8 conv's output is channels_last
+        conv = next(m for m in dec.decoder.modules()
+                    if getattr(m, "kernel_state", None) is not None and m.kernel_state.kind == "conv"
+                    and m.kernel_state.path == "int")
+        seen = []
+        conv.register_forward_hook(lambda mod, args, y: seen.append(y.is_contiguous(memory_format=torch.channels_last)))
+        with torch.no_grad():
+            decode_images(dec, z)
+        assert seen and all(seen), seen
+
+
 @pytest.mark.parametrize("kind", ["tiny", "int8"])
 def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
     from types import SimpleNamespace
