@@ -49,8 +49,9 @@ def test_graph_and_compile_match_eager(cuda_pipe, exec_mode):
     assert len(fast.graphs.graphs) == 3  # text, unet, vae captured once for this bucket
 
 
-@pytest.mark.parametrize("exec_mode", ["graph", "compile", "compile-blocks"])
+@pytest.mark.parametrize("exec_mode", ["graph", "compile", "compile-blocks", "compile-nhwc-conv"])
 def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode):
+    """`compile-nhwc-conv`: compiled with the int8 convs writing channels_last outputs (MIXDQ_CONV_NHWC=1)."""
     from quant_utils.calibrate import calibrate
     from quant_utils.quantize import make_spec, quantize_unet, set_backend, uniform_bits
     from quant_utils.kernels import tuning
@@ -63,6 +64,9 @@ def test_quantized_kernel_backend_matches_fake(cuda_pipe, monkeypatch, exec_mode
     calibrate(Runner(pipe), ["a cat", "a dog"], 0, 64, 64)
     fake = Runner(pipe)(["a cat"], [7], 64, 64).astype(float)
     set_backend(pipe.unet, "kernel")
+    if exec_mode == "compile-nhwc-conv":
+        monkeypatch.setenv("MIXDQ_CONV_NHWC", "1")
+        exec_mode = "compile"
     kernel = _runner_for(pipe, exec_mode, vae_exec="eager", layer_plan="off")(["a cat"], [7], 64, 64).astype(float)
     # same integers; fp16 epilogue rounding only (compiled: quantized from fp32 norm/GELU outputs, codes at
     # rounding boundaries may move by one)
