@@ -97,6 +97,9 @@ def nnls_fit(X: np.ndarray, y: np.ndarray, relative: bool = True) -> np.ndarray:
     scale = np.linalg.norm(A, axis=0)  # column scaling: features differ by orders of magnitude
     scale[scale == 0] = 1.0
     c, _ = nnls(A / scale, b)
+    # a coefficient at the bound comes back as 0 or as round-off (1e-17 on one numpy/scipy, 0 on another):
+    # both mean 0, and the written model must not depend on which
+    c[c <= 1e-12 * max(c.max(), 1e-300)] = 0.0
     return c / scale
 
 

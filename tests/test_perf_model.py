@@ -216,3 +216,17 @@ def test_the_decoder_is_a_dimension_of_the_model_and_of_the_policy_ladder():
     assert [o.mode for o in quality_order(opts)] == ["w8a8", "w8a8+int8", "w8a8+tiny"]
     pol = build_policy("adaptive", "w8a8", 1024, [1024, 512], bits_ladder=["w8a8+tiny"])
     assert pol.ladder == [Option(1024, "w8a8"), Option(512, "w8a8"), Option(512, "w8a8+tiny")]
+
+
+def test_nnls_coefficients_at_the_bound_are_exactly_zero():
+    """A feature the data does not want (negatively related to the target) gets 0.0, not round-off: the written
+    model must be the same on every numpy/scipy (`make report` leaves the committed files as they are)."""
+    from quant_utils.perf_model import nnls_fit
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 2, size=(40, 1))
+    X = np.hstack([np.ones((40, 1)), x, -x ** 2 + rng.normal(0, 1e-3, (40, 1))])
+    y = 3.0 + 2.0 * x[:, 0]
+    for relative in (True, False):
+        c = nnls_fit(X, y, relative)
+        assert c[2] == 0.0 and np.allclose(c[:2], [3.0, 2.0], rtol=1e-6), c
