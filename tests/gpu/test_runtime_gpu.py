@@ -165,12 +165,13 @@ def test_int8_decoder_kernels_match_the_fake_path(cuda_pipe):
 @pytest.mark.parametrize("compiled", [False, True])
 def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, monkeypatch, compiled):
     """MIXDQ_CONV_NHWC=1 (opt-in): the int8 convs write channels_last outputs; the decoder, eager or compiled,
-    gives the images it gives with NCHW outputs (fp16 rounding of reordered reductions only)."""
+    gives the images it gives with NCHW outputs (up to fp16 rounding of reordered reductions)."""
     import torch._dynamo
 
     from quant_utils.decoders import make_int8_decoder
     from quant_utils.runtime import Runner, decode_images
 
+    monkeypatch.delenv("MIXDQ_CONV_NHWC", raising=False)  # the reference: NCHW outputs (a job may set the flag)
     z = Runner(cuda_pipe).denoise(["a cat", "a dog"], [1, 2], 64, 64)
     dec = make_int8_decoder(cuda_pipe.vae, [z], backend="kernel")
     run = torch.compile(lambda lat: decode_images(dec, lat)) if compiled else (lambda lat: decode_images(dec, lat))
@@ -179,7 +180,9 @@ def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, m
         monkeypatch.setenv("MIXDQ_CONV_NHWC", "1")
         torch._dynamo.reset()  # the flag is read while tracing
         out = run(z).float()
-    assert (out - ref).abs().max() <= 3 / 255 and not torch.isnan(out).any()
+    # reordered fp16 reductions may move a code at a rounding boundary; a wrong layout would scramble the image
+    diff = (out - ref).abs()
+    assert diff.mean() < 1 / 255 and diff.max() < 16 / 255 and not torch.isnan(out).any(), (diff.mean(), diff.max())
     if not compiled:  # the flag took effect: an int8 conv's output is channels_last
         conv = next(m for m in dec.decoder.modules()
                     if getattr(m, "kernel_state", None) is not None and m.kernel_state.kind == "conv"
