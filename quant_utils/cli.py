@@ -18,7 +18,7 @@ from .norms import DECODER_GROUP_NORMS, GROUP_NORMS
 from .modes import DECODERS
 from .pipeline import ModelConfig, check_resolution, check_steps, load_model_config
 from .qlayers import BACKENDS
-from .runtime import COMPILE_REGION_CHOICES, VAE_EXEC
+from .runtime import COMPILE_REGION_CHOICES, VAE_CONV_OUTPUTS, VAE_EXEC
 
 DEFAULT_CONFIG = "configs/stable-diffusion/sdxl_turbo_tiny.yaml"
 DEFAULT_PROMPTS = "scripts/utils/prompts.txt"
@@ -108,6 +108,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
         help="the decoder's GroupNorms, same forms: auto = triton-affine for the FP16 decoder compiled on CUDA "
              "(measured fastest: H200, 1024x4 decode 131 -> 90 ms), native otherwise (the int8 decoder was slower "
              "with both Triton forms)")
+    add("--vae_conv_out", default="auto", choices=VAE_CONV_OUTPUTS,
+        help="the int8 decoder's conv outputs: nchw, or nhwc (channels_last: the next conv's quantize reads them "
+             "without a transpose; opt-in, not yet timed: docs/kernels.md); auto = nchw")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
@@ -211,6 +214,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   vae=decoder_from_args(pipe, args, res), vae_kind=getattr(args, "vae", "fp16"),
                   compile_shapes=getattr(args, "compile_shapes", "static"),
                   compile_regions=getattr(args, "compile_regions", "auto"),
+                  vae_conv_out=getattr(args, "vae_conv_out", "auto"),
                   layer_plan=getattr(args, "layer_plan", "auto"),
                   dense_budget=getattr(args, "dense_budget", DENSE_BUDGET),
                   vae_attention=getattr(args, "vae_attention", "auto"),

@@ -24,8 +24,10 @@ exact) under `compile`, measured faster there for FP16 and W8A8 on the H200 (rep
 `off` never. In place, like compiling.
 `group_norm` (the UNet's) and `vae_group_norm` (the decoder's) switch GroupNorms in place to quant_utils/norms.py's
 forms: `native` is PyTorch's (the UNet's default), `split` the two-step form (measured slower in the compiled decode),
-`triton` the same with the Triton statistics kernel; `vae_group_norm="auto"` gives `triton` to the FP16 decoder
-compiled on CUDA (measured 1.21x in the 1024x4 decode), `native` to the others (the int8 decoder was slower with it).
+`triton` the same with the Triton statistics kernel, `triton-affine` with the per-channel scale and shift from Triton
+too; `vae_group_norm="auto"` gives `triton-affine` to the FP16 decoder compiled on CUDA (measured fastest in the
+1024x4 decode), `native` to the others (the int8 decoder was slower with the Triton forms).
+`vae_conv_out` (`auto` = `nchw`; `nhwc` opt-in, not yet timed): the int8 decoder's convs write channels_last outputs.
 `vae_exec="static-nchw"` compiles the decoder with NCHW convs (measured: no gain).
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
@@ -51,6 +53,7 @@ import torch
 
 from . import REPO_ROOT
 from .csvio import atomic_file
+from .kernels.backend import CONV_OUTPUTS, use_conv_outputs
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
 from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
@@ -74,6 +77,8 @@ COMPILE_SHAPES = ("dynamic", "static")
 COMPILE_REGIONS = {"transformers": ("ResnetBlock2D", "Transformer2DModel"),
                    "blocks": ("ResnetBlock2D", "BasicTransformerBlock")}
 COMPILE_REGION_CHOICES = ("auto",) + tuple(COMPILE_REGIONS)
+# the int8 decoder's conv output layout (kernels/backend.use_conv_outputs): auto = nchw until nhwc is timed
+VAE_CONV_OUTPUTS = ("auto",) + CONV_OUTPUTS
 _T2D_PARTS = ("_operate_on_continuous_inputs", "_get_output_for_continuous_inputs")  # diffusers' Transformer2DModel
 
 
@@ -259,7 +264,7 @@ class Runner:
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
                  layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
                  group_norm: str = "native", fuse_qkv: str = "auto", vae_group_norm: str = "auto",
-                 compile_regions: str = "auto"):
+                 compile_regions: str = "auto", vae_conv_out: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -299,6 +304,11 @@ class Runner:
             if isinstance(model, torch.nn.Module):  # (tests' stand-in pipelines are not)
                 use_group_norm(model, kind)  # (raises on an unknown kind)
         self.group_norm = group_norm
+        if vae_conv_out not in VAE_CONV_OUTPUTS:
+            raise ValueError(f"vae_conv_out={vae_conv_out!r}, expected one of {VAE_CONV_OUTPUTS}")
+        self.vae_conv_out = "nchw" if vae_conv_out == "auto" else vae_conv_out
+        if isinstance(self.vae, torch.nn.Module):  # the int8 decoder's convs (no-op for the others), before tracing
+            use_conv_outputs(self.vae, self.vae_conv_out)
         # before compiling: the fused layers are what gets traced
         self.fused = fusion.fuse_qkv(pipe.unet) if fusion.wants_fusion(fuse_qkv, exec_mode == "compile", pipe.unet) else None
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}

@@ -182,6 +182,7 @@ def main(args: argparse.Namespace) -> None:
                              "vae": e.kind, "vae_exec": e.runner.vae_exec,
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
                              "group_norm": e.runner.group_norm, "vae_group_norm": e.runner.vae_group_norm,
+                             "vae_conv_out": e.runner.vae_conv_out if e.kind == "int8" else "",
                              "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
                              "fused_attentions": fused_attentions(e.unet),
@@ -275,7 +276,8 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
         plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention,
-                     group_norm=args.group_norm, fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
+                     group_norm=args.group_norm, vae_conv_out=args.vae_conv_out,
+                     fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
         # each decoder's GroupNorm form as its fast path resolves it, for the eager reference too: decoders are shared
         # across entries, and a Runner switches its decoder's form in place
         vae_gn = {k: decoder_group_norm(args.vae_group_norm, k, cuda and args.vae_exec != "eager") for k in kinds}

@@ -10,8 +10,8 @@ times the int8 decoder (calibrated on pipeline latents, quant_utils/decoders.py)
 decoder's attention takes the path the Runner would measure and pick (`vae_attention` column). The `*-split-gn`
 variants compute the GroupNorms as quant_utils/norms.py's two-step reductions, the `*-triton-gn` ones with their
 per-channel statistics from its Triton kernel (`group_norm` column). The `*-nhwc-conv*` variants (int8 decoder) have
-its int8 convs write channels_last outputs (MIXDQ_CONV_NHWC=1 while the variant runs; every other variant runs with
-it 0: `int8_conv_out` column).
+its int8 convs write channels_last outputs (`--vae_conv_out nhwc` in the Runner; the others NCHW: `int8_conv_out`
+column).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -37,6 +37,7 @@ from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exe
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.kernels.backend import use_conv_outputs  # noqa: E402
 from quant_utils.norms import use_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
@@ -128,6 +129,9 @@ def main(args) -> None:
         raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
     if args.vae != "int8" and any(VARIANTS[v].conv_nhwc for v in args.variants):
         raise ConfigError(f"--vae {args.vae}: the *-nhwc-conv variants are for the int8 decoder (its int8 convs)")
+    if os.environ.get("MIXDQ_CONV_NHWC") == "1":
+        raise ConfigError("MIXDQ_CONV_NHWC=1 makes every variant's int8 convs NHWC: unset it (the *-nhwc-conv "
+                          "variants set the layout per variant)")
 
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
@@ -146,7 +150,7 @@ def main(args) -> None:
             ref = decode(z0).float()
             for name in args.variants:
                 graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc = VARIANTS[name]
-                os.environ["MIXDQ_CONV_NHWC"] = "1" if conv_nhwc else "0"  # read as the int8 convs run / are traced
+                use_conv_outputs(vae, "nhwc" if conv_nhwc else "nchw")  # (no int8 convs in the FP16 decoder)
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
@@ -186,6 +190,7 @@ def main(args) -> None:
                     write_csv(pd.DataFrame(kernel_rows), out.with_name(f"{out.stem}_kernels{out.suffix}"), prof_meta)
         vae.to(memory_format=torch.contiguous_format)
         use_group_norm(vae, "native")
+        use_conv_outputs(vae, "nchw")
         torch.backends.cudnn.benchmark = False
     print(pd.DataFrame(rows).round(2).to_string(index=False))
 

@@ -113,3 +113,35 @@ def test_bucket_override_refuses_paths_a_layer_cannot_take():
         backend.set_bucket_path(backend.prepare(fp16), 6, "dense")
     with pytest.raises(ValueError, match="expected"):
         backend.set_bucket_path(conv, 32, "cublas")
+
+
+CONV_OUTPUTS_CHECK = """
+import sys, torch
+sys.path.insert(0, "tests/gpu")
+from kernel_selfcheck import Case, build_layer, make_input
+from quant_utils.kernels import backend
+for case in (Case("conv", 16, 32, 8, 8, hw=6), Case("conv", 16, 48, 6, 8, hw=5, split=32)):
+    layer = build_layer(case, "cpu", seed=5)
+    x = make_input(case, "cpu", seed=5)
+    nchw = backend.forward(layer.kernel_state, x)
+    backend.use_conv_outputs(layer, "nhwc")
+    nhwc = backend.forward(layer.kernel_state, x)
+    print("layout", bool(torch.equal(nchw, nhwc)), nchw.is_contiguous(),
+          nhwc.is_contiguous(memory_format=torch.channels_last))
+"""
+
+
+def test_conv_outputs_layout_per_model():
+    """use_conv_outputs sets every int8 conv's output layout (not the linears'), refuses an unknown layout, and on
+    the kernels (Triton interpreter) an `nhwc` conv gives the NCHW values in channels_last memory, split input too."""
+    from conftest import run_interpreted
+
+    model = nn.Sequential(build_layer(Case("conv", 16, 32, 8, 8, hw=6), "cpu", seed=1),
+                          build_layer(Case("linear", 32, 64, 8, 8, rows=5), "cpu", seed=1))
+    assert backend.use_conv_outputs(model, "nhwc") == 1 and model[0].kernel_state.out_nhwc
+    assert not model[1].kernel_state.out_nhwc
+    assert backend.use_conv_outputs(model, "nchw") == 1 and not model[0].kernel_state.out_nhwc
+    with pytest.raises(ValueError, match="'channels_last'"):
+        backend.use_conv_outputs(model, "channels_last")
+    lines = [ln for ln in run_interpreted(CONV_OUTPUTS_CHECK).splitlines() if ln.startswith("layout")]
+    assert lines == ["layout True True True"] * 2, lines

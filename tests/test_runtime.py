@@ -30,6 +30,9 @@ def test_runner_labels_and_rejects(tiny_pipe):
         Runner(tiny_pipe, "eager", compile_shapes="sometimes")
     with pytest.raises(ValueError, match="compile_regions='layers'"):
         Runner(tiny_pipe, "eager", compile_regions="layers")
+    with pytest.raises(ValueError, match="vae_conv_out='nwhc'"):
+        Runner(tiny_pipe, "eager", vae_conv_out="nwhc")
+    assert Runner(tiny_pipe, "eager").vae_conv_out == "nchw"  # auto: NCHW until NHWC is timed
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             Runner(tiny_pipe, "compile")

@@ -103,6 +103,7 @@ class KernelState:
     # linear's input, batch x H x W of a conv's (module docstring). A tuple of Python ints and
     # strings: dynamo guards it by value, so same-shape blocks with the same plan still share one compiled graph.
     bucket_paths: tuple = ()
+    out_nhwc: bool = False                     # conv: output in channels_last memory (use_conv_outputs)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.packed, self.w_scale, self.scale1, self.zc1, self.scale2, self.zc2, self.bias,
@@ -260,6 +261,22 @@ def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
     return added
 
 
+CONV_OUTPUTS = ("nchw", "nhwc")
+
+
+def use_conv_outputs(model: torch.nn.Module, layout: str) -> int:
+    """Every int8 conv of `model` (kernel backend, prepared) writes its output in `layout` from now on: `nchw`, or
+    `nhwc` (the same tensor in channels_last memory, which the next conv's NHWC quantize reads without a transpose:
+    docs/kernels.md). MIXDQ_CONV_NHWC=1 gives every int8 conv of the process `nhwc`. Returns how many convs were set."""
+    if layout not in CONV_OUTPUTS:
+        raise ValueError(f"conv output layout {layout!r}: expected one of {CONV_OUTPUTS}")
+    convs = [m.kernel_state for m in model.modules()
+             if getattr(m, "kernel_state", None) is not None and m.kernel_state.kind == "conv"]
+    for st in convs:
+        st.out_nhwc = layout == "nhwc"
+    return len(convs)
+
+
 def bucket_paths(st: KernelState) -> tuple[str, ...]:
     """The paths a bucket plan may give this layer, its own first."""
     return (st.path,) + (("wonly",) if st.kind == "linear" and st.path == "int" else ()) + ("dense",)
@@ -388,7 +405,7 @@ def _int_core(st: KernelState, x: torch.Tensor, q: torch.Tensor, ops) -> torch.T
         split = st.split if st.split is not None else x.shape[1]
         kh, kw = st.shape[2], st.shape[3]
         return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
-                         split, kh, kw, st.stride, st.pad, ops.launch.conv_out_channels_last())
+                         split, kh, kw, st.stride, st.pad, st.out_nhwc or ops.launch.conv_out_channels_last())
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
     y = y.reshape(*x.shape[:-1], st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights

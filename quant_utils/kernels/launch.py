@@ -128,10 +128,11 @@ def fixup_enabled() -> bool:
 
 
 def conv_out_channels_last() -> bool:
-    """The int8 convs write channels_last outputs (MIXDQ_CONV_NHWC=1, opt-in until timed on a GPU): the next
-    layer's quantize to padded NHWC codes (and cuDNN's channels_last kernels) then read them without a transpose.
-    Why: in the compiled int8 decoder the NCHW outputs are transposed again by every fused GroupNorm/SiLU/quantize
-    kernel (17 ms of its 82 ms decode at 1024x4, results/vae_profile_gn_v7_int8_kernels_nvidia_h200.csv)."""
+    """Every int8 conv writes channels_last outputs (MIXDQ_CONV_NHWC=1, opt-in until timed on a GPU; per model:
+    backend.use_conv_outputs): the next layer's quantize to padded NHWC codes (and cuDNN's channels_last kernels)
+    then read them without a transpose. Why: in the compiled int8 decoder the NCHW outputs are transposed again by
+    every fused GroupNorm/SiLU/quantize kernel (17 ms of its 82 ms decode at 1024x4,
+    results/vae_profile_gn_v7_int8_kernels_nvidia_h200.csv)."""
     return os.environ.get("MIXDQ_CONV_NHWC", "0") == "1"
 
 

@@ -164,11 +164,12 @@ def test_int8_decoder_kernels_match_the_fake_path(cuda_pipe):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, monkeypatch, compiled):
-    """MIXDQ_CONV_NHWC=1 (opt-in): the int8 convs write channels_last outputs; the decoder, eager or compiled,
-    gives the images it gives with NCHW outputs (up to fp16 rounding of reordered reductions)."""
+    """`--vae_conv_out nhwc` (opt-in): the int8 decoder's convs write channels_last outputs; the decoder, eager or
+    compiled, gives the images it gives with NCHW outputs (up to fp16 rounding of reordered reductions)."""
     import torch._dynamo
 
     from quant_utils.decoders import make_int8_decoder
+    from quant_utils.kernels.backend import use_conv_outputs
     from quant_utils.runtime import Runner, decode_images
 
     monkeypatch.delenv("MIXDQ_CONV_NHWC", raising=False)  # the reference: NCHW outputs (a job may set the flag)
@@ -177,8 +178,8 @@ def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, m
     run = torch.compile(lambda lat: decode_images(dec, lat)) if compiled else (lambda lat: decode_images(dec, lat))
     with torch.no_grad():
         ref = run(z).float()
-        monkeypatch.setenv("MIXDQ_CONV_NHWC", "1")
-        torch._dynamo.reset()  # the flag is read while tracing
+        assert use_conv_outputs(dec, "nhwc") > 0
+        torch._dynamo.reset()  # (a changed layout also fails the compiled code's guards)
         out = run(z).float()
     # reordered fp16 reductions may move a code at a rounding boundary; a wrong layout would scramble the image
     diff = (out - ref).abs()
