@@ -155,3 +155,21 @@ def test_kernel_forms_counts_the_linear_shapes_by_the_kernel_they_run():
                "conv|x=1x66x66x320|n=320|c1=320|k=3|s=1|b=8|g=128": launch._cfg(128, 128, 8, 3)}  # not a linear
     assert launch.kernel_forms(configs) == ("2 one tile per program, 1 persistent, 1 fixup split-K, 1 split-K (atomic)")
     assert launch.kernel_forms({}) == "none"
+
+
+def test_channels_last_conv_outputs_tune_the_nchw_tile_in_both_orientations(monkeypatch):
+    """A conv with channels_last outputs has its own tuning key; when the NCHW store's tile is tuned, its candidates
+    are that tile in both orientations (a full autotune of every decoder conv would cost minutes of first call),
+    else the size class's candidates, as for NCHW."""
+    from quant_utils.kernels import launch
+
+    t = Tuning(autotune=False)
+    monkeypatch.setattr(tuning, "_current", t)
+    shape, args = (1, 34, 34, 64), (64, 64, 3, 1, 8, 128)
+    every = launch.conv_candidates(32 * 32, False, 8)
+    assert launch.conv_out_candidates(shape, *args, channels_last=True) == every
+    t.configs[launch.conv_key(shape, *args)] = dict(BM=64, BN=64, SWAP=True, num_warps=4, num_stages=3, ms=0.01)
+    got = launch.conv_out_candidates(shape, *args, channels_last=True)
+    assert [c["SWAP"] for c in got] == [True, False] and all("ms" not in c and c["BM"] == 64 for c in got)
+    assert launch.conv_out_candidates(shape, *args, channels_last=False) == every
+    assert launch.conv_key(shape, *args, channels_last=True) == launch.conv_key(shape, *args) + "|o=nhwc"

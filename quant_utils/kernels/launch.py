@@ -225,15 +225,26 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
         return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg,
                                channels_last) for x in (x_pad[:h], x_pad[h:])])
     if cfg is None:
-        b, hp, wp, _ = x_pad.shape
-        m = b * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
         cfg = current_tuning().choose(
             conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
-            conv_candidates(m, c1 < x_pad.shape[3], bits),
+            conv_out_candidates(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
             lambda c: graph_bench_ms(lambda: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
                                                       stride, pad, c, channels_last)))
     return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
                     channels_last)
+
+
+def conv_out_candidates(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int,
+                        channels_last: bool) -> list[dict]:
+    """A conv's tile candidates. With channels_last outputs and the NCHW store's config tuned already: that tile in
+    both orientations (only the store differs; a full autotune of every decoder conv would cost minutes of first
+    call), else every candidate of its size class."""
+    b, hp, wp, c = x_shape
+    if channels_last:
+        tuned = current_tuning().configs.get(conv_key(x_shape, n, c1, kh, stride, bits, group))
+        if tuned is not None:
+            return [_strip(tuned), dict(_strip(tuned), SWAP=not tuned.get("SWAP", False))]
+    return conv_candidates(b * ((hp - kh) // stride + 1) * ((wp - kh) // stride + 1), c1 < c, bits)  # square
 
 
 # ----------------------------------------------------------------------------------------------- precompile
