@@ -53,7 +53,7 @@ import torch
 
 from . import REPO_ROOT
 from .csvio import atomic_file
-from .kernels.backend import CONV_OUTPUTS, use_conv_outputs
+from .kernels.backend import CONV_OUTPUTS, conv_out_channels_last, use_conv_outputs
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
 from .decoders import VAE_ATTENTION, plan_decoder_attention
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
@@ -309,6 +309,8 @@ class Runner:
         self.vae_conv_out = "nchw" if vae_conv_out == "auto" else vae_conv_out
         if isinstance(self.vae, torch.nn.Module):  # the int8 decoder's convs (no-op for the others), before tracing
             use_conv_outputs(self.vae, self.vae_conv_out)
+        if conv_out_channels_last():  # MIXDQ_CONV_NHWC=1: every int8 conv of the process, whatever was asked
+            self.vae_conv_out = "nhwc"
         # before compiling: the fused layers are what gets traced
         self.fused = fusion.fuse_qkv(pipe.unet) if fusion.wants_fusion(fuse_qkv, exec_mode == "compile", pipe.unet) else None
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}

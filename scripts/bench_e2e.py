@@ -43,6 +43,7 @@ from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.norms import decoder_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
+from quant_utils.kernels.backend import conv_out_channels_last  # noqa: E402
 from quant_utils.kernels.launch import kernel_forms  # noqa: E402
 from quant_utils.kernels.tuning import current_tuning  # noqa: E402
 from quant_utils.runtime import Runner, compile_counters, resolve_exec  # noqa: E402
@@ -161,7 +162,9 @@ def main(args: argparse.Namespace) -> None:
                       model=cfg.name, compile_cache=cache, inductor_cache=args.cache_state, seed=args.seed,
                       repeats=f"{args.repeats} timed calls per cell after its first call and {args.warmup} warm-up",
                       order="interleaved: each cell's timed calls round-robin across all variants" if args.interleave
-                      else "one variant at a time")
+                      else "one variant at a time",
+                      int8_conv_outputs="nhwc, every int8 conv (MIXDQ_CONV_NHWC=1)" if conv_out_channels_last()
+                      else "nchw (--vae_conv_out may set the int8 decoder's)")
     out = repo_path(args.out)
     rows, prof_rows, kernel_rows, plans, att_rows = [], [], [], {}, {}
     cells = args.cells

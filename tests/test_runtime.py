@@ -33,6 +33,16 @@ def test_runner_labels_and_rejects(tiny_pipe):
     with pytest.raises(ValueError, match="vae_conv_out='nwhc'"):
         Runner(tiny_pipe, "eager", vae_conv_out="nwhc")
     assert Runner(tiny_pipe, "eager").vae_conv_out == "nchw"  # auto: NCHW until NHWC is timed
+
+
+def test_runner_reports_the_conv_layout_that_runs(tiny_pipe, monkeypatch):
+    """MIXDQ_CONV_NHWC=1 makes every int8 conv write channels_last, whatever --vae_conv_out asked: the Runner (and so
+    bench_e2e's vae_conv_out column) says nhwc then."""
+    from quant_utils.runtime import Runner
+
+    assert Runner(tiny_pipe, "eager", vae_conv_out="nhwc").vae_conv_out == "nhwc"
+    monkeypatch.setenv("MIXDQ_CONV_NHWC", "1")
+    assert Runner(tiny_pipe, "eager", vae_conv_out="nchw").vae_conv_out == "nhwc"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
             Runner(tiny_pipe, "compile")

@@ -264,6 +264,15 @@ def set_bucket_path(st: KernelState, rows: int, path: str) -> int:
 CONV_OUTPUTS = ("nchw", "nhwc")
 
 
+def conv_out_channels_last() -> bool:
+    """Every int8 conv writes channels_last outputs (MIXDQ_CONV_NHWC=1, opt-in until timed on a GPU; per model:
+    use_conv_outputs): the next layer's quantize to padded NHWC codes (and cuDNN's channels_last kernels)
+    then read them without a transpose. Why: in the compiled int8 decoder the NCHW outputs are transposed again by
+    every fused GroupNorm/SiLU/quantize kernel (17 ms of its 82 ms decode at 1024x4,
+    results/vae_profile_gn_v7_int8_kernels_nvidia_h200.csv)."""
+    return os.environ.get("MIXDQ_CONV_NHWC", "0") == "1"
+
+
 def use_conv_outputs(model: torch.nn.Module, layout: str) -> int:
     """Every int8 conv of `model` (kernel backend, prepared) writes its output in `layout` from now on: `nchw`, or
     `nhwc` (the same tensor in channels_last memory, which the next conv's NHWC quantize reads without a transpose:
@@ -405,7 +414,7 @@ def _int_core(st: KernelState, x: torch.Tensor, q: torch.Tensor, ops) -> torch.T
         split = st.split if st.split is not None else x.shape[1]
         kh, kw = st.shape[2], st.shape[3]
         return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
-                         split, kh, kw, st.stride, st.pad, st.out_nhwc or ops.launch.conv_out_channels_last())
+                         split, kh, kw, st.stride, st.pad, st.out_nhwc or conv_out_channels_last())
     y = ops.qlinear(q, st.packed, st.scale1, st.zc1, st.bias, st.bits, st.fmt.group, st.n)
     y = y.reshape(*x.shape[:-1], st.n)
     if st.bos and x.dim() == 3:  # token 0 of each sequence: fp16 input through the same packed weights

@@ -127,15 +127,6 @@ def fixup_enabled() -> bool:
     return os.environ.get("MIXDQ_FIXUP", "0") == "1"
 
 
-def conv_out_channels_last() -> bool:
-    """Every int8 conv writes channels_last outputs (MIXDQ_CONV_NHWC=1, opt-in until timed on a GPU; per model:
-    backend.use_conv_outputs): the next layer's quantize to padded NHWC codes (and cuDNN's channels_last kernels)
-    then read them without a transpose. Why: in the compiled int8 decoder the NCHW outputs are transposed again by
-    every fused GroupNorm/SiLU/quantize kernel (17 ms of its 82 ms decode at 1024x4,
-    results/vae_profile_gn_v7_int8_kernels_nvidia_h200.csv)."""
-    return os.environ.get("MIXDQ_CONV_NHWC", "0") == "1"
-
-
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
     enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled(), "FIXUP": fixup_enabled()}
