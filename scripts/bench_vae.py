@@ -19,7 +19,6 @@ one row per distinct kernel (name, category, gpu_ms, count).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exe
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
 from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
-from quant_utils.kernels.backend import use_conv_outputs  # noqa: E402
+from quant_utils.kernels.backend import conv_out_channels_last, use_conv_outputs  # noqa: E402
 from quant_utils.norms import use_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.runtime import _GraphCache  # noqa: E402
@@ -50,7 +49,7 @@ class Variant(NamedTuple):
     dynamic: bool = False        # dynamic shapes
     group_norm: str = "native"   # quant_utils/norms.py
     inductor: tuple = ()         # Inductor settings the variant compiles under
-    conv_nhwc: bool = False      # the int8 convs write channels_last outputs (quant_utils/kernels/launch.py)
+    conv_nhwc: bool = False      # the int8 convs write channels_last outputs (kernels.backend.use_conv_outputs)
 
 
 VARIANTS = {
@@ -101,6 +100,14 @@ def parse_args(argv=None):
     check_device_for_exec(args)
     for r in args.res:
         check_resolution(r, r)
+    # the variants' settings against the decoder, before it is built and calibrated
+    if args.vae == "int8" and any(VARIANTS[v].channels_last for v in args.variants):
+        raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
+    if args.vae != "int8" and any(VARIANTS[v].conv_nhwc for v in args.variants):
+        raise ConfigError(f"--vae {args.vae}: the *-nhwc-conv variants are for the int8 decoder (its int8 convs)")
+    if args.vae == "int8" and conv_out_channels_last():
+        raise ConfigError("MIXDQ_CONV_NHWC=1 makes every variant's int8 convs NHWC: unset it (the *-nhwc-conv "
+                          "variants set the layout per variant)")
     return args
 
 
@@ -125,13 +132,6 @@ def main(args) -> None:
 
     torch._dynamo.config.cache_size_limit = 64  # one graph per (variant, resolution)
     vae = decoder_from_args(pipe, args, args.res[0]) or pipe.vae
-    if args.vae == "int8" and any(VARIANTS[v].channels_last for v in args.variants):
-        raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
-    if args.vae != "int8" and any(VARIANTS[v].conv_nhwc for v in args.variants):
-        raise ConfigError(f"--vae {args.vae}: the *-nhwc-conv variants are for the int8 decoder (its int8 convs)")
-    if os.environ.get("MIXDQ_CONV_NHWC") == "1":
-        raise ConfigError("MIXDQ_CONV_NHWC=1 makes every variant's int8 convs NHWC: unset it (the *-nhwc-conv "
-                          "variants set the layout per variant)")
 
     def decode(z):
         return vae.decode(z / vae.config.scaling_factor).sample
