@@ -241,6 +241,26 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     return load_model_config(repo_path(args.config))
 
 
+def add_image_folder_args(p: argparse.ArgumentParser) -> None:
+    """How many images and from which prompts (txt2img, quant_txt2img)."""
+    p.add_argument("--num_imgs", type=positive_int, default=8, help="number of images")
+    p.add_argument("--batch_size", type=positive_int, default=4, help="images per forward pass")
+    p.add_argument("--prompt", default=None, help="a single prompt used for every image (overrides --prompts_file)")
+    p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
+
+
+def image_folder_inputs(args: argparse.Namespace) -> tuple[ModelConfig, dict, list[str]]:
+    """The model config, the validated sampling settings and the prompts of an image-folder run; raises (before any
+    model is built) on a device the execution cannot run on, a bad resolution or steps, or a bad prompts file."""
+    check_device_for_exec(args)
+    cfg = model_config_from_args(args)
+    sampling = sampling_from_args(args, cfg)
+    from .generation import read_prompts
+
+    prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
+    return cfg, sampling, prompts
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn every user error (errors.UserError: bad arguments, bad or missing input files, missing weights) into

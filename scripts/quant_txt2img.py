@@ -27,10 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (DEFAULT_PROMPTS, HelpFormatter, add_model_args, add_quant_args,  # noqa: E402
-                             check_device_for_exec, check_quant_args, model_config_from_args, pipeline_from_args,
-                             positive_int, quant_request_from_args, runner_from_args, sampling_from_args, user_errors,
-                             weights_label)
+from quant_utils.cli import (HelpFormatter, add_image_folder_args, add_model_args, add_quant_args,  # noqa: E402
+                             check_quant_args, image_folder_inputs, pipeline_from_args, quant_request_from_args,
+                             runner_from_args, user_errors, weights_label)
 from quant_utils.csvio import provenance  # noqa: E402
 from quant_utils.generation import check_folder, generate_folder, latency_report, read_prompts  # noqa: E402
 from quant_utils.mixdq import config_sources, folder_settings, quantize_pipeline  # noqa: E402
@@ -43,10 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_quant_args(p)
     p.add_argument("--base_path", default="logs/sdxl_mixdq", help="run folder: ckpt.pth lives here")
     p.add_argument("--image_folder", default=None, help="where images go (default <base_path>/generated_images)")
-    p.add_argument("--num_imgs", type=positive_int, default=8, help="number of images")
-    p.add_argument("--batch_size", type=positive_int, default=4, help="images per forward pass")
-    p.add_argument("--prompt", default=None, help="a single prompt used for every image")
-    p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
+    add_image_folder_args(p)
     p.add_argument("--save_quantized", default=None, metavar="DIR",
                    help="also write the quantized UNet to this folder (packed integer weights; load it with --quantized)")
     args = p.parse_args(argv)
@@ -59,22 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     elif args.wbits is None and args.config_weight_mp is None:
         p.error("give --wbits N or --config_weight_mp <yaml> (or --quantized DIR)")
     # everything checkable is checked before the model is built and calibrated
-    check_device_for_exec(args)
-    sampling_from_args(args, model_config_from_args(args))
+    image_folder_inputs(args)
     if args.quantized:
         read_config(repo_path(args.quantized))
     else:
         check_quant_args(args)
-    if not args.prompt:
-        read_prompts(repo_path(args.prompts_file))
     return args
 
 
 def main(args: argparse.Namespace) -> None:
     # 1. inputs; an image folder made with other settings is refused before the model is built and calibrated
-    cfg = model_config_from_args(args)
-    sampling = sampling_from_args(args, cfg)
-    prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
+    cfg, sampling, prompts = image_folder_inputs(args)
     calib = read_prompts(repo_path(args.calib_prompts))[: args.calib_num]
     base = repo_path(args.base_path)
     out_dir = repo_path(args.image_folder) if args.image_folder else base / "generated_images"

@@ -19,35 +19,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quant_utils import repo_path  # noqa: E402
-from quant_utils.cli import (DEFAULT_PROMPTS, HelpFormatter, add_model_args, check_device_for_exec,  # noqa: E402
-                             model_config_from_args, pipeline_from_args, positive_int, runner_from_args,
-                             sampling_from_args, user_errors, weights_label)
+from quant_utils.cli import (HelpFormatter, add_image_folder_args, add_model_args, image_folder_inputs,  # noqa: E402
+                             pipeline_from_args, runner_from_args, user_errors, weights_label)
 from quant_utils.csvio import provenance  # noqa: E402
-from quant_utils.generation import check_folder, generate_folder, latency_report, read_prompts  # noqa: E402
+from quant_utils.generation import check_folder, generate_folder, latency_report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p)
     p.add_argument("--base_path", default="logs/sdxl_fp16", help="output folder (images go to <base_path>/generated_images)")
-    p.add_argument("--num_imgs", type=positive_int, default=8, help="number of images")
-    p.add_argument("--batch_size", type=positive_int, default=4, help="images per forward pass")
-    p.add_argument("--prompt", default=None, help="a single prompt used for every image (overrides --prompts_file)")
-    p.add_argument("--prompts_file", default=DEFAULT_PROMPTS, help="one prompt per line; image i uses line i mod N")
+    add_image_folder_args(p)
     args = p.parse_args(argv)
-    # everything checkable is checked before the model is built
-    check_device_for_exec(args)
-    sampling_from_args(args, model_config_from_args(args))
-    if not args.prompt:
-        read_prompts(repo_path(args.prompts_file))
+    image_folder_inputs(args)  # everything checkable is checked before the model is built
     return args
 
 
 def main(args: argparse.Namespace) -> None:
     # 1. inputs; a folder made with other settings is refused before the model is built
-    cfg = model_config_from_args(args)
-    sampling = sampling_from_args(args, cfg)
-    prompts = [args.prompt] if args.prompt else read_prompts(repo_path(args.prompts_file))
+    cfg, sampling, prompts = image_folder_inputs(args)
     out_dir = repo_path(args.base_path) / "generated_images"
     settings = dict(model=cfg.name, weights=weights_label(cfg, args), precision="fp16" if args.fp16 else cfg.dtype,
                     backend="none")

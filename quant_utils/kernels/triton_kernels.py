@@ -443,7 +443,8 @@ def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr, ws_ptr, 
         acc = _group_dot(acc, a_ptrs + kt * G, None, kk[None, :], K_A - kt * G, 0,
                          w_ptrs + kt * BPG, BITS, SUBK, A_FP16, SWAP, False, not EVEN_K)
     if SPLIT_K == 1:
-        _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, A_FP16, HAS_BIAS, SWAP)
+        _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, A_FP16, HAS_BIAS, SWAP,
+                    True, False)
     elif FIXUP:
         # this slice's partial sums (the accumulator's orientation) to slot pid_k of the tile's workspace
         if SWAP:
@@ -460,31 +461,18 @@ def _qlinear_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr, ws_ptr, 
                                cache_modifier=".cg")
             tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch (and the next CUDA-graph replay)
             _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, False, HAS_BIAS,
-                        SWAP)
-    else:  # epilogue, in the accumulator's orientation; zero point and bias from the first K slice only
-        if SWAP:
-            m2 = rm[None, :]
-            n2 = rn[:, None]
-            n_in = rn_in[:, None]
-        else:
-            m2 = rm[:, None]
-            n2 = rn[None, :]
-            n_in = rn_in[None, :]
-        scale = tl.load(scale_ptr + n_in)
-        if A_FP16:
-            y = acc * scale
-        else:
-            y = (acc - tl.where(pid_k == 0, tl.load(zc_ptr + n_in), 0)).to(tl.float32) * scale
-        if HAS_BIAS:
-            y = y + tl.where(pid_k == 0, tl.load(bias_ptr + n_in), 0.0)
-        tl.atomic_add(out_ptr + m2.to(tl.int64) * stride_om + n2, y, mask=(m2 < M) & (n2 < N))
+                        SWAP, True, False)
+    else:  # each K slice adds its part into out (fp32); zero point and bias from the first slice only
+        _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, A_FP16, HAS_BIAS, SWAP,
+                    pid_k == 0, True)
 
 
 @triton.jit
 def _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om,
-                A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr, SWAP: tl.constexpr):
+                A_FP16: tl.constexpr, HAS_BIAS: tl.constexpr, SWAP: tl.constexpr, first_slice, ATOMIC: tl.constexpr):
     # epilogue of one output tile, in the accumulator's orientation: y = (acc - zc[n]) * scale[n] + bias[n]
-    # (fp16 activations: acc * scale[n] + bias[n]), stored in out's dtype
+    # (fp16 activations: acc * scale[n] + bias[n]), stored in out's dtype; ATOMIC (split-K without fixup): y of one K
+    # slice added into the fp32 out, zero point and bias only where first_slice
     if SWAP:
         m2 = rm[None, :]
         n2 = rn[:, None]
@@ -497,10 +485,20 @@ def _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, 
     if A_FP16:
         y = acc * scale
     else:
-        y = (acc - tl.load(zc_ptr + n_in)).to(tl.float32) * scale
+        zc = tl.load(zc_ptr + n_in)
+        if ATOMIC:
+            zc = tl.where(first_slice, zc, 0)
+        y = (acc - zc).to(tl.float32) * scale
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + n_in)
-    tl.store(out_ptr + m2.to(tl.int64) * stride_om + n2, y.to(out_ptr.dtype.element_ty), mask=(m2 < M) & (n2 < N))
+        bias = tl.load(bias_ptr + n_in)
+        if ATOMIC:
+            bias = tl.where(first_slice, bias, 0.0)
+        y = y + bias
+    ptrs = out_ptr + m2.to(tl.int64) * stride_om + n2
+    if ATOMIC:
+        tl.atomic_add(ptrs, y, mask=(m2 < M) & (n2 < N))
+    else:
+        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=(m2 < M) & (n2 < N))
 
 
 # Persistent form (kernels v5, opt-in): NUM_PROGS programs (a few per SM) walk the output tiles in the grouped order,
@@ -536,7 +534,8 @@ def _qlinear_persistent_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_pt
         for kt in range(0, K_ITERS):
             acc = _group_dot(acc, a_ptrs + kt * G, None, kk[None, :], K_A - kt * G, 0, w_ptrs + kt * G,
                              8, G, False, SWAP, False, not EVEN_K)
-        _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, False, HAS_BIAS, SWAP)
+        _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, False, HAS_BIAS, SWAP,
+                    True, False)
 
 
 def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
