@@ -29,6 +29,7 @@ from quant_utils.cli import HelpFormatter, model_config_from_args, user_errors  
 from quant_utils.csvio import provenance, write_csv  # noqa: E402
 from quant_utils.latency import device_weight_bytes  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.runtime import COMPILE_REGION_CHOICES  # noqa: E402
 
 
 def _points(text: str) -> list[tuple[int, int]]:
@@ -59,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "steps whose resnet/transformer blocks are torch.compile'd (runtime.compile_unet_regions: Inductor "
                         "fuses norms, elementwise ops and the activation quantization into their producers); every "
                         "variant runs each in this order, the FP16 CUDA-graph step is the `speedup` baseline")
+    p.add_argument("--compile_regions", default="auto", choices=list(COMPILE_REGION_CHOICES),
+                   help="with compile: what is compiled one by one (runtime.compile_unet_regions); auto = as the "
+                        "serving Runner: blocks for the quantized UNets, transformers for FP16")
+    p.add_argument("--fuse_qkv", default="auto", choices=["auto", "off"],
+                   help="with compile: auto = attention projections fused first where exactly fusable, as the "
+                        "serving Runner's compiled UNets (quant_utils/fusion.py); off = unfused")
     p.add_argument("--tuning_in", default=None, help="JSON of tile configs tuned earlier on this GPU model (skips timing)")
     p.add_argument("--no_precompile", action="store_true", help="compile kernels lazily instead of in parallel first")
     p.add_argument("--time_budget_s", type=float, default=1e9,
@@ -230,12 +237,18 @@ class StepTable:
 
     def measure(self, name: str, model, wbytes: int, paths: str) -> None:
         """Every --unet_exec (graph first: compiling changes the model) at every --unet_points point."""
-        from quant_utils.runtime import compile_unet_regions
+        from quant_utils.fusion import fuse_qkv, fused_attentions
+        from quant_utils.runtime import compile_unet_regions, resolve_regions
 
         self.graph_out = {}
         for ex in self.run.args.unet_exec:
+            self.form = dict(compile_regions="", fused_attentions=0)
             if ex == "compile":
-                compile_unet_regions(model)
+                if self.run.args.fuse_qkv == "auto":
+                    fuse_qkv(model)
+                regions = resolve_regions(self.run.args.compile_regions, model)
+                compile_unet_regions(model, regions)
+                self.form = dict(compile_regions=regions, fused_attentions=fused_attentions(model))
             for res, batch in self.run.args.unet_points:
                 self.point(name, model, ex, res, batch, wbytes, paths)
 
@@ -267,7 +280,7 @@ class StepTable:
         if name == "fp16":
             self.base_ms[(ex, res, batch)] = float(pd.Series(t).median())
         self.unet_rows.append(dict(_unet_row(label, ex, res, batch, t, self.base_ms, wbytes, self.fp16_bytes, peak,
-                                             paths, first_s), rel_err_vs_graph=rel))
+                                             paths, first_s), **self.form, rel_err_vs_graph=rel))
         print(self.unet_rows[-1], flush=True)
         if (res, batch) in args.profile_points:
             self.prof_rows.extend(dict(variant=label, res=res, batch=batch, **r)

@@ -75,3 +75,36 @@ def test_kernel_categories_file_inductor_kernels_by_what_they_fuse_not_as_cudnn(
     assert table["gpu_ms"].sum() == pytest.approx(per_kernel["gpu_ms"].sum()) and table["share"].sum() == pytest.approx(1, abs=1e-3)
     assert table.set_index("category").loc["norm/elementwise + quantize, fused (Inductor)", "kernels"] == 4
     assert table["category"].is_unique and "conv fp16 (cuDNN)" in set(table["category"])
+
+
+@pytest.mark.parametrize("flags, quantized, regions, fused", [
+    ([], False, "transformers", True), ([], True, "blocks", True),
+    (["--compile_regions", "transformers", "--fuse_qkv", "off"], True, "transformers", False)])
+def test_compiled_unet_steps_take_the_serving_runners_form(monkeypatch, flags, quantized, regions, fused):
+    """--unet_exec compile times each UNet as the serving Runner runs it: projections fused first, then blocks for
+    a UNet with kernel layers and transformers for FP16 (--compile_regions auto); every compiled row says which.
+    The graph rows run the model as built (nothing fused, nothing compiled)."""
+    import copy
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_kernels
+
+    from conftest import fresh_pipe
+    from quant_utils import runtime
+
+    unet = copy.deepcopy(fresh_pipe().unet)
+    if quantized:  # (stand-in: a UNet the Runner would see as holding kernel layers)
+        monkeypatch.setattr(runtime, "kernel_layers", lambda m: [("down_blocks.0", m)])
+    compiled = []
+    monkeypatch.setattr(runtime, "compile_unet_regions", lambda m, r: compiled.append(r))
+    args = bench_kernels.parse_args(["--unet_exec", "graph,compile", "--unet_points", "64x1", *flags])
+    table = bench_kernels.StepTable.__new__(bench_kernels.StepTable)
+    table.run = bench_kernels.Run(args, None, "cpu", "cpu", REPO / "logs", 0.0, None)
+    seen = []
+    monkeypatch.setattr(bench_kernels.StepTable, "point",
+                        lambda self, name, model, ex, res, batch, wbytes, paths: seen.append((ex, dict(self.form))))
+    table.measure("fp16", unet, 0, "")
+    n_attn = sum(type(m).__name__ == "Attention" for m in unet.modules())
+    assert seen[0] == ("graph", dict(compile_regions="", fused_attentions=0))
+    assert seen[1] == ("compile", dict(compile_regions=regions, fused_attentions=n_attn if fused else 0))
+    assert compiled == [regions]
