@@ -105,12 +105,12 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
              "triton = split with the per-channel statistics from a Triton kernel; triton-affine = the per-channel "
              "scale and shift from Triton kernels too (CUDA; both unmeasured in the UNet)")
     add("--vae_group_norm", default="auto", choices=DECODER_GROUP_NORMS,
-        help="the decoder's GroupNorms, same forms: auto = triton-affine for the FP16 decoder compiled on CUDA "
-             "(measured fastest: H200, 1024x4 decode 131 -> 90 ms), native otherwise (the int8 decoder was slower "
-             "with both Triton forms)")
+        help="the decoder's GroupNorms, same forms: auto = triton-affine for a decoder compiled on CUDA, the FP16 one "
+             "and the int8 one with channels_last conv outputs (measured fastest: H200, 1024x4 decode FP16 131 -> 90 "
+             "ms, int8 85 -> 72 ms), native otherwise")
     add("--vae_conv_out", default="auto", choices=VAE_CONV_OUTPUTS,
         help="the int8 decoder's conv outputs: nchw, or nhwc (channels_last: the next conv's quantize reads them "
-             "without a transpose; opt-in, not yet timed: docs/kernels.md); auto = nchw")
+             "without a transpose; docs/kernels.md); auto = nhwc when the decode is compiled on CUDA, else nchw")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")

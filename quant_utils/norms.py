@@ -149,16 +149,18 @@ GROUP_NORM_FUNCTIONS = {"native": F.group_norm, "split": group_norm_split, "trit
                         "triton-affine": group_norm_triton_affine}
 
 
-def decoder_group_norm(choice: str, vae_kind: str, compiled_on_cuda: bool) -> str:
-    """The decoder's GroupNorm form for `--vae_group_norm choice`: auto = `triton-affine` for the FP16 decoder when its
-    decode is compiled on CUDA (measured 1.46x over PyTorch's in the compiled decode at 1024x4, see above), else
-    `native` (the int8 decoder was slower with both Triton forms; uncompiled they are unmeasured; the tiny decoder has
-    no GroupNorm)."""
+def decoder_group_norm(choice: str, vae_kind: str, compiled_on_cuda: bool, conv_out: str = "nchw") -> str:
+    """The decoder's GroupNorm form for `--vae_group_norm choice`: auto = `triton-affine` when the decode is compiled
+    on CUDA, for the FP16 decoder (measured 1.46x over PyTorch's in the compiled decode at 1024x4, see above) and for
+    the int8 decoder whose convs write channels_last outputs (`conv_out` nhwc: 71.9 ms against 185.8 ms with PyTorch's,
+    which reads those outputs slowly; with NCHW outputs the Triton forms were slower, so `native` there); else
+    `native` (uncompiled: unmeasured; the tiny decoder has no GroupNorm)."""
     if choice not in DECODER_GROUP_NORMS:
         raise ValueError(f"vae_group_norm={choice!r}, expected one of {DECODER_GROUP_NORMS}")
     if choice != "auto":
         return choice
-    return "triton-affine" if vae_kind == "fp16" and compiled_on_cuda else "native"
+    fast = vae_kind == "fp16" or (vae_kind == "int8" and conv_out == "nhwc")
+    return "triton-affine" if fast and compiled_on_cuda else "native"
 
 
 def use_group_norm(model: nn.Module, kind: str) -> int:

@@ -25,9 +25,10 @@ exact) under `compile`, measured faster there for FP16 and W8A8 on the H200 (rep
 `group_norm` (the UNet's) and `vae_group_norm` (the decoder's) switch GroupNorms in place to quant_utils/norms.py's
 forms: `native` is PyTorch's (the UNet's default), `split` the two-step form (measured slower in the compiled decode),
 `triton` the same with the Triton statistics kernel, `triton-affine` with the per-channel scale and shift from Triton
-too; `vae_group_norm="auto"` gives `triton-affine` to the FP16 decoder compiled on CUDA (measured fastest in the
-1024x4 decode), `native` to the others (the int8 decoder was slower with the Triton forms).
-`vae_conv_out` (`auto` = `nchw`; `nhwc` opt-in, not yet timed): the int8 decoder's convs write channels_last outputs.
+too; `vae_group_norm="auto"` gives `triton-affine` to the FP16 decoder compiled on CUDA and to the int8 one whose
+convs write channels_last (measured fastest in the 1024x4 decode), `native` to the others.
+`vae_conv_out` (decoder_conv_out): `auto` = `nhwc` for the int8 decoder compiled on CUDA (its convs write
+channels_last outputs, so the next conv's quantize reads them without a transpose: measured faster), else `nchw`.
 `vae_exec="static-nchw"` compiles the decoder with NCHW convs (measured: no gain).
 On CUDA a Runner owns the kernels' tile-config Tuning (`tuning=`, else the standard one: kernels/tuning.py, loaded
 once per process) and installs it for the kernel backend's launches.
@@ -77,9 +78,23 @@ COMPILE_SHAPES = ("dynamic", "static")
 COMPILE_REGIONS = {"transformers": ("ResnetBlock2D", "Transformer2DModel"),
                    "blocks": ("ResnetBlock2D", "BasicTransformerBlock")}
 COMPILE_REGION_CHOICES = ("auto",) + tuple(COMPILE_REGIONS)
-# the int8 decoder's conv output layout (kernels/backend.use_conv_outputs): auto = nchw until nhwc is timed
+# the int8 decoder's conv output layout (kernels/backend.use_conv_outputs), decoder_conv_out
 VAE_CONV_OUTPUTS = ("auto",) + CONV_OUTPUTS
 _T2D_PARTS = ("_operate_on_continuous_inputs", "_get_output_for_continuous_inputs")  # diffusers' Transformer2DModel
+
+
+def decoder_conv_out(choice: str, vae_kind: str, compiled_on_cuda: bool) -> str:
+    """The int8 decoder's conv output layout for `--vae_conv_out choice`: auto = `nhwc` when its decode is compiled on
+    CUDA (with its GroupNorms in `triton-affine` form, norms.decoder_group_norm: H200, 1024x4 decode 84.7 -> 71.9 ms;
+    report section 1), else `nchw` (uncompiled: unmeasured). MIXDQ_CONV_NHWC=1 makes it `nhwc` whatever was asked;
+    the other decoders have no int8 convs: `nchw`."""
+    if choice not in VAE_CONV_OUTPUTS:
+        raise ValueError(f"vae_conv_out={choice!r}, expected one of {VAE_CONV_OUTPUTS}")
+    if conv_out_channels_last():
+        return "nhwc"
+    if choice != "auto":
+        return choice
+    return "nhwc" if vae_kind == "int8" and compiled_on_cuda else "nchw"
 
 
 def _allow_recompiles() -> None:
@@ -299,18 +314,14 @@ class Runner:
         self.vae_dtype = self.vae.dtype
         # before anything is compiled: the GroupNorms' form is part of the traced code
         compiled_decode_on_cuda = self.device.type == "cuda" and exec_mode != "eager" and vae_exec != "eager"
-        self.vae_group_norm = decoder_group_norm(vae_group_norm, vae_kind, compiled_decode_on_cuda)
+        self.vae_conv_out = decoder_conv_out(vae_conv_out, vae_kind, compiled_decode_on_cuda)
+        if isinstance(self.vae, torch.nn.Module):  # the int8 decoder's convs (no-op for the others), before tracing
+            use_conv_outputs(self.vae, self.vae_conv_out)
+        self.vae_group_norm = decoder_group_norm(vae_group_norm, vae_kind, compiled_decode_on_cuda, self.vae_conv_out)
         for model, kind in ((pipe.unet, group_norm), (self.vae, self.vae_group_norm)):
             if isinstance(model, torch.nn.Module):  # (tests' stand-in pipelines are not)
                 use_group_norm(model, kind)  # (raises on an unknown kind)
         self.group_norm = group_norm
-        if vae_conv_out not in VAE_CONV_OUTPUTS:
-            raise ValueError(f"vae_conv_out={vae_conv_out!r}, expected one of {VAE_CONV_OUTPUTS}")
-        self.vae_conv_out = "nchw" if vae_conv_out == "auto" else vae_conv_out
-        if isinstance(self.vae, torch.nn.Module):  # the int8 decoder's convs (no-op for the others), before tracing
-            use_conv_outputs(self.vae, self.vae_conv_out)
-        if conv_out_channels_last():  # MIXDQ_CONV_NHWC=1: every int8 conv of the process, whatever was asked
-            self.vae_conv_out = "nhwc"
         # before compiling: the fused layers are what gets traced
         self.fused = fusion.fuse_qkv(pipe.unet) if fusion.wants_fusion(fuse_qkv, exec_mode == "compile", pipe.unet) else None
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}

@@ -46,7 +46,7 @@ from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
 from quant_utils.kernels.backend import conv_out_channels_last  # noqa: E402
 from quant_utils.kernels.launch import kernel_forms  # noqa: E402
 from quant_utils.kernels.tuning import current_tuning  # noqa: E402
-from quant_utils.runtime import Runner, compile_counters, resolve_exec  # noqa: E402
+from quant_utils.runtime import Runner, compile_counters, decoder_conv_out, resolve_exec  # noqa: E402
 
 E2E_MODES = tuple(BITS) + (MIXDQ,)
 # a UNet variant's exec name -> (the Runner's exec mode, fused projections (fusion.fuse_qkv, FP16 and quantized),
@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> None:
                       order="interleaved: each cell's timed calls round-robin across all variants" if args.interleave
                       else "one variant at a time",
                       int8_conv_outputs="nhwc, every int8 conv (MIXDQ_CONV_NHWC=1)" if conv_out_channels_last()
-                      else "nchw (--vae_conv_out may set the int8 decoder's)")
+                      else "nchw, but the int8 decoder's as its vae_conv_out column says")
     out = repo_path(args.out)
     rows, prof_rows, kernel_rows, plans, att_rows = [], [], [], {}, {}
     cells = args.cells
@@ -279,18 +279,21 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
         # eager images of the first cell, before a compiled Runner compiles the UNet's blocks in place (with the fast
         # path's plan settings: the eager call plans the first cell's bucket, which the UNet keeps)
         plans = dict(layer_plan=args.layer_plan, dense_budget=args.dense_budget, vae_attention=args.vae_attention,
-                     group_norm=args.group_norm, vae_conv_out=args.vae_conv_out,
-                     fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
-        # each decoder's GroupNorm form as its fast path resolves it, for the eager reference too: decoders are shared
-        # across entries, and a Runner switches its decoder's form in place
-        vae_gn = {k: decoder_group_norm(args.vae_group_norm, k, cuda and args.vae_exec != "eager") for k in kinds}
-        refs = {k: Runner(variant, "eager", vae=decoders[k], vae_group_norm=vae_gn[k], **plans)(*check).astype(float)
+                     group_norm=args.group_norm, fuse_qkv="off")  # fused or not: the entry's exec (compile-fused)
+        # each decoder's conv layout and GroupNorm form as its fast path resolves them, for the eager reference too:
+        # decoders are shared across entries, and a Runner switches its decoder's forms in place
+        compiled = cuda and args.vae_exec != "eager"
+        vae_forms = {}
+        for k in kinds:
+            conv_out = decoder_conv_out(args.vae_conv_out, k, compiled)
+            vae_forms[k] = dict(vae_conv_out=conv_out,
+                                vae_group_norm=decoder_group_norm(args.vae_group_norm, k, compiled, conv_out))
+        refs = {k: Runner(variant, "eager", vae=decoders[k], **vae_forms[k], **plans)(*check).astype(float)
                 for k in kinds}
         for kind in kinds:
             runner = Runner(variant, resolve_exec(runner_exec, device), vae_exec=args.vae_exec,
                             vae=decoders[kind], vae_kind=kind, compile_shapes=args.compile_shapes,
-                            compile_regions=regions or args.compile_regions,
-                            vae_group_norm=vae_gn[kind], **plans)
+                            compile_regions=regions or args.compile_regions, **vae_forms[kind], **plans)
             yield Entry(mode, exec_mode, kind, runner, variant.unet, summary,
                         encoders + device_weight_bytes(variant.unet) + device_weight_bytes(decoders[kind]),
                         check, refs[kind])

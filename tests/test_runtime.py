@@ -32,7 +32,24 @@ def test_runner_labels_and_rejects(tiny_pipe):
         Runner(tiny_pipe, "eager", compile_regions="layers")
     with pytest.raises(ValueError, match="vae_conv_out='nwhc'"):
         Runner(tiny_pipe, "eager", vae_conv_out="nwhc")
-    assert Runner(tiny_pipe, "eager").vae_conv_out == "nchw"  # auto: NCHW until NHWC is timed
+    assert Runner(tiny_pipe, "eager").vae_conv_out == "nchw"  # auto: NHWC only for a decode compiled on CUDA
+
+
+def test_decoder_conv_out_auto_is_nhwc_for_the_compiled_int8_decoder_only(monkeypatch):
+    """auto: channels_last int8 conv outputs where measured faster (the int8 decoder compiled on CUDA), NCHW
+    elsewhere; an explicit layout is kept; MIXDQ_CONV_NHWC=1 overrides everything."""
+    from quant_utils.runtime import decoder_conv_out
+
+    monkeypatch.delenv("MIXDQ_CONV_NHWC", raising=False)
+    assert decoder_conv_out("auto", "int8", compiled_on_cuda=True) == "nhwc"
+    assert decoder_conv_out("auto", "int8", compiled_on_cuda=False) == "nchw"
+    assert decoder_conv_out("auto", "fp16", compiled_on_cuda=True) == "nchw"
+    assert decoder_conv_out("nchw", "int8", compiled_on_cuda=True) == "nchw"
+    assert decoder_conv_out("nhwc", "int8", compiled_on_cuda=False) == "nhwc"
+    with pytest.raises(ValueError, match="vae_conv_out='NHWC'"):
+        decoder_conv_out("NHWC", "int8", compiled_on_cuda=True)
+    monkeypatch.setenv("MIXDQ_CONV_NHWC", "1")
+    assert decoder_conv_out("nchw", "int8", compiled_on_cuda=False) == "nhwc"
 
 
 def test_runner_reports_the_conv_layout_that_runs(tiny_pipe, monkeypatch):
