@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> None:
         ax.set_ylabel("ms per call (p50)")
         ax.grid(axis="y", alpha=0.3)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(STAGES), fontsize=8)
-    fig.suptitle(f"Whole image per (UNet, decoder): {device}, weights {weights}; "
+    fig.suptitle(f"Whole image per (UNet, decoder): {device}, weights {weights}\n"
                  f"labels: speedup over the fastest FP16 image of the same run", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     # 3. write

@@ -164,7 +164,7 @@ def test_int8_decoder_kernels_match_the_fake_path(cuda_pipe):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, monkeypatch, compiled):
-    """`--vae_conv_out nhwc` (opt-in): the int8 decoder's convs write channels_last outputs; the decoder, eager or
+    """`--vae_conv_out nhwc` (auto's choice for a compiled decode on CUDA): the int8 decoder's convs write channels_last outputs; the decoder, eager or
     compiled, gives the images it gives with NCHW outputs (up to fp16 rounding of reordered reductions)."""
     import torch._dynamo
 
