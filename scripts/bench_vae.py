@@ -78,15 +78,22 @@ PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compil
             "compile-nhwc-conv-triton-affine-gn")
 
 
+def default_variants(vae: str) -> list[str]:
+    """Every variant that applies to the `vae` decoder: channels_last modules for the FP16 one, channels_last int8
+    conv outputs for the int8 one; compile-max-autotune only when asked (minutes of autotuning)."""
+    return [name for name, v in VARIANTS.items() if name != "compile-max-autotune"
+            and not (v.channels_last and vae == "int8") and not (v.conv_nhwc and vae != "int8")]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_model_args(p, resolution=False)
     p.add_argument("--res", type=positive_int, nargs="+", default=[1024, 512, 768],
                    help="square resolutions (pixels) of the decoded images, in this order")
     p.add_argument("--batch", type=positive_int, default=1, help="latents decoded per call")
-    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "compile-max-autotune"],
-                   choices=list(VARIANTS), metavar="VARIANT",
-                   help=f"decode variants to time, each against the eager decode (choices: {', '.join(VARIANTS)})")
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                   help=f"decode variants to time, each against the eager decode (choices: {', '.join(VARIANTS)}; "
+                        "default: every one that applies to --vae but compile-max-autotune)")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed decodes per (variant, resolution)")
     p.add_argument("--out", default="logs/vae_decode.csv", help="output CSV (one row per variant and resolution)")
     p.add_argument("--profile_out", default=None, help="CSV of GPU time by kernel category (eager and compile); "
@@ -100,6 +107,8 @@ def parse_args(argv=None):
     check_device_for_exec(args)
     for r in args.res:
         check_resolution(r, r)
+    if args.variants is None:
+        args.variants = default_variants(args.vae)
     # the variants' settings against the decoder, before it is built and calibrated
     if args.vae == "int8" and any(VARIANTS[v].channels_last for v in args.variants):
         raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")

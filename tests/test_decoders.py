@@ -159,3 +159,23 @@ def test_runner_checks_vae_attention_and_measures_on_cuda_only(tiny_pipe):
     assert Runner(tiny_pipe, vae_attention="auto").vae_attention == "sdpa"  # a CPU measures nothing
     with pytest.raises(ValueError, match="vae_attention='flash'"):
         Runner(tiny_pipe, vae_attention="flash")
+
+
+@pytest.mark.parametrize("vae", ["fp16", "int8"])
+def test_bench_vae_default_variants_are_the_ones_that_apply_to_the_decoder(monkeypatch, vae):
+    """bench_vae with no --variants times every variant its decoder takes (channels_last modules: FP16 only; int8
+    conv output layouts: int8 only), so its plain command runs; an explicit mismatch is still refused up front."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_vae
+
+    from quant_utils.errors import ConfigError
+
+    monkeypatch.delenv("MIXDQ_CONV_NHWC", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # parse_args refuses a CPU-only machine first
+    variants = bench_vae.parse_args(["--vae", vae]).variants
+    assert "compile" in variants and "compile-max-autotune" not in variants
+    assert any(bench_vae.VARIANTS[v].conv_nhwc for v in variants) == (vae == "int8")
+    assert any(bench_vae.VARIANTS[v].channels_last for v in variants) == (vae == "fp16")
+    wrong = "compile-channels-last" if vae == "int8" else "compile-nhwc-conv"
+    with pytest.raises(ConfigError, match="variants are for the"):
+        bench_vae.parse_args(["--vae", vae, "--variants", "compile", wrong])
