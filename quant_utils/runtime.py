@@ -86,8 +86,8 @@ _T2D_PARTS = ("_operate_on_continuous_inputs", "_get_output_for_continuous_input
 def decoder_conv_out(choice: str, vae_kind: str, compiled_on_cuda: bool) -> str:
     """The int8 decoder's conv output layout for `--vae_conv_out choice`: auto = `nhwc` when its decode is compiled on
     CUDA (with its GroupNorms in `triton-affine` form, norms.decoder_group_norm: H200, 1024x4 decode 84.7 -> 71.9 ms;
-    report section 1), else `nchw` (uncompiled: unmeasured). MIXDQ_CONV_NHWC=1 makes it `nhwc` whatever was asked;
-    the other decoders have no int8 convs: `nchw`."""
+    report section 1), else `nchw` (uncompiled: unmeasured; the other decoders have no int8 convs). MIXDQ_CONV_NHWC=1
+    makes it `nhwc` whatever was asked."""
     if choice not in VAE_CONV_OUTPUTS:
         raise ValueError(f"vae_conv_out={choice!r}, expected one of {VAE_CONV_OUTPUTS}")
     if conv_out_channels_last():
