@@ -219,6 +219,7 @@ class StepTable:
         self.prof_rows: list[dict] = []
         self.base_ms: dict[tuple, float] = {}   # (exec, res, batch) -> the FP16 step's median ms
         self.graph_out: dict[tuple, object] = {}  # (res, batch) -> the CUDA-graph step's output of the variant
+        self.form = dict(compile_regions="", fused_attentions=0)  # the compiled form of the model being measured
         self.unet_csv = run.out_dir / f"kernels_unet_{run.tag}.csv"
         self.prof_csv = run.out_dir / f"kernels_profile_{run.tag}.csv"
 
