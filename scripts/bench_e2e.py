@@ -164,7 +164,7 @@ def main(args: argparse.Namespace) -> None:
                       order="interleaved: each cell's timed calls round-robin across all variants" if args.interleave
                       else "one variant at a time",
                       int8_conv_outputs="nhwc, every int8 conv (MIXDQ_CONV_NHWC=1)" if conv_out_channels_last()
-                      else "nchw, but the int8 decoder's as its vae_conv_out column says")
+                      else "per decoder (the int8 decoder's: vae_conv_out column); the UNets' nchw")
     out = repo_path(args.out)
     rows, prof_rows, kernel_rows, plans, att_rows = [], [], [], {}, {}
     cells = args.cells

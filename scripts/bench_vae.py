@@ -78,11 +78,18 @@ PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compil
             "compile-nhwc-conv-triton-affine-gn")
 
 
+def mismatch(variant: Variant, vae: str) -> str | None:
+    """Why `variant` does not apply to the `vae` decoder (None: it does)."""
+    if variant.channels_last and vae == "int8":
+        return "the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)"
+    if variant.conv_nhwc and vae != "int8":
+        return "the *-nhwc-conv variants are for the int8 decoder (its int8 convs)"
+    return None
+
+
 def default_variants(vae: str) -> list[str]:
-    """Every variant that applies to the `vae` decoder: channels_last modules for the FP16 one, channels_last int8
-    conv outputs for the int8 one; compile-max-autotune only when asked (minutes of autotuning)."""
-    return [name for name, v in VARIANTS.items() if name != "compile-max-autotune"
-            and not (v.channels_last and vae == "int8") and not (v.conv_nhwc and vae != "int8")]
+    """Every variant that applies to the `vae` decoder; compile-max-autotune only when asked (minutes of autotuning)."""
+    return [name for name, v in VARIANTS.items() if name != "compile-max-autotune" and mismatch(v, vae) is None]
 
 
 def parse_args(argv=None):
@@ -110,10 +117,10 @@ def parse_args(argv=None):
     if args.variants is None:
         args.variants = default_variants(args.vae)
     # the variants' settings against the decoder, before it is built and calibrated
-    if args.vae == "int8" and any(VARIANTS[v].channels_last for v in args.variants):
-        raise ConfigError("--vae int8: the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)")
-    if args.vae != "int8" and any(VARIANTS[v].conv_nhwc for v in args.variants):
-        raise ConfigError(f"--vae {args.vae}: the *-nhwc-conv variants are for the int8 decoder (its int8 convs)")
+    for name in args.variants:
+        why = mismatch(VARIANTS[name], args.vae)
+        if why:
+            raise ConfigError(f"--vae {args.vae}: {why}; drop {name} from --variants")
     if args.vae == "int8" and conv_out_channels_last():
         raise ConfigError("MIXDQ_CONV_NHWC=1 makes every variant's int8 convs NHWC: unset it (the *-nhwc-conv "
                           "variants set the layout per variant)")

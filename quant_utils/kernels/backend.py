@@ -265,10 +265,10 @@ CONV_OUTPUTS = ("nchw", "nhwc")
 
 
 def conv_out_channels_last() -> bool:
-    """Every int8 conv writes channels_last outputs (MIXDQ_CONV_NHWC=1, opt-in until timed on a GPU; per model:
-    use_conv_outputs): the next layer's quantize to padded NHWC codes (and cuDNN's channels_last kernels)
-    then read them without a transpose. Why: in the compiled int8 decoder the NCHW outputs are transposed again by
-    every fused GroupNorm/SiLU/quantize kernel (17 ms of its 82 ms decode at 1024x4,
+    """Every int8 conv of the process writes channels_last outputs (MIXDQ_CONV_NHWC=1; opt-in: untimed in the UNet;
+    per model: use_conv_outputs, the compiled int8 decoder's default): the next layer's quantize to padded NHWC codes
+    (and cuDNN's channels_last kernels) then read them without a transpose. Why: in the compiled int8 decoder the NCHW
+    outputs were transposed again by every fused GroupNorm/SiLU/quantize kernel (17 ms of its 82 ms decode at 1024x4,
     results/vae_profile_gn_v7_int8_kernels_nvidia_h200.csv)."""
     return os.environ.get("MIXDQ_CONV_NHWC", "0") == "1"
 
