@@ -33,7 +33,7 @@ report: venv
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_load/mixdq_queue_results.csv
 	$(PY) scripts/plot_e2e.py results/e2e_nvidia_h200.csv
 	$(PY) scripts/plot_e2e.py results/e2e_v6_1024x4_nvidia_h200.csv results/e2e_v6_1024x1_nvidia_h200.csv results/e2e_v6_512x1_nvidia_h200.csv --out results/e2e_v6_nvidia_h200.png
-	$(PY) scripts/plot_e2e.py results/e2e_v7_nhwc_1024x4_nvidia_h200.csv results/e2e_v7_nhwc_512x1_nvidia_h200.csv --out results/e2e_v7_nvidia_h200.png
+	$(PY) scripts/plot_e2e.py results/e2e_v7_nhwc_1024x4_nvidia_h200.csv results/e2e_v7_1024x1_nvidia_h200.csv results/e2e_v7_512x4_nvidia_h200.csv results/e2e_v7_nhwc_512x1_nvidia_h200.csv --out results/e2e_v7_nvidia_h200.png
 
 test: venv
 	$(PY) -m pytest -q tests
