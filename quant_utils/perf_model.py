@@ -313,15 +313,22 @@ class PerfModel:
                    note=note, loo_cells=pd.concat(loo_frames, ignore_index=True) if loo_frames else None)
 
     @classmethod
-    def fit_csvs(cls, paths: Sequence[str | Path], **kw) -> "PerfModel":
+    def fit_csvs(cls, paths: Sequence[str | Path], modes: Sequence[str] | None = None, **kw) -> "PerfModel":
+        """Fit the CSVs' rows; `modes`: only these mode keys (`w8a8`, `w8a8+int8`, ...), each of which must be there."""
         frames = []
         for p in paths:
             if not Path(p).is_file():
                 raise ConfigError(f"latency CSV {p} does not exist (scripts/latency_probe.py writes it)")
             frames.append(read_csv(p))
         df = pd.concat(frames, ignore_index=True)
+        if modes:
+            keys = normalize_latency_frame(df)["mode"]
+            unknown = sorted(set(modes) - set(keys))
+            if unknown:
+                raise ConfigError(f"mode(s) {unknown} not in the CSVs (they hold {sorted(set(keys))})")
+            df = df[keys.isin(modes).to_numpy()].reset_index(drop=True)
         prov = read_provenance(paths[0])
-        kw.setdefault("gpu", prov.get("gpu"))
+        kw.setdefault("gpu", prov.get("gpu") or prov.get("device"))  # bench_e2e names only the device
         kw.setdefault("weights", prov.get("weights"))
         return cls.fit(df, sources=[_repo_relative(p) for p in paths], **kw)
 

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
 from quant_utils.csvio import provenance, read_csv, write_csv  # noqa: E402
-from quant_utils.perf_model import STAGES, PerfModel, synthetic_latency_frame  # noqa: E402
+from quant_utils.perf_model import STAGES, PerfModel, normalize_latency_frame, synthetic_latency_frame  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="logs/perf_model.json", help="model JSON to write")
     p.add_argument("--plot", default=None, help="PNG of latency per stage and memory vs resolution (optional)")
     p.add_argument("--plot_exec", default=None, help="exec mode to plot (default: graph when measured)")
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="fit only these modes (keys as the model names them: fp16, w8a8, w8a8+int8, ...); e.g. to leave "
+                        "out a decoder measured at too few cells to tell resolution from batch")
     args = p.parse_args(argv)
     if bool(args.csv) == args.synthetic:
         p.error("give either --csv FILES or --synthetic")
@@ -92,9 +95,10 @@ def main(args: argparse.Namespace) -> None:
     else:
         paths = sorted(dict.fromkeys(repo_path(p) for p in args.csv))  # the same model whatever the order or glob
     # 2. fit (with leave-one-out error) and save
-    model = PerfModel.fit_csvs(paths)
+    model = PerfModel.fit_csvs(paths, modes=args.modes)
     model.save(out)
-    df = pd.concat([read_csv(p) for p in paths], ignore_index=True)
+    df = normalize_latency_frame(pd.concat([read_csv(p) for p in paths], ignore_index=True))  # bench_e2e's too
+    df = df[df["mode"].isin(model.modes)]
     write_csv(model.loo_cells, out.with_name(out.stem + "_loo.csv"),
               provenance(script="fit_perf_model", gpu=model.gpu, weights=model.weights, synthetic=model.synthetic,
                          backends=" ".join(f"{m}={'/'.join(sorted({g.backend for g in model.groups[m].values()}))}"

@@ -161,6 +161,27 @@ def test_fit_script_on_synthetic_csvs(tmp_path, capsys):
     assert [f.read_bytes() for f in files] == before
 
 
+def test_fit_script_on_bench_e2e_csvs_with_a_plot_and_a_mode_subset(tmp_path, capsys):
+    """bench_e2e's columns (res, unet_exec, vae) and provenance (device, no gpu line) fit and plot like
+    latency_probe's; --modes keeps only the named (mode, decoder) keys and refuses one the CSVs lack."""
+    frames = []
+    for vae, scale in (("fp16", 1.0), ("int8", 0.7), ("tiny", 0.1)):
+        f = synthetic_latency_frame(modes=("fp16", "w8a8"), noise=0.01)
+        f["vae_p50_ms"] *= scale
+        frames.append(f.assign(vae=vae).rename(columns={"height": "res", "exec": "unet_exec"}).drop(columns=["width", "gpu"]))
+    csv = write_csv(pd.concat(frames, ignore_index=True), tmp_path / "e2e_test.csv",
+                    provenance(script="bench_e2e", device="Test GPU", weights="random-full"))
+    out, png = tmp_path / "pm.json", tmp_path / "pm.png"
+    assert run_main("fit_perf_model.py", "--csv", csv, "--modes", "fp16", "w8a8+int8", "--out", out, "--plot", png) == 0
+    d = json.loads(out.read_text())
+    assert set(d["models"]) == {"fp16", "w8a8+int8"} and d["gpu"] == "Test GPU"
+    assert set(read_csv(tmp_path / "pm_loo.csv")["mode"]) == {"fp16", "w8a8+int8"}
+    assert png.stat().st_size > 10_000
+    capsys.readouterr()
+    assert run_main("fit_perf_model.py", "--csv", csv, "--modes", "w4a8", "--out", out) == 2
+    assert "['w4a8'] not in the CSVs" in capsys.readouterr().err
+
+
 def test_docs_and_makefile_fit_one_model_from_one_list_of_csvs():
     """Every documented command that writes results/perf_model.json (README, docs/, report) fits the same latency
     CSVs as `make report`, which the README names as the way to refit it."""
