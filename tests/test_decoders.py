@@ -179,3 +179,20 @@ def test_bench_vae_default_variants_are_the_ones_that_apply_to_the_decoder(monke
     wrong = "compile-channels-last" if vae == "int8" else "compile-nhwc-conv"
     with pytest.raises(ConfigError, match="variants are for the"):
         bench_vae.parse_args(["--vae", vae, "--variants", "compile", wrong])
+
+
+def test_decoder_conv_ops_counts_every_conv_of_the_full_size_decoder(tmp_path):
+    """scripts/utils/decoder_conv_ops.py on meta tensors: 33 3x3 convs, each row 2 x out pixels x in channels x 9,
+    conv_out by hand, work linear in the batch; a bad resolution is refused."""
+    from conftest import run_main
+    from quant_utils.csvio import read_csv
+
+    out = tmp_path / "ops.csv"
+    assert run_main("utils/decoder_conv_ops.py", "--res", 256, "--batch", 2, "--out", out) == 0
+    df = read_csv(out)
+    assert (df["kernel"] == 9).sum() == 33 and len(df) == 36
+    last = df[df["conv"] == "decoder.conv_out"].iloc[0]
+    assert last["out_shape"] == "2x3x256x256" and last["ops"] == 2 * (2 * 3 * 256 * 256) * 128 * 9
+    assert run_main("utils/decoder_conv_ops.py", "--res", 256, "--batch", 4, "--out", out) == 0
+    assert read_csv(out)["ops"].sum() == 2 * df["ops"].sum()
+    assert run_main("utils/decoder_conv_ops.py", "--res", 260) == 2
