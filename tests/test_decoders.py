@@ -181,18 +181,25 @@ def test_bench_vae_default_variants_are_the_ones_that_apply_to_the_decoder(monke
         bench_vae.parse_args(["--vae", vae, "--variants", "compile", wrong])
 
 
-def test_decoder_conv_ops_counts_every_conv_of_the_full_size_decoder(tmp_path):
-    """scripts/utils/decoder_conv_ops.py on meta tensors: 33 3x3 convs, each row 2 x out pixels x in channels x 9,
-    conv_out by hand, work linear in the batch; a bad resolution is refused."""
+def test_model_ops_counts_every_gemm_and_conv_of_the_full_size_models(tmp_path):
+    """scripts/utils/model_ops.py on meta tensors: the decoder's 33 3x3 convs and the UNet's 743 linears and 51 convs,
+    first and last convs by hand (2 x out elements x in channels x taps), work linear in the batch; bad input refused."""
     from conftest import run_main
     from quant_utils.csvio import read_csv
 
     out = tmp_path / "ops.csv"
-    assert run_main("utils/decoder_conv_ops.py", "--res", 256, "--batch", 2, "--out", out) == 0
-    df = read_csv(out)
-    assert (df["kernel"] == 9).sum() == 33 and len(df) == 36
-    last = df[df["conv"] == "decoder.conv_out"].iloc[0]
+    assert run_main("utils/model_ops.py", "--part", "decoder", "--res", 256, "--batch", 2, "--out", out) == 0
+    dec = read_csv(out)
+    assert (dec["taps"] == 9).sum() == 33 and (dec["kind"] == "conv").sum() == 36
+    last = dec[dec["module"] == "decoder.conv_out"].iloc[0]
     assert last["out_shape"] == "2x3x256x256" and last["ops"] == 2 * (2 * 3 * 256 * 256) * 128 * 9
-    assert run_main("utils/decoder_conv_ops.py", "--res", 256, "--batch", 4, "--out", out) == 0
-    assert read_csv(out)["ops"].sum() == 2 * df["ops"].sum()
-    assert run_main("utils/decoder_conv_ops.py", "--res", 260) == 2
+    assert run_main("utils/model_ops.py", "--part", "decoder", "--res", 256, "--batch", 4, "--out", out) == 0
+    assert read_csv(out)["ops"].sum() == 2 * dec["ops"].sum()
+    assert run_main("utils/model_ops.py", "--part", "unet", "--res", 256, "--batch", 1, "--out", out) == 0
+    unet = read_csv(out)
+    assert (unet["kind"] == "linear").sum() == 743 and (unet["kind"] == "conv").sum() == 51
+    first = unet[unet["module"] == "conv_in"].iloc[0]
+    assert first["out_shape"] == "1x320x32x32" and first["ops"] == 2 * (320 * 32 * 32) * 4 * 9
+    k = unet[unet["module"].str.endswith("attn2.to_k")].iloc[0]  # cross-attention keys: 77 text tokens
+    assert k["out_shape"].startswith("1x77x") and k["in_features"] == 2048
+    assert run_main("utils/model_ops.py", "--res", 260) == 2
