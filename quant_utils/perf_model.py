@@ -31,7 +31,7 @@ from scipy.optimize import nnls
 
 from .csvio import atomic_write_text, read_csv, read_provenance
 from .errors import ConfigError, reading
-from .modes import mode_key, mode_wbits
+from .modes import FP16, mode_key, mode_wbits
 
 FORMAT = "mixdq-perf-model/1"
 STAGES = ("text", "unet", "vae")
@@ -319,7 +319,11 @@ class PerfModel:
         for p in paths:
             if not Path(p).is_file():
                 raise ConfigError(f"latency CSV {p} does not exist (scripts/latency_probe.py writes it)")
-            frames.append(read_csv(p))
+            f = read_csv(p)
+            if "backend" not in f and "mode" in f:  # bench_e2e names it once, in its provenance: 'kernel (quantized modes)'
+                kind = str(read_provenance(p).get("backend", "unknown")).split(" ")[0]
+                f["backend"] = ["none" if str(m) == FP16 else kind for m in f["mode"]]
+            frames.append(f)
         df = pd.concat(frames, ignore_index=True)
         if modes:
             keys = normalize_latency_frame(df)["mode"]

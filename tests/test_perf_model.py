@@ -170,11 +170,13 @@ def test_fit_script_on_bench_e2e_csvs_with_a_plot_and_a_mode_subset(tmp_path, ca
         f["vae_p50_ms"] *= scale
         frames.append(f.assign(vae=vae).rename(columns={"height": "res", "exec": "unet_exec"}).drop(columns=["width", "gpu"]))
     csv = write_csv(pd.concat(frames, ignore_index=True), tmp_path / "e2e_test.csv",
-                    provenance(script="bench_e2e", device="Test GPU", weights="random-full"))
+                    provenance(script="bench_e2e", device="Test GPU", weights="random-full", backend="kernel (quantized modes)"))
     out, png = tmp_path / "pm.json", tmp_path / "pm.png"
     assert run_main("fit_perf_model.py", "--csv", csv, "--modes", "fp16", "w8a8+int8", "--out", out, "--plot", png) == 0
     d = json.loads(out.read_text())
     assert set(d["models"]) == {"fp16", "w8a8+int8"} and d["gpu"] == "Test GPU"
+    # the backend of each UNet mode, from the provenance line (bench_e2e has no backend column)
+    assert {m: {g["backend"] for g in ex.values()} for m, ex in d["models"].items()} == {"fp16": {"none"}, "w8a8+int8": {"kernel"}}
     assert set(read_csv(tmp_path / "pm_loo.csv")["mode"]) == {"fp16", "w8a8+int8"}
     assert png.stat().st_size > 10_000
     capsys.readouterr()
