@@ -168,7 +168,7 @@ def test_fit_script_on_bench_e2e_csvs_with_a_plot_and_a_mode_subset(tmp_path, ca
     for vae, scale in (("fp16", 1.0), ("int8", 0.7), ("tiny", 0.1)):
         f = synthetic_latency_frame(modes=("fp16", "w8a8"), noise=0.01)
         f["vae_p50_ms"] *= scale
-        frames.append(f.assign(vae=vae).rename(columns={"height": "res", "exec": "unet_exec"}).drop(columns=["width", "gpu"]))
+        frames.append(f.assign(vae=vae).rename(columns={"height": "res", "exec": "unet_exec"}).drop(columns=["width", "gpu", "backend"]))
     csv = write_csv(pd.concat(frames, ignore_index=True), tmp_path / "e2e_test.csv",
                     provenance(script="bench_e2e", device="Test GPU", weights="random-full", backend="kernel (quantized modes)"))
     out, png = tmp_path / "pm.json", tmp_path / "pm.png"
