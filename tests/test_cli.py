@@ -17,7 +17,8 @@ SCRIPTS = ["scripts/txt2img.py", "scripts/quant_txt2img.py", "scripts/latency_pr
            "scripts/fit_perf_model.py", "scripts/plot_mixdq_queue_results.py", "scripts/eval_fp16_mixdq_cleanfid.py",
            "scripts/utils/coco_sample.py", "mixed_precision_scripts/bit_allocation.py",
            "mixed_precision_scripts/make_bit_configs.py", "mixed_precision_scripts/sensitivity.py",
-           "scripts/bench_quantized_io.py", "scripts/utils/bench_trace.py", "scripts/utils/model_ops.py"]
+           "scripts/bench_quantized_io.py", "scripts/utils/bench_trace.py", "scripts/utils/model_ops.py",
+           "scripts/plot_kernels.py", "scripts/plot_e2e.py"]
 HELP_ONLY = ["scripts/utils/bench_encode.py"]  # no user files to read: only argparse's own errors
 
 
@@ -64,6 +65,8 @@ def bad_input(script: str, d) -> list[str]:
         "scripts/bench_quantized_io.py": ["--config", d / "latin1.yaml"],
         "scripts/utils/bench_trace.py": ["--config", d / "tagged.yaml", "--out", d / "x.csv"],
         "scripts/utils/model_ops.py": ["--config", d / "binary.csv"],
+        "scripts/plot_kernels.py": [d / "binary.csv"],
+        "scripts/plot_e2e.py": [d / "empty.csv"],
     }[script]
 
 

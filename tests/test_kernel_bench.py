@@ -108,3 +108,32 @@ def test_compiled_unet_steps_take_the_serving_runners_form(monkeypatch, flags, q
     assert seen[0] == ("graph", dict(compile_regions="", fused_attentions=0))
     assert seen[1] == ("compile", dict(compile_regions=regions, fused_attentions=n_attn if fused else 0))
     assert compiled == [regions]
+
+
+def test_plot_kernels_reads_unet_step_csvs_and_refuses_a_point_from_two_runs(tmp_path, capsys):
+    """plot_kernels.py: one figure from several runs' CSVs (each run keeps its own FP16 baseline); a quantized point in
+    two CSVs is refused unless --keep first; a CSV of another kind is one error line."""
+    import pandas as pd
+
+    from conftest import run_main
+    from quant_utils.csvio import provenance, write_csv
+
+    def run_csv(name: str, points: list[tuple[int, int]], fmts: tuple[str, ...]) -> object:
+        rows = [{"variant": f"{f} kernel (compiled blocks + CUDA graph)" if f != "fp16" else "fp16 (compiled blocks + CUDA graph)",
+                 "exec": "compile", "res": r, "batch": b, "p50_ms": 10.0 * b * (r / 512) ** 2,
+                 "speedup_same_exec": 1.0 if f == "fp16" else 0.9 + 0.1 * b, "weight_ratio": {"fp16": 1.0, "W8A8": 0.506, "W4A8": 0.256}[f]}
+                for f in ("fp16", *fmts) for r, b in points]
+        return write_csv(pd.DataFrame(rows), tmp_path / name, provenance(script="bench_kernels", device="Test GPU"))
+
+    a = run_csv("a.csv", [(512, 1), (1024, 4)], ("W8A8",))
+    b = run_csv("b.csv", [(512, 1), (768, 1)], ("W4A8",))
+    c = run_csv("c.csv", [(512, 1)], ("W8A8",))
+    png = tmp_path / "k.png"
+    assert run_main("plot_kernels.py", a, b, "--out", png) == 0 and png.stat().st_size > 10_000
+    assert run_main("plot_kernels.py", a, c, "--out", png) == 2
+    assert "W8A8 at 512x1 is also in" in capsys.readouterr().err
+    assert run_main("plot_kernels.py", a, c, "--keep", "first", "--out", png) == 0
+    assert "a.csv's row kept, c.csv's left out" in capsys.readouterr().out
+    assert run_main("plot_kernels.py", a, "--exec", "graph", "--out", png) == 2  # nothing of that execution
+    other = write_csv(pd.DataFrame({"x": [1]}), tmp_path / "other.csv", provenance(script="t"))
+    assert run_main("plot_kernels.py", other) == 2
