@@ -71,7 +71,7 @@ def linear_problems(tuning: Tuning, kind_of: dict):
         yield key, {"m": s["m"], "n": s["n"], "k": s["k"]}, tuning.configs[key], run, launch.linear_candidates(s["m"], False, 8)
 
 
-def conv_problems(tuning: Tuning, match: list[str], out_layout: str):
+def conv_problems(tuning: Tuning, match: list[str], out_layout: str, device: str = "cuda"):
     """The same for the 8-bit conv shapes whose key matches one of `match`, timed with `out_layout` outputs; the
     baseline is the tuning's config for that layout, else its NCHW one (where the runtime starts: launch.conv_out_candidates)."""
     keys = sorted(k for k in tuning.configs if k.startswith("conv|") and "|b=8|" in k and "|o=" not in k
@@ -82,11 +82,11 @@ def conv_problems(tuning: Tuning, match: list[str], out_layout: str):
         kh, stride, pad = s["k"], s["s"], s["k"] // 2
         split = s["c1"] if s["c1"] < c else None
         case = selfcheck.Case("conv", s["n"], c, 8, 8, batch=b, hw=hp - 2 * pad, ksize=kh, stride=stride, split=split)
-        st = selfcheck.build_layer(case, "cuda", 0).kernel_state
+        st = selfcheck.build_layer(case, device, 0).kernel_state
         if st.fmt.group != s["g"]:
             print(f"{key}: the test layer packs groups of {st.fmt.group}, the key {s['g']}: skipped")
             continue
-        x = torch.randint(-128, 128, (b, hp, wp, c), dtype=torch.int8, device="cuda")
+        x = torch.randint(-128, 128, (b, hp, wp, c), dtype=torch.int8, device=device)
         nhwc = out_layout == "nhwc"
 
         def run(cfg: dict, st=st, x=x, s=s, kh=kh, stride=stride, pad=pad, nhwc=nhwc) -> torch.Tensor:
