@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from . import REPO_ROOT
-from .errors import reading
+from .errors import ConfigError, reading
 
 # Provenance keys that describe the run, not the result (see `write_csv(keep_unchanged=True)`).
 RUN_KEYS = ("git_sha", "command", "date_utc", "device", "torch", "diffusers")
@@ -199,6 +199,15 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     skip = len(_comment_lines(path))
     with reading(path):
         return pd.read_csv(path, skiprows=skip)
+
+
+def read_table(path: str | Path, columns: list[str], what: str) -> pd.DataFrame:
+    """read_csv, refusing a file without `columns` as not a `what` CSV (ConfigError naming the file and the columns)."""
+    df = read_csv(path)
+    missing = [c for c in columns if c not in df]
+    if missing:
+        raise ConfigError(f"{path}: not a {what} CSV (lacks {missing})")
+    return df
 
 
 def read_provenance(path: str | Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
-from quant_utils.csvio import read_csv, read_provenance  # noqa: E402
+from quant_utils.csvio import read_provenance, read_table  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 
 STAGES = (("text_p50_ms", "text encoders", "#9aa5b1"), ("unet_p50_ms", "UNet", "#3b6ea8"),
@@ -41,10 +41,7 @@ def main(args: argparse.Namespace) -> None:
     srcs = [repo_path(c) for c in args.csv]
     frames, seen = [], {}
     for src in srcs:
-        df = read_csv(src)
-        missing = [c for c in NEEDED if c not in df]
-        if missing:
-            raise ConfigError(f"{src}: not a bench_e2e CSV (lacks {missing})")
+        df = read_table(src, NEEDED, "bench_e2e")
         for cell in dict.fromkeys(zip(df["res"], df["batch"])):
             if cell in seen:  # speedups are per run: one cell from two runs would mix baselines
                 raise ConfigError(f"{src}: cell {cell[0]}x{cell[1]} is also in {seen[cell]}")

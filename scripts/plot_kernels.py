@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
-from quant_utils.csvio import read_csv, read_provenance  # noqa: E402
+from quant_utils.csvio import read_provenance, read_table  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 
 NEEDED = ["variant", "exec", "res", "batch", "p50_ms", "speedup_same_exec", "weight_ratio"]
@@ -44,10 +44,7 @@ def main(args: argparse.Namespace) -> None:
     srcs = [repo_path(c) for c in args.csv]
     frames, seen = [], {}
     for src in srcs:
-        df = read_csv(src)
-        missing = [c for c in NEEDED if c not in df]
-        if missing:
-            raise ConfigError(f"{src}: not a bench_kernels UNet-step CSV (lacks {missing})")
+        df = read_table(src, NEEDED, "bench_kernels UNet-step")
         df = df[df["exec"] == args.exec_mode].assign(fmt=lambda d: d["variant"].str.split(" ").str[0])
         again = []
         for row in df[df["fmt"] != "fp16"].itertuples():  # (each run times its own FP16 baseline)
