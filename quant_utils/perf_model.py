@@ -374,6 +374,19 @@ class PerfModel:
         """Which backend each mode's measurements ran on, for provenance: 'fp16=none w8a8=kernel ...'."""
         return " ".join(f"{m}={'/'.join(sorted({g.backend for g in ex.values()}))}" for m, ex in sorted(self.groups.items()))
 
+    def thin_data(self) -> list[str]:
+        """One line per (mode, exec) whose cells cannot check what the model predicts beyond them: fewer than three
+        cells (no leave-one-out error), one resolution, or one batch size."""
+        out = []
+        for m, ex in sorted(self.groups.items()):
+            for e, g in sorted(ex.items()):
+                why = ([f"{g.n_cells} cells (no held-out error)"] if g.n_cells < 3 else []) + (
+                    [f"one resolution ({round(g.pixels[0] ** 0.5)} px)"] if g.pixels[0] == g.pixels[1] else []) + (
+                    [f"one batch size ({g.batches[0]})"] if g.batches[0] == g.batches[1] else [])
+                if why:
+                    out.append(f"{m} ({e}): {', '.join(why)}: its predictions elsewhere are extrapolations")
+        return out
+
     def fit_error(self) -> pd.DataFrame:
         rows = [dict(mode=m, exec=e, target=t, **v) for m, ex in self.groups.items() for e, g in ex.items()
                 for t, v in g.loo.items()]

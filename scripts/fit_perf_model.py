@@ -112,6 +112,8 @@ def main(args: argparse.Namespace) -> None:
           f"from {len(df)} cells -> {out}")
     print("leave-one-out error over measured cells (% of measured):")
     print(err.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    for line in model.thin_data():
+        print(f"warning: {line}")
     if args.plot:
         print(f"plot: {args.plot}")
 
