@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -208,6 +208,26 @@ def read_table(path: str | Path, columns: list[str], what: str) -> pd.DataFrame:
     if missing:
         raise ConfigError(f"{path}: not a {what} CSV (lacks {missing})")
     return df
+
+
+def read_runs(paths: list[Path], columns: list[str], what: str, label: Callable[[pd.DataFrame], pd.Series],
+              keep_first: bool = False, hint: str = "") -> pd.DataFrame:
+    """Several runs' CSVs (read_table) as one table, where a speed-up is only meaningful against its own run's
+    baseline: `label(df)` names what each row measures ('' for rows every run repeats, e.g. its baseline), and a
+    label found in an earlier file is refused (ConfigError, + `hint`), or with `keep_first` that file's rows win."""
+    frames, seen = [], {}
+    for path in paths:
+        df = read_table(path, columns, what)
+        labels = label(df)
+        again = labels.ne("") & labels.isin(list(seen))
+        for name in dict.fromkeys(labels[again]):
+            if not keep_first:
+                raise ConfigError(f"{path}: {name} is also in {seen[name]}{hint}")
+            print(f"{name}: {Path(seen[name]).name}'s row kept, {Path(path).name}'s left out")
+        for name in labels[~again & labels.ne("")]:
+            seen.setdefault(name, path)
+        frames.append(df[~again.to_numpy()])
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_provenance(path: str | Path) -> dict[str, str]:

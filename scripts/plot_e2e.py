@@ -17,12 +17,10 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
-from quant_utils.csvio import read_provenance, read_table  # noqa: E402
-from quant_utils.errors import ConfigError  # noqa: E402
+from quant_utils.csvio import read_provenance, read_runs  # noqa: E402
 
 STAGES = (("text_p50_ms", "text encoders", "#9aa5b1"), ("unet_p50_ms", "UNet", "#3b6ea8"),
           ("vae_p50_ms", "decoder", "#d98c3f"))
@@ -39,15 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     # 1. read and check
     srcs = [repo_path(c) for c in args.csv]
-    frames, seen = [], {}
-    for src in srcs:
-        df = read_table(src, NEEDED, "bench_e2e")
-        for cell in dict.fromkeys(zip(df["res"], df["batch"])):
-            if cell in seen:  # speedups are per run: one cell from two runs would mix baselines
-                raise ConfigError(f"{src}: cell {cell[0]}x{cell[1]} is also in {seen[cell]}")
-            seen[cell] = src
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True)
+    # speedups are per run: one cell from two runs would mix baselines
+    df = read_runs(srcs, NEEDED, "bench_e2e", lambda d: "cell " + d["res"].astype(str) + "x" + d["batch"].astype(str))
     provs = [read_provenance(src) for src in srcs]
     device = " / ".join(dict.fromkeys(p.get("device", "?") for p in provs))
     weights = " / ".join(dict.fromkeys(p.get("weights", "?") for p in provs))

@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, user_errors  # noqa: E402
-from quant_utils.csvio import read_provenance, read_table  # noqa: E402
+from quant_utils.csvio import read_provenance, read_runs  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 
 NEEDED = ["variant", "exec", "res", "batch", "p50_ms", "speedup_same_exec", "weight_ratio"]
@@ -42,22 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     # 1. read and check: every quantized row keeps its own run's FP16 baseline (speedup_same_exec)
     srcs = [repo_path(c) for c in args.csv]
-    frames, seen = [], {}
-    for src in srcs:
-        df = read_table(src, NEEDED, "bench_kernels UNet-step")
-        df = df[df["exec"] == args.exec_mode].assign(fmt=lambda d: d["variant"].str.split(" ").str[0])
-        again = []
-        for row in df[df["fmt"] != "fp16"].itertuples():  # (each run times its own FP16 baseline)
-            key = (row.fmt, row.res, row.batch)
-            if key in seen:  # one point from two runs would mix baselines
-                if args.keep == "refuse":
-                    raise ConfigError(f"{src}: {row.fmt} at {row.res}x{row.batch} is also in {seen[key]} (--keep first)")
-                print(f"{row.fmt} at {row.res}x{row.batch}: {seen[key].name}'s row kept, {src.name}'s left out")
-                again.append(row.Index)
-            else:
-                seen[key] = src
-        frames.append(df.drop(index=again))
-    df = pd.concat(frames, ignore_index=True)
+    def point(d: pd.DataFrame) -> pd.Series:  # each run times its own FP16 baseline: only quantized rows are points
+        fmt = d["variant"].str.split(" ").str[0]
+        name = fmt + " at " + d["res"].astype(str) + "x" + d["batch"].astype(str)
+        return name.where((d["exec"] == args.exec_mode) & (fmt != "fp16"), "")
+
+    df = read_runs(srcs, NEEDED, "bench_kernels UNet-step", point, keep_first=args.keep == "first", hint=" (--keep first)")
+    df = df[df["exec"] == args.exec_mode].assign(fmt=lambda d: d["variant"].str.split(" ").str[0])
     quant = df[df["fmt"] != "fp16"]
     if quant.empty:
         raise ConfigError(f"no quantized rows with exec {args.exec_mode!r} in {[str(s) for s in srcs]}")
