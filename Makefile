@@ -32,6 +32,9 @@ LATENCY_CSVS := results/latency_fp16.csv results/latency_fp16_eager.csv results/
 # Issue 15's UNet-step table on the H200 (four calls; W4A8 at 512x4 twice: the first call's row is plotted)
 KERNELS_H200_CSVS := results/kernels_unet_compile_nvidia_h200.csv results/kernels_unet_compile_w4a8_nvidia_h200.csv results/kernels_unet_compile_512x4_768_nvidia_h200.csv results/kernels_unet_compile_w4a8_768x4_nvidia_h200.csv
 E2E_V7_CSVS := results/e2e_v7_nhwc_1024x4_nvidia_h200.csv results/e2e_v7_1024x1_nvidia_h200.csv results/e2e_v7_512x4_nvidia_h200.csv results/e2e_v7_nhwc_512x1_nvidia_h200.csv
+# The serving grids on the H200 path (latency_probe --exec compile: compiled blocks + compiled VAE + CUDA graphs;
+# one CSV per call and mode; W8A8 1024x2 missing) and the performance model, sweep and GPU count on them
+LATENCY_H200_CSVS := $(sort $(wildcard results/latency_h200_compile/*.csv))
 report: venv
 	$(PY) scripts/fit_perf_model.py --csv $(LATENCY_CSVS) --out results/perf_model.json --plot results/latency_vs_res.png
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep/mixdq_queue_results.csv
@@ -41,6 +44,8 @@ report: venv
 	$(PY) scripts/plot_e2e.py $(E2E_V7_CSVS) --out results/e2e_v7_nvidia_h200.png
 	$(PY) scripts/fit_perf_model.py --csv $(E2E_V7_CSVS) --modes fp16 w8a8 fp16+int8 w8a8+int8 --out results/perf_model_h200_v7.json --plot results/latency_vs_res_h200_v7.png
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_h200_v7/mixdq_queue_results.csv
+	$(PY) scripts/fit_perf_model.py --csv $(LATENCY_H200_CSVS) --out results/perf_model_h200.json --plot results/latency_vs_res_h200.png
+	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_h200/mixdq_queue_results.csv
 	$(PY) scripts/plot_kernels.py $(KERNELS_H200_CSVS) --keep first --out results/kernels_unet_compile_nvidia_h200.png
 
 test: venv
