@@ -41,11 +41,37 @@ _PLANNED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[dict]]]" = weak
 Measure = Callable[[backend.KernelState, torch.Tensor], dict[str, float]]
 
 
+PLAN_L2 = ("warm", "cold")
+MAX_COPIES = 64  # weight copies a cold-L2 timing cycles through (tiny weights stay partly cached: they cost little)
+
+
+def plan_l2() -> str:
+    """How a plan times a layer's paths, MIXDQ_PLAN_L2: `warm` (default) replays calls on one weight, which then sits
+    in the GPU's L2 cache; `cold` cycles through copies of the weight (together more than twice the L2), so each call
+    reads its weight from memory as in a UNet step, whose ~1-3 GB of weights pass through a 50-60 MB L2 once per step,
+    while the input stays cached as when its producer has just written it. Opt-in until measured against the warm
+    plan in the whole image (scripts/device/README.md)."""
+    mode = os.environ.get("MIXDQ_PLAN_L2", "warm")
+    if mode not in PLAN_L2:
+        raise ValueError(f"MIXDQ_PLAN_L2={mode!r}: expected one of {PLAN_L2}")
+    return mode
+
+
+def weight_copies(st: backend.KernelState, l2_bytes: int) -> int:
+    """How many copies of st's packed weight (the smallest of its paths' weights) fill twice an L2 of `l2_bytes`."""
+    return max(1, min(MAX_COPIES, math.ceil(2 * l2_bytes / max(st.packed.numel() * st.packed.element_size(), 1))))
+
+
 def measure_paths(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
-    """GPU microseconds of each path the layer could take for input `x` (CUDA-graph replays, no launch cost)."""
+    """GPU microseconds of each path the layer could take for input `x` (CUDA-graph replays, no launch cost; weights
+    in L2 or not: plan_l2)."""
     from .kernels import launch
 
-    return {path: launch.graph_bench_ms(fn) * 1e3 for path, fn in backend.path_candidates(st, x).items()}
+    if plan_l2() == "warm":
+        return {path: launch.graph_bench_ms(fn) * 1e3 for path, fn in backend.path_candidates(st, x).items()}
+    copies = weight_copies(st, torch.cuda.get_device_properties(x.device).L2_cache_size)
+    return {path: launch.graph_bench_ms(fn, n_inner=max(10, copies)) * 1e3
+            for path, fn in backend.path_candidates(st, x, copies).items()}
 
 
 # ------------------------------------------------------------------ measured times, kept across processes
@@ -66,7 +92,8 @@ def times_cache_path() -> Path | None:
 def _times_key(st: backend.KernelState, shape: tuple) -> str:
     import triton  # noqa: F401  (present wherever a plan is measured)
 
-    return "|".join(map(str, _geometry(st, shape))) + f"|torch={torch.__version__}|triton={triton.__version__}"
+    l2 = "|l2=cold" if plan_l2() == "cold" else ""  # (warm keys as before the option: their caches stay valid)
+    return "|".join(map(str, _geometry(st, shape))) + f"|torch={torch.__version__}|triton={triton.__version__}{l2}"
 
 
 def _read_times(path: Path, warn: bool = True) -> dict[str, dict[str, float]]:

@@ -37,7 +37,7 @@ from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.fusion import fuse_qkv, fused_attentions  # noqa: E402
 from quant_utils.generation import read_prompts  # noqa: E402
 from quant_utils.latency import device_weight_bytes, summarize, timed_call  # noqa: E402
-from quant_utils.layer_plan import dense_summary, plan_rows  # noqa: E402
+from quant_utils.layer_plan import dense_summary, plan_l2, plan_rows  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_copy  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
 from quant_utils.norms import decoder_group_norm  # noqa: E402
@@ -196,6 +196,7 @@ def main(args: argparse.Namespace) -> None:
                              "weights": weights_label(cfg, args)})
                 if cuda:  # which kernel forms the tile configs ran (opt-in ones swapped in by a GPU job: TILES=1)
                     meta["tile_configs"] = f"linear shapes of the loaded tuning: {kernel_forms(current_tuning().configs)}"
+                    meta["layer_plan_l2"] = f"{plan_l2()} (MIXDQ_PLAN_L2: the plan's path times with weights in L2 or not)"
                 write_csv(with_speedups(pd.DataFrame(rows)), out, meta)
                 plans[e.mode, e.exec_mode] = plan_rows(e.unet)  # (compile and compile-fused plan different layers)
                 if plans[e.mode, e.exec_mode]:

@@ -216,3 +216,38 @@ def test_measured_times_persist_for_a_later_process(tmp_path, monkeypatch):
     assert layer_plan.TimesCache(None).get(st, torch.zeros(3, 64), measure)[1] == "measured"  # no cache: measure
     monkeypatch.setenv("MIXDQ_PLAN_CACHE", "none")
     assert layer_plan.times_cache_path() is None
+
+
+def test_cold_l2_timing_cycles_through_copies_of_the_weight(monkeypatch):
+    """MIXDQ_PLAN_L2=cold: every path's callable reads the next of `copies` distinct weights in turn (the packed one
+    first), with the same input; the copies fill twice the L2; the times are cached apart from warm ones."""
+    from quant_utils import layer_plan
+    from quant_utils.kernels import backend
+
+    st = backend.KernelState(path="int", kind="linear", n=8, shape=(8, 16), bits=8,
+                             packed=torch.arange(128, dtype=torch.int8).reshape(8, 16), bias=torch.zeros(8))
+    read = []
+    monkeypatch.setattr(backend, "_quantize", lambda s, x, ops: x)
+    monkeypatch.setattr(backend, "_int_core", lambda s, x, q, ops: read.append(s.packed) or x)
+    monkeypatch.setattr(backend, "_wonly_forward", lambda s, x, ops: read.append(s.packed) or x)
+    x = torch.randn(4, 16, dtype=torch.float16)
+    fns = backend.path_candidates(st, x, copies=3)
+    assert sorted(fns) == ["dense", "int", "wonly"]
+    for _ in range(6):
+        fns["int"]()
+    assert read[0] is st.packed and len({t.data_ptr() for t in read}) == 3
+    assert all(read[i] is read[i + 3] and torch.equal(read[i], st.packed) for i in range(3))
+    dense = [fns["dense"]() for _ in range(4)]
+    assert not torch.equal(dense[0], dense[1]) and torch.equal(dense[0], dense[3])  # 3 random weights, in turn
+
+    assert layer_plan.weight_copies(st, l2_bytes=640) == 10  # 2 x 640 bytes over the 128-byte packed weight
+    assert layer_plan.weight_copies(st, l2_bytes=10**9) == layer_plan.MAX_COPIES
+    geo = dict(bits=8, fmt=None, bos=False, split=None, stride=1, pad=0)
+    pytest.importorskip("triton")
+    warm = layer_plan._times_key(backend.KernelState(path="int", kind="linear", n=8, shape=(8, 16), **geo), (4, 16))
+    monkeypatch.setenv("MIXDQ_PLAN_L2", "cold")
+    assert layer_plan._times_key(backend.KernelState(path="int", kind="linear", n=8, shape=(8, 16), **geo),
+                                 (4, 16)) == warm + "|l2=cold"
+    monkeypatch.setenv("MIXDQ_PLAN_L2", "hot")
+    with pytest.raises(ValueError, match="MIXDQ_PLAN_L2='hot'"):
+        layer_plan.plan_l2()

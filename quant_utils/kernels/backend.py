@@ -24,10 +24,11 @@ unless TRITON_INTERPRET=1 (then the Triton kernels themselves run on the CPU, fo
 """
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -298,26 +299,33 @@ def dense_bytes(st: KernelState) -> int:
     return sum(t.numel() * t.element_size() for t in (st.fp16_weight, st.bias16))
 
 
-def path_candidates(st: KernelState, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+def path_candidates(st: KernelState, x: torch.Tensor, copies: int = 1) -> dict[str, Callable[[], torch.Tensor]]:
     """The paths an int/wonly layer could take for input `x` (fp16, on its GPU), as callables to time (bucket_paths):
     `int` the GEMM/conv on codes quantized beforehand (under torch.compile the quantize pass fuses into the producer
     of x), `wonly` for linears, `dense` cuBLAS/cuDNN on a random fp16 weight of the layer's shape (time does not
-    depend on values; nothing is dequantized until a plan picks it)."""
+    depend on values; nothing is dequantized until a plan picks it). `copies` > 1: each call of a path reads the next
+    of that many copies of its weight, in turn (the same x and codes each time), so that timing many calls in a row
+    reads the weights from memory, as a UNet step does, while the input stays in the L2 cache it was written to."""
     from . import ops
 
+    def cycle(make: Callable[[int], Callable[[], torch.Tensor]]) -> Callable[[], torch.Tensor]:
+        fns = itertools.cycle([make(i) for i in range(copies)])
+        return lambda: next(fns)()
+
+    packed = [st] + [replace(st, packed=st.packed.clone()) for _ in range(copies - 1)]
     out = {}
     if st.path == "int":
         q = _quantize(st, x, ops)
-        out["int"] = lambda: _int_core(st, x, q, ops)
+        out["int"] = cycle(lambda i: lambda: _int_core(packed[i], x, q, ops))
     if st.kind == "linear":
-        out["wonly"] = lambda: _wonly_forward(st, x, ops)
-    w = _dense_layout(torch.randn(st.shape, device=x.device, dtype=torch.float16))
+        out["wonly"] = cycle(lambda i: lambda: _wonly_forward(packed[i], x, ops))
+    ws = [_dense_layout(torch.randn(st.shape, device=x.device, dtype=torch.float16)) for _ in range(copies)]
     b = st.bias.half()
     if st.kind == "linear":
-        out["dense"] = lambda: F.linear(x, w, b)
+        out["dense"] = cycle(lambda i: lambda: F.linear(x, ws[i], b))
     else:
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        out["dense"] = lambda: F.conv2d(x_cl, w, b, st.stride, st.pad)
+        out["dense"] = cycle(lambda i: lambda: F.conv2d(x_cl, ws[i], b, st.stride, st.pad))
     return out
 
 
