@@ -30,7 +30,7 @@ LATENCY_CSVS := results/latency_fp16.csv results/latency_fp16_eager.csv results/
 # The whole image on the H200 serving path (v7, one bench_e2e call per cell): the headline and its performance model
 # (the tiny decoder left out: measured at two cells whose pixel counts are equal, so resolution and batch cannot be told apart)
 # Issue 15's UNet-step table on the H200 (four calls; W4A8 at 512x4 twice: the first call's row is plotted)
-KERNELS_H200_CSVS := results/kernels_unet_compile_nvidia_h200.csv results/kernels_unet_compile_w4a8_nvidia_h200.csv results/kernels_unet_compile_512x4_768_nvidia_h200.csv results/kernels_unet_compile_w4a8_768x4_nvidia_h200.csv
+KERNELS_H200_CSVS := results/kernels_unet_compile_onerun_nvidia_h200.csv results/kernels_unet_compile_nvidia_h200.csv results/kernels_unet_compile_w4a8_nvidia_h200.csv results/kernels_unet_compile_512x4_768_nvidia_h200.csv results/kernels_unet_compile_w4a8_768x4_nvidia_h200.csv
 E2E_V7_CSVS := results/e2e_v7_nhwc_1024x4_nvidia_h200.csv results/e2e_v7_1024x1_nvidia_h200.csv results/e2e_v7_512x4_nvidia_h200.csv results/e2e_v7_nhwc_512x1_nvidia_h200.csv
 # The serving grids on the H200 path (latency_probe --exec compile: compiled blocks + compiled VAE + CUDA graphs;
 # one CSV per call and mode; W8A8 1024x2 missing) and the performance model, sweep and GPU count on them
