@@ -67,9 +67,7 @@ def measure_paths(st: backend.KernelState, x: torch.Tensor) -> dict[str, float]:
     in L2 or not: plan_l2)."""
     from .kernels import launch
 
-    if plan_l2() == "warm":
-        return {path: launch.graph_bench_ms(fn) * 1e3 for path, fn in backend.path_candidates(st, x).items()}
-    copies = weight_copies(st, torch.cuda.get_device_properties(x.device).L2_cache_size)
+    copies = 1 if plan_l2() == "warm" else weight_copies(st, torch.cuda.get_device_properties(x.device).L2_cache_size)
     return {path: launch.graph_bench_ms(fn, n_inner=max(10, copies)) * 1e3
             for path, fn in backend.path_candidates(st, x, copies).items()}
 
