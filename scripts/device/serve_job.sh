@@ -9,6 +9,7 @@
 #   carry ["wheels", ".git_sha"]    command: bash scripts/device/serve_job.sh
 # Results: $OUT/serve_results.tgz (one folder per load test: CSVs, .txt report, config, perf models, Prometheus
 # scrape) -> untar into results/serve_<gpu>/; $OUT/*.txt are the three reports, $OUT/serve.log the service's log.
+# BARE=1 adds Ray Serve's floor without a model after the service stops (~1 min).
 # Every step has a timeout inside one 10-minute call; what finished is packed even if a later step ran out.
 source "$(dirname "$0")/job_env.sh"
 T0=$SECONDS
@@ -54,10 +55,13 @@ timeout $(upto 60) python3 scripts/load_test_stub.py --target $DIRECT --wbits 16
     --num_requests $N --request_timeout_s 60 --format jpeg --out_dir $RUNS/direct_jpeg 2>&1 \
     | grep -v "it/s\|run/s\|Warning\|warn" | tail -20
 # 4. through the proxy: FP16 and W8A8, sim vs HTTP (fidelity), accounting per run
-timeout $(upto 25) python3 scripts/load_test_stub.py --target $URL $LT --out_dir $RUNS/http 2>&1 \
+timeout $(upto $([ "${BARE:-0}" = 1 ] && echo 100 || echo 25)) python3 scripts/load_test_stub.py --target $URL $LT --out_dir $RUNS/http 2>&1 \
     | grep -v "it/s\|run/s\|Warning\|warn" | tail -30
 cp $RUNS/http/mixdq_queue_results.txt "$OUT/http_results.txt" 2>/dev/null
 # 5. graceful stop, pack
 pack
 kill -INT $SERVE; timeout 20 tail --pid=$SERVE -f /dev/null; tail -3 "$OUT/serve.log"
+# 6. BARE=1: Ray Serve's own floor on this machine, no model (bare deployment, 1 KB / 500 KB / 3.15 MB bodies)
+[ "${BARE:-0}" = 1 ] && timeout $(upto 0) python3 scripts/device/bare_serve_overhead.py \
+    --out "$OUT/serve_client_overhead.csv" 2>&1 | grep -v "Warning\|warn" | tail -12
 echo "job took $((SECONDS - T0)) s"
