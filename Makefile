@@ -33,7 +33,7 @@ LATENCY_CSVS := results/latency_fp16.csv results/latency_fp16_eager.csv results/
 KERNELS_H200_CSVS := results/kernels_unet_compile_onerun_nvidia_h200.csv results/kernels_unet_compile_nvidia_h200.csv results/kernels_unet_compile_w4a8_nvidia_h200.csv results/kernels_unet_compile_512x4_768_nvidia_h200.csv results/kernels_unet_compile_w4a8_768x4_nvidia_h200.csv
 E2E_V7_CSVS := results/e2e_v7_nhwc_1024x4_nvidia_h200.csv results/e2e_v7_1024x1_nvidia_h200.csv results/e2e_v7_512x4_nvidia_h200.csv results/e2e_v7_nhwc_512x1_nvidia_h200.csv
 # The serving grids on the H200 path (latency_probe --exec compile: compiled blocks + compiled VAE + CUDA graphs;
-# one CSV per call and mode; W8A8 1024x2 missing) and the performance model, sweep and GPU count on them
+# one CSV per call and mode; every cell of FP16 and W8A8 at 512/768/1024 x 1/4 and 512/1024 x 2) and the performance model, sweep and GPU count on them
 LATENCY_H200_CSVS := $(sort $(wildcard results/latency_h200_compile/*.csv))
 report: venv
 	$(PY) scripts/fit_perf_model.py --csv $(LATENCY_CSVS) --out results/perf_model.json --plot results/latency_vs_res.png
