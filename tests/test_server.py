@@ -28,7 +28,7 @@ from quant_utils.perf_model import PerfModel, synthetic_latency_frame
 from quant_utils.serving import client
 from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
-from quant_utils.serving.images import IMAGE_FORMATS, encode_image, encode_png, is_image
+from quant_utils.serving.images import IMAGE_FORMATS, encode_image, encode_image_timed, encode_png, is_image
 from quant_utils.serving.server import ReplicaQueue, RequestError, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
 from quant_utils.serving.sweep import RESULT_COLUMNS
@@ -102,6 +102,8 @@ def test_every_format_decodes_to_the_image_and_the_client_knows_it():
     assert len(encode_image(img, "jpeg", jpeg_quality=30)) < len(bodies["jpeg"])
     with pytest.raises(ValueError, match="format 'gif'"):
         encode_image(img, "gif")
+    body, ms = encode_image_timed(img, "png")
+    assert body == encode_image(img, "png") and ms > 0
 
 
 def test_replica_queue_backlog_matches_the_simulators():
@@ -132,7 +134,7 @@ def client_job(rid):
 def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
     recs = [{"request": 0, "arrival_s": 0.0, "done_s": 0.1, "status": 200, "outcome": "ok", "bytes": 3000,
              "body": {"format": "jpeg"},
-             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-encode-ms": "2", "x-replica-ms": "65",
+             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-encode-ms": "2", "x-encode-work-ms": "1.5", "x-replica-ms": "65",
                          "x-res": "64", "x-mode": "fp16", "x-batch-size": "1", "x-replica": "a"}},
             {"request": 1, "arrival_s": 0.0, "done_s": 0.2, "status": 0, "outcome": "timeout", "reason": "t"}]
     df = client.request_table(recs, "fp16")
@@ -140,11 +142,13 @@ def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
     assert df.loc[0, "overhead_ms"] == pytest.approx(100 - 10 - 50) and np.isnan(df.loc[1, "finish_s"])
     ok = df.loc[0]  # 100 ms = queue 10 + service 50 + encode 2 + replica other 3 + transport 35
     assert (ok["encode_ms"], ok["replica_other_ms"], ok["transport_ms"]) == pytest.approx((2, 3, 35))
+    assert ok["encode_work_ms"] == pytest.approx(1.5) and np.isnan(df.loc[1, "encode_work_ms"])
     assert (ok["format"], ok["bytes"], df.loc[1, "format"]) == ("jpeg", 3000, "png")
     assert np.isnan(df.loc[1, ["encode_ms", "replica_other_ms", "transport_ms"]].astype(float)).all()
     split = client.latency_split(df.assign(run_id="r"))
     assert split.iloc[0][["format", "n_ok", "body_kb", "mean_latency_ms", "mean_queue_ms", "mean_transport_ms",
-                          "p50_overhead_ms"]].tolist() == ["jpeg", 1, 3.0, pytest.approx(100), 10, 35, pytest.approx(40)]
+                          "p50_overhead_ms", "p50_encode_work_ms"]].tolist() == ["jpeg", 1, 3.0, pytest.approx(100), 10,
+                                                                                  35, pytest.approx(40), 1.5]
     with pytest.raises(RuntimeError, match="lost"):
         client.accounting(df, 3)
 
@@ -302,6 +306,7 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     assert img.shape == (64, 64, 3) and (h["x-res"], h["x-mode"], h["x-model"]) == ("64", "fp16", "float32")
     assert float(h["x-service-ms"]) > 0 and float(h["x-queue-ms"]) >= 0 and h["x-vae"] == "fp16" and h["x-replica"]
     assert (h["content-type"], h["x-format"]) == ("image/png", "png")
+    assert 0 < float(h["x-encode-work-ms"]) <= float(h["x-encode-ms"])  # the encode alone is inside its wait
     again, _ = client.fetch_image(url, "a red bicycle", seed=5)
     other, _ = client.fetch_image(url, "a red bicycle", seed=6)
     assert np.array_equal(img, again) and not np.array_equal(img, other)
