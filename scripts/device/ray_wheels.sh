@@ -4,7 +4,7 @@
 # warm (30 s) between the calls; the call that brings the last part joins the Ray wheel and installs everything.
 #
 #   here (needs pip and the network):  bash scripts/device/ray_wheels.sh download
-#       -> .ray_wheels/part1/, .ray_wheels/part2/ (ignored by git) and the device commands to run, with sizes
+#       -> .ray_wheels/part1/, part2/, ... (ignored by git; a MANIFEST of every file) and the device commands to run, with sizes
 #   device calls 1..N: carry [".ray_wheels/partK"]   command: bash scripts/device/ray_wheels.sh device (each within
 #       30 s of the last; N is what the repo's size leaves room for: 2 with a 15 MB repo, 3 with 28 MB)
 #   then the job, e.g. bash scripts/device/serve_job.sh (within 30 s; Ray is installed on that machine)
