@@ -58,6 +58,11 @@ download() {  # as many parts as the upload limit needs, given the repo's own si
   done
   echo "device calls, one per part, each within 30 s of the last: carry [\"$DIR/partN\"], command:"
   echo "  bash scripts/device/ray_wheels.sh device      then the job (e.g. bash scripts/device/serve_job.sh)"
+  local last whl_dir; last="$DIR/part$n"; sz=$(du -cb "$last" | tail -1 | cut -f1); whl_dir=$(du -cb wheels 2>/dev/null | tail -1 | cut -f1)
+  if [ -d wheels ] && [ $(((sz + whl_dir + repo) / 1048576)) -lt 63 ]; then   # the job can ride with the last part
+    echo "part$n + wheels/ + repo = $(((sz + whl_dir + repo) / 1048576)) MiB: the job can ride in the last call:"
+    echo "  carry [\"$last\", \"wheels\", \".git_sha\"]: bash scripts/device/ray_wheels.sh device && BUDGET_S=540 bash scripts/device/serve_job.sh"
+  fi
 }
 
 device() {  # stash the carried part; once every file of the manifest is there, join the Ray wheel, check, install
