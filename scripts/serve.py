@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     v.add_argument("--max_body_bytes", type=int, default=16384, help="larger request bodies get HTTP 413")
     v.add_argument("--png_level", type=int, default=0, help="PNG zlib level (0: no compression, fastest)")
     v.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality (1-100) of requests with format jpeg")
+    v.add_argument("--keep_freed_heap", action="store_true", help="glibc keeps freed multi-MB blocks in the replica's "
+                   "heap (mallopt), so each response's encode reuses pages instead of faulting in fresh ones "
+                   "(x-encode-faults counts them); off by default until measured on a GPU machine")
     v.add_argument("--health_check_period_s", type=float, default=10.0, help="Ray Serve replica health-check period")
     v.add_argument("--log_level", default="WARNING", help="replica log level (DEBUG also logs every request)")
     r = p.add_argument_group("Ray")

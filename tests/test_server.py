@@ -8,6 +8,7 @@ are tested without Ray.
 import asyncio
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -102,8 +103,27 @@ def test_every_format_decodes_to_the_image_and_the_client_knows_it():
     assert len(encode_image(img, "jpeg", jpeg_quality=30)) < len(bodies["jpeg"])
     with pytest.raises(ValueError, match="format 'gif'"):
         encode_image(img, "gif")
-    body, ms = encode_image_timed(img, "png")
-    assert body == encode_image(img, "png") and ms > 0
+    enc = encode_image_timed(img, "png")
+    assert enc.body == encode_image(img, "png") and enc.ms > 0 and (enc.faults >= 0 or math.isnan(enc.faults))
+
+
+def test_keep_freed_heap_makes_repeated_encodes_reuse_their_pages():
+    """In a fresh process (the setting is process-wide): after keep_freed_heap, encoding the same 1024 px image again
+    faults in (almost) no new pages; each of its ~3 MB buffers would otherwise be ~770 fresh pages."""
+    code = """if True:
+        import statistics, numpy as np
+        from quant_utils.serving.images import encode_image_timed, keep_freed_heap
+        img = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+        if not keep_freed_heap():
+            print("no-mallopt"); raise SystemExit
+        faults = [encode_image_timed(img, "png").faults for _ in range(8)]
+        print(statistics.median(faults[2:]))"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    if out.stdout.strip() in ("no-mallopt", "nan"):
+        pytest.skip("no glibc mallopt or no per-thread fault counts on this OS")
+    assert float(out.stdout) < 50
 
 
 def test_replica_queue_backlog_matches_the_simulators():
@@ -134,7 +154,8 @@ def client_job(rid):
 def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
     recs = [{"request": 0, "arrival_s": 0.0, "done_s": 0.1, "status": 200, "outcome": "ok", "bytes": 3000,
              "body": {"format": "jpeg"},
-             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-encode-ms": "2", "x-encode-work-ms": "1.5", "x-replica-ms": "65",
+             "headers": {"x-service-ms": "50", "x-queue-ms": "10", "x-encode-ms": "2", "x-encode-work-ms": "1.5", "x-encode-faults": "3",
+                         "x-replica-ms": "65",
                          "x-res": "64", "x-mode": "fp16", "x-batch-size": "1", "x-replica": "a"}},
             {"request": 1, "arrival_s": 0.0, "done_s": 0.2, "status": 0, "outcome": "timeout", "reason": "t"}]
     df = client.request_table(recs, "fp16")
@@ -142,7 +163,7 @@ def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
     assert df.loc[0, "overhead_ms"] == pytest.approx(100 - 10 - 50) and np.isnan(df.loc[1, "finish_s"])
     ok = df.loc[0]  # 100 ms = queue 10 + service 50 + encode 2 + replica other 3 + transport 35
     assert (ok["encode_ms"], ok["replica_other_ms"], ok["transport_ms"]) == pytest.approx((2, 3, 35))
-    assert ok["encode_work_ms"] == pytest.approx(1.5) and np.isnan(df.loc[1, "encode_work_ms"])
+    assert (ok["encode_work_ms"], ok["encode_faults"]) == pytest.approx((1.5, 3)) and np.isnan(df.loc[1, "encode_work_ms"])
     assert (ok["format"], ok["bytes"], df.loc[1, "format"]) == ("jpeg", 3000, "png")
     assert np.isnan(df.loc[1, ["encode_ms", "replica_other_ms", "transport_ms"]].astype(float)).all()
     split = client.latency_split(df.assign(run_id="r"))
@@ -307,6 +328,7 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     assert float(h["x-service-ms"]) > 0 and float(h["x-queue-ms"]) >= 0 and h["x-vae"] == "fp16" and h["x-replica"]
     assert (h["content-type"], h["x-format"]) == ("image/png", "png")
     assert 0 < float(h["x-encode-work-ms"]) <= float(h["x-encode-ms"])  # the encode alone is inside its wait
+    assert float(h["x-encode-faults"]) >= 0  # Linux counts them per thread
     again, _ = client.fetch_image(url, "a red bicycle", seed=5)
     other, _ = client.fetch_image(url, "a red bicycle", seed=6)
     assert np.array_equal(img, again) and not np.array_equal(img, other)

@@ -33,7 +33,7 @@ from .workloads import Workload
 OUTCOMES = ("ok", "rejected", "error", "timeout")
 # Per-request columns an HTTP run adds to the simulator's (docs/outputs.md)
 HTTP_COLUMNS = ["attempt", "status", "outcome", "reason", "model", "vae", "format", "bytes", "server_queue_ms",
-                "overhead_ms", "encode_ms", "encode_work_ms", "replica_other_ms", "transport_ms", "elapsed_ms", "replica_id"]
+                "overhead_ms", "encode_ms", "encode_work_ms", "encode_faults", "replica_other_ms", "transport_ms", "elapsed_ms", "replica_id"]
 # a served request's client latency, in parts that add up to it (per-request columns)
 SPLIT_PARTS = ["server_queue_ms", "service_ms", "encode_ms", "replica_other_ms", "transport_ms"]
 
@@ -169,6 +169,7 @@ def request_table(records: list[dict], mode: str) -> pd.DataFrame:
             "bytes": rec.get("bytes", 0), "server_queue_ms": queue_ms,
             "overhead_ms": latency - queue_ms - service if ok else math.nan, "encode_ms": encode_ms,
             "encode_work_ms": float(h.get("x-encode-work-ms", "nan")) if ok else math.nan,
+            "encode_faults": float(h.get("x-encode-faults", "nan")) if ok else math.nan,
             "replica_other_ms": replica_ms - queue_ms - service - encode_ms, "transport_ms": latency - replica_ms,
             "elapsed_ms": (done - rec["arrival_s"]) * 1e3, "replica_id": h.get("x-replica", "")})
     df = pd.DataFrame(rows)
@@ -256,14 +257,14 @@ def latency_split(requests: pd.DataFrame) -> pd.DataFrame:
     """Per HTTP run, where its served requests' client latency went: the means of latency and of SPLIT_PARTS (they
     add up: latency = queue + service + encode + replica other + transport), and the p50s of the overhead (latency -
     queue - service, as the report quotes it) and of its parts, and of the encode alone (`encode_work_ms`, in the
-    encoder thread; encode_ms - encode_work_ms is the wait for a thread and the hand-back); `body_kb`: mean response
-    body."""
+    encoder thread; encode_ms - encode_work_ms is the wait for a thread and the hand-back) and its page faults
+    (`encode_faults`); `body_kb`: mean response body."""
     ok = requests[requests["outcome"] == "ok"]
     g = ok.groupby("run_id", sort=False)
     out = pd.DataFrame({"format": g["format"].first(), "n_ok": g.size(), "body_kb": g["bytes"].mean() / 1e3})
     for c in ["latency_ms"] + SPLIT_PARTS:
         out[f"mean_{c.removeprefix('server_')}"] = g[c].mean()
-    for c in ["overhead_ms"] + SPLIT_PARTS[2:3] + ["encode_work_ms"] + SPLIT_PARTS[3:]:
+    for c in ["overhead_ms"] + SPLIT_PARTS[2:3] + ["encode_work_ms", "encode_faults"] + SPLIT_PARTS[3:]:
         out[f"p50_{c}"] = g[c].median()
     return out.reset_index()
 

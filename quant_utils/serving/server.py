@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,7 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 from .. import REPO_ROOT, repo_path
 from ..errors import ConfigError
 from ..modes import FP16, uniform_mode_bits
-from .images import IMAGE_FORMATS, encode_image_timed
+from .images import IMAGE_FORMATS, encode_image_timed, keep_freed_heap
 from .policies import POLICIES, Option, build_policy
 from .simulator import ServiceTable
 
@@ -86,6 +87,7 @@ class ServeConfig:
     max_body_bytes: int = 16384
     png_level: int = 0
     jpeg_quality: int = 90
+    keep_freed_heap: bool = False
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
     extra: dict = field(default_factory=dict)  # the other flags (e.g. the model group's newer ones) for make_runner
@@ -356,6 +358,9 @@ class ImageService:
         self.batchers: dict = {}
         self.gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")  # one batch at a time on the device
         self.io = ThreadPoolExecutor(2, thread_name_prefix="encode")
+        if cfg.keep_freed_heap and not keep_freed_heap():
+            warnings.warn("--keep_freed_heap: this C library has no mallopt (not glibc); memory settings unchanged",
+                          stacklevel=1)
         self.rids = itertools.count()
         self.served = 0
         self.t0 = time.perf_counter()
@@ -431,9 +436,10 @@ class ImageService:
             self.in_flight.discard(job)
             self._feed()
         # off the event loop and off the GPU thread (the next batch runs meanwhile); its wall time, waiting for a
-        # free encoder thread and the hand-backs included, is x-encode-ms; the encode alone, x-encode-work-ms
+        # free encoder thread and the hand-backs included, is x-encode-ms; the encode alone, x-encode-work-ms (and the
+        # page faults it took, x-encode-faults)
         t_encode = self._now()
-        body, encode_work_ms = await asyncio.get_running_loop().run_in_executor(
+        enc = await asyncio.get_running_loop().run_in_executor(
             self.io, encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality)
         done = self._now()
         tags = {"mode": opt.mode, "res": str(opt.res)}
@@ -444,11 +450,12 @@ class ImageService:
         # x-replica-ms - x-queue-ms - x-service-ms - x-encode-ms: the replica's hand-offs (to and from the GPU
         # thread, the batch's results back to each request); the client's latency - x-replica-ms: proxy, routing,
         # network (the body's trip included)
-        return Response(body, media_type=IMAGE_FORMATS[req.format].media_type, headers={
+        return Response(enc.body, media_type=IMAGE_FORMATS[req.format].media_type, headers={
             "x-res": str(opt.res), "x-mode": opt.mode, "x-model": self.labels[opt.mode],
             "x-vae": self.runners[opt.mode].vae_kind, "x-steps": str(job.steps), "x-seed": str(req.seed),
             "x-queue-ms": f"{(job.start - arrival) * 1e3:.3f}", "x-service-ms": f"{job.service_ms:.3f}",
-            "x-encode-ms": f"{(done - t_encode) * 1e3:.3f}", "x-encode-work-ms": f"{encode_work_ms:.3f}", "x-replica-ms": f"{(done - arrival) * 1e3:.3f}",
+            "x-encode-ms": f"{(done - t_encode) * 1e3:.3f}", "x-encode-work-ms": f"{enc.ms:.3f}",
+            "x-encode-faults": f"{enc.faults:g}", "x-replica-ms": f"{(done - arrival) * 1e3:.3f}",
             "x-format": req.format, "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen),
             "x-replica": self.replica_id})
 

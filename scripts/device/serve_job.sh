@@ -9,7 +9,8 @@
 #   carry ["wheels", ".git_sha"]    command: bash scripts/device/serve_job.sh
 # Results: $OUT/serve_results.tgz (one folder per load test: CSVs, .txt report, config, perf models, Prometheus
 # scrape) -> untar into results/serve_<gpu>/; $OUT/*.txt are the three reports, $OUT/serve.log the service's log.
-# BARE=1 adds Ray Serve's floor without a model after the service stops (~1 min).
+# BARE=1 adds Ray Serve's floor without a model after the service stops (~1 min); SERVE_EXTRA: more serve.py flags
+# (e.g. --keep_freed_heap).
 # Every step has a timeout inside one 10-minute call; what finished is packed even if a later step ran out.
 source "$(dirname "$0")/job_env.sh"
 T0=$SECONDS
@@ -33,7 +34,7 @@ MODES=${MODES:-fp16 w8a8}  # MODES=fp16: no checkpoint, one compile less (the ov
 # 2. the service: one replica (one GPU), FP16 + W8A8 (kernel backend), the default fastest path (blocks and decoder
 #    compiled per bucket, CUDA graphs: ~1-2 min per (mode, bucket) cold), calibrated at start-up
 python3 scripts/serve.py $REAL --fp16 --modes $MODES --ckpt_base $CK --backend kernel --res $RES \
-    --max_batch $MAX_BATCH --port $PORT --calibrate_repeats 8 --direct_ingress > "$OUT/serve.log" 2>&1 &
+    --max_batch $MAX_BATCH --port $PORT --calibrate_repeats 8 --direct_ingress ${SERVE_EXTRA:-} > "$OUT/serve.log" 2>&1 &
 SERVE=$!
 until grep -qs "ready; Ctrl-C stops" "$OUT/serve.log"; do
   if ! kill -0 $SERVE 2>/dev/null || [ "$(left)" -lt 200 ]; then
