@@ -2,7 +2,11 @@
 
 One 1024x1024 image per content (`noise`: uniform random pixels, the worst case for the body; `smooth`: gradients
 with a little noise), p50 of `--repeats` encodes, each of a fresh copy (as the service encodes a new image every
-time). Writes one row per (encoding, content): encoding, content, encode_p50_ms, body_mb, repeats.
+time). Each encode also counts the page faults it took (fresh multi-MB buffers fault in ~770 pages per 3 MB), in a worker thread as in the service. With
+`--heaps default kept` (the default) the whole sweep runs twice: glibc's default heap, then with freed blocks kept
+in the heap (quant_utils/serving/images.keep_freed_heap, the service's --keep_freed_heap; irreversible, so second).
+Writes one row per (heap, encoding, content): heap, encoding, content, encode_p50_ms, encode_faults_p50, body_mb,
+repeats.
     python scripts/utils/bench_encode.py --out logs/encode_cpu.csv
 """
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -21,7 +25,7 @@ import pandas as pd  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import cpu_name, provenance, write_csv  # noqa: E402
-from quant_utils.serving.images import encode_image  # noqa: E402
+from quant_utils.serving.images import encode_image_timed, keep_freed_heap  # noqa: E402
 
 ENCODINGS = {"png level 0": dict(fmt="png", png_level=0), "png level 1": dict(fmt="png", png_level=1),
              "jpeg q90": dict(fmt="jpeg", jpeg_quality=90), "jpeg q80": dict(fmt="jpeg", jpeg_quality=80)}
@@ -40,22 +44,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="logs/encode_cpu.csv", help="CSV to write")
     p.add_argument("--size", type=positive_int, default=1024, help="image side, pixels")
     p.add_argument("--repeats", type=positive_int, default=15, help="encodes per (encoding, content)")
-    return p.parse_args(argv)
+    p.add_argument("--heaps", nargs="+", choices=["default", "kept"], default=["default", "kept"],
+                   help="heap settings, in this order ('kept' cannot be undone: it stays for the rest of the run)")
+    args = p.parse_args(argv)
+    if args.heaps[-1] == "default" and "kept" in args.heaps:
+        p.error("--heaps: 'kept' cannot be undone, so it must come last")
+    return args
 
 
 def main(args: argparse.Namespace) -> int:
     rows, load_before = [], os.getloadavg()[0]
-    for content, img in images(args.size).items():
-        for name, kw in ENCODINGS.items():
-            times, body = [], b""
-            for _ in range(args.repeats):
-                fresh = img.copy()
-                t0 = time.perf_counter()
-                body = encode_image(fresh, **kw)
-                times.append(time.perf_counter() - t0)
-            rows.append({"encoding": name, "content": content, "encode_p50_ms": round(1e3 * float(np.median(times)), 2),
-                         "body_mb": round(len(body) / 1e6, 3), "repeats": args.repeats})
-            print(rows[-1])
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="encode")  # the service encodes in its own threads too
+    for heap in args.heaps:
+        if heap == "kept" and not keep_freed_heap():
+            print("note: this C library has no mallopt (not glibc): 'kept' rows are the default heap")
+            heap = "kept (no mallopt)"
+        for content, img in images(args.size).items():
+            for name, kw in ENCODINGS.items():
+                ms, faults, body_mb = [], [], 0.0
+                for _ in range(args.repeats):  # each body freed before the next encode, as in the service
+                    t = encoder.submit(encode_image_timed, img.copy(), **kw).result()
+                    ms.append(t.ms)
+                    faults.append(t.faults)
+                    body_mb = len(t.body) / 1e6
+                rows.append({"heap": heap, "encoding": name, "content": content,
+                             "encode_p50_ms": round(float(np.median(ms)), 2),
+                             "encode_faults_p50": float(np.median(faults)), "body_mb": round(body_mb, 3),
+                             "repeats": args.repeats})
+                print(rows[-1])
     write_csv(pd.DataFrame(rows), repo_path(args.out),
               provenance(script="scripts/utils/bench_encode.py", device=f"cpu: {cpu_name()}", cores=os.cpu_count(),
                          weights="none (synthetic images, no model)", backend="none (CPU image encoders: zlib, Pillow)",
