@@ -139,6 +139,11 @@ def test_call_is_denoise_then_decode(tiny_pipe):
         ref = (decode_images(tiny_pipe.vae, z).float().permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     assert np.array_equal(img, ref)
     assert img.flags["C_CONTIGUOUS"] and img.dtype == np.uint8  # what the service's encoders read row by row
+    from quant_utils.runtime import to_host_images
+
+    kept = run(["a cat", "a dog"], [1, 2], 64, 64, keep_on_device=True)  # for an encoder where the images are
+    assert isinstance(kept, torch.Tensor) and kept.shape == (2, 3, 64, 64) and kept.dtype == torch.uint8
+    assert np.array_equal(to_host_images(kept), img)
 
 
 DYNAMIC_REGIONS = """

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import REPO, TINY, run_main
@@ -29,7 +30,8 @@ from quant_utils.perf_model import PerfModel, synthetic_latency_frame
 from quant_utils.serving import client
 from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
-from quant_utils.serving.images import IMAGE_FORMATS, encode_image, encode_image_timed, encode_png, is_image
+from quant_utils.serving.images import (IMAGE_FORMATS, encode_image, encode_image_timed, encode_jpeg_on_device,
+                                         encode_png, is_image)
 from quant_utils.serving.server import ReplicaQueue, RequestError, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
 from quant_utils.serving.sweep import RESULT_COLUMNS
@@ -103,6 +105,15 @@ def test_every_format_decodes_to_the_image_and_the_client_knows_it():
     assert len(encode_image(img, "jpeg", jpeg_quality=30)) < len(bodies["jpeg"])
     with pytest.raises(ValueError, match="format 'gif'"):
         encode_image(img, "gif")
+    # torchvision's encoder where the tensor is (the CPU here; nvJPEG on a GPU): the same image, a body of
+    # Pillow's size at the same quality, one body per image of the batch
+    chw = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+    on_device = encode_jpeg_on_device(torch.stack([chw, chw.flip(2)]), 90)
+    assert len(on_device) == 2 and all(is_image(b, "jpeg") for b in on_device)
+    back = np.asarray(Image.open(io.BytesIO(on_device[0])).convert("RGB"), float)
+    assert np.abs(back - img).mean() < 2 and 0.8 < len(on_device[0]) / len(bodies["jpeg"]) < 1.25
+    with pytest.raises(ValueError, match="uint8"):
+        encode_jpeg_on_device(chw[None].float(), 90)
     enc = encode_image_timed(img, "png")
     assert enc.body == encode_image(img, "png") and enc.ms > 0 and (enc.faults >= 0 or math.isnan(enc.faults))
 
@@ -280,7 +291,7 @@ def service(tmp_path_factory, tiny_pipe):
     cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--config", TINY, "--replicas", 2, "--max_batch", 4,
            "--modes", "fp16", "w8a8", "--ckpt_base", base, "--ladder", 64, 32, "--admission", "--slo_ms", SLO_MS,
            "--calibrate_repeats", 2, "--port", port, "--metrics_port", metrics_port, "--num_cpus", 2,
-           "--health_check_period_s", 2, "--direct_ingress"]
+           "--health_check_period_s", 2, "--direct_ingress", "--jpeg_on_device"]  # PNG on the CPU threads, JPEG not
     with open(log, "w") as f:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 150
@@ -336,6 +347,7 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     assert small.shape == (32, 32, 3) and (h["x-mode"], h["x-model"]) == ("w8a8", "w8a8-fake")
     jpeg, hj = client.fetch_image(url, "a red bicycle", seed=5, format="jpeg")
     assert jpeg.shape == (64, 64, 3) and (hj["content-type"], hj["x-format"]) == ("image/jpeg", "jpeg")
+    assert (h["x-encoded-on"], hj["x-encoded-on"]) == ("cpu", "device")  # --jpeg_on_device: torchvision, in batch
     err = lambda a: np.abs(a.astype(float) - jpeg).mean()
     assert err(img) < err(other)  # lossy, but the same image
     for hdr in (h, hj):  # the replica's time: queue + service + encode + its hand-offs

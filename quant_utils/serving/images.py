@@ -60,6 +60,23 @@ def encode_image(image: np.ndarray, fmt: str, png_level: int = 0, jpeg_quality: 
     return buf.getvalue()
 
 
+def encode_jpeg_on_device(images, quality: int = 90) -> list[bytes]:
+    """uint8 torch [B, 3, H, W] -> one JPEG body per image, encoded where the tensor lives: nvJPEG on CUDA (one
+    batched call; only the compressed bytes cross to the host, not the 3 MB of pixels per 1024 px image), libjpeg on
+    the CPU. torchvision's encoder: deprecated since torchvision 0.29 in favour of TorchCodec, which the GPU machines
+    lack; its quality scale is libjpeg's, as Pillow's."""
+    import warnings
+
+    if images.dtype.is_floating_point or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated since torchvision")  # once per call otherwise
+        from torchvision.io import encode_jpeg
+
+        out = encode_jpeg(list(images), quality=quality)
+    return [o.cpu().numpy().tobytes() for o in out]
+
+
 class EncodeTiming(NamedTuple):
     body: bytes
     ms: float       # the encode's wall time, in the thread that encoded

@@ -38,7 +38,7 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 from .. import REPO_ROOT, repo_path
 from ..errors import ConfigError
 from ..modes import FP16, uniform_mode_bits
-from .images import IMAGE_FORMATS, encode_image_timed, keep_freed_heap
+from .images import IMAGE_FORMATS, EncodeTiming, encode_image_timed, encode_jpeg_on_device, keep_freed_heap
 from .policies import POLICIES, Option, build_policy
 from .simulator import ServiceTable
 
@@ -88,6 +88,7 @@ class ServeConfig:
     png_level: int = 0
     jpeg_quality: int = 90
     keep_freed_heap: bool = False
+    jpeg_on_device: bool = False  # JPEG bodies encoded by torchvision where the images are (nvJPEG on a GPU)
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
     extra: dict = field(default_factory=dict)  # the other flags (e.g. the model group's newer ones) for make_runner
@@ -358,6 +359,7 @@ class ImageService:
         self.batchers: dict = {}
         self.gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")  # one batch at a time on the device
         self.io = ThreadPoolExecutor(2, thread_name_prefix="encode")
+        self.jpeg_on_device = cfg.jpeg_on_device and self._device_jpeg_works()
         if cfg.keep_freed_heap and not keep_freed_heap():
             warnings.warn("--keep_freed_heap: this C library has no mallopt (not glibc); memory settings unchanged",
                           stacklevel=1)
@@ -380,6 +382,20 @@ class ImageService:
 
     def _now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def _device_jpeg_works(self) -> bool:
+        """--jpeg_on_device: one small encode on the replica's device at start-up; where torchvision cannot encode
+        there (no nvJPEG, an old torchvision), JPEG stays on the CPU encoder threads, with a warning."""
+        import torch
+
+        device = next(iter(self.runners.values())).device
+        try:
+            encode_jpeg_on_device(torch.zeros(1, 3, 16, 16, dtype=torch.uint8, device=device), self.cfg.jpeg_quality)
+            return True
+        except Exception as e:  # noqa: BLE001 - any failure means: not here
+            warnings.warn(f"--jpeg_on_device: torchvision cannot encode JPEG on {device} ({type(e).__name__}: {e}); "
+                          "JPEG stays on the CPU", stacklevel=1)
+            return False
 
     # ---------------------------------------------------------------- HTTP
     @api.get("/healthz")
@@ -439,8 +455,13 @@ class ImageService:
         # free encoder thread and the hand-backs included, is x-encode-ms; the encode alone, x-encode-work-ms (and the
         # page faults it took, x-encode-faults)
         t_encode = self._now()
-        enc = await asyncio.get_running_loop().run_in_executor(
-            self.io, encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality)
+        if isinstance(image, EncodeTiming):  # encoded on the device right after its batch (--jpeg_on_device), in
+            enc, encoded_on = image, "device"  # the GPU thread: that time is this request's encode
+            encode_ms = enc.ms
+        else:
+            enc, encoded_on = await asyncio.get_running_loop().run_in_executor(
+                self.io, encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality), "cpu"
+            encode_ms = (self._now() - t_encode) * 1e3
         done = self._now()
         tags = {"mode": opt.mode, "res": str(opt.res)}
         self.m_latency.observe((done - arrival) * 1e3, tags=tags)
@@ -454,8 +475,9 @@ class ImageService:
             "x-res": str(opt.res), "x-mode": opt.mode, "x-model": self.labels[opt.mode],
             "x-vae": self.runners[opt.mode].vae_kind, "x-steps": str(job.steps), "x-seed": str(req.seed),
             "x-queue-ms": f"{(job.start - arrival) * 1e3:.3f}", "x-service-ms": f"{job.service_ms:.3f}",
-            "x-encode-ms": f"{(done - t_encode) * 1e3:.3f}", "x-encode-work-ms": f"{enc.ms:.3f}",
-            "x-encode-faults": f"{enc.faults:g}", "x-replica-ms": f"{(done - arrival) * 1e3:.3f}",
+            "x-encode-ms": f"{encode_ms:.3f}", "x-encode-work-ms": f"{enc.ms:.3f}",
+            "x-encode-faults": f"{enc.faults:g}", "x-encoded-on": encoded_on,
+            "x-replica-ms": f"{(done - arrival) * 1e3:.3f}",
             "x-format": req.format, "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen),
             "x-replica": self.replica_id})
 
@@ -502,7 +524,7 @@ class ImageService:
         """The bucket's @serve.batch handler (made on first use: Ray's batch queue needs the running loop)."""
         fn = self.batchers.get(key)
         if fn is None:
-            async def run(jobs: list[_Job]) -> list[np.ndarray]:
+            async def run(jobs: list[_Job]) -> list[np.ndarray | EncodeTiming]:
                 return await self._run_batch(key, jobs)
 
             opt = self.table.options[key[0]]
@@ -511,7 +533,7 @@ class ImageService:
                                                   batch_wait_timeout_s=self.cfg.batch_wait_s)(run)
         return fn
 
-    async def _run_batch(self, key: tuple[int, int], jobs: list[_Job]) -> list[np.ndarray]:
+    async def _run_batch(self, key: tuple[int, int], jobs: list[_Job]) -> list[np.ndarray | EncodeTiming]:
         if self.forming is not None and self.forming[0] == key:
             self.forming = None
         k, steps = key
@@ -521,10 +543,21 @@ class ImageService:
         runner = self.runners[opt.mode]
 
         def work():
+            from ..runtime import to_host_images
+
             t = time.perf_counter()
             images = runner([j.req.prompt for j in jobs], [j.req.seed for j in jobs], opt.res, opt.res, steps,
-                            self.guidance)
-            return images, (time.perf_counter() - t) * 1e3
+                            self.guidance, keep_on_device=True)
+            on_device = [i for i, j in enumerate(jobs) if self.jpeg_on_device and j.req.format == "jpeg"]
+            on_host = [i for i in range(len(jobs)) if i not in on_device]
+            out = dict(zip(on_host, to_host_images(images[on_host]))) if on_host else {}
+            ms = (time.perf_counter() - t) * 1e3  # generation and the pixels' trip to the host (as calibrated)
+            if on_device:  # one batched encode; each request's x-encode-ms is the batch's
+                t = time.perf_counter()
+                bodies = encode_jpeg_on_device(images[on_device], self.cfg.jpeg_quality)
+                enc_ms = (time.perf_counter() - t) * 1e3
+                out.update({i: EncodeTiming(b, enc_ms, math.nan) for i, b in zip(on_device, bodies)})
+            return [out[i] for i in range(len(jobs))], ms
 
         try:
             images, ms = await asyncio.get_running_loop().run_in_executor(self.gpu, work)
