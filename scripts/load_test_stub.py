@@ -130,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--target: the replica's handling of a request before it can join a batch (x-queue-ms at an "
                         "idle replica), which the simulator adds before each request's place in the queue; default: "
                         "measured by the same probe")
+    h.add_argument("--hold_ms", type=nonnegative_float, default=None,
+                   help="--target: how long the replica stays busy after each batch with its requests' work on the "
+                        "device (serve.py --jpeg_on_device: the batch's JPEG encode), which the simulator adds to each "
+                        "batch; default: measured by the same probe (0 for encodes on the CPU)")
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
@@ -251,14 +255,15 @@ def main(args: argparse.Namespace) -> None:
     perf, perf_src = perf_for_run(args, variants, options, out)
     server = ServerConfig(args.replicas, args.max_batch, args.dispatch, args.noise, args.exec_mode, args.steps)
     if args.target:  # the simulator models the HTTP service: encode and transport too (the in-process runs have none)
-        if args.transport_ms is None or args.encode_ms is None or args.handoff_ms is None:
+        if None in (args.transport_ms, args.encode_ms, args.handoff_ms, args.hold_ms):
             probed = client.probe_transport(args.target[0], modes[0], args.prompt, fmt=args.format)
             vars(args).update({k: v for k, v in probed.items() if vars(args)[k] is None})
         print(f"per {args.format} request besides its batch: the replica's handling before it {args.handoff_ms:.1f} ms, "
               f"encode (+ replica hand-offs) {args.encode_ms:.1f} ms, transport (proxy, routing, network) "
-              f"{args.transport_ms:.1f} ms")
+              f"{args.transport_ms:.1f} ms" + (f", the replica held after each batch {args.hold_ms:.1f} ms (encode on "
+                                                f"its device)" if args.hold_ms else ""))
         server = dataclasses.replace(server, transport_ms=args.transport_ms, encode_ms=args.encode_ms,
-                                     handoff_ms=args.handoff_ms)
+                                     handoff_ms=args.handoff_ms, hold_ms=args.hold_ms)
     # 3. the cells and their policies
     quality = None
     if args.quality_csv:
@@ -283,9 +288,9 @@ def main(args: argparse.Namespace) -> None:
         live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
                                              progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
         in_process = results
-        if server.transport_ms or server.encode_ms or server.handoff_ms:  # in process: none of them, own simulation
+        if server.transport_ms or server.encode_ms or server.handoff_ms or server.hold_ms:  # in process: none of them, own simulation
             in_process, _ = sweep.run_cells(cells, make_policy, lambda w, p: simulate(
-                w, p, perf, dataclasses.replace(server, transport_ms=0.0, encode_ms=0.0, handoff_ms=0.0), seed), "sim",
+                w, p, perf, dataclasses.replace(server, transport_ms=0.0, encode_ms=0.0, handoff_ms=0.0, hold_ms=0.0), seed), "sim",
                 **common)
         fidelity = sweep.fidelity_table(in_process, live_res, runs_as)
         results = pd.concat([results, live_res], ignore_index=True)
@@ -334,6 +339,8 @@ def main(args: argparse.Namespace) -> None:
                       encode_ms=f"{server.encode_ms:.2f}",
                       handoff_ms=f"{server.handoff_ms:.2f}" + (" (added before every sim row's place in the queue)"
                                                                if server.handoff_ms else ""),
+                      hold_ms=f"{server.hold_ms:.2f}" + (" (added to every sim batch: the replica's encode on its device)"
+                                                         if server.hold_ms else ""),
                       **({"service": f"{service['device']}, {service.get('weights', 'weights not reported')} weights, "
                                      f"models {service['labels']}", "format": args.format} if service else {}),
                       **({"live": f"{live_weights} weights, quantized backend {live_backend}"} if args.live else {}),

@@ -421,6 +421,7 @@ def test_load_test_against_the_service(service, tmp_path):
     assert float(meta["transport_ms"].split()[0]) > 0  # probed before the runs, added to the sim rows
     assert float(meta["encode_ms"]) >= 0 and cfg["format"] == "jpeg"
     assert float(meta["handoff_ms"].split()[0]) > 0 and cfg["handoff_ms"] > 0  # the replica's handling, probed
+    assert float(meta["hold_ms"].split()[0]) > 0 and cfg["hold_ms"] > 0  # JPEG encoded in the batch's thread, probed
 
 
 def assert_latency_adds_up(ok):

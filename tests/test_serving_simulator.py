@@ -109,9 +109,23 @@ def test_transport_delays_responses_and_closed_loop_sends_not_the_replica(perf):
     one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", encode_ms=25.0)).requests
     np.testing.assert_allclose(np.diff(one["arrival_s"]), (S + 25.0) / 1e3, rtol=1e-9)
     np.testing.assert_allclose(one["latency_ms"], S + 25.0, rtol=1e-9)
-    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0), dict(handoff_ms=-1.0)):
+    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0), dict(handoff_ms=-1.0), dict(hold_ms=-1.0)):
         with pytest.raises(Exception, match="must be >= 0"):
             ServerConfig(**bad)
+
+
+def test_hold_keeps_the_replica_busy_after_each_batch(perf):
+    """hold_ms (a device-side encode after each batch, in the replica's GPU thread): unlike encode_ms it delays the
+    next batch too: requests arriving at once start S + hold apart, and each response comes hold later."""
+    S = perf.predict(W8, 512, 512, 1)["total_p50_ms"]
+    policy = Static(Option(512, W8))
+    burst = wl.Workload("test", 3, arrival_s=np.zeros(3))
+    held = simulate(burst, policy, perf, ServerConfig(noise="none", hold_ms=2.0)).requests
+    np.testing.assert_allclose(np.diff(held["start_s"]), (S + 2.0) / 1e3, rtol=1e-9)
+    np.testing.assert_allclose(held["latency_ms"], (S + 2.0) * np.arange(1, 4), rtol=1e-9)
+    enc = simulate(burst, policy, perf, ServerConfig(noise="none", encode_ms=2.0)).requests  # off the GPU thread
+    np.testing.assert_allclose(np.diff(enc["start_s"]), S / 1e3, rtol=1e-9)
+    np.testing.assert_allclose(enc["latency_ms"], S * np.arange(1, 4) + 2.0, rtol=1e-9)
 
 
 def test_handoff_delays_each_request_into_its_queue(perf):

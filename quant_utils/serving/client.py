@@ -211,13 +211,14 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
     """What a request costs besides its batch (ms), for the simulator: medians over n sequential requests (an idle
     replica), after one warm-up, of `handoff_ms` = x-queue-ms (the replica's handling before the batch),
     `transport_ms` = latency - x-replica-ms (proxy, routing, network) and `encode_ms` = the rest of the overhead
-    (latency - x-queue-ms - x-service-ms): the replica's encode and hand-offs. The sum of the last two is the median
-    overhead, so the simulated client latency keeps it whole. Measured before a load test's runs, so that its
+    (latency - x-queue-ms - x-service-ms): the replica's encode and hand-offs, less `hold_ms` = the x-encode-ms of
+    responses encoded on the device (x-encoded-on: device; they hold the replica's GPU thread; 0 otherwise). The sum
+    of the last three is the median overhead, so the simulated client latency keeps it whole. Measured before a load test's runs, so that its
     simulator predicts the HTTP service instead of being fitted to it."""
     url = target.rstrip("/") + "/generate"
 
-    async def probe() -> tuple[list[float], list[float], list[float]]:
-        overhead, transport, queue = [], [], []
+    async def probe() -> tuple[list[float], list[float], list[float], list[float]]:
+        overhead, transport, queue, hold = [], [], [], []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:  # as the runs
             for i in range(n + 1):
                 t = time.perf_counter()
@@ -230,11 +231,15 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
                     queue.append(float(r.headers["x-queue-ms"]))
                     overhead.append(ms - queue[-1] - float(r.headers["x-service-ms"]))
                     transport.append(ms - float(r.headers["x-replica-ms"]))
-        return overhead, transport, queue
+                    on_device = r.headers.get("x-encoded-on") == "device"
+                    hold.append(float(r.headers["x-encode-ms"]) if on_device else 0.0)
+        return overhead, transport, queue, hold
 
-    overhead, transport, queue = asyncio.run(probe())
+    overhead, transport, queue, hold = asyncio.run(probe())
     total, outside = max(float(np.median(overhead)), 0.0), max(float(np.median(transport)), 0.0)
-    return {"transport_ms": min(outside, total), "encode_ms": total - min(outside, total),
+    outside = min(outside, total)
+    held = min(max(float(np.median(hold)), 0.0), total - outside)
+    return {"transport_ms": outside, "encode_ms": total - outside - held, "hold_ms": held,
             "handoff_ms": max(float(np.median(queue)), 0.0)}
 
 

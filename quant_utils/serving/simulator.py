@@ -51,13 +51,16 @@ class ServerConfig:
     # ms between a request's send and its place in the replica's queue: the replica's handling before a batch (body,
     # policy, hand-off to the batcher; the HTTP service's x-queue-ms at an idle replica, 3-4 ms on the H200 box)
     handoff_ms: float = 0.0
+    # ms the replica stays busy after each batch with its requests' work on the device (serve.py --jpeg_on_device:
+    # the batch's JPEG encode in the GPU thread): delays the batch's responses and the replica's next batch
+    hold_ms: float = 0.0
 
     def __post_init__(self):
         if self.replicas < 1 or self.max_batch < 1:
             raise ConfigError(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
-        if not (self.transport_ms >= 0 and self.encode_ms >= 0 and self.handoff_ms >= 0):
-            raise ConfigError(f"transport_ms={self.transport_ms}, encode_ms={self.encode_ms} and handoff_ms="
-                              f"{self.handoff_ms}: must be >= 0")
+        if not (self.transport_ms >= 0 and self.encode_ms >= 0 and self.handoff_ms >= 0 and self.hold_ms >= 0):
+            raise ConfigError(f"transport_ms={self.transport_ms}, encode_ms={self.encode_ms}, handoff_ms="
+                              f"{self.handoff_ms} and hold_ms={self.hold_ms}: must be >= 0")
         if self.dispatch not in DISPATCH:
             raise ConfigError(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
         if self.noise not in NOISE:
@@ -196,6 +199,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     lognormal = server.noise == "lognormal"
     closed = workload.closed
     transport = (server.encode_ms + server.transport_ms) / 1e3  # the client-seen response delay after the batch
+    hold = server.hold_ms / 1e3  # after each batch, the replica still busy for its requests (device-side encode)
     handoff = server.handoff_ms / 1e3  # `arrival` below: when a request joins its replica's queue (sent + handoff)
     # closed loop: (queue arrival, order, attempt) of the clients' next requests; moved into `arrival` when due
     pending = [(handoff, c, 1) for c in range(min(workload.clients, n))] if closed else []
@@ -292,9 +296,9 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
                 bsize[j] = b
             running[r] = batch
             busy[r] = True
-            end_pred[r] = t + p50[k][b] / 1e3
-            busy_s[r] += ms / 1e3
-            heappush(heap, (t + ms / 1e3, nb, r))
+            end_pred[r] = t + p50[k][b] / 1e3 + hold
+            busy_s[r] += ms / 1e3 + hold
+            heappush(heap, (t + ms / 1e3 + hold, nb, r))
         touched.clear()
         if waiting > q_max:
             q_max = waiting
