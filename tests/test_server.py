@@ -531,11 +531,17 @@ def test_bench_encode_writes_every_encoding_and_content(tmp_path):
     out = tmp_path / "enc.csv"
     # the default heap only: 'kept' would change this test process's allocator for the rest of the suite
     assert run_main("utils/bench_encode.py", "--heaps", "kept", "default", "--out", out) == 2 and not out.exists()
-    assert run_main("utils/bench_encode.py", "--size", 48, "--repeats", 2, "--heaps", "default", "--out", out) == 0
+    assert run_main("utils/bench_encode.py", "--size", 48, "--repeats", 2, "--heaps", "default", "--device", "cpu",
+                    "--out", out) == 0
     df = read_csv(out)
     assert list(df.columns) == ["heap", "encoding", "content", "encode_p50_ms", "encode_faults_p50", "body_mb", "repeats"]
-    assert len(df) == 8 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
-    assert set(df["heap"]) == {"default"} and (df["encode_faults_p50"] >= 0).all()
+    assert len(df) == 12 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
+    host, dev = df[df["heap"] == "default"], df[df["heap"] == "device"]  # the service's two JPEG encoders
+    assert len(host) == 8 and (host["encode_faults_p50"] >= 0).all() and dev["encode_faults_p50"].isna().all()
+    assert set(dev["encoding"]) == {"jpeg q90 on cpu (torchvision)", "jpeg q90 on cpu (torchvision), batch of 4"}
+    pil = host[host["encoding"] == "jpeg q90"].set_index("content")["body_mb"]
+    tv = dev[dev["encoding"] == "jpeg q90 on cpu (torchvision)"].set_index("content")["body_mb"]
+    assert ((tv / pil).between(0.7, 1.4)).all()  # the same quality scale
     png0 = df[df["encoding"] == "png level 0"].set_index("content")["body_mb"]
     assert png0["noise"] == png0["smooth"] == pytest.approx((48 * (1 + 3 * 48) + 5 + 2 + 4 + 57) / 1e6, abs=1e-3)
     assert read_provenance(out)["device"].startswith("cpu: ")

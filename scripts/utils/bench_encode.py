@@ -5,15 +5,19 @@ with a little noise), p50 of `--repeats` encodes, each of a fresh copy (as the s
 time). Each encode also counts the page faults it took (fresh multi-MB buffers fault in ~770 pages per 3 MB), in a worker thread as in the service. With
 `--heaps default kept` (the default) the whole sweep runs twice: glibc's default heap, then with freed blocks kept
 in the heap (quant_utils/serving/images.keep_freed_heap, the service's --keep_freed_heap; irreversible, so second).
-Writes one row per (heap, encoding, content): heap, encoding, content, encode_p50_ms, encode_faults_p50, body_mb,
-repeats.
+`--device cuda` adds the service's `--jpeg_on_device` encoder (torchvision's nvJPEG) on that device, for one image and
+a batch of 4 (heap `device`; the pixels start on the device, the compressed bytes end on the host, synchronised).
+Writes one row per (heap, encoding, content): heap, encoding, content, encode_p50_ms (per call: per batch for the
+batch rows), encode_faults_p50, body_mb, repeats.
     python scripts/utils/bench_encode.py --out logs/encode_cpu.csv
 """
 from __future__ import annotations
 
 import argparse
 import os
+import math
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import cpu_name, provenance, write_csv  # noqa: E402
-from quant_utils.serving.images import encode_image_timed, keep_freed_heap  # noqa: E402
+from quant_utils.serving.images import encode_image_timed, encode_jpeg_on_device, keep_freed_heap  # noqa: E402
 
 ENCODINGS = {"png level 0": dict(fmt="png", png_level=0), "png level 1": dict(fmt="png", png_level=1),
              "jpeg q90": dict(fmt="jpeg", jpeg_quality=90), "jpeg q80": dict(fmt="jpeg", jpeg_quality=80)}
@@ -39,6 +44,29 @@ def images(size: int, seed: int = 0) -> dict[str, np.ndarray]:
             "smooth": np.clip(smooth, 0, 255).astype(np.uint8)}
 
 
+def device_jpeg_rows(args: argparse.Namespace) -> list[dict]:
+    """JPEG q90 by torchvision on args.device, one image and a batch of 4, after one warm-up (encoder start-up)."""
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rows = []
+    for content, img in images(args.size).items():
+        one = torch.from_numpy(img).permute(2, 0, 1).contiguous().to(dev)[None]
+        for label, batch in ((f"jpeg q90 on {dev.type} (torchvision)", one),
+                             (f"jpeg q90 on {dev.type} (torchvision), batch of 4", one.expand(4, -1, -1, -1).contiguous())):
+            encode_jpeg_on_device(batch, 90)
+            ms, bodies = [], []
+            for _ in range(args.repeats):
+                sync()
+                t = time.perf_counter()
+                bodies = encode_jpeg_on_device(batch, 90)
+                ms.append((time.perf_counter() - t) * 1e3)
+            rows.append({"heap": "device", "encoding": label, "content": content,
+                         "encode_p50_ms": round(float(np.median(ms)), 2), "encode_faults_p50": math.nan,
+                         "body_mb": round(len(bodies[0]) / 1e6, 3), "repeats": args.repeats})
+            print(rows[-1])
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", default="logs/encode_cpu.csv", help="CSV to write")
@@ -46,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=positive_int, default=15, help="encodes per (encoding, content)")
     p.add_argument("--heaps", nargs="+", choices=["default", "kept"], default=["default", "kept"],
                    help="heap settings, in this order ('kept' cannot be undone: it stays for the rest of the run)")
+    p.add_argument("--device", default=None, help="also time JPEG encoded on this torch device (e.g. cuda)")
     args = p.parse_args(argv)
     if args.heaps[-1] == "default" and "kept" in args.heaps:
         p.error("--heaps: 'kept' cannot be undone, so it must come last")
@@ -72,9 +101,14 @@ def main(args: argparse.Namespace) -> int:
                              "encode_faults_p50": float(np.median(faults)), "body_mb": round(body_mb, 3),
                              "repeats": args.repeats})
                 print(rows[-1])
+    if args.device:
+        rows += device_jpeg_rows(args)
+    gpu = f"; {torch.cuda.get_device_name()} for the device rows" if args.device and "cuda" in args.device else ""
     write_csv(pd.DataFrame(rows), repo_path(args.out),
-              provenance(script="scripts/utils/bench_encode.py", device=f"cpu: {cpu_name()}", cores=os.cpu_count(),
-                         weights="none (synthetic images, no model)", backend="none (CPU image encoders: zlib, Pillow)",
+              provenance(script="scripts/utils/bench_encode.py", device=f"cpu: {cpu_name()}{gpu}", cores=os.cpu_count(),
+                         weights="none (synthetic images, no model)",
+                         backend="none (CPU image encoders: zlib, Pillow)" + (
+                             f"; torchvision encode_jpeg on {args.device}" if args.device else ""),
                          loadavg_1min_before=round(load_before, 2), loadavg_1min_after=round(os.getloadavg()[0], 2),
                          size=args.size))
     return 0
