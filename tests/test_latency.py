@@ -107,8 +107,12 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert run_main("plot_e2e.py", out, "--out", tmp_path / "e2e.png") == 0  # the plot reads the CSV only
     assert (tmp_path / "e2e.png").stat().st_size > 10_000
     assert run_main("plot_e2e.py", tmp_path / "vae_err.csv") == 2  # not a bench_e2e CSV: one error line
-    assert run_main("plot_e2e.py", out, out, "--out", tmp_path / "twice.png") == 2  # one cell from two runs: refused
+    assert run_main("plot_e2e.py", out, out, "--out", tmp_path / "twice.png") == 2  # the same file twice: refused
     assert not (tmp_path / "twice.png").exists()
+    other = tmp_path / "e2e_again.csv"  # the same cells from another run: a panel per run, each its own baseline
+    other.write_text(out.read_text())
+    assert run_main("plot_e2e.py", out, other, "--out", tmp_path / "two_runs.png") == 0
+    assert (tmp_path / "two_runs.png").stat().st_size > (tmp_path / "e2e.png").stat().st_size
 
 
 def test_bench_e2e_interleaves_the_variants_timed_calls(tmp_path, prompts_file):
