@@ -65,8 +65,10 @@ def main(args: argparse.Namespace) -> None:
         for i, r in sub.iterrows():
             ax.text(i, r["total_p50_ms"], f"{r['speedup_vs_fp16']:.2f}x", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(sub)), labels, fontsize=7, rotation=60, ha="right")
-        ax.set_title(f"{res} px, batch {batch}" + (f"\n{srcs[run].stem}" if (res, batch) in repeated else ""),
-                     fontsize=10 if (res, batch) not in repeated else 7)
+        if (res, batch) in repeated:  # which run's panel: the file
+            ax.set_title(f"{res} px, batch {batch}\n{srcs[run].stem}", fontsize=7)
+        else:
+            ax.set_title(f"{res} px, batch {batch}")
         ax.set_ylabel("ms per call (p50)")
         ax.grid(axis="y", alpha=0.3)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(STAGES), fontsize=8)
