@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "measured by the same probe")
     h.add_argument("--hold_ms", type=nonnegative_float, default=None,
                    help="--target: how long the replica stays busy after each batch with its requests' work on the "
-                        "device (serve.py --jpeg_on_device: the batch's JPEG encode), which the simulator adds to each "
+                        "device (serve.py --encode_on_device: the batch's JPEG encode), which the simulator adds to each "
                         "batch; default: measured by the same probe (0 for encodes on the CPU)")
     args = p.parse_args(argv)
     if args.rates is None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 
 import httpx
@@ -31,7 +32,7 @@ from quant_utils.serving import client
 from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
 from quant_utils.serving.images import (IMAGE_FORMATS, encode_image, encode_image_timed, encode_jpeg_on_device,
-                                         encode_png, is_image)
+                                         encode_png, finish_png, is_image, png_frames_on_device)
 from quant_utils.serving.server import ReplicaQueue, RequestError, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
 from quant_utils.serving.sweep import RESULT_COLUMNS
@@ -116,6 +117,26 @@ def test_every_format_decodes_to_the_image_and_the_client_knows_it():
         encode_jpeg_on_device(chw[None].float(), 90)
     enc = encode_image_timed(img, "png")
     assert enc.body == encode_image(img, "png") and enc.ms > 0 and (enc.faults >= 0 or math.isnan(enc.faults))
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (7, 13), (15, 1456), (30, 1456), (64, 48)])  # 65535 rows' bytes: one block
+def test_png_framed_on_the_device_is_the_image_once_its_crc_is_filled(h, w):
+    """png_frames_on_device + finish_png (the service's --encode_on_device PNG): a valid PNG of each image of the
+    batch, whose IDAT holds a zlib stream zlib itself accepts (stored blocks, Adler-32), with a CRC libpng would check;
+    a stored-block boundary exactly at the end of the rows included (15 x 1456)."""
+    rng = np.random.default_rng(h * w)
+    imgs = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    frames = png_frames_on_device(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous())
+    for img, frame in zip(imgs, frames):
+        body = finish_png(frame)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), img)
+        n = int.from_bytes(body[33:37], "big")
+        assert body[37:41] == b"IDAT" and int.from_bytes(body[41 + n:45 + n], "big") == zlib.crc32(body[37:41 + n])
+        rows = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, 3 * w)], 1)
+        assert zlib.decompress(body[41:41 + n]) == rows.tobytes()  # zlib checks the Adler-32 too
+        assert body[41 + n + 4:] == encode_png(img)[-12:]  # IEND
+    with pytest.raises(ValueError, match="uint8"):
+        png_frames_on_device(torch.zeros(1, 3, 2, 2))
 
 
 def test_keep_freed_heap_makes_repeated_encodes_reuse_their_pages():
@@ -291,7 +312,7 @@ def service(tmp_path_factory, tiny_pipe):
     cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--config", TINY, "--replicas", 2, "--max_batch", 4,
            "--modes", "fp16", "w8a8", "--ckpt_base", base, "--ladder", 64, 32, "--admission", "--slo_ms", SLO_MS,
            "--calibrate_repeats", 2, "--port", port, "--metrics_port", metrics_port, "--num_cpus", 2,
-           "--health_check_period_s", 2, "--direct_ingress", "--jpeg_on_device"]  # PNG on the CPU threads, JPEG not
+           "--health_check_period_s", 2, "--direct_ingress", "--encode_on_device"]  # JPEG whole, PNG but its CRC
     with open(log, "w") as f:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 150
@@ -347,7 +368,7 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     assert small.shape == (32, 32, 3) and (h["x-mode"], h["x-model"]) == ("w8a8", "w8a8-fake")
     jpeg, hj = client.fetch_image(url, "a red bicycle", seed=5, format="jpeg")
     assert jpeg.shape == (64, 64, 3) and (hj["content-type"], hj["x-format"]) == ("image/jpeg", "jpeg")
-    assert (h["x-encoded-on"], hj["x-encoded-on"]) == ("cpu", "device")  # --jpeg_on_device: torchvision, in batch
+    assert (h["x-encoded-on"], hj["x-encoded-on"]) == ("device+cpu", "device")  # --encode_on_device
     err = lambda a: np.abs(a.astype(float) - jpeg).mean()
     assert err(img) < err(other)  # lossy, but the same image
     for hdr in (h, hj):  # the replica's time: queue + service + encode + its hand-offs
@@ -535,13 +556,16 @@ def test_bench_encode_writes_every_encoding_and_content(tmp_path):
                     "--out", out) == 0
     df = read_csv(out)
     assert list(df.columns) == ["heap", "encoding", "content", "encode_p50_ms", "encode_faults_p50", "body_mb", "repeats"]
-    assert len(df) == 12 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
-    host, dev = df[df["heap"] == "default"], df[df["heap"] == "device"]  # the service's two JPEG encoders
+    assert len(df) == 16 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
+    host, dev = df[df["heap"] == "default"], df[df["heap"] == "device"]  # the service's encoders, both ways
     assert len(host) == 8 and (host["encode_faults_p50"] >= 0).all() and dev["encode_faults_p50"].isna().all()
-    assert set(dev["encoding"]) == {"jpeg q90 on cpu (torchvision)", "jpeg q90 on cpu (torchvision), batch of 4"}
+    assert set(dev["encoding"]) == {f"{e}{b}" for e in ("jpeg q90 on cpu (torchvision)", "png level 0 framed on cpu (crc on cpu)")
+                                    for b in ("", ", batch of 4")}
+    framed = dev[dev["encoding"] == "png level 0 framed on cpu (crc on cpu)"].set_index("content")["body_mb"]
     pil = host[host["encoding"] == "jpeg q90"].set_index("content")["body_mb"]
     tv = dev[dev["encoding"] == "jpeg q90 on cpu (torchvision)"].set_index("content")["body_mb"]
     assert ((tv / pil).between(0.7, 1.4)).all()  # the same quality scale
     png0 = df[df["encoding"] == "png level 0"].set_index("content")["body_mb"]
     assert png0["noise"] == png0["smooth"] == pytest.approx((48 * (1 + 3 * 48) + 5 + 2 + 4 + 57) / 1e6, abs=1e-3)
+    assert (framed == png0).all()  # the same file size as encode_png's
     assert read_provenance(out)["device"].startswith("cpu: ")

@@ -38,7 +38,8 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 from .. import REPO_ROOT, repo_path
 from ..errors import ConfigError
 from ..modes import FP16, uniform_mode_bits
-from .images import IMAGE_FORMATS, EncodeTiming, encode_image_timed, encode_jpeg_on_device, keep_freed_heap
+from .images import (IMAGE_FORMATS, EncodeTiming, FramedPng, encode_image_timed, encode_jpeg_on_device, finish_png,
+                     keep_freed_heap, png_frames_on_device, timed)
 from .policies import POLICIES, Option, build_policy
 from .simulator import ServiceTable
 
@@ -88,7 +89,7 @@ class ServeConfig:
     png_level: int = 0
     jpeg_quality: int = 90
     keep_freed_heap: bool = False
-    jpeg_on_device: bool = False  # JPEG bodies encoded by torchvision where the images are (nvJPEG on a GPU)
+    encode_on_device: bool = False  # JPEG encoded where the images are (nvJPEG on a GPU), PNG framed there
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
     extra: dict = field(default_factory=dict)  # the other flags (e.g. the model group's newer ones) for make_runner
@@ -359,7 +360,11 @@ class ImageService:
         self.batchers: dict = {}
         self.gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")  # one batch at a time on the device
         self.io = ThreadPoolExecutor(2, thread_name_prefix="encode")
-        self.jpeg_on_device = cfg.jpeg_on_device and self._device_jpeg_works()
+        self.encode_on_device = cfg.encode_on_device
+        if cfg.encode_on_device and cfg.device == "cpu":  # allowed (the tests run it), but nothing is gained
+            warnings.warn("--encode_on_device on a CPU replica: the encoders' pixel work runs in the generation "
+                          "thread instead of the encoder threads (slower; meant for GPU replicas)", stacklevel=1)
+        self.jpeg_on_device = cfg.encode_on_device and self._device_jpeg_works()
         if cfg.keep_freed_heap and not keep_freed_heap():
             warnings.warn("--keep_freed_heap: this C library has no mallopt (not glibc); memory settings unchanged",
                           stacklevel=1)
@@ -384,7 +389,7 @@ class ImageService:
         return time.perf_counter() - self.t0
 
     def _device_jpeg_works(self) -> bool:
-        """--jpeg_on_device: one small encode on the replica's device at start-up; where torchvision cannot encode
+        """--encode_on_device: one small encode on the replica's device at start-up; where torchvision cannot encode
         there (no nvJPEG, an old torchvision), JPEG stays on the CPU encoder threads, with a warning."""
         import torch
 
@@ -393,7 +398,7 @@ class ImageService:
             encode_jpeg_on_device(torch.zeros(1, 3, 16, 16, dtype=torch.uint8, device=device), self.cfg.jpeg_quality)
             return True
         except Exception as e:  # noqa: BLE001 - any failure means: not here
-            warnings.warn(f"--jpeg_on_device: torchvision cannot encode JPEG on {device} ({type(e).__name__}: {e}); "
+            warnings.warn(f"--encode_on_device: torchvision cannot encode JPEG on {device} ({type(e).__name__}: {e}); "
                           "JPEG stays on the CPU", stacklevel=1)
             return False
 
@@ -455,13 +460,15 @@ class ImageService:
         # free encoder thread and the hand-backs included, is x-encode-ms; the encode alone, x-encode-work-ms (and the
         # page faults it took, x-encode-faults)
         t_encode = self._now()
-        if isinstance(image, EncodeTiming):  # encoded on the device right after its batch (--jpeg_on_device), in
+        if isinstance(image, EncodeTiming):  # encoded on the device right after its batch (--encode_on_device), in
             enc, encoded_on = image, "device"  # the GPU thread: that time is this request's encode
             encode_ms = enc.ms
-        else:
-            enc, encoded_on = await asyncio.get_running_loop().run_in_executor(
-                self.io, encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality), "cpu"
-            encode_ms = (self._now() - t_encode) * 1e3
+        else:  # on an encoder thread: the whole encode, or a PNG framed on the device whose CRC is left
+            framed = isinstance(image, FramedPng)
+            call = ((timed, finish_png, image.frame) if framed else
+                    (encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality))
+            enc = await asyncio.get_running_loop().run_in_executor(self.io, *call)
+            encoded_on, encode_ms = "device+cpu" if framed else "cpu", (self._now() - t_encode) * 1e3
         done = self._now()
         tags = {"mode": opt.mode, "res": str(opt.res)}
         self.m_latency.observe((done - arrival) * 1e3, tags=tags)
@@ -524,7 +531,7 @@ class ImageService:
         """The bucket's @serve.batch handler (made on first use: Ray's batch queue needs the running loop)."""
         fn = self.batchers.get(key)
         if fn is None:
-            async def run(jobs: list[_Job]) -> list[np.ndarray | EncodeTiming]:
+            async def run(jobs: list[_Job]) -> list[np.ndarray | FramedPng | EncodeTiming]:
                 return await self._run_batch(key, jobs)
 
             opt = self.table.options[key[0]]
@@ -533,7 +540,7 @@ class ImageService:
                                                   batch_wait_timeout_s=self.cfg.batch_wait_s)(run)
         return fn
 
-    async def _run_batch(self, key: tuple[int, int], jobs: list[_Job]) -> list[np.ndarray | EncodeTiming]:
+    async def _run_batch(self, key: tuple[int, int], jobs: list[_Job]) -> list[np.ndarray | FramedPng | EncodeTiming]:
         if self.forming is not None and self.forming[0] == key:
             self.forming = None
         k, steps = key
@@ -549,9 +556,13 @@ class ImageService:
             images = runner([j.req.prompt for j in jobs], [j.req.seed for j in jobs], opt.res, opt.res, steps,
                             self.guidance, keep_on_device=True)
             on_device = [i for i, j in enumerate(jobs) if self.jpeg_on_device and j.req.format == "jpeg"]
-            on_host = [i for i in range(len(jobs)) if i not in on_device]
+            framed = [i for i, j in enumerate(jobs)
+                      if self.encode_on_device and j.req.format == "png" and self.cfg.png_level == 0]
+            on_host = [i for i in range(len(jobs)) if i not in on_device and i not in framed]
             out = dict(zip(on_host, to_host_images(images[on_host]))) if on_host else {}
-            ms = (time.perf_counter() - t) * 1e3  # generation and the pixels' trip to the host (as calibrated)
+            if framed:  # the PNG file but its CRC, laid out on the device: one copy to the host
+                out.update(zip(framed, map(FramedPng, png_frames_on_device(images[framed]))))
+            ms = (time.perf_counter() - t) * 1e3  # generation and the pixels' trip to the host (as calibrated; PNG framing included)
             if on_device:  # one batched encode; each request's x-encode-ms is the batch's
                 t = time.perf_counter()
                 bodies = encode_jpeg_on_device(images[on_device], self.cfg.jpeg_quality)

@@ -51,7 +51,7 @@ class ServerConfig:
     # ms between a request's send and its place in the replica's queue: the replica's handling before a batch (body,
     # policy, hand-off to the batcher; the HTTP service's x-queue-ms at an idle replica, 3-4 ms on the H200 box)
     handoff_ms: float = 0.0
-    # ms the replica stays busy after each batch with its requests' work on the device (serve.py --jpeg_on_device:
+    # ms the replica stays busy after each batch with its requests' work on the device (serve.py --encode_on_device:
     # the batch's JPEG encode in the GPU thread): delays the batch's responses and the replica's next batch
     hold_ms: float = 0.0
 

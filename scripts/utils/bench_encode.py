@@ -5,8 +5,9 @@ with a little noise), p50 of `--repeats` encodes, each of a fresh copy (as the s
 time). Each encode also counts the page faults it took (fresh multi-MB buffers fault in ~770 pages per 3 MB), in a worker thread as in the service. With
 `--heaps default kept` (the default) the whole sweep runs twice: glibc's default heap, then with freed blocks kept
 in the heap (quant_utils/serving/images.keep_freed_heap, the service's --keep_freed_heap; irreversible, so second).
-`--device cuda` adds the service's `--jpeg_on_device` encoder (torchvision's nvJPEG) on that device, for one image and
-a batch of 4 (heap `device`; the pixels start on the device, the compressed bytes end on the host, synchronised).
+`--device cuda` adds the service's `--encode_on_device` encoders on that device, for one image and a batch of 4 (heap
+`device`; the pixels start on the device, the body ends on the host, synchronised): JPEG by torchvision (nvJPEG), and
+PNG level 0 laid out on the device with its CRC computed on the CPU.
 Writes one row per (heap, encoding, content): heap, encoding, content, encode_p50_ms (per call: per batch for the
 batch rows), encode_faults_p50, body_mb, repeats.
     python scripts/utils/bench_encode.py --out logs/encode_cpu.csv
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import itertools
 import math
 import sys
 import time
@@ -30,7 +32,8 @@ import torch  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import cpu_name, provenance, write_csv  # noqa: E402
-from quant_utils.serving.images import encode_image_timed, encode_jpeg_on_device, keep_freed_heap  # noqa: E402
+from quant_utils.serving.images import (encode_image_timed, encode_jpeg_on_device, finish_png, keep_freed_heap,  # noqa: E402
+                                         png_frames_on_device)
 
 ENCODINGS = {"png level 0": dict(fmt="png", png_level=0), "png level 1": dict(fmt="png", png_level=1),
              "jpeg q90": dict(fmt="jpeg", jpeg_quality=90), "jpeg q80": dict(fmt="jpeg", jpeg_quality=80)}
@@ -44,21 +47,30 @@ def images(size: int, seed: int = 0) -> dict[str, np.ndarray]:
             "smooth": np.clip(smooth, 0, 255).astype(np.uint8)}
 
 
-def device_jpeg_rows(args: argparse.Namespace) -> list[dict]:
-    """JPEG q90 by torchvision on args.device, one image and a batch of 4, after one warm-up (encoder start-up)."""
+def framed_png(batch: torch.Tensor) -> list[bytes]:
+    """The service's --encode_on_device PNG: laid out on the device, one copy to the host, the CRC on the CPU."""
+    return [finish_png(f) for f in png_frames_on_device(batch)]
+
+
+def device_rows(args: argparse.Namespace) -> list[dict]:
+    """The service's --encode_on_device encoders on args.device (JPEG q90 by torchvision; PNG level 0 framed there,
+    its CRC here), one image and a batch of 4, after one warm-up (encoder start-up)."""
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    encoders = {f"jpeg q90 on {dev.type} (torchvision)": lambda b: encode_jpeg_on_device(b, 90),
+                f"png level 0 framed on {dev.type} (crc on cpu)": framed_png}
     rows = []
     for content, img in images(args.size).items():
         one = torch.from_numpy(img).permute(2, 0, 1).contiguous().to(dev)[None]
-        for label, batch in ((f"jpeg q90 on {dev.type} (torchvision)", one),
-                             (f"jpeg q90 on {dev.type} (torchvision), batch of 4", one.expand(4, -1, -1, -1).contiguous())):
-            encode_jpeg_on_device(batch, 90)
+        for (name, encode), (suffix, batch) in itertools.product(
+                encoders.items(), (("", one), (", batch of 4", one.expand(4, -1, -1, -1).contiguous()))):
+            label = name + suffix
+            encode(batch)
             ms, bodies = [], []
             for _ in range(args.repeats):
                 sync()
                 t = time.perf_counter()
-                bodies = encode_jpeg_on_device(batch, 90)
+                bodies = encode(batch)
                 ms.append((time.perf_counter() - t) * 1e3)
             rows.append({"heap": "device", "encoding": label, "content": content,
                          "encode_p50_ms": round(float(np.median(ms)), 2), "encode_faults_p50": math.nan,
@@ -102,13 +114,13 @@ def main(args: argparse.Namespace) -> int:
                              "repeats": args.repeats})
                 print(rows[-1])
     if args.device:
-        rows += device_jpeg_rows(args)
+        rows += device_rows(args)
     gpu = f"; {torch.cuda.get_device_name()} for the device rows" if args.device and "cuda" in args.device else ""
     write_csv(pd.DataFrame(rows), repo_path(args.out),
               provenance(script="scripts/utils/bench_encode.py", device=f"cpu: {cpu_name()}{gpu}", cores=os.cpu_count(),
                          weights="none (synthetic images, no model)",
                          backend="none (CPU image encoders: zlib, Pillow)" + (
-                             f"; torchvision encode_jpeg on {args.device}" if args.device else ""),
+                             f"; torchvision encode_jpeg and the PNG framing on {args.device}" if args.device else ""),
                          loadavg_1min_before=round(load_before, 2), loadavg_1min_after=round(os.getloadavg()[0], 2),
                          size=args.size))
     return 0
