@@ -1,14 +1,19 @@
 """What Ray Serve and the HTTP client cost without a model: a bare FastAPI-ingress deployment returns a body of
 1 KB / 500 KB / 3.15 MB (a 1024 px PNG at zlib level 0), timed from the client, sequential requests, with httpx's
 AsyncClient and with aiohttp's ClientSession (the load test's client), through Ray Serve's proxy and straight to the
-replica (direct ingress, as `serve.py --direct_ingress`). Any machine with Ray Serve:
+replica (direct ingress, as `serve.py --direct_ingress`). Each body either `kept` (the same bytes object every
+time, as in Ray's own benchmarks) or `fresh` (a new one per request, as the service's encoder makes: the copy that
+makes it is timed in the replica and taken out of the latency, so both rows are the trip alone). Any machine with
+Ray Serve:
     python scripts/device/bare_serve_overhead.py --out logs/serve_client_overhead.csv
-Columns: path (proxy, direct), client, body_bytes, n, p50_ms, p95_ms (client latency: send to the body's last byte).
+Columns: path (proxy, direct), client, body (kept, fresh), body_bytes, n, p50_ms, p95_ms (client latency: send to the
+body's last byte, minus the fresh body's making).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -43,8 +48,10 @@ class Bare:
         return {"replica": serve.get_replica_context().replica_id.unique_id}
 
     @api.post("/body/{n}")
-    async def body(self, n: int) -> Response:
-        return Response(self.bodies[n], media_type="image/png")
+    async def body(self, n: int, fresh: int = 0) -> Response:
+        t = time.perf_counter()
+        body = bytes(memoryview(self.bodies[n])) if fresh else self.bodies[n]  # a new object: one copy
+        return Response(body, media_type="image/png", headers={"x-make-ms": f"{(time.perf_counter() - t) * 1e3:.4f}"})
 
 
 async def time_httpx(url: str, n: int) -> list[float]:
@@ -54,7 +61,7 @@ async def time_httpx(url: str, n: int) -> list[float]:
             t = time.perf_counter()
             r = await c.post(url, json={"prompt": "x"})
             await r.aread()
-            out.append((time.perf_counter() - t) * 1e3)
+            out.append((time.perf_counter() - t) * 1e3 - float(r.headers["x-make-ms"]))
     return out
 
 
@@ -65,7 +72,7 @@ async def time_aiohttp(url: str, n: int) -> list[float]:
             t = time.perf_counter()
             async with s.post(url, json={"prompt": "x"}) as r:
                 await r.read()
-            out.append((time.perf_counter() - t) * 1e3)
+            out.append((time.perf_counter() - t) * 1e3 - float(r.headers["x-make-ms"]))
     return out
 
 
@@ -88,12 +95,12 @@ def main() -> int:
     try:
         direct = next(iter(direct_urls("127.0.0.1", 1).values()))
         for path, base in (("proxy", f"http://127.0.0.1:{args.port}"), ("direct", direct)):
-            for size in SIZES:
+            for size, (body, fresh) in itertools.product(SIZES, (("kept", 0), ("fresh", 1))):
                 for name, fn in (("httpx", time_httpx), ("aiohttp", time_aiohttp)):
-                    ms = asyncio.run(fn(f"{base}/body/{size}", args.n + 3))[3:]
-                    rows.append({"path": path, "client": name, "body_bytes": size, "n": len(ms),
+                    ms = asyncio.run(fn(f"{base}/body/{size}?fresh={fresh}", args.n + 3))[3:]
+                    rows.append({"path": path, "client": name, "body": body, "body_bytes": size, "n": len(ms),
                                  "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))})
-                    print(f"{path:6} {name:8} {size:>9} B  p50 {rows[-1]['p50_ms']:7.2f} ms  "
+                    print(f"{path:6} {name:8} {body:5} {size:>9} B  p50 {rows[-1]['p50_ms']:7.2f} ms  "
                           f"p95 {rows[-1]['p95_ms']:7.2f} ms")
     finally:
         serve.shutdown()
