@@ -1,7 +1,9 @@
 """The service's response bodies: an image as PNG (lossless, default) or JPEG (a smaller body, lossy).
 
 Shared by the service (quant_utils/serving/server.py encodes) and the HTTP client (it checks that a 200's body is
-an image of the format it asked for). Encode times and body sizes at 1024 px: docs/serving.md.
+an image of the format it asked for). On the host from uint8 [H, W, 3] arrays (encode_image), or, for the service's
+--encode_on_device, from uint8 [B, 3, H, W] tensors where they were made (encode_jpeg_on_device; png_frames_on_device
+then finish_png). Encode times and body sizes at 1024 px: docs/serving.md.
 """
 from __future__ import annotations
 
@@ -96,13 +98,14 @@ def png_frames_on_device(images) -> np.ndarray:
     rows = torch.zeros((b, h, 1 + 3 * w), dtype=torch.uint8, device=dev)
     rows[:, :, 1:] = images.permute(0, 2, 3, 1).reshape(b, h, 3 * w)
     raw = rows.view(b, n)
-    nblk, last = -(-n // _STORED_MAX), n - (-(-n // _STORED_MAX) - 1) * _STORED_MAX
+    nblk = -(-n // _STORED_MAX)
+    last = n - (nblk - 1) * _STORED_MAX  # bytes in the final block
     heads = [bytes([0, 0xFF, 0xFF, 0, 0])] * (nblk - 1) + [bytes([1]) + last.to_bytes(2, "little")
                                                          + (0xFFFF - last).to_bytes(2, "little")]  # BFINAL, LEN, NLEN
     heads = torch.frombuffer(bytearray(b"".join(heads)), dtype=torch.uint8).view(1, nblk, 5).to(dev)
     padded = torch.nn.functional.pad(raw, (0, nblk * _STORED_MAX - n)).view(b, nblk, _STORED_MAX)
     blocks = torch.cat([heads.expand(b, -1, -1), padded], 2).view(b, -1)[:, :n + 5 * nblk]
-    d = raw.to(torch.int64)  # Adler-32 as sums: fits int64 up to ~4e9-byte rows (255 * n^2 / 2)
+    d = raw.to(torch.int64)  # Adler-32 as two sums; the weighted one stays below 2^63 for n < 2.6e8 (255 n^2 / 2)
     adler = ((n + (d * torch.arange(n, 0, -1, device=dev)).sum(1)) % 65521) << 16 | (1 + d.sum(1)) % 65521
     adler = torch.stack([(adler >> s) & 255 for s in (24, 16, 8, 0)], 1).to(torch.uint8)
     zlen = 2 + blocks.shape[1] + 4
