@@ -288,10 +288,10 @@ def main(args: argparse.Namespace) -> None:
         live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
                                              progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
         in_process = results
-        if server.transport_ms or server.encode_ms or server.handoff_ms or server.hold_ms:  # in process: none of them, own simulation
+        none = dict(transport_ms=0.0, encode_ms=0.0, handoff_ms=0.0, hold_ms=0.0)  # the HTTP service's own costs
+        if any(getattr(server, k) for k in none):  # in process: none of them, its own simulation
             in_process, _ = sweep.run_cells(cells, make_policy, lambda w, p: simulate(
-                w, p, perf, dataclasses.replace(server, transport_ms=0.0, encode_ms=0.0, handoff_ms=0.0, hold_ms=0.0), seed), "sim",
-                **common)
+                w, p, perf, dataclasses.replace(server, **none), seed), "sim", **common)
         fidelity = sweep.fidelity_table(in_process, live_res, runs_as)
         results = pd.concat([results, live_res], ignore_index=True)
         requests = pd.concat([requests, live_req], ignore_index=True)

@@ -213,8 +213,8 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
     `transport_ms` = latency - x-replica-ms (proxy, routing, network) and `encode_ms` = the rest of the overhead
     (latency - x-queue-ms - x-service-ms): the replica's encode and hand-offs, less `hold_ms` = the x-encode-ms of
     responses encoded on the device (x-encoded-on: device; they hold the replica's GPU thread; 0 otherwise). The sum
-    of the last three is the median overhead, so the simulated client latency keeps it whole. Measured before a load test's runs, so that its
-    simulator predicts the HTTP service instead of being fitted to it."""
+    of the last three is the median overhead, so the simulated client latency keeps it whole. Measured before a load
+    test's runs, so that its simulator predicts the HTTP service instead of being fitted to it."""
     url = target.rstrip("/") + "/generate"
 
     async def probe() -> tuple[list[float], list[float], list[float], list[float]]:
