@@ -101,8 +101,7 @@ def main(args: argparse.Namespace) -> None:
     df = df[df["mode"].isin(model.modes)]
     write_csv(model.loo_cells, out.with_name(out.stem + "_loo.csv"),
               provenance(script="fit_perf_model", gpu=model.gpu, weights=model.weights, synthetic=model.synthetic,
-                         backends=" ".join(f"{m}={'/'.join(sorted({g.backend for g in model.groups[m].values()}))}"
-                                           for m in sorted(model.groups))),
+                         backend=f"{model.backends_label()} (the fitted grids')"),
               keep_unchanged=True, float_format="%.6g")
     # 3. plot and report
     if args.plot:

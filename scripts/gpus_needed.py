@@ -53,8 +53,10 @@ def main(args: argparse.Namespace) -> None:
     df = gpus_needed_table(perf, args.modes, args.res, args.rates, args.slo_ms, args.max_batch, quantile=args.quantile,
                            dispatch=args.dispatch, n=args.num_requests, seed=args.seed, max_gpus=args.max_gpus)
     # 3. write, print one table per (res, max batch, SLO): rate x mode -> GPUs
-    meta = provenance(script="gpus_needed", perf_model=args.perf_model, perf_gpu=perf.gpu, perf_weights=perf.weights,
-                      perf_backends=perf.backends_label(), perf_synthetic=perf.synthetic, source="simulated", seed=args.seed, num_requests=args.num_requests)
+    meta = provenance(script="gpus_needed", perf_model=args.perf_model, perf_gpu=perf.gpu,
+                      weights=f"simulated only: {perf.weights} (performance model)",
+                      backend=f"simulated only: {perf.backends_label()} (performance model)",
+                      perf_synthetic=perf.synthetic, source="simulated", seed=args.seed, num_requests=args.num_requests)
     write_csv(df, repo_path(args.out), meta)
     for (res, b, slo), g in df.groupby(["res", "max_batch", "slo_ms"]):
         print(f"\nGPUs needed at p{args.quantile:g} <= {slo:g} ms, {res} px, max batch {b} (simulated, {perf.gpu}):")

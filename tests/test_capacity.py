@@ -34,6 +34,8 @@ def test_gpus_needed_script(tmp_path, capsys):
                     500, "--out", out) == 0
     df = read_csv(out)
     assert list(df.columns) == GPUS_COLUMNS and len(df) == 4 and read_provenance(out)["source"] == "simulated"
+    meta = read_provenance(out)  # what every results CSV says: the weights and backend its numbers come from
+    assert meta["weights"].startswith("simulated only") and meta["backend"].startswith("simulated only: fp16=")
     assert (df.groupby("mode")["gpus_needed"].apply(lambda g: g.is_monotonic_increasing)).all()
     assert "GPUs needed at p95" in capsys.readouterr().out
     assert run_main("gpus_needed.py", "--perf_model", pm, "--modes", "w5a8", "--out", out) == 2

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_main
-from quant_utils.csvio import provenance, read_csv, write_csv
+from quant_utils.csvio import provenance, read_csv, read_provenance, write_csv
 from quant_utils.perf_model import (FEATURES, SYNTHETIC_BASE, SYNTHETIC_PARAMS, PerfModel, feature_columns,
                                     leave_one_out, synthetic_latency_frame)
 from quant_utils.errors import ConfigError
@@ -151,6 +151,7 @@ def test_fit_script_on_synthetic_csvs(tmp_path, capsys):
     assert d["synthetic"] is True and len(d["sources"]) == 4 and set(d["models"]) == set(SYNTHETIC_PARAMS)
     loo = read_csv(tmp_path / "pm_loo.csv")
     assert {"mode", "exec", "height", "batch", "target", "measured", "predicted", "err_pct"} <= set(loo.columns)
+    assert read_provenance(tmp_path / "pm_loo.csv")["backend"].startswith("fp16=")  # and weights, gpu: the model's
     assert png.stat().st_size > 10_000
     assert run_main("fit_perf_model.py", "--csv", tmp_path / "missing.csv", "--out", out) == 2
     assert "does not exist" in capsys.readouterr().err
