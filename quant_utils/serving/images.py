@@ -62,6 +62,14 @@ def encode_image(image: np.ndarray, fmt: str, png_level: int = 0, jpeg_quality: 
     return buf.getvalue()
 
 
+def _check_batch(images) -> None:
+    """The device encoders' input: a uint8 torch batch [B, 3, H, W] (ValueError naming what came instead)."""
+    import torch
+
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+
+
 def encode_jpeg_on_device(images, quality: int = 90) -> list[bytes]:
     """uint8 torch [B, 3, H, W] -> one JPEG body per image, encoded where the tensor lives: nvJPEG on CUDA (one
     batched call; only the compressed bytes cross to the host, not the 3 MB of pixels per 1024 px image), libjpeg on
@@ -69,8 +77,7 @@ def encode_jpeg_on_device(images, quality: int = 90) -> list[bytes]:
     lack; its quality scale is libjpeg's, as Pillow's."""
     import warnings
 
-    if images.dtype.is_floating_point or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected uint8 [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    _check_batch(images)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated since torchvision")  # once per call otherwise
         from torchvision.io import encode_jpeg
@@ -90,8 +97,7 @@ def png_frames_on_device(images) -> np.ndarray:
     into the body: two passes over 3 MB at 1024 px instead of encode_png's five."""
     import torch
 
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected uint8 [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    _check_batch(images)
     b, _, h, w = images.shape
     dev = images.device
     n = h * (1 + 3 * w)  # the rows, each with its filter byte (0: none)
