@@ -132,8 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "measured by the same probe")
     h.add_argument("--hold_ms", type=nonnegative_float, default=None,
                    help="--target: how long the replica stays busy after each batch with its requests' work on the "
-                        "device (serve.py --encode_on_device: the batch's JPEG encode), which the simulator adds to each "
+                        "device (serve.py --encode_on device: the batch's JPEG encode), which the simulator adds to each "
                         "batch; default: measured by the same probe (0 for encodes on the CPU)")
+    h.add_argument("--gap_ms", type=nonnegative_float, default=None,
+                   help="--target: how long the replica stays busy per batch beyond the performance model's batch time "
+                        "and the hold (hand-offs between batches, the batch's slow-down while responses are sent), which "
+                        "the simulator adds between batches without delaying their responses; default: measured by a "
+                        "burst of back-to-back batches after the probe")
     args = p.parse_args(argv)
     if args.rates is None:
         args.rates = [] if args.load else [0.5, 1.0, 2.0, 4.0]
@@ -258,12 +263,17 @@ def main(args: argparse.Namespace) -> None:
         if None in (args.transport_ms, args.encode_ms, args.handoff_ms, args.hold_ms):
             probed = client.probe_transport(args.target[0], modes[0], args.prompt, fmt=args.format)
             vars(args).update({k: v for k, v in probed.items() if vars(args)[k] is None})
+        if args.gap_ms is None:
+            table = ServiceTable(perf, args.max_batch, args.exec_mode, args.steps)
+            args.gap_ms = client.probe_gap(args.target[0], modes[0], args.prompt, 2 * args.max_batch * args.replicas,
+                                           lambda res, m, b: table.p50[table.add(Option(res, m))][b], fmt=args.format)
         print(f"per {args.format} request besides its batch: the replica's handling before it {args.handoff_ms:.1f} ms, "
               f"encode (+ replica hand-offs) {args.encode_ms:.1f} ms, transport (proxy, routing, network) "
               f"{args.transport_ms:.1f} ms" + (f", the replica held after each batch {args.hold_ms:.1f} ms (encode on "
-                                                f"its device)" if args.hold_ms else ""))
+                                                f"its device)" if args.hold_ms else "") +
+              f"; busy between batches beyond the model's batch time {args.gap_ms:.1f} ms")
         server = dataclasses.replace(server, transport_ms=args.transport_ms, encode_ms=args.encode_ms,
-                                     handoff_ms=args.handoff_ms, hold_ms=args.hold_ms)
+                                     handoff_ms=args.handoff_ms, hold_ms=args.hold_ms, gap_ms=args.gap_ms)
     # 3. the cells and their policies
     quality = None
     if args.quality_csv:
@@ -288,7 +298,7 @@ def main(args: argparse.Namespace) -> None:
         live_res, live_req = sweep.run_cells(cells, make_policy, run, "live",
                                              progress=lambda c: tqdm(c, desc="live", unit="run"), **common)
         in_process = results
-        none = dict(transport_ms=0.0, encode_ms=0.0, handoff_ms=0.0, hold_ms=0.0)  # the HTTP service's own costs
+        none = dict(transport_ms=0.0, encode_ms=0.0, handoff_ms=0.0, hold_ms=0.0, gap_ms=0.0)  # the HTTP service's own costs
         if any(getattr(server, k) for k in none):  # in process: none of them, its own simulation
             in_process, _ = sweep.run_cells(cells, make_policy, lambda w, p: simulate(
                 w, p, perf, dataclasses.replace(server, **none), seed), "sim", **common)
@@ -341,6 +351,8 @@ def main(args: argparse.Namespace) -> None:
                                                                if server.handoff_ms else ""),
                       hold_ms=f"{server.hold_ms:.2f}" + (" (added to every sim batch: the replica's encode on its device)"
                                                          if server.hold_ms else ""),
+                      gap_ms=f"{server.gap_ms:.2f}" + (" (the replica busy after every sim batch, its responses gone)"
+                                                       if server.gap_ms else ""),
                       **({"service": f"{service['device']}, {service.get('weights', 'weights not reported')} weights, "
                                      f"models {service['labels']}", "format": args.format} if service else {}),
                       **({"live": f"{live_weights} weights, quantized backend {live_backend}"} if args.live else {}),

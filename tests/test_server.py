@@ -33,7 +33,8 @@ from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
 from quant_utils.serving.images import (IMAGE_FORMATS, encode_image, encode_image_timed, encode_jpeg_on_device,
                                          encode_png, finish_png, is_image, png_frames_on_device)
-from quant_utils.serving.server import ReplicaQueue, RequestError, parse_generate
+from quant_utils.errors import ConfigError
+from quant_utils.serving.server import ReplicaQueue, RequestError, ServeConfig, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
 from quant_utils.serving.sweep import RESULT_COLUMNS
 
@@ -121,7 +122,7 @@ def test_every_format_decodes_to_the_image_and_the_client_knows_it():
 
 @pytest.mark.parametrize("h, w", [(1, 1), (7, 13), (15, 1456), (30, 1456), (64, 48)])  # 65535 rows' bytes: one block
 def test_png_framed_on_the_device_is_the_image_once_its_crc_is_filled(h, w):
-    """png_frames_on_device + finish_png (the service's --encode_on_device PNG): a valid PNG of each image of the
+    """png_frames_on_device + finish_png (the service's --encode_on device PNG): a valid PNG of each image of the
     batch, whose IDAT holds a zlib stream zlib itself accepts (stored blocks, Adler-32), with a CRC libpng would check;
     a stored-block boundary exactly at the end of the rows included (15 x 1456)."""
     rng = np.random.default_rng(h * w)
@@ -229,6 +230,34 @@ def loopback_service(handler):
         loop.close()
 
 
+def test_gap_probe_times_back_to_back_batches_on_a_mock_replica():
+    """client.probe_gap against a mock replica that runs one request at a time for 20 ms, then stays busy 5 ms more
+    (its start stamps on its own clock, as serve.py's x-batch-start-ms): with two clients each batch's successor is
+    waiting, so the excess over a 18 ms model is 2 + 5 ms; one client leaves the replica idle between batches:
+    nothing to time, 0."""
+    from aiohttp import web
+
+    body = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
+    state = {"free_at": 0.0, "t0": time.perf_counter()}
+
+    async def replica(request):
+        await request.read()
+        now = (time.perf_counter() - state["t0"]) * 1e3
+        start = max(now, state["free_at"])
+        state["free_at"] = start + 20.0 + 5.0
+        await asyncio.sleep((start + 20.0 - now) / 1e3)
+        return web.Response(body=body, headers={
+            "x-res": "64", "x-mode": "fp16", "x-batch-size": "1", "x-replica": "r1", "x-service-ms": "20.000",
+            "x-queue-ms": f"{start - now:.3f}", "x-batch-start-ms": f"{start:.3f}", "x-encode-ms": "0.1",
+            "x-encoded-on": "cpu"})
+    seen = []
+    model = lambda res, mode, b: seen.append((res, mode, b)) or 18.0  # noqa: E731
+    with loopback_service(replica) as url:
+        assert client.probe_gap(url, "fp16", "p", clients=2, batch_ms=model, rounds=4) == pytest.approx(7.0, abs=0.01)
+        assert set(seen) == {(64, "fp16", 1)}
+        assert client.probe_gap(url, "fp16", "p", clients=1, batch_ms=model, rounds=3) == 0.0
+
+
 def test_http_client_open_and_closed_loop_with_retries_on_a_mock_service():
     """The client against a loopback mock service: 429s, 500s and broken connections recorded, a closed-loop client
     resends a rejected request (same body, attempt + 1) after the back-off, and nothing is lost."""
@@ -287,6 +316,8 @@ def test_serve_script_user_errors_before_ray_starts(tmp_path, capsys):
     assert "ladder" in capsys.readouterr().err
     assert run_main("serve.py", "--direct_ingress", "--address", "auto") == 2
     assert "RAY_SERVE_ENABLE_DIRECT_INGRESS=1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="encode_on 'gpu'"):  # argparse's choices guard the flag; this, the config
+        ServeConfig(config=TINY, encode_on="gpu").resolve()
 
 
 # --------------------------------------------------------------------------- the service
@@ -312,7 +343,7 @@ def service(tmp_path_factory, tiny_pipe):
     cmd = [sys.executable, str(REPO / "scripts" / "serve.py"), "--config", TINY, "--replicas", 2, "--max_batch", 4,
            "--modes", "fp16", "w8a8", "--ckpt_base", base, "--ladder", 64, 32, "--admission", "--slo_ms", SLO_MS,
            "--calibrate_repeats", 2, "--port", port, "--metrics_port", metrics_port, "--num_cpus", 2,
-           "--health_check_period_s", 2, "--direct_ingress", "--encode_on_device"]  # JPEG whole, PNG but its CRC
+           "--health_check_period_s", 2, "--direct_ingress", "--encode_on", "device"]  # JPEG whole, PNG but its CRC
     with open(log, "w") as f:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 150
@@ -368,7 +399,7 @@ def test_images_say_what_was_served_and_depend_on_their_seed_only(service):
     assert small.shape == (32, 32, 3) and (h["x-mode"], h["x-model"]) == ("w8a8", "w8a8-fake")
     jpeg, hj = client.fetch_image(url, "a red bicycle", seed=5, format="jpeg")
     assert jpeg.shape == (64, 64, 3) and (hj["content-type"], hj["x-format"]) == ("image/jpeg", "jpeg")
-    assert (h["x-encoded-on"], hj["x-encoded-on"]) == ("device+cpu", "device")  # --encode_on_device
+    assert (h["x-encoded-on"], hj["x-encoded-on"]) == ("device+cpu", "device")  # --encode_on device
     err = lambda a: np.abs(a.astype(float) - jpeg).mean()
     assert err(img) < err(other)  # lossy, but the same image
     for hdr in (h, hj):  # the replica's time: queue + service + encode + its hand-offs
@@ -443,6 +474,7 @@ def test_load_test_against_the_service(service, tmp_path):
     assert float(meta["encode_ms"]) >= 0 and cfg["format"] == "jpeg"
     assert float(meta["handoff_ms"].split()[0]) > 0 and cfg["handoff_ms"] > 0  # the replica's handling, probed
     assert float(meta["hold_ms"].split()[0]) > 0 and cfg["hold_ms"] > 0  # JPEG encoded in the batch's thread, probed
+    assert float(meta["gap_ms"].split()[0]) == pytest.approx(cfg["gap_ms"], abs=0.006) and cfg["gap_ms"] >= 0  # probed
 
 
 def assert_latency_adds_up(ok):

@@ -109,7 +109,8 @@ def test_transport_delays_responses_and_closed_loop_sends_not_the_replica(perf):
     one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", encode_ms=25.0)).requests
     np.testing.assert_allclose(np.diff(one["arrival_s"]), (S + 25.0) / 1e3, rtol=1e-9)
     np.testing.assert_allclose(one["latency_ms"], S + 25.0, rtol=1e-9)
-    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0), dict(handoff_ms=-1.0), dict(hold_ms=-1.0)):
+    for bad in (dict(transport_ms=-1.0), dict(encode_ms=-1.0), dict(handoff_ms=-1.0), dict(hold_ms=-1.0),
+                dict(gap_ms=-1.0)):
         with pytest.raises(Exception, match="must be >= 0"):
             ServerConfig(**bad)
 
@@ -126,6 +127,22 @@ def test_hold_keeps_the_replica_busy_after_each_batch(perf):
     enc = simulate(burst, policy, perf, ServerConfig(noise="none", encode_ms=2.0)).requests  # off the GPU thread
     np.testing.assert_allclose(np.diff(enc["start_s"]), S / 1e3, rtol=1e-9)
     np.testing.assert_allclose(enc["latency_ms"], S * np.arange(1, 4) + 2.0, rtol=1e-9)
+
+
+def test_gap_delays_the_next_batch_not_the_responses(perf):
+    """gap_ms (the replica's hand-offs between batches, its slow-down while responses are sent): requests arriving
+    at once start S + hold + gap apart, and each response comes when its batch (and hold) ends, not gap later; a
+    closed-loop client's next request leaves at its response and waits out the gap."""
+    S = perf.predict(W8, 512, 512, 1)["total_p50_ms"]
+    policy = Static(Option(512, W8))
+    burst = wl.Workload("test", 3, arrival_s=np.zeros(3))
+    run = simulate(burst, policy, perf, ServerConfig(noise="none", hold_ms=2.0, gap_ms=3.0)).requests
+    np.testing.assert_allclose(np.diff(run["start_s"]), (S + 5.0) / 1e3, rtol=1e-9)
+    np.testing.assert_allclose(run["latency_ms"], (S + 5.0) * np.arange(3) + S + 2.0, rtol=1e-9)
+    one = simulate(wl.closed_loop(10, 1), policy, perf, ServerConfig(noise="none", gap_ms=7.0)).requests
+    np.testing.assert_allclose(one["arrival_s"][1] - one["arrival_s"][0], S / 1e3, rtol=1e-9)  # sent at its response
+    np.testing.assert_allclose(np.diff(one["start_s"]), (S + 7.0) / 1e3, rtol=1e-9)  # ... which waits for the replica
+    np.testing.assert_allclose(one["latency_ms"][1:], S + 7.0, rtol=1e-9)
 
 
 def test_handoff_delays_each_request_into_its_queue(perf):

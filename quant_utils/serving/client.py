@@ -16,7 +16,7 @@ import asyncio
 import json
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import aiohttp
 import httpx
@@ -241,6 +241,49 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
     held = min(max(float(np.median(hold)), 0.0), total - outside)
     return {"transport_ms": outside, "encode_ms": total - outside - held, "hold_ms": held,
             "handoff_ms": max(float(np.median(queue)), 0.0)}
+
+
+def probe_gap(target: str, mode: str, prompt: str, clients: int, batch_ms: Callable[[int, str, int], float],
+              rounds: int = 5, timeout_s: float = 120.0, fmt: str = "png") -> float:
+    """How long a replica stays busy per batch beyond the performance model's batch time and its device hold, for
+    the simulator's `gap_ms` (ms, >= 0): `clients` closed-loop clients (twice the batches a replica takes at once,
+    so that the next batch waits while one runs) send `rounds` requests each; over the replica's consecutive
+    batches whose successor was already waiting when the batch ended, the median of (next start - start -
+    batch_ms(res, mode, batch size) - the batch's x-encode-ms when encoded on the device). That covers the
+    hand-offs between batches and the batch's own slow-down while the replica sends responses, neither of which
+    an idle replica (probe_transport) shows."""
+    url = target.rstrip("/") + "/generate"
+
+    async def burst() -> list[dict]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async def client_loop(c: int) -> list[dict]:
+                out = []
+                for i in range(rounds):
+                    body = {"prompt": prompt, "seed": c * rounds + i, "mode": mode, "format": fmt}
+                    async with session.post(url, json=body) as r:
+                        content = await r.read()
+                    if r.status != 200:
+                        raise ConfigError(f"gap probe: {url} answered HTTP {r.status}: {_error_reason(content)}")
+                    out.append({k.lower(): v for k, v in r.headers.items()})
+                return out
+
+            return [h for hs in await asyncio.gather(*map(client_loop, range(clients))) for h in hs]
+
+    batches: dict[tuple[str, float], dict] = {}  # (replica, start ms on its clock) -> the batch
+    for h in asyncio.run(burst()):
+        start = float(h["x-batch-start-ms"])
+        b = batches.setdefault((h["x-replica"], start), {
+            "start": start, "end": start + float(h["x-service-ms"]), "first_arrival": math.inf,
+            "model_ms": batch_ms(int(h["x-res"]), h["x-mode"], int(h["x-batch-size"])),
+            "hold": float(h["x-encode-ms"]) if h.get("x-encoded-on") == "device" else 0.0})
+        b["first_arrival"] = min(b["first_arrival"], start - float(h["x-queue-ms"]))
+    excess = []
+    for replica in {r for r, _ in batches}:
+        seq = sorted((b for (r, _), b in batches.items() if r == replica), key=lambda b: b["start"])
+        excess += [nxt["start"] - b["start"] - b["model_ms"] - b["hold"]
+                   for b, nxt in zip(seq, seq[1:]) if nxt["first_arrival"] <= b["end"]]
+    return max(float(np.median(excess)), 0.0) if excess else 0.0
 
 
 def overhead_table(live: pd.DataFrame, http: pd.DataFrame, http_requests: pd.DataFrame) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 Shared by the service (quant_utils/serving/server.py encodes) and the HTTP client (it checks that a 200's body is
 an image of the format it asked for). On the host from uint8 [H, W, 3] arrays (encode_image), or, for the service's
---encode_on_device, from uint8 [B, 3, H, W] tensors where they were made (encode_jpeg_on_device; png_frames_on_device
+--encode_on device, from uint8 [B, 3, H, W] tensors where they were made (encode_jpeg_on_device; png_frames_on_device
 then finish_png). Encode times and body sizes at 1024 px: docs/serving.md.
 """
 from __future__ import annotations

@@ -89,7 +89,8 @@ class ServeConfig:
     png_level: int = 0
     jpeg_quality: int = 90
     keep_freed_heap: bool = False
-    encode_on_device: bool = False  # JPEG encoded where the images are (nvJPEG on a GPU), PNG framed there
+    encode_on: str = "auto"  # device: JPEG encoded where the images are (nvJPEG on a GPU), PNG framed there; auto:
+    # device on a GPU replica, else cpu
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
     extra: dict = field(default_factory=dict)  # the other flags (e.g. the model group's newer ones) for make_runner
@@ -138,6 +139,8 @@ class ServeConfig:
             raise ConfigError(f"png_level {self.png_level}: expected 0 (no compression, fastest) to 9")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality {self.jpeg_quality}: expected 1 to 100 (Pillow's scale)")
+        if self.encode_on not in ("auto", "device", "cpu"):
+            raise ConfigError(f"encode_on {self.encode_on!r}: expected auto, device or cpu")
         build_policy(self.policy, self.modes[0], self.res, self.ladder, bits_ladder=self.adaptive_modes,
                      q_high=self.q_high, q_low=self.q_low, slo_ms=self.slo_ms, admission=self.admission)
         return self
@@ -360,11 +363,11 @@ class ImageService:
         self.batchers: dict = {}
         self.gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")  # one batch at a time on the device
         self.io = ThreadPoolExecutor(2, thread_name_prefix="encode")
-        self.encode_on_device = cfg.encode_on_device
-        if cfg.encode_on_device and cfg.device == "cpu":  # allowed (the tests run it), but nothing is gained
-            warnings.warn("--encode_on_device on a CPU replica: the encoders' pixel work runs in the generation "
+        self.encode_on_device = cfg.encode_on == "device" or (cfg.encode_on == "auto" and cfg.device != "cpu")
+        if cfg.encode_on == "device" and cfg.device == "cpu":  # allowed (the tests run it), but nothing is gained
+            warnings.warn("--encode_on device on a CPU replica: the encoders' pixel work runs in the generation "
                           "thread instead of the encoder threads (slower; meant for GPU replicas)", stacklevel=1)
-        self.jpeg_on_device = cfg.encode_on_device and self._device_jpeg_works()
+        self.jpeg_on_device = self.encode_on_device and self._device_jpeg_works()
         if cfg.keep_freed_heap and not keep_freed_heap():
             warnings.warn("--keep_freed_heap: this C library has no mallopt (not glibc); memory settings unchanged",
                           stacklevel=1)
@@ -389,7 +392,7 @@ class ImageService:
         return time.perf_counter() - self.t0
 
     def _device_jpeg_works(self) -> bool:
-        """--encode_on_device: one small encode on the replica's device at start-up; where torchvision cannot encode
+        """Encoding on the device: one small encode on the replica's device at start-up; where torchvision cannot encode
         there (no nvJPEG, an old torchvision), JPEG stays on the CPU encoder threads, with a warning."""
         import torch
 
@@ -398,7 +401,7 @@ class ImageService:
             encode_jpeg_on_device(torch.zeros(1, 3, 16, 16, dtype=torch.uint8, device=device), self.cfg.jpeg_quality)
             return True
         except Exception as e:  # noqa: BLE001 - any failure means: not here
-            warnings.warn(f"--encode_on_device: torchvision cannot encode JPEG on {device} ({type(e).__name__}: {e}); "
+            warnings.warn(f"--encode_on device: torchvision cannot encode JPEG on {device} ({type(e).__name__}: {e}); "
                           "JPEG stays on the CPU", stacklevel=1)
             return False
 
@@ -460,7 +463,7 @@ class ImageService:
         # free encoder thread and the hand-backs included, is x-encode-ms; the encode alone, x-encode-work-ms (and the
         # page faults it took, x-encode-faults)
         t_encode = self._now()
-        if isinstance(image, EncodeTiming):  # encoded on the device right after its batch (--encode_on_device), in
+        if isinstance(image, EncodeTiming):  # encoded on the device right after its batch (--encode_on device), in
             enc, encoded_on = image, "device"  # the GPU thread: that time is this request's encode
             encode_ms = enc.ms
         else:  # on an encoder thread: the whole encode, or a PNG framed on the device whose CRC is left
@@ -484,7 +487,7 @@ class ImageService:
             "x-queue-ms": f"{(job.start - arrival) * 1e3:.3f}", "x-service-ms": f"{job.service_ms:.3f}",
             "x-encode-ms": f"{encode_ms:.3f}", "x-encode-work-ms": f"{enc.ms:.3f}",
             "x-encode-faults": f"{enc.faults:g}", "x-encoded-on": encoded_on,
-            "x-replica-ms": f"{(done - arrival) * 1e3:.3f}",
+            "x-replica-ms": f"{(done - arrival) * 1e3:.3f}", "x-batch-start-ms": f"{job.start * 1e3:.3f}",
             "x-format": req.format, "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen),
             "x-replica": self.replica_id})
 

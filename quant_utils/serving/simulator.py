@@ -51,16 +51,21 @@ class ServerConfig:
     # ms between a request's send and its place in the replica's queue: the replica's handling before a batch (body,
     # policy, hand-off to the batcher; the HTTP service's x-queue-ms at an idle replica, 3-4 ms on the H200 box)
     handoff_ms: float = 0.0
-    # ms the replica stays busy after each batch with its requests' work on the device (serve.py --encode_on_device:
+    # ms the replica stays busy after each batch with its requests' work on the device (serve.py --encode_on device:
     # the batch's JPEG encode in the GPU thread): delays the batch's responses and the replica's next batch
     hold_ms: float = 0.0
+    # ms the replica stays busy after each batch (and its hold) without delaying that batch's responses: its hand-offs
+    # between one batch's end and the next one's start, and what a batch takes beyond the performance model's time
+    # while the replica also sends responses (load_test_stub's probe times back-to-back batches; 0 in process)
+    gap_ms: float = 0.0
 
     def __post_init__(self):
         if self.replicas < 1 or self.max_batch < 1:
             raise ConfigError(f"replicas={self.replicas} and max_batch={self.max_batch} must be >= 1")
-        if not (self.transport_ms >= 0 and self.encode_ms >= 0 and self.handoff_ms >= 0 and self.hold_ms >= 0):
-            raise ConfigError(f"transport_ms={self.transport_ms}, encode_ms={self.encode_ms}, handoff_ms="
-                              f"{self.handoff_ms} and hold_ms={self.hold_ms}: must be >= 0")
+        costs = dict(transport_ms=self.transport_ms, encode_ms=self.encode_ms, handoff_ms=self.handoff_ms,
+                     hold_ms=self.hold_ms, gap_ms=self.gap_ms)
+        if not all(v >= 0 for v in costs.values()):
+            raise ConfigError(f"{', '.join(f'{k}={v}' for k, v in costs.items())}: each must be >= 0")
         if self.dispatch not in DISPATCH:
             raise ConfigError(f"dispatch {self.dispatch!r}: expected one of {DISPATCH}")
         if self.noise not in NOISE:
@@ -200,6 +205,7 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
     closed = workload.closed
     transport = (server.encode_ms + server.transport_ms) / 1e3  # the client-seen response delay after the batch
     hold = server.hold_ms / 1e3  # after each batch, the replica still busy for its requests (device-side encode)
+    gap = server.gap_ms / 1e3  # then busy still, its responses gone
     handoff = server.handoff_ms / 1e3  # `arrival` below: when a request joins its replica's queue (sent + handoff)
     # closed loop: (queue arrival, order, attempt) of the clients' next requests; moved into `arrival` when due
     pending = [(handoff, c, 1) for c in range(min(workload.clients, n))] if closed else []
@@ -233,9 +239,13 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
         t = heap[0][0] if heap and heap[0][0] <= na else na
         q_area += waiting * (t - t_last)
         t_last = t
-        # 1. completions at t
+        # 1. completions at t: a batch's responses leave (then, after its gap, the replica is free)
         while heap and heap[0][0] == t:
-            r = heappop(heap)[2]
+            _, seq, r = heappop(heap)
+            if seq < 0:  # the gap after a batch is over
+                busy[r] = False
+                touched.append(r)
+                continue
             for j in running[r]:
                 finish[j] = t + transport
             in_system[r] -= len(running[r])
@@ -244,8 +254,11 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
                     if n_sched < n:
                         heappush(pending, (t + transport + handoff, n_sched, 1))
                         n_sched += 1
-            busy[r] = False
-            touched.append(r)
+            if gap:
+                heappush(heap, (t + gap, -seq, r))
+            else:
+                busy[r] = False
+                touched.append(r)
         # 2. arrivals at t
         while True:
             if closed:
@@ -296,8 +309,8 @@ def simulate(workload: Workload, policy: Policy, perf: PerfModel, server: Server
                 bsize[j] = b
             running[r] = batch
             busy[r] = True
-            end_pred[r] = t + p50[k][b] / 1e3 + hold
-            busy_s[r] += ms / 1e3 + hold
+            end_pred[r] = t + p50[k][b] / 1e3 + hold + gap
+            busy_s[r] += ms / 1e3 + hold + gap
             heappush(heap, (t + ms / 1e3 + hold, nb, r))
         touched.clear()
         if waiting > q_max:

@@ -10,7 +10,7 @@
 # Results: $OUT/serve_results.tgz (one folder per load test: CSVs, .txt report, config, perf models, Prometheus
 # scrape) -> untar into results/serve_<gpu>/; $OUT/*.txt are the three reports, $OUT/serve.log the service's log.
 # BARE=1 adds Ray Serve's floor without a model after the service stops (~1 min); SERVE_EXTRA: more serve.py flags
-# (e.g. --keep_freed_heap).
+# (e.g. --keep_freed_heap, --encode_on cpu).
 # Every step has a timeout inside one 10-minute call; what finished is packed even if a later step ran out.
 source "$(dirname "$0")/job_env.sh"
 T0=$SECONDS

@@ -5,7 +5,7 @@ with a little noise), p50 of `--repeats` encodes, each of a fresh copy (as the s
 time). Each encode also counts the page faults it took (fresh multi-MB buffers fault in ~770 pages per 3 MB), in a worker thread as in the service. With
 `--heaps default kept` (the default) the whole sweep runs twice: glibc's default heap, then with freed blocks kept
 in the heap (quant_utils/serving/images.keep_freed_heap, the service's --keep_freed_heap; irreversible, so second).
-`--device cuda` adds the service's `--encode_on_device` encoders on that device, for one image and a batch of 4 (heap
+`--device cuda` adds the service's `--encode_on device` encoders on that device, for one image and a batch of 4 (heap
 `device`; the pixels start on the device, the body ends on the host, synchronised): JPEG by torchvision (nvJPEG), and
 PNG level 0 laid out on the device with its CRC computed on the CPU.
 Writes one row per (heap, encoding, content): heap, encoding, content, encode_p50_ms (per call: per batch for the
@@ -48,12 +48,12 @@ def images(size: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def framed_png(batch: torch.Tensor) -> list[bytes]:
-    """The service's --encode_on_device PNG: laid out on the device, one copy to the host, the CRC on the CPU."""
+    """The service's --encode_on device PNG: laid out on the device, one copy to the host, the CRC on the CPU."""
     return [finish_png(f) for f in png_frames_on_device(batch)]
 
 
 def device_rows(args: argparse.Namespace) -> list[dict]:
-    """The service's --encode_on_device encoders on args.device (JPEG q90 by torchvision; PNG level 0 framed there,
+    """The service's --encode_on device encoders on args.device (JPEG q90 by torchvision; PNG level 0 framed there,
     its CRC here), one image and a batch of 4, after one warm-up (encoder start-up)."""
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
