@@ -32,7 +32,8 @@ from quant_utils.serving import client
 from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
 from quant_utils.serving.images import (IMAGE_FORMATS, encode_image, encode_image_timed, encode_jpeg_on_device,
-                                         encode_png, finish_png, is_image, png_frames_on_device)
+                                         encode_png, encode_png_on_device, is_image)
+from quant_utils.serving.images import _crc32_gf2, crc32_on_device
 from quant_utils.errors import ConfigError
 from quant_utils.serving.server import ReplicaQueue, RequestError, ServeConfig, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
@@ -120,24 +121,40 @@ def test_every_format_decodes_to_the_image_and_the_client_knows_it():
     assert enc.body == encode_image(img, "png") and enc.ms > 0 and (enc.faults >= 0 or math.isnan(enc.faults))
 
 
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 4097, 70001])
+def test_crc32_in_tensor_ops_is_zlibs(n):
+    """crc32_on_device's tensor form (GF(2) matrices, chunks combined up a tree, zero chunks in front): zlib.crc32 of
+    every row, at lengths around the 64-byte chunk and between powers of two; the CPU form is zlib itself."""
+    rows = torch.from_numpy(np.random.default_rng(n).integers(0, 256, (3, n), dtype=np.uint8))
+    want = [zlib.crc32(r.numpy()) for r in rows]
+    assert _crc32_gf2(rows).tolist() == want and crc32_on_device(rows).tolist() == want
+    assert _crc32_gf2(torch.zeros(1, n, dtype=torch.uint8)).item() == zlib.crc32(bytes(n))
+    with pytest.raises(ValueError, match="uint8"):
+        crc32_on_device(rows.int())
+
+
 @pytest.mark.parametrize("h, w", [(1, 1), (7, 13), (15, 1456), (30, 1456), (64, 48)])  # 65535 rows' bytes: one block
-def test_png_framed_on_the_device_is_the_image_once_its_crc_is_filled(h, w):
-    """png_frames_on_device + finish_png (the service's --encode_on device PNG): a valid PNG of each image of the
-    batch, whose IDAT holds a zlib stream zlib itself accepts (stored blocks, Adler-32), with a CRC libpng would check;
-    a stored-block boundary exactly at the end of the rows included (15 x 1456)."""
+def test_png_made_on_the_device_is_the_image(h, w, monkeypatch):
+    """encode_png_on_device (the service's --encode_on device PNG): a valid PNG of each image of the batch, whose IDAT
+    holds a zlib stream zlib itself accepts (stored blocks, Adler-32), with the CRC libpng checks, computed in tensor
+    ops (as on a GPU); a stored-block boundary exactly at the end of the rows included (15 x 1456)."""
+    import quant_utils.serving.images as images_mod
+
+    monkeypatch.setattr(images_mod, "crc32_on_device", images_mod._crc32_gf2)  # the GPU's form, here on the CPU
     rng = np.random.default_rng(h * w)
     imgs = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
-    frames = png_frames_on_device(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous())
-    for img, frame in zip(imgs, frames):
-        body = finish_png(frame)
+    files = encode_png_on_device(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous())
+    for img, file in zip(imgs, files):
+        body = bytes(file)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), img)
         n = int.from_bytes(body[33:37], "big")
         assert body[37:41] == b"IDAT" and int.from_bytes(body[41 + n:45 + n], "big") == zlib.crc32(body[37:41 + n])
         rows = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, 3 * w)], 1)
         assert zlib.decompress(body[41:41 + n]) == rows.tobytes()  # zlib checks the Adler-32 too
         assert body[41 + n + 4:] == encode_png(img)[-12:]  # IEND
+        assert body[:33] == encode_png(img)[:33]  # signature, IHDR
     with pytest.raises(ValueError, match="uint8"):
-        png_frames_on_device(torch.zeros(1, 3, 2, 2))
+        encode_png_on_device(torch.zeros(1, 3, 2, 2))
 
 
 def test_keep_freed_heap_makes_repeated_encodes_reuse_their_pages():
@@ -591,13 +608,13 @@ def test_bench_encode_writes_every_encoding_and_content(tmp_path):
     assert len(df) == 16 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
     host, dev = df[df["heap"] == "default"], df[df["heap"] == "device"]  # the service's encoders, both ways
     assert len(host) == 8 and (host["encode_faults_p50"] >= 0).all() and dev["encode_faults_p50"].isna().all()
-    assert set(dev["encoding"]) == {f"{e}{b}" for e in ("jpeg q90 on cpu (torchvision)", "png level 0 framed on cpu (crc on cpu)")
+    assert set(dev["encoding"]) == {f"{e}{b}" for e in ("jpeg q90 on cpu (torchvision)", "png level 0 on cpu")
                                     for b in ("", ", batch of 4")}
-    framed = dev[dev["encoding"] == "png level 0 framed on cpu (crc on cpu)"].set_index("content")["body_mb"]
+    on_dev = dev[dev["encoding"] == "png level 0 on cpu"].set_index("content")["body_mb"]
     pil = host[host["encoding"] == "jpeg q90"].set_index("content")["body_mb"]
     tv = dev[dev["encoding"] == "jpeg q90 on cpu (torchvision)"].set_index("content")["body_mb"]
     assert ((tv / pil).between(0.7, 1.4)).all()  # the same quality scale
     png0 = df[df["encoding"] == "png level 0"].set_index("content")["body_mb"]
     assert png0["noise"] == png0["smooth"] == pytest.approx((48 * (1 + 3 * 48) + 5 + 2 + 4 + 57) / 1e6, abs=1e-3)
-    assert (framed == png0).all()  # the same file size as encode_png's
+    assert (on_dev == png0).all()  # the same file size as encode_png's
     assert read_provenance(out)["device"].startswith("cpu: ")

@@ -2,14 +2,16 @@
 
 Shared by the service (quant_utils/serving/server.py encodes) and the HTTP client (it checks that a 200's body is
 an image of the format it asked for). On the host from uint8 [H, W, 3] arrays (encode_image), or, for the service's
---encode_on device, from uint8 [B, 3, H, W] tensors where they were made (encode_jpeg_on_device; png_frames_on_device
-then finish_png). Encode times and body sizes at 1024 px: docs/serving.md.
+--encode_on device, from uint8 [B, 3, H, W] tensors where they were made (encode_jpeg_on_device, encode_png_on_device:
+the whole file, its CRC-32 by crc32_on_device). Encode times and body sizes at 1024 px: docs/serving.md.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import io
+import itertools
 import math
 import time
 import zlib
@@ -87,14 +89,83 @@ def encode_jpeg_on_device(images, quality: int = 90) -> list[bytes]:
 
 
 _STORED_MAX = 65535  # bytes per stored deflate block
+_CRC_CHUNK = 64  # bytes per chunk of crc32_on_device
 
 
-def png_frames_on_device(images) -> np.ndarray:
+def _crc_bits(x: int) -> list[int]:
+    return [(x >> t) & 1 for t in range(32)]
+
+
+@functools.lru_cache(maxsize=None)
+def _crc32_matrices(levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """zlib's CRC-32 without its initial and final xor is linear over GF(2) in the data and the state. Returns
+    `planes` [8, 64, 32]: the state after a 64-byte chunk holding only bit j at byte i (from zlib itself), and
+    `shifts` [levels, 32, 32]: the state maps for appending 64 * 2^k zero bytes (row t: the image of state bit t)."""
+    zero = zlib.crc32(bytes(_CRC_CHUNK))
+    planes = np.zeros((8, _CRC_CHUNK, 32), np.float32)
+    for j, i in itertools.product(range(8), range(_CRC_CHUNK)):
+        chunk = bytearray(_CRC_CHUNK)
+        chunk[i] = 1 << j
+        planes[j, i] = _crc_bits(zlib.crc32(chunk) ^ zero)
+    table = []  # the reflected polynomial's byte table, as zlib's
+    for v in range(256):
+        for _ in range(8):
+            v = (v >> 1) ^ (0xEDB88320 if v & 1 else 0)
+        table.append(v)
+    step = np.array([_crc_bits((1 << t) >> 8 ^ table[(1 << t) & 0xFF]) for t in range(32)], np.int64)  # one 0 byte
+    for _ in range(6):  # 2^6 = 64 zero bytes
+        step = step @ step % 2
+    shifts = []
+    for _ in range(levels):
+        shifts.append(step.astype(np.float32))
+        step = step @ step % 2
+    return planes, np.stack(shifts) if shifts else np.zeros((0, 32, 32), np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _crc32_of_zeros(n: int) -> int:
+    return zlib.crc32(bytes(n))
+
+
+def crc32_on_device(data):
+    """uint8 torch [B, n] -> int64 [B]: zlib.crc32 of each row, computed where the tensor lives (by zlib on the CPU,
+    else by _crc32_gf2)."""
+    import torch
+
+    if data.dtype != torch.uint8 or data.dim() != 2:
+        raise ValueError(f"expected uint8 [B, n], got {data.dtype} {tuple(data.shape)}")
+    if data.device.type == "cpu":
+        return torch.tensor([zlib.crc32(row.numpy()) for row in data.contiguous()], dtype=torch.int64)
+    return _crc32_gf2(data)
+
+
+def _crc32_gf2(data):
+    """crc32_on_device in tensor ops, for any device (one pass of matmuls, no per-byte loop). The CRC (without
+    zlib's initial and final xor) is linear over GF(2): each 64-byte chunk's state is a product of its bit planes with
+    constant matrices; chunk states combine pairwise up a tree (the left one shifted by the right one's length, a
+    32x32 matrix per level), after zero chunks in front (which change nothing) make their count a power of two; the
+    xors come back as the CRC of n zero bytes. Sums stay <= 64, exact in any float matmul (TF32 included)."""
+    import torch
+
+    b, n = data.shape
+    chunks = max(-(-n // _CRC_CHUNK), 1)
+    levels = (chunks - 1).bit_length()
+    planes, shifts = (torch.from_numpy(m).to(data.device) for m in _crc32_matrices(levels))
+    x = torch.nn.functional.pad(data, ((1 << levels) * _CRC_CHUNK - n, 0)).view(b, 1 << levels, _CRC_CHUNK)
+    state = sum(((x >> j) & 1).float() @ planes[j] for j in range(8)) % 2  # [B, chunks, 32]
+    for k in range(levels):
+        pairs = state.view(b, -1, 2, 32)
+        state = (pairs[:, :, 0] @ shifts[k] + pairs[:, :, 1]) % 2
+    weights = torch.tensor([1 << t for t in range(32)], dtype=torch.int64, device=data.device)
+    return (state.view(b, 32).to(torch.int64) * weights).sum(1) ^ _crc32_of_zeros(n)
+
+
+def encode_png_on_device(images) -> np.ndarray:
     """uint8 torch [B, 3, H, W] -> uint8 [B, N] on the host: per image the whole level-0 PNG file (what encode_png
-    writes, up to zlib's choice of block boundaries) but the IDAT chunk's CRC-32, left zero for `finish_png`. The
-    pixel work is done where the tensor lives (on a GPU: rows with their filter bytes, zlib's stored-block framing and
-    its Adler-32), so the host gets the file in the one copy it needed anyway, and the CPU is left the CRC and the copy
-    into the body: two passes over 3 MB at 1024 px instead of encode_png's five."""
+    writes, up to zlib's choice of block boundaries), made where the tensor lives (on a GPU: rows with their filter
+    bytes, zlib's stored-block framing, its Adler-32 and the IDAT chunk's CRC-32), so the host gets the file in the
+    one copy it needed anyway and has only to copy it into the response body: one pass over 3 MB at 1024 px
+    instead of encode_png's five."""
     import torch
 
     _check_batch(images)
@@ -113,25 +184,19 @@ def png_frames_on_device(images) -> np.ndarray:
     blocks = torch.cat([heads.expand(b, -1, -1), padded], 2).view(b, -1)[:, :n + 5 * nblk]
     d = raw.to(torch.int64)  # Adler-32 as two sums; the weighted one stays below 2^63 for n < 2.6e8 (255 n^2 / 2)
     adler = ((n + (d * torch.arange(n, 0, -1, device=dev)).sum(1)) % 65521) << 16 | (1 + d.sum(1)) % 65521
-    adler = torch.stack([(adler >> s) & 255 for s in (24, 16, 8, 0)], 1).to(torch.uint8)
     zlen = 2 + blocks.shape[1] + 4
     ihdr = b"IHDR" + w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
-    head = (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
-            + zlen.to_bytes(4, "big") + b"IDAT" + b"\x78\x01")  # zlib header: deflate, 32K window, no dictionary
-    tail = bytes(4) + (0).to_bytes(4, "big") + b"IEND" + zlib.crc32(b"IEND").to_bytes(4, "big")  # CRC to fill
     const = lambda x: torch.frombuffer(bytearray(x), dtype=torch.uint8).to(dev).expand(b, -1)  # noqa: E731
-    return torch.cat([const(head), blocks, adler, const(tail)], 1).cpu().numpy()
+    be32 = lambda v: torch.stack([(v >> s) & 255 for s in (24, 16, 8, 0)], 1).to(torch.uint8)  # noqa: E731
+    # the IDAT chunk's type and data ("IDAT", the zlib header: deflate, 32K window, no dictionary; blocks; Adler-32)
+    idat = torch.cat([const(b"IDAT\x78\x01"), blocks, be32(adler)], 1)
+    head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + zlen.to_bytes(4, "big")
+    tail = (0).to_bytes(4, "big") + b"IEND" + zlib.crc32(b"IEND").to_bytes(4, "big")
+    return torch.cat([const(head), idat, be32(crc32_on_device(idat)), const(tail)], 1).cpu().numpy()
 
 
-class FramedPng(NamedTuple):
-    frame: np.ndarray  # a png_frames_on_device row: the PNG file but its IDAT CRC
-
-
-def finish_png(frame: np.ndarray) -> bytes:
-    """A png_frames_on_device row -> the PNG body: its IDAT CRC-32 computed (over "IDAT" and the zlib stream)."""
-    crc = zlib.crc32(frame[37:-16])  # 8 signature + 25 IHDR chunk + 4 length: "IDAT" starts at 37
-    frame[-16:-12] = np.frombuffer(crc.to_bytes(4, "big"), np.uint8)
-    return frame.tobytes()
+class PngOnHost(NamedTuple):
+    file: np.ndarray  # an encode_png_on_device row: the whole PNG file, to copy into the response body
 
 
 class EncodeTiming(NamedTuple):

@@ -38,8 +38,8 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 from .. import REPO_ROOT, repo_path
 from ..errors import ConfigError
 from ..modes import FP16, uniform_mode_bits
-from .images import (IMAGE_FORMATS, EncodeTiming, FramedPng, encode_image_timed, encode_jpeg_on_device, finish_png,
-                     keep_freed_heap, png_frames_on_device, timed)
+from .images import (IMAGE_FORMATS, EncodeTiming, PngOnHost, encode_image_timed, encode_jpeg_on_device,
+                     encode_png_on_device, keep_freed_heap, timed)
 from .policies import POLICIES, Option, build_policy
 from .simulator import ServiceTable
 
@@ -89,7 +89,7 @@ class ServeConfig:
     png_level: int = 0
     jpeg_quality: int = 90
     keep_freed_heap: bool = False
-    encode_on: str = "auto"  # device: JPEG encoded where the images are (nvJPEG on a GPU), PNG framed there; auto:
+    encode_on: str = "auto"  # device: JPEG encoded where the images are (nvJPEG on a GPU), PNG made there; auto:
     # device on a GPU replica, else cpu
     health_check_period_s: float = 10.0
     log_level: str = "WARNING"
@@ -466,12 +466,12 @@ class ImageService:
         if isinstance(image, EncodeTiming):  # encoded on the device right after its batch (--encode_on device), in
             enc, encoded_on = image, "device"  # the GPU thread: that time is this request's encode
             encode_ms = enc.ms
-        else:  # on an encoder thread: the whole encode, or a PNG framed on the device whose CRC is left
-            framed = isinstance(image, FramedPng)
-            call = ((timed, finish_png, image.frame) if framed else
+        else:  # on an encoder thread: the whole encode, or the copy of a PNG made on the device into the body
+            on_host = isinstance(image, PngOnHost)
+            call = ((timed, bytes, image.file) if on_host else
                     (encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality))
             enc = await asyncio.get_running_loop().run_in_executor(self.io, *call)
-            encoded_on, encode_ms = "device+cpu" if framed else "cpu", (self._now() - t_encode) * 1e3
+            encoded_on, encode_ms = "device+cpu" if on_host else "cpu", (self._now() - t_encode) * 1e3
         done = self._now()
         tags = {"mode": opt.mode, "res": str(opt.res)}
         self.m_latency.observe((done - arrival) * 1e3, tags=tags)
@@ -534,7 +534,7 @@ class ImageService:
         """The bucket's @serve.batch handler (made on first use: Ray's batch queue needs the running loop)."""
         fn = self.batchers.get(key)
         if fn is None:
-            async def run(jobs: list[_Job]) -> list[np.ndarray | FramedPng | EncodeTiming]:
+            async def run(jobs: list[_Job]) -> list[np.ndarray | PngOnHost | EncodeTiming]:
                 return await self._run_batch(key, jobs)
 
             opt = self.table.options[key[0]]
@@ -543,7 +543,7 @@ class ImageService:
                                                   batch_wait_timeout_s=self.cfg.batch_wait_s)(run)
         return fn
 
-    async def _run_batch(self, key: tuple[int, int], jobs: list[_Job]) -> list[np.ndarray | FramedPng | EncodeTiming]:
+    async def _run_batch(self, key: tuple[int, int], jobs: list[_Job]) -> list[np.ndarray | PngOnHost | EncodeTiming]:
         if self.forming is not None and self.forming[0] == key:
             self.forming = None
         k, steps = key
@@ -559,14 +559,14 @@ class ImageService:
             images = runner([j.req.prompt for j in jobs], [j.req.seed for j in jobs], opt.res, opt.res, steps,
                             self.guidance, keep_on_device=True)
             on_device = [i for i, j in enumerate(jobs) if self.jpeg_on_device and j.req.format == "jpeg"]
-            framed = [i for i, j in enumerate(jobs)
-                      if self.encode_on_device and j.req.format == "png" and self.cfg.png_level == 0]
-            on_host = [i for i in range(len(jobs)) if i not in on_device and i not in framed]
+            png = [i for i, j in enumerate(jobs)
+                   if self.encode_on_device and j.req.format == "png" and self.cfg.png_level == 0]
+            on_host = [i for i in range(len(jobs)) if i not in on_device and i not in png]
             part = lambda idx: images if len(idx) == len(jobs) else images[idx]  # noqa: E731  (no copy: all of them)
             out = dict(zip(on_host, to_host_images(part(on_host)))) if on_host else {}
-            if framed:  # the PNG file but its CRC, laid out on the device: one copy to the host
-                out.update(zip(framed, map(FramedPng, png_frames_on_device(part(framed)))))
-            ms = (time.perf_counter() - t) * 1e3  # generation, the pixels' trip to the host (as calibrated), PNG layout
+            if png:  # the whole PNG file made on the device: one copy to the host
+                out.update(zip(png, map(PngOnHost, encode_png_on_device(part(png)))))
+            ms = (time.perf_counter() - t) * 1e3  # generation, the pixels' trip to the host (as calibrated), PNG file
             if on_device:  # one batched encode; each request's x-encode-ms is the batch's
                 t = time.perf_counter()
                 bodies = encode_jpeg_on_device(part(on_device), self.cfg.jpeg_quality)

@@ -7,7 +7,7 @@ time). Each encode also counts the page faults it took (fresh multi-MB buffers f
 in the heap (quant_utils/serving/images.keep_freed_heap, the service's --keep_freed_heap; irreversible, so second).
 `--device cuda` adds the service's `--encode_on device` encoders on that device, for one image and a batch of 4 (heap
 `device`; the pixels start on the device, the body ends on the host, synchronised): JPEG by torchvision (nvJPEG), and
-PNG level 0 laid out on the device with its CRC computed on the CPU.
+PNG level 0 made whole on the device (its CRC-32 too), then copied into the body on the CPU.
 Writes one row per (heap, encoding, content): heap, encoding, content, encode_p50_ms (per call: per batch for the
 batch rows), encode_faults_p50, body_mb, repeats.
     python scripts/utils/bench_encode.py --out logs/encode_cpu.csv
@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import cpu_name, provenance, write_csv  # noqa: E402
-from quant_utils.serving.images import (encode_image_timed, encode_jpeg_on_device, finish_png, keep_freed_heap,  # noqa: E402
-                                         png_frames_on_device)
+from quant_utils.serving.images import (encode_image_timed, encode_jpeg_on_device, encode_png_on_device,  # noqa: E402
+                                         keep_freed_heap)
 
 ENCODINGS = {"png level 0": dict(fmt="png", png_level=0), "png level 1": dict(fmt="png", png_level=1),
              "jpeg q90": dict(fmt="jpeg", jpeg_quality=90), "jpeg q80": dict(fmt="jpeg", jpeg_quality=80)}
@@ -47,18 +47,18 @@ def images(size: int, seed: int = 0) -> dict[str, np.ndarray]:
             "smooth": np.clip(smooth, 0, 255).astype(np.uint8)}
 
 
-def framed_png(batch: torch.Tensor) -> list[bytes]:
-    """The service's --encode_on device PNG: laid out on the device, one copy to the host, the CRC on the CPU."""
-    return [finish_png(f) for f in png_frames_on_device(batch)]
+def png_on_device(batch: torch.Tensor) -> list[bytes]:
+    """The service's --encode_on device PNG: the whole file made on the device, one copy to the host, one into the body."""
+    return [bytes(f) for f in encode_png_on_device(batch)]
 
 
 def device_rows(args: argparse.Namespace) -> list[dict]:
-    """The service's --encode_on device encoders on args.device (JPEG q90 by torchvision; PNG level 0 framed there,
-    its CRC here), one image and a batch of 4, after one warm-up (encoder start-up)."""
+    """The service's --encode_on device encoders on args.device (JPEG q90 by torchvision; PNG level 0 made there,
+    its CRC-32 too), one image and a batch of 4, after one warm-up (encoder start-up)."""
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     encoders = {f"jpeg q90 on {dev.type} (torchvision)": lambda b: encode_jpeg_on_device(b, 90),
-                f"png level 0 framed on {dev.type} (crc on cpu)": framed_png}
+                f"png level 0 on {dev.type}": png_on_device}
     rows = []
     for content, img in images(args.size).items():
         one = torch.from_numpy(img).permute(2, 0, 1).contiguous().to(dev)[None]
