@@ -201,6 +201,42 @@ def client_job(rid):
     return _Job(rid, GenerateRequest("x"), Option(512, "w8a8"), 1, 0.0, None)
 
 
+def test_replica_hands_one_full_batch_ahead_to_a_busy_device():
+    """ImageService._feed (no Ray: its methods bound to a stand-in holding the state they use): a free device gets the
+    oldest bucket's batch at once, full or not; a busy one gets the next batch early only when it is full (the batch
+    the device would take when free), one at a time, and the policies still see those requests as queued (backlog,
+    queue length) until the batch before ends."""
+    from types import MethodType, SimpleNamespace
+
+    from quant_utils.serving.server import GenerateRequest, ImageService, _Job
+
+    perf = PerfModel.fit(synthetic_latency_frame(), gpu="synthetic", with_loo=False)
+    table = ServiceTable(perf, 2)
+    k = table.add(Option(512, "w8a8"))
+    svc = SimpleNamespace(cfg=SimpleNamespace(max_batch=2, batch_wait_s=0.0), table=table, queue=ReplicaQueue(table),
+                          in_flight=set(), forming=None, ahead=[], ahead_ms=0.0, m_queue=SimpleNamespace(set=lambda n: None))
+    for name in ("_feed", "_release", "_load"):
+        setattr(svc, name, MethodType(getattr(ImageService.func_or_class, name), svc))
+    jobs = [_Job(i, GenerateRequest("x"), Option(512, "w8a8"), 1, 0.0, asyncio.Event()) for i in range(6)]
+    svc.queue.push((k, 1), jobs[0])
+    svc._feed()  # a free device: the one request goes
+    assert svc.in_flight == {jobs[0]} and not svc.ahead and svc.forming == ((k, 1), 1)
+    svc.forming = None  # its batch started
+    svc.queue.push((k, 1), jobs[1])
+    svc._feed()  # busy, half a batch waiting: it waits (more may join it)
+    assert svc.in_flight == {jobs[0]} and svc.queue.n == 1
+    for j in jobs[2:]:
+        svc.queue.push((k, 1), j)
+    svc._feed()  # busy, a full batch waiting: handed over early, one only
+    assert svc.ahead == jobs[1:3] and svc.in_flight == set(jobs[:3]) and svc.ahead_ms == table.p50[k][2]
+    assert jobs[1].released.is_set() and not jobs[3].released.is_set() and svc.queue.n == 3
+    svc.running_end = 0.010  # the running batch ends in 10 ms
+    assert svc._load(0.0) == (pytest.approx(10 + table.p50[k][2] + table.batched_ms(k, 3)), 5)
+    svc.forming = None
+    svc._feed()  # a second full batch waits for the first ahead to start
+    assert svc.ahead == jobs[1:3] and svc.queue.n == 3
+
+
 def test_http_accounting_refuses_a_lost_request_and_splits_the_latency():
     recs = [{"request": 0, "arrival_s": 0.0, "done_s": 0.1, "status": 200, "outcome": "ok", "bytes": 3000,
              "body": {"format": "jpeg"},

@@ -306,6 +306,9 @@ class ReplicaQueue:
             self.n -= 1
             self.backlog_ms = self.backlog_ms - self._cost(key, c) + self._cost(key, c - 1) if self.n else 0.0
 
+    def waiting(self, key: tuple[int, int]) -> int:
+        return len(self.buckets.get(key) or ())
+
     def oldest(self) -> tuple[int, int] | None:
         """The bucket whose head request arrived first (request ids grow with arrival)."""
         heads = [(q[0].rid, k) for k, q in self.buckets.items() if q]
@@ -360,6 +363,10 @@ class ImageService:
         self.in_flight: set[_Job] = set()
         self.forming: tuple[tuple[int, int], int] | None = None   # a released batch still collecting
         self.running_end = 0.0                                     # predicted end of the running batch (s)
+        # a full batch handed to the device's thread while the one before runs (it starts the moment that one ends,
+        # without the event loop's hand-offs in between): its jobs, and its predicted time (ms) until it starts
+        self.ahead: list[_Job] = []
+        self.ahead_ms = 0.0
         self.batchers: dict = {}
         self.gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")  # one batch at a time on the device
         self.io = ThreadPoolExecutor(2, thread_name_prefix="encode")
@@ -433,8 +440,7 @@ class ImageService:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         mode = req.mode
         policy = self.policies[mode]
-        backlog = (max(self.running_end - arrival, 0.0) * 1e3 if self.in_flight else 0.0) + self.queue.backlog_ms
-        qlen = self.queue.n
+        backlog, qlen = self._load(arrival)
         opt = policy.decide(arrival, qlen, backlog, req.res)
         if opt is None:
             self.m_requests.inc(tags={"mode": mode, "outcome": "rejected"})
@@ -504,6 +510,12 @@ class ImageService:
         return body
 
     # ---------------------------------------------------------------- batching
+    def _load(self, now: float) -> tuple[float, int]:
+        """What the policy sees (as the simulator's): the predicted ms until a new request could start (the running
+        batch's rest, a batch ahead, the queue in full batches) and the requests waiting, a batch ahead included."""
+        running = max(self.running_end - now, 0.0) * 1e3 if self.in_flight else 0.0
+        return running + self.ahead_ms + self.queue.backlog_ms, self.queue.n + len(self.ahead)
+
     def _release(self, jobs: list[_Job]) -> None:
         for j in jobs:
             self.in_flight.add(j)
@@ -512,7 +524,9 @@ class ImageService:
 
     def _feed(self) -> None:
         """Release the next batch when the device is free (the oldest bucket, up to max_batch); while a released
-        batch is still collecting (batch_wait_s > 0), let same-bucket arrivals join it."""
+        batch is still collecting (batch_wait_s > 0), let same-bucket arrivals join it. While the device is busy,
+        release one full batch ahead (the oldest bucket holding max_batch requests): the same batch the device would
+        take when free, handed to its thread early so that it starts right after the running one."""
         B = self.cfg.max_batch
         if self.forming is not None and not self.in_flight:
             self.forming = None  # its requests all went away before the batch started
@@ -523,10 +537,14 @@ class ImageService:
                 self._release(jobs)
                 self.forming = (key, count + len(jobs))
             return
-        if self.in_flight or not self.queue.n:
+        if not self.queue.n:
             return
         key = self.queue.oldest()
+        if self.in_flight and (self.ahead or self.queue.waiting(key) < B):
+            return
         jobs = self.queue.take(key, B)
+        if self.in_flight:
+            self.ahead, self.ahead_ms = jobs, self.table.p50[key[0]][B]
         self._release(jobs)
         self.forming = (key, len(jobs))
 
@@ -548,13 +566,14 @@ class ImageService:
             self.forming = None
         k, steps = key
         opt = self.table.options[k]
-        start = self._now()
-        self.running_end = start + self.table.p50[k][min(len(jobs), self.cfg.max_batch)] / 1e3
+        if not any(j in self.ahead for j in jobs):  # else the batch before sets it when it ends
+            self.running_end = self._now() + self.table.p50[k][min(len(jobs), self.cfg.max_batch)] / 1e3
         runner = self.runners[opt.mode]
 
         def work():
             from ..runtime import to_host_images
 
+            start = self._now()  # on the device's thread: a batch released ahead starts when the one before ends
             t = time.perf_counter()
             images = runner([j.req.prompt for j in jobs], [j.req.seed for j in jobs], opt.res, opt.res, steps,
                             self.guidance, keep_on_device=True)
@@ -572,13 +591,16 @@ class ImageService:
                 bodies = encode_jpeg_on_device(part(on_device), self.cfg.jpeg_quality)
                 enc_ms = (time.perf_counter() - t) * 1e3
                 out.update({i: EncodeTiming(b, enc_ms, math.nan) for i, b in zip(on_device, bodies)})
-            return [out[i] for i in range(len(jobs))], ms
+            return [out[i] for i in range(len(jobs))], ms, start
 
         try:
-            images, ms = await asyncio.get_running_loop().run_in_executor(self.gpu, work)
+            images, ms, start = await asyncio.get_running_loop().run_in_executor(self.gpu, work)
         finally:
             for j in jobs:
                 self.in_flight.discard(j)
+            if self.ahead and not any(j in self.ahead for j in jobs):  # the batch ahead is running now
+                self.running_end = self._now() + self.ahead_ms / 1e3
+                self.ahead, self.ahead_ms = [], 0.0
             self._feed()
         tags = {"mode": opt.mode, "res": str(opt.res)}
         self.m_batch.observe(len(jobs), tags=tags)
