@@ -230,6 +230,7 @@ def test_replica_hands_one_full_batch_ahead_to_a_busy_device():
     svc._feed()  # busy, a full batch waiting: handed over early, one only
     assert svc.ahead == jobs[1:3] and svc.in_flight == set(jobs[:3]) and svc.ahead_ms == table.p50[k][2]
     assert jobs[1].released.is_set() and not jobs[3].released.is_set() and svc.queue.n == 3
+    assert [j.ahead for j in jobs[:3]] == [False, True, True]
     svc.running_end = 0.010  # the running batch ends in 10 ms
     assert svc._load(0.0) == (pytest.approx(10 + table.p50[k][2] + table.batched_ms(k, 3)), 5)
     svc.forming = None
@@ -558,6 +559,7 @@ def test_burst_is_batched_and_admission_rejects_with_429(service, tmp_path):
     rej = df[df["outcome"] == "rejected"]
     assert (rej["status"] == 429).all() and rej["reason"].str.contains("admission control").all()
     assert df.loc[df["outcome"] == "ok", "batch_size"].max() > 1
+    assert set(df.loc[df["outcome"] == "ok", "batch_ahead"]) == {0, 1}  # full batches went to the device early
     assert_latency_adds_up(df[df["outcome"] == "ok"])  # PNG, batches of up to 4 sharing two encoder threads
     deadline = time.monotonic() + 30  # Prometheus: Ray exports every second here
     while True:

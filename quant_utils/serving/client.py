@@ -33,7 +33,8 @@ from .workloads import Workload
 OUTCOMES = ("ok", "rejected", "error", "timeout")
 # Per-request columns an HTTP run adds to the simulator's (docs/outputs.md)
 HTTP_COLUMNS = ["attempt", "status", "outcome", "reason", "model", "vae", "format", "bytes", "server_queue_ms",
-                "overhead_ms", "encode_ms", "encode_work_ms", "encode_faults", "replica_other_ms", "transport_ms", "elapsed_ms", "replica_id"]
+                "overhead_ms", "encode_ms", "encode_work_ms", "encode_faults", "replica_other_ms", "transport_ms", "elapsed_ms", "replica_id",
+                "batch_ahead"]
 # a served request's client latency, in parts that add up to it (per-request columns)
 SPLIT_PARTS = ["server_queue_ms", "service_ms", "encode_ms", "replica_other_ms", "transport_ms"]
 
@@ -171,7 +172,8 @@ def request_table(records: list[dict], mode: str) -> pd.DataFrame:
             "encode_work_ms": float(h.get("x-encode-work-ms", "nan")) if ok else math.nan,
             "encode_faults": float(h.get("x-encode-faults", "nan")) if ok else math.nan,
             "replica_other_ms": replica_ms - queue_ms - service - encode_ms, "transport_ms": latency - replica_ms,
-            "elapsed_ms": (done - rec["arrival_s"]) * 1e3, "replica_id": h.get("x-replica", "")})
+            "elapsed_ms": (done - rec["arrival_s"]) * 1e3, "replica_id": h.get("x-replica", ""),
+            "batch_ahead": float(h.get("x-batch-ahead", "nan")) if ok else math.nan})
     df = pd.DataFrame(rows)
     ids = [r for r in dict.fromkeys(df["replica_id"]) if r]
     df["replica"] = df["replica_id"].map({r: k for k, r in enumerate(ids)}).fillna(-1).astype(int)

@@ -268,6 +268,7 @@ class _Job:
     released: asyncio.Event
     start: float = math.nan
     service_ms: float = math.nan
+    ahead: bool = False  # its batch went to the device's thread while the one before ran
     batch_size: int = 0
 
 
@@ -494,6 +495,7 @@ class ImageService:
             "x-encode-ms": f"{encode_ms:.3f}", "x-encode-work-ms": f"{enc.ms:.3f}",
             "x-encode-faults": f"{enc.faults:g}", "x-encoded-on": encoded_on,
             "x-replica-ms": f"{(done - arrival) * 1e3:.3f}", "x-batch-start-ms": f"{job.start * 1e3:.3f}",
+            "x-batch-ahead": str(int(job.ahead)),
             "x-format": req.format, "x-batch-size": str(job.batch_size), "x-queue-len": str(qlen),
             "x-replica": self.replica_id})
 
@@ -545,6 +547,8 @@ class ImageService:
         jobs = self.queue.take(key, B)
         if self.in_flight:
             self.ahead, self.ahead_ms = jobs, self.table.p50[key[0]][B]
+            for j in jobs:
+                j.ahead = True
         self._release(jobs)
         self.forming = (key, len(jobs))
 
@@ -557,7 +561,8 @@ class ImageService:
 
             opt = self.table.options[key[0]]
             run.__name__ = f"generate_{opt.res}_{opt.mode}_{key[1]}step"  # tags Ray's serve_batch_* metrics
-            fn = self.batchers[key] = serve.batch(max_batch_size=self.cfg.max_batch,
+            # two at once: the running batch and one released ahead (_feed); the device's thread runs them in turn
+            fn = self.batchers[key] = serve.batch(max_batch_size=self.cfg.max_batch, max_concurrent_batches=2,
                                                   batch_wait_timeout_s=self.cfg.batch_wait_s)(run)
         return fn
 
