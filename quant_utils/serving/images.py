@@ -122,6 +122,13 @@ def _crc32_matrices(levels: int) -> tuple[np.ndarray, np.ndarray]:
     return planes, np.stack(shifts) if shifts else np.zeros((0, 32, 32), np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _crc32_matrices_on(device: str, levels: int):
+    import torch
+
+    return tuple(torch.from_numpy(m).to(device) for m in _crc32_matrices(levels))
+
+
 @functools.lru_cache(maxsize=8)
 def _crc32_of_zeros(n: int) -> int:
     return zlib.crc32(bytes(n))
@@ -150,7 +157,7 @@ def _crc32_gf2(data):
     b, n = data.shape
     chunks = max(-(-n // _CRC_CHUNK), 1)
     levels = (chunks - 1).bit_length()
-    planes, shifts = (torch.from_numpy(m).to(data.device) for m in _crc32_matrices(levels))
+    planes, shifts = _crc32_matrices_on(str(data.device), levels)
     x = torch.nn.functional.pad(data, ((1 << levels) * _CRC_CHUNK - n, 0)).view(b, 1 << levels, _CRC_CHUNK)
     state = sum(((x >> j) & 1).float() @ planes[j] for j in range(8)) % 2  # [B, chunks, 32]
     for k in range(levels):
