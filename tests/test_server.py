@@ -286,16 +286,17 @@ def loopback_service(handler):
 
 def test_gap_probe_times_back_to_back_batches_on_a_mock_replica():
     """client.probe_gap against a mock replica that runs one request at a time for 20 ms, then stays busy 5 ms more
-    (its start stamps on its own clock, as serve.py's x-batch-start-ms): with two clients each batch's successor is
-    waiting, so the excess over a 18 ms model is 2 + 5 ms; one client leaves the replica idle between batches:
-    nothing to time, 0."""
+    (its start stamps on its own clock, as serve.py's x-batch-start-ms), turning every fourth request away (429):
+    with two clients each batch's successor is waiting, so the excess over a 18 ms model is 2 + 5 ms; one client
+    leaves the replica idle between batches: nothing to time, 0."""
     from aiohttp import web
 
     body = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
     state = {"free_at": 0.0, "t0": time.perf_counter()}
 
     async def replica(request):
-        await request.read()
+        if (await request.json())["seed"] % 4 == 3:  # admission control's answer now and then: skipped
+            return web.json_response({"error": "rejected by admission control: test"}, status=429)
         now = (time.perf_counter() - state["t0"]) * 1e3
         start = max(now, state["free_at"])
         state["free_at"] = start + 20.0 + 5.0

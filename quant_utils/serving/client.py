@@ -253,7 +253,7 @@ def probe_gap(target: str, mode: str, prompt: str, clients: int, batch_ms: Calla
     batches whose successor was already waiting when the batch ended, the median of (next start - start -
     batch_ms(res, mode, batch size) - the batch's x-encode-ms when encoded on the device). That covers the
     hand-offs between batches and the batch's own slow-down while the replica sends responses, neither of which
-    an idle replica (probe_transport) shows."""
+    an idle replica (probe_transport) shows. Requests turned away (429) are skipped; with no such pair, 0."""
     url = target.rstrip("/") + "/generate"
 
     async def burst() -> list[dict]:
@@ -265,6 +265,8 @@ def probe_gap(target: str, mode: str, prompt: str, clients: int, batch_ms: Calla
                     body = {"prompt": prompt, "seed": c * rounds + i, "mode": mode, "format": fmt}
                     async with session.post(url, json=body) as r:
                         content = await r.read()
+                    if r.status == 429:  # admission control turned it away: no batch to time
+                        continue
                     if r.status != 200:
                         raise ConfigError(f"gap probe: {url} answered HTTP {r.status}: {_error_reason(content)}")
                     out.append({k.lower(): v for k, v in r.headers.items()})
