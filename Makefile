@@ -48,6 +48,7 @@ report: venv
 	$(PY) scripts/fit_perf_model.py --csv $(LATENCY_H200_CSVS) --out results/perf_model_h200.json --plot results/latency_vs_res_h200.png
 	$(PY) scripts/plot_mixdq_queue_results.py results/queue_sweep_h200/mixdq_queue_results.csv
 	$(PY) scripts/plot_kernels.py $(KERNELS_H200_CSVS) --keep first --out results/kernels_unet_compile_nvidia_h200.png
+	$(PY) scripts/plot_mixdq_queue_results.py results/serve_nvidia_h200/gap_probe/live_vs_direct/mixdq_queue_results.csv
 
 test: venv
 	$(PY) -m pytest -q tests

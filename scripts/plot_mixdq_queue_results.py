@@ -6,7 +6,8 @@ Example:
 Reads mixdq_queue_results.csv and the mixdq_queue_requests.csv beside it (never runs a model) and writes
 PNGs to <same folder>/plots/: p95/p99 vs λ per bit-width and policy, SLO attainment and goodput vs load,
 Δp95 (policy − static), closed-loop burst bars, latency CDFs at the highest load, and the queue length and
-chosen resolution over time for one run (--run_id, default: the adaptive run with the longest mean queue).
+chosen resolution over time for one run (--run_id, default: the adaptive run with the longest mean queue); for a
+run against the HTTP service (load_test_stub --target), where each request's overhead went (mixdq_queue_http_split.csv).
 """
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ def main(args: argparse.Namespace) -> None:
         written.append(plots.plot_timeseries(requests, run_id, out, tag=tag))
     else:
         print(f"no per-request CSV at {req_path}: skipping the CDF and time-series plots")
+    split_path = path.with_name("mixdq_queue_http_split.csv")
+    if split_path.is_file():
+        service = prov.get("service", "")
+        written.append(plots.plot_http_split(read_csv(split_path), out, f"service: {service}" if service else ""))
     # 3. report
     print("Wrote plots:")
     for p in written:

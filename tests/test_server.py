@@ -530,6 +530,8 @@ def test_load_test_against_the_service(service, tmp_path):
     assert float(meta["handoff_ms"].split()[0]) > 0 and cfg["handoff_ms"] > 0  # the replica's handling, probed
     assert float(meta["hold_ms"].split()[0]) > 0 and cfg["hold_ms"] > 0  # JPEG encoded in the batch's thread, probed
     assert float(meta["gap_ms"].split()[0]) == pytest.approx(cfg["gap_ms"], abs=0.006) and cfg["gap_ms"] >= 0  # probed
+    assert run_main("plot_mixdq_queue_results.py", out / "mixdq_queue_results.csv") == 0  # the split as a figure too
+    assert (out / "plots" / "http_split.png").stat().st_size > 0
 
 
 def assert_latency_adds_up(ok):

@@ -1,4 +1,5 @@
-"""Figures of a load-test run, from its CSVs only (mixdq_queue_results.csv and mixdq_queue_requests.csv).
+"""Figures of a load-test run, from its CSVs only (mixdq_queue_results.csv, mixdq_queue_requests.csv and, for runs
+against the HTTP service, mixdq_queue_http_split.csv).
 
 Each function writes one PNG and returns its path, or None when the table holds nothing to plot. `tag`
 (e.g. which performance model the simulated rows come from) goes into every title.
@@ -146,6 +147,32 @@ def plot_burst(results: pd.DataFrame, out: Path, tag: str = "") -> Path | None:
         ax.legend(fontsize=8)
     fig.suptitle(f"Closed-loop bursts — {_title_suffix(df, tag)}")
     return _save(fig, out / "burst_p95_p99.png")
+
+
+SPLIT_BARS = [("encode_ms", "encode (replica)"), ("replica_other_ms", "hand-offs (replica)"),
+              ("transport_ms", "transport (Ray Serve, network)")]
+
+
+def plot_http_split(split: pd.DataFrame, out: Path, tag: str = "", bar_ms: float = 3.0) -> Path | None:
+    """Where each HTTP run's overhead per request (latency - queue - service) went: stacked means of its parts, the p50
+    overhead as a marker, and the issue's bar as a line."""
+    if split.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(3.0 + 2.2 * len(split), 4.5))
+    x, bottom = np.arange(len(split)), np.zeros(len(split))
+    for (col, label), color in zip(SPLIT_BARS, ("tab:orange", "tab:gray", "tab:blue")):
+        v = split[f"mean_{col}"].to_numpy(float)
+        ax.bar(x, v, 0.6, bottom=bottom, label=f"{label}, mean", color=color)
+        bottom += v
+    ax.plot(x, split["p50_overhead_ms"], "k_", markersize=28, mew=2, label="overhead p50")
+    ax.axhline(bar_ms, color="tab:red", ls="--", lw=1, label=f"bar: {bar_ms:g} ms p50")
+    ax.set_xticks(x, [f"{r}\n{f}, {kb / 1e3:.2f} MB" for r, f, kb in zip(split["run_id"], split["format"], split["body_kb"])],
+                  fontsize=7)
+    ax.set_ylabel("ms per request")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("HTTP overhead per served request (latency - queue - service)" + (f"\n{tag}" if tag else ""))
+    return _save(fig, out / "http_split.png")
 
 
 def plot_cdfs(results: pd.DataFrame, requests: pd.DataFrame, out: Path, tag: str = "") -> Path | None:
