@@ -208,6 +208,26 @@ def run_http(workload: Workload, target: str | Sequence[str], mode: str, prompts
     return RunResult(df, max(replicas, len(busy)), busy, mean_q, max_q, notes=[accounting_line(counts)])
 
 
+async def _probe_request(session: aiohttp.ClientSession, url: str, body: dict, what: str,
+                         skip_rejected: bool = False) -> tuple[float, dict] | None:
+    """One probe request: (its latency in ms, its headers in lower case); None for a 429 with `skip_rejected`, any
+    other answer than 200 a ConfigError naming the probe."""
+    t = time.perf_counter()
+    async with session.post(url, json=body) as r:
+        content = await r.read()
+    ms = (time.perf_counter() - t) * 1e3
+    if r.status == 429 and skip_rejected:
+        return None
+    if r.status != 200:
+        raise ConfigError(f"{what}: {url} answered HTTP {r.status}: {_error_reason(content)}")
+    return ms, {k.lower(): v for k, v in r.headers.items()}
+
+
+def _device_hold_ms(h: dict) -> float:
+    """The replica's GPU thread held by this response's encode: its x-encode-ms when encoded on the device, else 0."""
+    return float(h["x-encode-ms"]) if h.get("x-encoded-on") == "device" else 0.0
+
+
 def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: float = 120.0,
                     fmt: str = "png") -> dict[str, float]:
     """What a request costs besides its batch (ms), for the simulator: medians over n sequential requests (an idle
@@ -223,18 +243,13 @@ def probe_transport(target: str, mode: str, prompt: str, n: int = 6, timeout_s: 
         overhead, transport, queue, hold = [], [], [], []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:  # as the runs
             for i in range(n + 1):
-                t = time.perf_counter()
-                async with session.post(url, json={"prompt": prompt, "seed": i, "mode": mode, "format": fmt}) as r:
-                    content = await r.read()
-                ms = (time.perf_counter() - t) * 1e3
-                if r.status != 200:
-                    raise ConfigError(f"transport probe: {url} answered HTTP {r.status}: {_error_reason(content)}")
+                ms, h = await _probe_request(session, url, {"prompt": prompt, "seed": i, "mode": mode, "format": fmt},
+                                             "transport probe")
                 if i:
-                    queue.append(float(r.headers["x-queue-ms"]))
-                    overhead.append(ms - queue[-1] - float(r.headers["x-service-ms"]))
-                    transport.append(ms - float(r.headers["x-replica-ms"]))
-                    on_device = r.headers.get("x-encoded-on") == "device"
-                    hold.append(float(r.headers["x-encode-ms"]) if on_device else 0.0)
+                    queue.append(float(h["x-queue-ms"]))
+                    overhead.append(ms - queue[-1] - float(h["x-service-ms"]))
+                    transport.append(ms - float(h["x-replica-ms"]))
+                    hold.append(_device_hold_ms(h))
         return overhead, transport, queue, hold
 
     overhead, transport, queue, hold = asyncio.run(probe())
@@ -263,13 +278,9 @@ def probe_gap(target: str, mode: str, prompt: str, clients: int, batch_ms: Calla
                 out = []
                 for i in range(rounds):
                     body = {"prompt": prompt, "seed": c * rounds + i, "mode": mode, "format": fmt}
-                    async with session.post(url, json=body) as r:
-                        content = await r.read()
-                    if r.status == 429:  # admission control turned it away: no batch to time
-                        continue
-                    if r.status != 200:
-                        raise ConfigError(f"gap probe: {url} answered HTTP {r.status}: {_error_reason(content)}")
-                    out.append({k.lower(): v for k, v in r.headers.items()})
+                    got = await _probe_request(session, url, body, "gap probe", skip_rejected=True)
+                    if got is not None:  # else admission control turned it away: no batch to time
+                        out.append(got[1])
                 return out
 
             return [h for hs in await asyncio.gather(*map(client_loop, range(clients))) for h in hs]
@@ -280,7 +291,7 @@ def probe_gap(target: str, mode: str, prompt: str, clients: int, batch_ms: Calla
         b = batches.setdefault((h["x-replica"], start), {
             "start": start, "end": start + float(h["x-service-ms"]), "first_arrival": math.inf,
             "model_ms": batch_ms(int(h["x-res"]), h["x-mode"], int(h["x-batch-size"])),
-            "hold": float(h["x-encode-ms"]) if h.get("x-encoded-on") == "device" else 0.0})
+            "hold": _device_hold_ms(h)})
         b["first_arrival"] = min(b["first_arrival"], start - float(h["x-queue-ms"]))
     excess = []
     for replica in {r for r, _ in batches}:
