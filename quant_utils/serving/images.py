@@ -90,6 +90,7 @@ def encode_jpeg_on_device(images, quality: int = 90) -> list[bytes]:
 
 _STORED_MAX = 65535  # bytes per stored deflate block
 _CRC_CHUNK = 64  # bytes per chunk of crc32_on_device
+_CRC_LEVELS = 40  # tree levels of shift matrices: up to 2^40 chunks, beyond any body
 
 
 def _crc_bits(x: int) -> list[int]:
@@ -97,10 +98,10 @@ def _crc_bits(x: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _crc32_matrices(levels: int) -> tuple[np.ndarray, np.ndarray]:
+def _crc32_matrices() -> tuple[np.ndarray, np.ndarray]:
     """zlib's CRC-32 without its initial and final xor is linear over GF(2) in the data and the state. Returns
     `planes` [8, 64, 32]: the state after a 64-byte chunk holding only bit j at byte i (from zlib itself), and
-    `shifts` [levels, 32, 32]: the state maps for appending 64 * 2^k zero bytes (row t: the image of state bit t)."""
+    `shifts` [_CRC_LEVELS, 32, 32]: the state maps for appending 64 * 2^k zero bytes (row t: the image of state bit t)."""
     zero = zlib.crc32(bytes(_CRC_CHUNK))
     planes = np.zeros((8, _CRC_CHUNK, 32), np.float32)
     for j, i in itertools.product(range(8), range(_CRC_CHUNK)):
@@ -116,17 +117,17 @@ def _crc32_matrices(levels: int) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(6):  # 2^6 = 64 zero bytes
         step = step @ step % 2
     shifts = []
-    for _ in range(levels):
+    for _ in range(_CRC_LEVELS):
         shifts.append(step.astype(np.float32))
         step = step @ step % 2
-    return planes, np.stack(shifts) if shifts else np.zeros((0, 32, 32), np.float32)
+    return planes, np.stack(shifts)
 
 
 @functools.lru_cache(maxsize=None)
-def _crc32_matrices_on(device: str, levels: int):
+def _crc32_matrices_on(device: str):
     import torch
 
-    return tuple(torch.from_numpy(m).to(device) for m in _crc32_matrices(levels))
+    return tuple(torch.from_numpy(m).to(device) for m in _crc32_matrices())
 
 
 @functools.lru_cache(maxsize=8)
@@ -157,7 +158,7 @@ def _crc32_gf2(data):
     b, n = data.shape
     chunks = max(-(-n // _CRC_CHUNK), 1)
     levels = (chunks - 1).bit_length()
-    planes, shifts = _crc32_matrices_on(str(data.device), levels)
+    planes, shifts = _crc32_matrices_on(str(data.device))
     x = torch.nn.functional.pad(data, ((1 << levels) * _CRC_CHUNK - n, 0)).view(b, 1 << levels, _CRC_CHUNK)
     state = sum(((x >> j) & 1).float() @ planes[j] for j in range(8)) % 2  # [B, chunks, 32]
     for k in range(levels):
