@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 from . import repo_path
 from .errors import ConfigError, UserError
 from .fusion import FUSE_QKV
-from .decoders import VAE_ATTENTION
+from .decoders import VAE_ATTENTION, VAE_FUSE
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS
 from .norms import DECODER_GROUP_NORMS, GROUP_NORMS
 from .modes import DECODERS
@@ -111,6 +111,9 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--vae_conv_out", default="auto", choices=VAE_CONV_OUTPUTS,
         help="the int8 decoder's conv outputs: nchw, or nhwc (channels_last: the next conv's quantize reads them "
              "without a transpose; docs/kernels.md); auto = nhwc when the decode is compiled on CUDA, else nchw")
+    add("--vae_fuse", default="auto", choices=VAE_FUSE,
+        help="the int8 decoder's resnets and upsamplers with GroupNorm apply + SiLU (or the upsample) + quantize in one "
+             "kernel and the residual add in the int8 conv's epilogue (quant_utils/decoders.py): auto = on CUDA")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
@@ -220,7 +223,7 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   vae_attention=getattr(args, "vae_attention", "auto"),
                   group_norm=getattr(args, "group_norm", "native"),
                   vae_group_norm=getattr(args, "vae_group_norm", "auto"),
-                  fuse_qkv=getattr(args, "fuse_qkv", "auto"))
+                  fuse_qkv=getattr(args, "fuse_qkv", "auto"), vae_fuse=getattr(args, "vae_fuse", "auto"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

@@ -112,6 +112,99 @@ def make_int8_decoder(vae: nn.Module, latents: list[torch.Tensor], backend: str 
     return q
 
 
+# ----------------------------------------------------------------------------------------------- fused blocks
+# The int8 decoder's resnets and upsamplers with their elementwise passes folded into two kernels per conv
+# (`--vae_fuse`, use_fused_blocks): GroupNorm's scale/shift (mixdq::group_affine), then its apply + SiLU (or the
+# nearest 2x upsample) + quantize + zero pad in one kernel (mixdq::norm_act_quant), and the resnet's residual add and
+# output scale in the int8 conv's epilogue. Why: in the compiled int8 decode at 1024x4 Inductor's fused apply/quantize
+# kernels ran at ~2.6x a read-once-write-once pass, the residual adds and the upsample+quantize were passes of their
+# own (report section 1). The classes are swapped in place (parameters and state-dict keys unchanged), as
+# norms.use_group_norm swaps GroupNorms; a block runs diffusers' forward where its input is not on CUDA (or the
+# Triton interpreter).
+VAE_FUSE = ("auto", "on", "off")
+
+
+def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs):
+    from .kernels.backend import _use_triton, fused_conv
+
+    if temb is not None or not _use_triton(input_tensor):
+        return super(type(self), self).forward(input_tensor, temb, *args, **kwargs)
+    from .kernels import ops
+
+    def affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.group_affine(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+
+    h = fused_conv(self.conv1.kernel_state, input_tensor, affine(self.norm1, input_tensor), silu=True)
+    shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
+    return fused_conv(self.conv2.kernel_state, h, affine(self.norm2, h), silu=True, residual=shortcut,
+                      out_scale=1.0 / self.output_scale_factor)
+
+
+def _fused_upsample_forward(self, hidden_states: torch.Tensor, output_size: int | None = None, *args, **kwargs):
+    from .kernels.backend import _use_triton, fused_conv
+
+    if output_size is not None or not _use_triton(hidden_states):
+        return super(type(self), self).forward(hidden_states, output_size, *args, **kwargs)
+    return fused_conv(self.conv.kernel_state, hidden_states, up=2)
+
+
+_FUSED_CLASSES: dict[type, type] = {}
+
+
+def _fused_classes() -> dict[type, type]:
+    """{diffusers class: its fused subclass} (built on first use: diffusers is imported lazily)."""
+    if not _FUSED_CLASSES:
+        from diffusers.models.resnet import ResnetBlock2D
+        from diffusers.models.upsampling import Upsample2D
+
+        _FUSED_CLASSES[ResnetBlock2D] = type("FusedResnetBlock2D", (ResnetBlock2D,), {"forward": _fused_resnet_forward})
+        _FUSED_CLASSES[Upsample2D] = type("FusedUpsample2D", (Upsample2D,), {"forward": _fused_upsample_forward})
+    return _FUSED_CLASSES
+
+
+def _int_conv(m: nn.Module | None) -> bool:
+    from .kernels.backend import fusable_conv
+    from .qlayers import Backend, QuantLayer
+
+    return isinstance(m, QuantLayer) and m.backend is Backend.KERNEL and m.use_wq and m.use_aq \
+        and fusable_conv(m.kernel_state)
+
+
+def _fusable(m: nn.Module) -> bool:
+    """A decoder block whose convs all run the int8 kernels and whose forward the fused one computes exactly."""
+    base = next((b for b in _fused_classes() if isinstance(m, b)), None)
+    if base is None:
+        return False
+    if base.__name__ == "ResnetBlock2D":  # (the VAE's: no time embedding, GroupNorm + SiLU, no resampling)
+        return (_int_conv(m.conv1) and _int_conv(m.conv2) and m.upsample is None and m.downsample is None
+                and m.time_emb_proj is None and isinstance(m.norm1, nn.GroupNorm) and isinstance(m.norm2, nn.GroupNorm)
+                and isinstance(m.nonlinearity, nn.SiLU) and not m.dropout.p)
+    return (m.use_conv and not m.use_conv_transpose and m.interpolate and m.norm is None and m.name == "conv"
+            and _int_conv(m.conv))
+
+
+def wants_fused_blocks(choice: str, vae_kind: str, on_cuda: bool) -> bool:
+    """`--vae_fuse`: on, off, or auto = the int8 decoder on CUDA (its kernels run there; elsewhere nothing to fuse)."""
+    if choice not in VAE_FUSE:
+        raise ValueError(f"vae_fuse={choice!r}, expected one of {VAE_FUSE}")
+    return choice == "on" or (choice == "auto" and vae_kind == "int8" and on_cuda)
+
+
+def use_fused_blocks(vae: nn.Module, on: bool) -> int:
+    """Every fusable resnet and upsampler of `vae`'s decoder runs fused (`on`) or as diffusers wrote it, in place;
+    returns how many blocks run fused. Call after the kernels are prepared (set_backend) and before compiling."""
+    classes = _fused_classes()
+    n = 0
+    for m in vae.decoder.modules():
+        base = next((b for b, f in classes.items() if type(m) in (b, f)), None)  # (never a subclass of diffusers')
+        if base is None:
+            continue
+        fuse = on and _fusable(m)
+        m.__class__ = classes[base] if fuse else base
+        n += fuse
+    return n
+
+
 # ----------------------------------------------------------------------------------------------- attention
 # How a decoder's self-attention runs (`--vae_attention`): `auto` measures PyTorch's SDPA against `math` (explicit
 # score matrices) per decode bucket on CUDA and keeps the faster; `sdpa` always SDPA (diffusers' default).

@@ -11,7 +11,9 @@ decoder's attention takes the path the Runner would measure and pick (`vae_atten
 variants compute the GroupNorms as quant_utils/norms.py's two-step reductions, the `*-triton-gn` ones with their
 per-channel statistics from its Triton kernel (`group_norm` column). The `*-nhwc-conv*` variants (int8 decoder) have
 its int8 convs write channels_last outputs (`--vae_conv_out nhwc` in the Runner; the others NCHW: `int8_conv_out`
-column).
+column). `compile-fused-blocks` (int8 decoder) is the Runner's default on CUDA: its resnets and upsamplers through the
+one-pass GroupNorm-apply/SiLU/upsample/quantize kernel and the conv's residual epilogue (`--vae_fuse`,
+quant_utils/decoders.py; `fused_blocks` column: how many blocks).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -34,7 +36,7 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, decoder_from_args,  # noqa: E402
                              pipeline_from_args, positive_int, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
-from quant_utils.decoders import attention_path, plan_decoder_attention  # noqa: E402
+from quant_utils.decoders import attention_path, plan_decoder_attention, use_fused_blocks  # noqa: E402
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.kernels.backend import conv_out_channels_last, use_conv_outputs  # noqa: E402
 from quant_utils.norms import use_group_norm  # noqa: E402
@@ -50,6 +52,7 @@ class Variant(NamedTuple):
     group_norm: str = "native"   # quant_utils/norms.py
     inductor: tuple = ()         # Inductor settings the variant compiles under
     conv_nhwc: bool = False      # the int8 convs write channels_last outputs (kernels.backend.use_conv_outputs)
+    fused: bool = False          # the int8 decoder's fused blocks (decoders.use_fused_blocks)
 
 
 VARIANTS = {
@@ -65,6 +68,9 @@ VARIANTS = {
     "compile-nhwc-conv-triton-gn": Variant(True, "default", False, True, group_norm="triton", conv_nhwc=True),
     "compile-nhwc-conv-triton-affine-gn": Variant(True, "default", False, True, group_norm="triton-affine",
                                                   conv_nhwc=True),
+    # the Runner's default int8 decode on CUDA (--vae_fuse auto): the blocks' elementwise passes in the int8 kernels
+    "compile-fused-blocks": Variant(True, "default", False, True, group_norm="triton-affine", conv_nhwc=True,
+                                    fused=True),
     "compile-channels-last": Variant(True, "default", True, True),
     "compile-dynamic": Variant(True, "default", False, False, dynamic=True),  # what Runner's graph mode runs
     "compile-max-autotune": Variant(True, "max-autotune-no-cudagraphs", True, True),
@@ -75,15 +81,15 @@ VARIANTS = {
 
 PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-triton-affine-gn", "compile-nchw",
             "compile-channels-last", "compile-nhwc-conv", "compile-nhwc-conv-triton-gn",
-            "compile-nhwc-conv-triton-affine-gn")
+            "compile-nhwc-conv-triton-affine-gn", "compile-fused-blocks")
 
 
 def mismatch(variant: Variant, vae: str) -> str | None:
     """Why `variant` does not apply to the `vae` decoder (None: it does)."""
     if variant.channels_last and vae == "int8":
         return "the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)"
-    if variant.conv_nhwc and vae != "int8":
-        return "the *-nhwc-conv variants are for the int8 decoder (its int8 convs)"
+    if (variant.conv_nhwc or variant.fused) and vae != "int8":
+        return "the *-nhwc-conv and *-fused-blocks variants are for the int8 decoder (its int8 convs)"
     return None
 
 
@@ -163,10 +169,12 @@ def main(args) -> None:
         attention = attention_path(vae, tuple(z0.shape))
         with torch.no_grad():
             use_group_norm(vae, "native")
+            use_fused_blocks(vae, False)
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc = VARIANTS[name]
+                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc, fused = VARIANTS[name]
                 use_conv_outputs(vae, "nhwc" if conv_nhwc else "nchw")  # (no int8 convs in the FP16 decoder)
+                fused_blocks = use_fused_blocks(vae, fused)
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
@@ -188,6 +196,7 @@ def main(args) -> None:
                 t = time_ms(run, args.repeats)
                 rows.append({"variant": name, "vae": args.vae, "vae_attention": attention, "group_norm": group_norm,
                              "int8_conv_out": ("nhwc" if conv_nhwc else "nchw") if args.vae == "int8" else "",
+                             "fused_blocks": fused_blocks,
                              "height": res, "width": res, "batch": args.batch,
                              "p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
                              "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr,
@@ -207,6 +216,7 @@ def main(args) -> None:
         vae.to(memory_format=torch.contiguous_format)
         use_group_norm(vae, "native")
         use_conv_outputs(vae, "nchw")
+        use_fused_blocks(vae, False)
         torch.backends.cudnn.benchmark = False
     print(pd.DataFrame(rows).round(2).to_string(index=False))
 

@@ -431,6 +431,27 @@ def _int_core(st: KernelState, x: torch.Tensor, q: torch.Tensor, ops) -> torch.T
     return y
 
 
+def fusable_conv(st: KernelState | None) -> bool:
+    """A conv whose input can come from norm_act_quant (fused_conv): the `int` path on one activation quantizer,
+    no bucket overrides."""
+    return st is not None and st.kind == "conv" and st.path == "int" and st.split is None and not st.bucket_paths
+
+
+def fused_conv(st: KernelState, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+               silu: bool = False, up: int = 1, residual: torch.Tensor | None = None,
+               out_scale: float = 1.0) -> torch.Tensor:
+    """The conv of `st` (fusable_conv) on silu(x * scale + shift) upsampled `up`x (nearest), plus `residual` times
+    `out_scale`: two kernels (ops.norm_act_quant, ops.qconv with its residual epilogue) where the unfused modules
+    run a GroupNorm apply, SiLU, upsample and quantize pass and a residual add pass (decoders.use_fused_blocks)."""
+    from . import ops
+
+    scale, shift = affine if affine is not None else (None, None)
+    q = ops.norm_act_quant(x.half(), scale, shift, silu, up, st.pad, *st.qparams(1))
+    return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
+                     x.shape[1], st.shape[2], st.shape[3], st.stride, st.pad, st.out_nhwc or conv_out_channels_last(),
+                     residual, out_scale)
+
+
 _last_codes: tuple | None = None  # (weakref to the input, its version, quant params, int8 codes)
 
 

@@ -226,15 +226,17 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
 
 def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
          zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
-         stride: int, pad: int, cfg: dict | None = None, channels_last: bool = False) -> torch.Tensor:
+         stride: int, pad: int, cfg: dict | None = None, channels_last: bool = False,
+         residual: torch.Tensor | None = None, out_scale: float = 1.0) -> torch.Tensor:
     """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config, its output NCHW or
-    (`channels_last`) channels_last. A batch whose input or output passes the kernel's int32 offsets (the VAE decoder
-    at 1024 px, batch 8) runs in halves."""
+    (`channels_last`) channels_last, plus `residual` times `out_scale` when given (fused epilogue). A batch whose
+    input or output passes the kernel's int32 offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
     b, hp, wp, _ = x_pad.shape
     if b > 1 and max(x_pad.numel(), b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)) >= INT32_LIMIT:
         h = b // 2
+        res = (None, None) if residual is None else (residual[:h], residual[h:])
         return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg,
-                               channels_last) for x in (x_pad[:h], x_pad[h:])])
+                               channels_last, r, out_scale) for x, r in zip((x_pad[:h], x_pad[h:]), res)])
     if cfg is None:
         cfg = current_tuning().choose(
             conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
@@ -242,7 +244,7 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
             lambda c: graph_bench_ms(lambda: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
                                                       stride, pad, c, channels_last)))
     return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
-                    channels_last)
+                    channels_last, residual, out_scale)
 
 
 def conv_out_candidates(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int,

@@ -110,6 +110,20 @@ def _(x, groups, weight, bias, eps):
     return x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
 
 
+@torch.library.custom_op("mixdq::norm_act_quant", mutates_args=(), tags=FLEXIBLE_LAYOUT)
+def norm_act_quant(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], silu: bool, up: int, pad: int,
+                   s: float, z: int, lo: int, hi: int) -> Tensor:
+    """(N, C, H, W) fp16, any layout -> padded NHWC int8 codes of quantize(silu(x * scale + shift)), upsampled `up`x
+    (nearest): an int8 conv's input after a GroupNorm (+ SiLU) or an upsample, in one pass (triton_kernels)."""
+    return tk.norm_act_quant(x, scale, shift, silu, up, pad, (s, z, lo, hi))
+
+
+@norm_act_quant.register_fake
+def _(x, scale, shift, silu, up, pad, s, z, lo, hi):
+    b, c, h, w = x.shape
+    return torch.empty((b, h * up + 2 * pad, w * up + 2 * pad, c), dtype=torch.int8, device=x.device)
+
+
 # ----------------------------------------------------------------------------------------------- GEMM / conv
 
 
@@ -136,15 +150,16 @@ def _(a, w, scale, zc, bias, bits, group, n):
 @torch.library.custom_op("mixdq::qconv", mutates_args=())
 def qconv(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optional[Tensor], zc2: Optional[Tensor],
           bias: Optional[Tensor], bits: int, group: int, n: int, c1: int, kh: int, kw: int, stride: int,
-          pad: int, channels_last: bool = False) -> Tensor:
+          pad: int, channels_last: bool = False, residual: Optional[Tensor] = None, out_scale: float = 1.0) -> Tensor:
     """Padded NHWC int8 codes -> NCHW fp16 conv output (implicit GEMM, fused epilogue), in channels_last memory
-    with `channels_last`."""
+    with `channels_last`; (conv + residual) * out_scale with a `residual`."""
     return launch.conv(_aligned(x_pad), w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad,
-                       channels_last=channels_last)
+                       channels_last=channels_last, residual=residual, out_scale=out_scale)
 
 
 @qconv.register_fake
-def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last=False):
+def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last=False,
+      residual=None, out_scale=1.0):
     b, hp, wp, _ = x_pad.shape
     return torch.empty((b, n, (hp - kh) // stride + 1, (wp - kw) // stride + 1), dtype=torch.float16,
                        device=x_pad.device,
@@ -181,6 +196,19 @@ def quant_nhwc_torch(x: Tensor, split: int, pad: int, p1, p2) -> Tensor:
     if pad:  # border = each channel's zero point (the code of x = 0)
         q = F.pad(q - z, (0, 0, pad, pad, pad, pad)) + z
     return q.to(torch.int8).contiguous()
+
+
+def norm_act_quant_torch(x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], silu: bool, up: int, pad: int,
+                         p: tuple) -> Tensor:
+    """Plain-torch twin of norm_act_quant (x fp16 NCHW; scale/shift float32 [N, C] or None; p = (s, z, lo, hi)),
+    rounded to fp16 after each step as the unfused modules compute."""
+    if scale is not None:
+        x = (x.float() * scale[:, :, None, None] + shift[:, :, None, None]).half()
+    if silu:
+        x = F.silu(x.float()).half()
+    if up > 1:
+        x = F.interpolate(x, scale_factor=up, mode="nearest")
+    return quant_nhwc_torch(x, x.shape[1], pad, p, p)
 
 
 def fake_quant_torch(x: Tensor, split: int, p1, p2) -> Tensor:

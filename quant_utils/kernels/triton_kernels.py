@@ -99,6 +99,63 @@ def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, pad: i
     return q
 
 
+# The int8 decoder's conv inputs in one pass (decoders.use_fused_blocks): GroupNorm's per-(image, channel) scale and
+# shift applied, SiLU, a nearest 2x upsample (as an index map: the source pixel of output pixel h is h // UP), the
+# quantize and the zero-padded NHWC layout the conv reads. Inductor fused the same chain at ~2.6x a read-once,
+# write-once pass (profile: results/e2e_v7_unet_nhwc_1024x4_profile_kernels_nvidia_h200.csv; guess: its per-element
+# index divisions over the padded output). Here one program covers [BW padded columns x BC channels] of one padded row:
+# the divisions are per row; x is read in any layout (strides; channels_last: vector loads along C).
+@triton.jit(do_not_specialize=["H", "W", "PADN"])
+def _norm_act_quant_kernel(x_ptr, scale_ptr, shift_ptr, q_ptr, C, H, W, PADN, s_b, s_c, s_h, s_w, s, z, lo, hi,
+                           UP: tl.constexpr, HAS_AFFINE: tl.constexpr, SILU: tl.constexpr, BC: tl.constexpr,
+                           BW: tl.constexpr):
+    pid_w, pid_c, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    HP = H * UP + 2 * PADN
+    WP = W * UP + 2 * PADN
+    b = row // HP
+    h = row - b * HP - PADN
+    h_in = (h >= 0) & (h < H * UP)
+    h_src = tl.where(h_in, h, 0) // UP
+    c = pid_c * BC + tl.arange(0, BC)
+    wp = pid_w * BW + tl.arange(0, BW)
+    w = wp - PADN
+    inside = h_in & (w >= 0) & (w < W * UP)
+    w_src = tl.where(inside, w, 0) // UP
+    c_ok = c < C
+    base = b.to(tl.int64) * s_b + h_src.to(tl.int64) * s_h
+    x = tl.load(x_ptr + base + w_src[:, None] * s_w + c[None, :] * s_c, mask=inside[:, None] & c_ok[None, :],
+                other=0.0).to(tl.float32)
+    if HAS_AFFINE:  # rounded to fp16 after each step, as the unfused modules compute
+        sc = tl.load(scale_ptr + b * C + c, mask=c_ok, other=0.0)
+        sh = tl.load(shift_ptr + b * C + c, mask=c_ok, other=0.0)
+        x = (x * sc[None, :] + sh[None, :]).to(tl.float16).to(tl.float32)
+    if SILU:
+        x = (x / (1.0 + tl.exp(-x))).to(tl.float16).to(tl.float32)
+    q = _round_clamp(tl.math.div_rn(x, s), lo, hi) + z
+    q = tl.where(inside[:, None], q, z)  # the border: the code of x = 0
+    out = q_ptr + row.to(tl.int64) * WP * C
+    tl.store(out + wp[:, None] * C + c[None, :], q.to(tl.int8), mask=(wp[:, None] < WP) & c_ok[None, :])
+
+
+def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None, silu: bool, up: int,
+                   pad: int, p: tuple) -> torch.Tensor:
+    """(N, C, H, W) fp16 in any strides -> zero-padded NHWC int8 codes [N, H*up + 2pad, W*up + 2pad, C] of
+    quantize(silu(x * scale + shift)) (per (image, channel) float32 scale/shift [N, C], or none), upsampled `up`x
+    (nearest), p = (scale, zero, qmin, qmax): the padded codes the conv kernel reads, in one pass."""
+    b, c, h, w = x.shape
+    hp, wp = h * up + 2 * pad, w * up + 2 * pad
+    q = torch.empty((b, hp, wp, c), dtype=torch.int8, device=x.device)
+    s, z, lo, hi = p
+    bc = min(triton.next_power_of_2(c), 128)
+    bw = max(4096 // bc, 16)
+    grid = (triton.cdiv(wp, bw), triton.cdiv(c, bc), b * hp)
+    aff = scale is not None
+    _norm_act_quant_kernel[grid](x, scale if aff else x, shift if aff else x, q, c, h, w, pad, *x.stride(), float(s),
+                                 float(z), float(lo - z), float(hi - z), UP=up, HAS_AFFINE=aff, SILU=silu, BC=bc,
+                                 BW=bw, num_warps=4)
+    return q
+
+
 @triton.jit(do_not_specialize=["C", "HW", "split"])
 def _fake_quant_kernel(x_ptr, y_ptr, n, C, HW, split, s1, lo1, hi1, s2, lo2, hi2, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -721,14 +778,16 @@ def _conv_segment(acc, x_ptr, w_ptr, row_base, kk, W, C, c0, CS, CI,
 
 
 @triton.jit(do_not_specialize=["M", "H", "W", "CI1", "CI2"])
-def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr,
+def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr, res_ptr, out_scale,
                   M, N, H, W, C, OHW, OW, C1, C2, CI1, CI2, stride_wn,
                   STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
-                  SWAP: tl.constexpr, SUBK: tl.constexpr, OUT_NHWC: tl.constexpr = False):
+                  SWAP: tl.constexpr, SUBK: tl.constexpr, OUT_NHWC: tl.constexpr = False,
+                  HAS_RES: tl.constexpr = False):
     """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW]
-    (OUT_NHWC: the same tensor in channels_last memory, channels contiguous).
+    (OUT_NHWC: the same tensor in channels_last memory, channels contiguous). HAS_RES: out = (conv + res) * out_scale
+    with res laid out as out (a resnet's residual add and output scale, one pass fewer over the output).
 
     Row tiles never straddle two images (M = B * cdiv(OH*OW, BM) * BM), so each tile's output pixels are
     contiguous in NCHW (vector stores). K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2)
@@ -776,18 +835,22 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
         col_off = rn * OHW
     if SWAP:
         mask = (r[None, :] < OHW) & (rn[:, None] < N)
-        o_ptrs = out_ptr + (row_off[None, :] + col_off[:, None])
+        offs = row_off[None, :] + col_off[:, None]
     else:
         mask = (r[:, None] < OHW) & (rn[None, :] < N)
-        o_ptrs = out_ptr + (row_off[:, None] + col_off[None, :])
-    tl.store(o_ptrs, y.to(tl.float16), mask=mask)
+        offs = row_off[:, None] + col_off[None, :]
+    if HAS_RES:
+        y = (y + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * out_scale
+    tl.store(out_ptr + offs, y.to(tl.float16), mask=mask)
 
 
 def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
           zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
-          stride: int, pad: int, cfg: dict, channels_last: bool = False) -> torch.Tensor:
+          stride: int, pad: int, cfg: dict, channels_last: bool = False, residual: torch.Tensor | None = None,
+          out_scale: float = 1.0) -> torch.Tensor:
     """Launch `_qconv_kernel`: padded NHWC int8 codes (from quant_nchw_to_nhwc with this `pad`) -> NCHW fp16
-    (`channels_last`: in channels_last memory, as the next layer's NHWC quantize and cuDNN read it without a transpose).
+    (`channels_last`: in channels_last memory, as the next layer's NHWC quantize and cuDNN read it without a transpose),
+    (conv + residual) * out_scale with a `residual` of the output's shape (copied to the output's layout if need be).
 
     c1 = channels of segment 1 (= C when the input is not split)."""
     b, hp, wp, c = x_pad.shape
@@ -801,15 +864,21 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
     ow = (wp - kw) // stride + 1
     out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if residual is not None:
+        if tuple(residual.shape) != tuple(out.shape):
+            raise ValueError(f"qconv: residual of shape {tuple(residual.shape)} for an output of {tuple(out.shape)}")
+        residual = residual.to(torch.float16).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     c2 = c - c1
     m = b * triton.cdiv(oh * ow, cfg["BM"]) * cfg["BM"]  # whole row tiles per image
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
     _qconv_kernel[grid](x_pad, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
                         zc2 if zc2 is not None else zc1, bias if bias is not None else scale1,
-                        m, n, hp, wp, c, oh * ow, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
+                        residual if residual is not None else out, float(out_scale), m, n, hp, wp, c, oh * ow, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
                         STRIDE=stride, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
-                        SUBK=group // SUB_BLOCKS[bits], OUT_NHWC=channels_last, num_warps=cfg.get("num_warps", 4),
+                        SUBK=group // SUB_BLOCKS[bits], OUT_NHWC=channels_last, HAS_RES=residual is not None,
+                        num_warps=cfg.get("num_warps", 4),
                         num_stages=cfg.get("num_stages", 3))
     return out

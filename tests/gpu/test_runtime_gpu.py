@@ -195,6 +195,37 @@ def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, m
         assert seen and all(seen), seen
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_int8_decoder_fused_blocks_decode_as_the_unfused_ones(cuda_pipe, compiled):
+    """`--vae_fuse` (auto's choice on CUDA): the int8 decoder's resnets and upsamplers through the one-pass
+    norm/SiLU/upsample/quantize kernel and the conv's residual epilogue, eager or compiled (custom ops in the graph),
+    stay as close to the FP16 decode as the unfused decoder (channels_last conv outputs and triton-affine
+    GroupNorms, the compiled decode's settings)."""
+    import torch._dynamo
+
+    from quant_utils.decoders import make_int8_decoder, use_fused_blocks
+    from quant_utils.kernels.backend import use_conv_outputs
+    from quant_utils.norms import use_group_norm
+    from quant_utils.runtime import Runner, decode_images
+
+    z = Runner(cuda_pipe).denoise(["a cat", "a dog"], [1, 2], 64, 64)
+    dec = make_int8_decoder(cuda_pipe.vae, [z], backend="kernel")
+    use_conv_outputs(dec, "nhwc")
+    use_group_norm(dec, "triton-affine")
+    run = torch.compile(lambda lat: decode_images(dec, lat)) if compiled else (lambda lat: decode_images(dec, lat))
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    with torch.no_grad():
+        fp = decode_images(cuda_pipe.vae, z).float()
+        unfused = run(z).float()
+        assert use_fused_blocks(dec, True) >= 6
+        torch._dynamo.reset()
+        fused = run(z).float()
+        use_fused_blocks(dec, False)
+    assert not torch.isnan(fused).any()
+    assert rel(fused, fp) < 1.2 * rel(unfused, fp) + 1e-3 and rel(fused, unfused) < 2 * rel(unfused, fp) + 1e-3, \
+        (rel(fused, fp), rel(unfused, fp), rel(fused, unfused))
+
+
 @pytest.mark.parametrize("kind", ["tiny", "int8"])
 def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
     from types import SimpleNamespace
