@@ -33,7 +33,7 @@ from quant_utils.serving import workloads as wl
 from quant_utils.serving.policies import Option
 from quant_utils.serving.images import (IMAGE_FORMATS, encode_image, encode_image_timed, encode_jpeg_on_device,
                                          encode_png, encode_png_on_device, is_image)
-from quant_utils.serving.images import _crc32_gf2, crc32_on_device
+from quant_utils.serving.images import PngOnHost, _crc32_gf2, crc32_on_device
 from quant_utils.errors import ConfigError
 from quant_utils.serving.server import ReplicaQueue, RequestError, ServeConfig, parse_generate
 from quant_utils.serving.simulator import BucketQueue, ServiceTable
@@ -137,7 +137,8 @@ def test_crc32_in_tensor_ops_is_zlibs(n):
 def test_png_made_on_the_device_is_the_image(h, w, monkeypatch):
     """encode_png_on_device (the service's --encode_on device PNG): a valid PNG of each image of the batch, whose IDAT
     holds a zlib stream zlib itself accepts (stored blocks, Adler-32), with the CRC libpng checks, computed in tensor
-    ops (as on a GPU); a stored-block boundary exactly at the end of the rows included (15 x 1456)."""
+    ops (as on a GPU), or on the host by PngOnHost.body (the service's way) to the same file; a stored-block boundary
+    exactly at the end of the rows included (15 x 1456)."""
     import quant_utils.serving.images as images_mod
 
     monkeypatch.setattr(images_mod, "crc32_on_device", images_mod._crc32_gf2)  # the GPU's form, here on the CPU
@@ -153,6 +154,10 @@ def test_png_made_on_the_device_is_the_image(h, w, monkeypatch):
         assert zlib.decompress(body[41:41 + n]) == rows.tobytes()  # zlib checks the Adler-32 too
         assert body[41 + n + 4:] == encode_png(img)[-12:]  # IEND
         assert body[:33] == encode_png(img)[:33]  # signature, IHDR
+    # the service's form: the CRC left to the host (PngOnHost.body, zlib), the same file; its 4 bytes 0 before
+    host = encode_png_on_device(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), crc_on_device=False)
+    for file, partial in zip(files, host):
+        assert not partial[-16:-12].any() and PngOnHost(partial).body() == bytes(file)
     with pytest.raises(ValueError, match="uint8"):
         encode_png_on_device(torch.zeros(1, 3, 2, 2))
 
@@ -646,16 +651,17 @@ def test_bench_encode_writes_every_encoding_and_content(tmp_path):
                     "--out", out) == 0
     df = read_csv(out)
     assert list(df.columns) == ["heap", "encoding", "content", "encode_p50_ms", "encode_faults_p50", "body_mb", "repeats"]
-    assert len(df) == 16 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
+    assert len(df) == 20 and set(df["content"]) == {"noise", "smooth"} and (df["encode_p50_ms"] > 0).all()
     host, dev = df[df["heap"] == "default"], df[df["heap"] == "device"]  # the service's encoders, both ways
     assert len(host) == 8 and (host["encode_faults_p50"] >= 0).all() and dev["encode_faults_p50"].isna().all()
-    assert set(dev["encoding"]) == {f"{e}{b}" for e in ("jpeg q90 on cpu (torchvision)", "png level 0 on cpu")
+    pngs = ("png level 0 on cpu, crc on cpu", "png level 0 on cpu, crc there too")
+    assert set(dev["encoding"]) == {f"{e}{b}" for e in ("jpeg q90 on cpu (torchvision)",) + pngs
                                     for b in ("", ", batch of 4")}
-    on_dev = dev[dev["encoding"] == "png level 0 on cpu"].set_index("content")["body_mb"]
+    on_dev = dev[dev["encoding"].isin(pngs)].set_index("content")["body_mb"]
     pil = host[host["encoding"] == "jpeg q90"].set_index("content")["body_mb"]
     tv = dev[dev["encoding"] == "jpeg q90 on cpu (torchvision)"].set_index("content")["body_mb"]
     assert ((tv / pil).between(0.7, 1.4)).all()  # the same quality scale
     png0 = df[df["encoding"] == "png level 0"].set_index("content")["body_mb"]
     assert png0["noise"] == png0["smooth"] == pytest.approx((48 * (1 + 3 * 48) + 5 + 2 + 4 + 57) / 1e6, abs=1e-3)
-    assert (on_dev == png0).all()  # the same file size as encode_png's
+    assert (on_dev == png0.reindex(on_dev.index)).all()  # the same file size as encode_png's, both CRC ways
     assert read_provenance(out)["device"].startswith("cpu: ")

@@ -3,7 +3,8 @@
 Shared by the service (quant_utils/serving/server.py encodes) and the HTTP client (it checks that a 200's body is
 an image of the format it asked for). On the host from uint8 [H, W, 3] arrays (encode_image), or, for the service's
 --encode_on device, from uint8 [B, 3, H, W] tensors where they were made (encode_jpeg_on_device, encode_png_on_device:
-the whole file, its CRC-32 by crc32_on_device). Encode times and body sizes at 1024 px: docs/serving.md.
+the whole file, its CRC-32 by crc32_on_device or, the service's way, on the host: PngOnHost). Encode times and body
+sizes at 1024 px: docs/serving.md.
 """
 from __future__ import annotations
 
@@ -168,12 +169,13 @@ def _crc32_gf2(data):
     return (state.view(b, 32).to(torch.int64) * weights).sum(1) ^ _crc32_of_zeros(n)
 
 
-def encode_png_on_device(images) -> np.ndarray:
+def encode_png_on_device(images, crc_on_device: bool = True) -> np.ndarray:
     """uint8 torch [B, 3, H, W] -> uint8 [B, N] on the host: per image the whole level-0 PNG file (what encode_png
     writes, up to zlib's choice of block boundaries), made where the tensor lives (on a GPU: rows with their filter
-    bytes, zlib's stored-block framing, its Adler-32 and the IDAT chunk's CRC-32), so the host gets the file in the
-    one copy it needed anyway and has only to copy it into the response body: one pass over 3 MB at 1024 px
-    instead of encode_png's five."""
+    bytes, zlib's stored-block framing, its Adler-32 and, with `crc_on_device`, the IDAT chunk's CRC-32), so the host
+    gets the file in the one copy it needed anyway. Without `crc_on_device` the CRC's 4 bytes are left 0 for
+    PngOnHost.body to fill on the host (the service's way: measured, the GPU's CRC cost more device time per batch
+    than zlib's on an encoder thread, which overlaps the next batch; docs/serving.md)."""
     import torch
 
     _check_batch(images)
@@ -200,11 +202,23 @@ def encode_png_on_device(images) -> np.ndarray:
     idat = torch.cat([const(b"IDAT\x78\x01"), blocks, be32(adler)], 1)
     head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + zlen.to_bytes(4, "big")
     tail = (0).to_bytes(4, "big") + b"IEND" + zlib.crc32(b"IEND").to_bytes(4, "big")
-    return torch.cat([const(head), idat, be32(crc32_on_device(idat)), const(tail)], 1).cpu().numpy()
+    crc = crc32_on_device(idat) if crc_on_device else torch.zeros(b, dtype=torch.int64, device=dev)
+    return torch.cat([const(head), idat, be32(crc), const(tail)], 1).cpu().numpy()
+
+
+_PNG_IDAT_TYPE = 37  # offset of "IDAT" in encode_png_on_device's files: signature 8, IHDR chunk 25, IDAT length 4
+_PNG_TAIL = 16  # the IDAT CRC (4) and the IEND chunk (12)
 
 
 class PngOnHost(NamedTuple):
-    file: np.ndarray  # an encode_png_on_device row: the whole PNG file, to copy into the response body
+    file: np.ndarray  # an encode_png_on_device(..., crc_on_device=False) row: the PNG file but its IDAT CRC-32
+
+    def body(self) -> bytes:
+        """The response body: the IDAT CRC-32 by zlib written into the file, then the one copy into bytes."""
+        end = len(self.file) - _PNG_TAIL
+        crc = zlib.crc32(self.file[_PNG_IDAT_TYPE:end])
+        self.file[end:end + 4] = np.frombuffer(crc.to_bytes(4, "big"), np.uint8)
+        return bytes(self.file)
 
 
 class EncodeTiming(NamedTuple):

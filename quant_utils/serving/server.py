@@ -475,7 +475,7 @@ class ImageService:
             encode_ms = enc.ms
         else:  # on an encoder thread: the whole encode, or the copy of a PNG made on the device into the body
             on_host = isinstance(image, PngOnHost)
-            call = ((timed, bytes, image.file) if on_host else
+            call = ((timed, image.body) if on_host else
                     (encode_image_timed, image, req.format, self.cfg.png_level, self.cfg.jpeg_quality))
             enc = await asyncio.get_running_loop().run_in_executor(self.io, *call)
             encoded_on, encode_ms = "device+cpu" if on_host else "cpu", (self._now() - t_encode) * 1e3
@@ -588,8 +588,8 @@ class ImageService:
             on_host = [i for i in range(len(jobs)) if i not in on_device and i not in png]
             part = lambda idx: images if len(idx) == len(jobs) else images[idx]  # noqa: E731  (no copy: all of them)
             out = dict(zip(on_host, to_host_images(part(on_host)))) if on_host else {}
-            if png:  # the whole PNG file made on the device: one copy to the host
-                out.update(zip(png, map(PngOnHost, encode_png_on_device(part(png)))))
+            if png:  # the PNG file made on the device but its CRC (an encoder thread's): one copy to the host
+                out.update(zip(png, map(PngOnHost, encode_png_on_device(part(png), crc_on_device=False))))
             ms = (time.perf_counter() - t) * 1e3  # generation, the pixels' trip to the host (as calibrated), PNG file
             if on_device:  # one batched encode; each request's x-encode-ms is the batch's
                 t = time.perf_counter()

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import HelpFormatter, positive_int, user_errors  # noqa: E402
 from quant_utils.csvio import cpu_name, provenance, write_csv  # noqa: E402
-from quant_utils.serving.images import (encode_image_timed, encode_jpeg_on_device, encode_png_on_device,  # noqa: E402
+from quant_utils.serving.images import (PngOnHost, encode_image_timed, encode_jpeg_on_device, encode_png_on_device,  # noqa: E402
                                          keep_freed_heap)
 
 ENCODINGS = {"png level 0": dict(fmt="png", png_level=0), "png level 1": dict(fmt="png", png_level=1),
@@ -47,18 +47,23 @@ def images(size: int, seed: int = 0) -> dict[str, np.ndarray]:
             "smooth": np.clip(smooth, 0, 255).astype(np.uint8)}
 
 
-def png_on_device(batch: torch.Tensor) -> list[bytes]:
-    """The service's --encode_on device PNG: the whole file made on the device, one copy to the host, one into the body."""
-    return [bytes(f) for f in encode_png_on_device(batch)]
+def png_on_device(batch: torch.Tensor, crc_on_device: bool) -> list[bytes]:
+    """--encode_on device PNG: the file made on the device (its CRC-32 there too, or on the host as the service does:
+    PngOnHost), one copy to the host, one into the body."""
+    if crc_on_device:
+        return [bytes(f) for f in encode_png_on_device(batch)]
+    return [PngOnHost(f).body() for f in encode_png_on_device(batch, crc_on_device=False)]
 
 
 def device_rows(args: argparse.Namespace) -> list[dict]:
-    """The service's --encode_on device encoders on args.device (JPEG q90 by torchvision; PNG level 0 made there,
-    its CRC-32 too), one image and a batch of 4, after one warm-up (encoder start-up)."""
+    """The service's --encode_on device encoders on args.device (JPEG q90 by torchvision; PNG level 0 made there, its
+    CRC-32 on the host as the service does, or there too), one image and a batch of 4, after one warm-up (encoder
+    start-up). Wall time of the whole encode: device work, the copy to the host and the host's part."""
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     encoders = {f"jpeg q90 on {dev.type} (torchvision)": lambda b: encode_jpeg_on_device(b, 90),
-                f"png level 0 on {dev.type}": png_on_device}
+                f"png level 0 on {dev.type}, crc on cpu": lambda b: png_on_device(b, False),
+                f"png level 0 on {dev.type}, crc there too": lambda b: png_on_device(b, True)}
     rows = []
     for content, img in images(args.size).items():
         one = torch.from_numpy(img).permute(2, 0, 1).contiguous().to(dev)[None]

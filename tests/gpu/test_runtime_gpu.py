@@ -310,19 +310,21 @@ def test_triton_group_norm_matches_native_compiled_and_in_a_graph(layout, form):
 
 
 def test_service_encoders_on_the_gpu():
-    """The service's --encode_on device PNG on CUDA: crc32_on_device (tensor ops there) is zlib's, and each file
-    decodes to its image; torchvision's nvJPEG gives JPEGs of the right size."""
+    """The service's --encode_on device PNG on CUDA: crc32_on_device (tensor ops there) is zlib's, each file
+    decodes to its image, the CRC written on the host (the service's way) gives the same file; torchvision's nvJPEG gives JPEGs of the right size."""
     import io
     import zlib
 
     from PIL import Image
 
-    from quant_utils.serving.images import crc32_on_device, encode_jpeg_on_device, encode_png_on_device
+    from quant_utils.serving.images import PngOnHost, crc32_on_device, encode_jpeg_on_device, encode_png_on_device
 
     rows = torch.randint(0, 256, (3, 3_147_060 + 7), dtype=torch.uint8, device="cuda")
     assert crc32_on_device(rows).tolist() == [zlib.crc32(r.cpu().numpy()) for r in rows]
     imgs = torch.randint(0, 256, (2, 3, 96, 160), dtype=torch.uint8, device="cuda")
     for img, file in zip(imgs, encode_png_on_device(imgs)):
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(bytes(file)))), img.permute(1, 2, 0).cpu().numpy())
+    host = [PngOnHost(f).body() for f in encode_png_on_device(imgs, crc_on_device=False)]  # the service's way
+    assert host == [bytes(f) for f in encode_png_on_device(imgs)]
     for body in encode_jpeg_on_device(imgs):
         assert Image.open(io.BytesIO(body)).size == (160, 96)
