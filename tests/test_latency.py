@@ -68,7 +68,7 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
     assert (tmp_path / "ckpt_w4.pth").is_file()
 
 
-E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "compile_regions", "vae", "vae_exec", "vae_attention", "group_norm", "vae_group_norm", "vae_conv_out", "res", "batch", "text_p50_ms", "text_p95_ms",
+E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "compile_regions", "vae", "vae_exec", "vae_attention", "group_norm", "vae_group_norm", "vae_conv_out", "vae_fused_blocks", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
                "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "first_call_plan_s", "first_call_warmup_s",
                "first_call_capture_s", "first_call_graphs", "first_call_dynamo_s", "first_call_backend_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",
@@ -88,6 +88,7 @@ def test_bench_e2e_every_mode_and_decoder_in_one_run(tmp_path, prompts_file):
     assert len(df) == 2 * len(combos) and (df["unet_exec"] == "eager").all()
     assert (df["group_norm"] == "native").all()  # the default
     assert (df["vae_group_norm"] == "native").all()  # auto on the CPU: triton only for a decode compiled on CUDA
+    assert (df["vae_fused_blocks"] == 0).all()  # auto on the CPU: the int8 decoder fuses on CUDA only
     fp16 = df[(df["mode"] == "fp16")].set_index("batch")["total_p50_ms"]
     for _, r in df.iterrows():  # the speedup is the FP16 image's time over this row's, same cell
         assert r["speedup_vs_fp16"] == pytest.approx(fp16[r["batch"]] / r["total_p50_ms"], abs=2e-3)

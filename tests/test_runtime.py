@@ -33,6 +33,17 @@ def test_runner_labels_and_rejects(tiny_pipe):
     with pytest.raises(ValueError, match="vae_conv_out='nwhc'"):
         Runner(tiny_pipe, "eager", vae_conv_out="nwhc")
     assert Runner(tiny_pipe, "eager").vae_conv_out == "nchw"  # auto: NHWC only for a decode compiled on CUDA
+    with pytest.raises(ValueError, match="vae_fuse='yes'"):
+        Runner(tiny_pipe, "eager", vae_fuse="yes")
+    assert Runner(tiny_pipe, "eager", vae_fuse="on").vae_fused_blocks == 0  # the FP16 decoder: no int8 convs to fuse
+
+
+def test_vae_fuse_auto_is_the_int8_decoder_on_cuda():
+    from quant_utils.decoders import wants_fused_blocks
+
+    assert wants_fused_blocks("auto", "int8", on_cuda=True)
+    assert not wants_fused_blocks("auto", "int8", on_cuda=False) and not wants_fused_blocks("auto", "fp16", True)
+    assert wants_fused_blocks("on", "fp16", on_cuda=False) and not wants_fused_blocks("off", "int8", True)
 
 
 def test_decoder_conv_out_auto_is_nhwc_for_the_compiled_int8_decoder_only(monkeypatch):
