@@ -125,7 +125,7 @@ VAE_FUSE = ("auto", "on", "off")
 
 
 def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs):
-    from .kernels.backend import _use_triton, fused_conv
+    from .kernels.backend import _use_triton, conv_stats_enabled, fused_conv
 
     if temb is not None or not _use_triton(input_tensor):
         return super(type(self), self).forward(input_tensor, temb, *args, **kwargs)
@@ -134,9 +134,16 @@ def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor |
     def affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.group_affine(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
-    h = fused_conv(self.conv1.kernel_state, input_tensor, affine(self.norm1, input_tensor), silu=True)
+    aff1 = affine(self.norm1, input_tensor)
+    if conv_stats_enabled():  # norm2's statistics from conv1's epilogue (no second read of h)
+        h, (mean, m2) = fused_conv(self.conv1.kernel_state, input_tensor, aff1, silu=True, stats=True)
+        n2 = self.norm2
+        aff2 = ops.group_affine_partials(mean, m2, h.shape[2] * h.shape[3], n2.num_groups, n2.weight, n2.bias, n2.eps)
+    else:
+        h = fused_conv(self.conv1.kernel_state, input_tensor, aff1, silu=True)
+        aff2 = affine(self.norm2, h)
     shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
-    return fused_conv(self.conv2.kernel_state, h, affine(self.norm2, h), silu=True, residual=shortcut,
+    return fused_conv(self.conv2.kernel_state, h, aff2, silu=True, residual=shortcut,
                       out_scale=1.0 / self.output_scale_factor)
 
 
