@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
               provenance(script="scripts/utils/bench_encode.py", device=f"cpu: {cpu_name()}{gpu}", cores=os.cpu_count(),
                          weights="none (synthetic images, no model)",
                          backend="none (CPU image encoders: zlib, Pillow)" + (
-                             f"; torchvision encode_jpeg and the PNG framing on {args.device}" if args.device else ""),
+                             f"; torchvision encode_jpeg and the PNG file (its CRC-32 on the host, or there too) on {args.device}" if args.device else ""),
                          loadavg_1min_before=round(load_before, 2), loadavg_1min_after=round(os.getloadavg()[0], 2),
                          size=args.size))
     return 0
