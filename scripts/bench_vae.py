@@ -14,7 +14,8 @@ its int8 convs write channels_last outputs (`--vae_conv_out nhwc` in the Runner;
 column). `compile-fused-blocks` (int8 decoder) is the Runner's default on CUDA: its resnets and upsamplers through the
 one-pass GroupNorm-apply/SiLU/upsample/quantize kernel and the conv's residual epilogue (`--vae_fuse`,
 quant_utils/decoders.py; `fused_blocks` column: how many blocks); `compile-fused-blocks-stats` also takes each
-resnet's second GroupNorm statistics from the conv before it (MIXDQ_CONV_STATS=1, opt-in; `conv_stats` column).
+resnet's second GroupNorm statistics (and within an up block the next resnet's first) from the conv before it
+(MIXDQ_CONV_STATS=1, opt-in; `conv_stats` column).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
