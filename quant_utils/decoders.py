@@ -156,7 +156,9 @@ def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor |
 
 
 def _fused_up_block_forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-    """UpDecoderBlock2D's forward with each resnet's output statistics handed to the next one (MIXDQ_CONV_STATS)."""
+    """UpDecoderBlock2D's forward with each resnet's output statistics handed to the next one (MIXDQ_CONV_STATS). The
+    resnets run as functions here, so forward hooks on them do not fire (on their convs neither, in any fused block:
+    fused_conv runs the kernel state; decoder_errors hooks the FP16 decoder instead)."""
     from .kernels.backend import _use_triton
 
     if temb is not None or not _use_triton(hidden_states):
