@@ -251,8 +251,9 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
     fused = stats is not None and cfg["BM"] % tk.STATS_CHUNK == 0
     out = tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
                    channels_last, residual, out_scale, stats if fused else None)
-    if stats is not None and not fused:
-        tk.moments_into(out, stats, tk.STATS_CHUNK)
+    if stats is not None and not fused:  # a moments pass over the output (NCHW, or channels_last: pixels n apart)
+        tk.channel_moments_partials(out, out.stride(0), out.stride(1), 1 if out.is_contiguous() else n,
+                                    chunk=tk.STATS_CHUNK, out=stats)
     return out
 
 

@@ -239,33 +239,25 @@ def moments_config(n: int, c: int, p: int, block_c: int = 64, block_p: int = 64,
     return block_c, block_p, max(block_p, chunk)
 
 
-def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int,
-                             num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, num_warps: int = 4,
+                             chunk: int | None = None,
+                             out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, M2) per (image, channel, chunk of CHUNK pixels), float32 [N, C, n_chunks], of x seen as (N, C, P) through
-    the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks."""
+    the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks. `chunk` (a power of two): that
+    instead of moments_config's; `out`: buffers to write (the int8 conv's statistics where its tile cannot)."""
     n, c = x.shape[:2]
     p = x.numel() // max(n * c, 1)
-    block_c, block_p, chunk = moments_config(n, c, p)
+    block_c, block_p, auto_chunk = moments_config(n, c, p)
+    chunk = chunk or auto_chunk
+    block_p = min(block_p, chunk)
     n_chunks = triton.cdiv(p, chunk)
-    mean = torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device)
-    m2 = torch.empty_like(mean)
+    if out is None:
+        out = tuple(torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device) for _ in range(2))
+    mean, m2 = out
     grid = (n * triton.cdiv(c, block_c), n_chunks)
     _channel_moments_kernel[grid](x, mean, m2, c, p, s_n, s_c, s_p, n_chunks, CHUNK=chunk, BLOCK_C=block_c,
                                   BLOCK_P=block_p, num_warps=num_warps)
     return mean, m2
-
-
-def moments_into(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor], chunk: int) -> None:
-    """channel_moments_partials of an (N, C, H, W) tensor (NCHW or channels_last) with a given chunk, into `out`'s
-    [N, C, cdiv(H*W, chunk)] buffers (the conv's statistics where its tile cannot reduce them)."""
-    n, c = x.shape[:2]
-    p = x.numel() // max(n * c, 1)
-    s_n, s_c = x.stride(0), x.stride(1)
-    s_p = 1 if x.is_contiguous() else c  # channels_last: pixels C apart
-    block_c, block_p = min(64, triton.next_power_of_2(c)), min(64, chunk)
-    _channel_moments_kernel[(n * triton.cdiv(c, block_c), out[0].shape[2])](
-        x, out[0], out[1], c, p, s_n, s_c, s_p, out[0].shape[2], CHUNK=chunk, BLOCK_C=block_c, BLOCK_P=block_p,
-        num_warps=4)
 
 
 # GroupNorm's per-channel scale and shift from the chunks' (mean, M2) of channel_moments_partials. One program per
