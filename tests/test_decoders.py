@@ -309,14 +309,14 @@ print("with stats", rel(with_stats, fused), rel(with_stats, fp))
 
 def test_fused_decoder_blocks_match_the_unfused_decoder_in_the_interpreter():
     """The int8 decoder's fused blocks (`--vae_fuse`): the one-pass GroupNorm-apply/SiLU/upsample/quantize/pad kernel
-    equals its plain-torch twin (a code moved by one at most, rarely: the kernel's approximate division); the conv's residual epilogue equals (conv + residual) * scale in both
+    equals its plain-torch twin (a code moved by one at most, rarely: the kernel quantizes by x * (1 / s)); the conv's residual epilogue equals (conv + residual) * scale in both
     output layouts and in batch parts, a residual of the wrong shape is refused; on the tiny model the fused decoder
     is as close to the FP16 decode as the unfused one (a block alone, fed the same input: within fp16 rounding; an upsampler exactly), and
     switching back restores diffusers' forward exactly; the conv's statistics epilogue (MIXDQ_CONV_STATS) gives the
     GroupNorm F.group_norm gives (epilogue or moments pass, batch halves, a short last chunk) and the decoder with it
     stays as close to FP16 (Triton kernels interpreted on the CPU)."""
     out = run_interpreted(FUSED_BLOCKS)
-    # the kernel's approximate SiLU division and x * (1 / s) may move a code at a rounding boundary (by one, rarely)
+    # the kernel's x * (1 / s) (and on CUDA its approximate SiLU) may move a code at a rounding boundary (by one, rarely)
     _, worst, _, moved = next(ln for ln in out.splitlines() if ln.startswith("norm_act_quant")).rsplit(None, 3)
     assert int(worst) <= 1 and float(moved) < 1e-3, out
     assert "residual False True True" in out and "residual True True True" in out, out

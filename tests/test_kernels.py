@@ -7,7 +7,9 @@ import sys
 
 import pytest
 import torch
-from conftest import EXPLAIN, KERNEL_UNET, REPO, run_interpreted
+from conftest import EXPLAIN, KERNEL_UNET, REPO, run_interpreted, run_main
+
+from quant_utils.csvio import read_csv
 
 
 def test_triton_kernels_in_the_interpreter():
@@ -145,3 +147,20 @@ def test_selfcheck_skips_an_opt_in_config_that_does_not_build_and_fails_everythi
     monkeypatch.setattr(backend, "forward", lambda st, x: (_ for _ in ()).throw(RuntimeError("illegal memory access")))
     with pytest.raises(RuntimeError, match="illegal"):
         sc.check_case(case, "cpu", cfg=launch._fixup(64, 128, 4, 4, True, 4))
+
+
+def test_the_decoders_one_pass_kernel_compiles_for_sm90_vectorised_and_within_its_instruction_budget(tmp_path):
+    """sass_report compiles norm_act_quant offline for sm_90 (Triton's bundled ptxas; no GPU): the fp16 / int8
+    streams in 16-byte loads and stores, no spills, and the PTX math (ex2/rcp approximations, one cvt.rni) well under
+    the plain tl ops' instruction count: the budget below which the pass can be memory-bound on an H200."""
+    pytest.importorskip("triton.backends.nvidia")
+    out = tmp_path / "sass.csv"
+    assert run_main("utils/sass_report.py", "--out", out) == 0
+    df = read_csv(out).set_index(["form", "ptx_math"])
+    assert len(df) == 4 and (df["arch"] == "sm_90").all()
+    assert (df["narrow_memory_ops"] == 0).all() and (df["vector_loads"] > 0).all() and (df["vector_stores"] > 0).all()
+    assert (df["local_bytes"] == 0).all()
+    resnet, upsampler = df.loc[("resnet norm + silu", True)], df.loc[("upsampler 2x", True)]
+    assert resnet["per_element"] <= 24 and upsampler["per_element"] <= 13, df
+    assert resnet["per_element"] < 0.8 * df.loc[("resnet norm + silu", False), "per_element"], df
+    assert 1.9 <= resnet["mufu_per_element"] <= 2.1, df  # one ex2, one rcp: no division, no exp fix-ups

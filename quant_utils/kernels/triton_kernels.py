@@ -105,10 +105,33 @@ def quant_nchw_to_nhwc(x: torch.Tensor, split: int, p1: tuple, p2: tuple, pad: i
 # write-once pass (profile: results/e2e_v7_unet_nhwc_1024x4_profile_kernels_nvidia_h200.csv; guess: its per-element
 # index divisions over the padded output). Here one program covers [BW padded columns x BC channels] of one padded row:
 # the divisions are per row; x is read in any layout (strides; channels_last: vector loads along C).
-@triton.jit(do_not_specialize=["H", "W", "PADN"])
-def _norm_act_quant_kernel(x_ptr, scale_ptr, shift_ptr, q_ptr, C, H, W, PADN, s_b, s_c, s_h, s_w, inv_s, z, lo, hi,
-                           UP: tl.constexpr, HAS_AFFINE: tl.constexpr, SILU: tl.constexpr, BC: tl.constexpr,
-                           BW: tl.constexpr):
+#
+# The pass is instruction-bound, not memory-bound, unless its arithmetic stays near ~12-25 instructions per element
+# (H200: ~128 issued per SM per clock against ~15 bytes of HBM per SM per clock; 1.5-3 bytes per element). On CUDA
+# (PTX=True) SiLU is ex2.approx.ftz + rcp.approx.ftz (each ~1 ulp; Triton's exp and divisions add denormal and range
+# fix-ups around them) and the quantize a multiply, two clamps, one cvt.rni and an integer add. SASS per element on
+# sm_90 (scripts/utils/sass_report.py): a resnet's norm + SiLU 48.5 (IEEE division, as timed in the twentieth
+# session at ~2.3x the bandwidth floor) -> 22.25, an upsampler 32.5 -> 12.25. The interpreter runs the same math
+# in plain tl ops.
+@triton.jit
+def _ex2_ftz(x):
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _rcp_ftz(x):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _rint_s32(x):
+    return tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit(do_not_specialize=["H", "W", "PADN", "z"])
+def _norm_act_quant_kernel(x_ptr, scale_ptr, shift_ptr, q_ptr, C, H, W, PADN, s_b, s_c, s_h, s_w, inv_s, z, lo,
+                           hi, UP: tl.constexpr, HAS_AFFINE: tl.constexpr, SILU: tl.constexpr, PTX: tl.constexpr,
+                           BC: tl.constexpr, BW: tl.constexpr):
     pid_w, pid_c, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     HP = H * UP + 2 * PADN
     WP = W * UP + 2 * PADN
@@ -129,13 +152,21 @@ def _norm_act_quant_kernel(x_ptr, scale_ptr, shift_ptr, q_ptr, C, H, W, PADN, s_
         sc = tl.load(scale_ptr + b * C + c, mask=c_ok, other=0.0)
         sh = tl.load(shift_ptr + b * C + c, mask=c_ok, other=0.0)
         x = (x * sc[None, :] + sh[None, :]).to(tl.float16).to(tl.float32)
-    # two approximations that make this a memory-bound pass instead of an instruction-bound one (the profile had it
-    # at ~2.3x its bandwidth floor with IEEE divisions): SiLU's division to ~2 ulp, the quantize as x * (1 / s),
-    # which moves a code only where x / s lies within an ulp of a rounding boundary (tests: <= 1 code, rarely)
-    if SILU:
-        x = tl.fdiv(x, 1.0 + tl.exp(-x), ieee_rounding=False).to(tl.float16).to(tl.float32)
-    q = _round_clamp(x * inv_s, lo, hi) + z
-    q = tl.where(inside[:, None], q, z)  # the border: the code of x = 0
+    if SILU:  # x / (1 + e^-x) = x * rcp(1 + 2^(-x log2 e))
+        if PTX:
+            x = x * _rcp_ftz(1.0 + _ex2_ftz(x * -1.4426950408889634))
+        else:
+            x = x / (1.0 + tl.exp(-x))
+        x = x.to(tl.float16).to(tl.float32)
+    # the quantize as round(x * (1 / s)) + z, clamped: a code moves against round(x / s) + z only where x / s lies
+    # within ~1 ulp of a rounding boundary (tests: by one, rarely). z is added after the rounding: ties go to even
+    # before the shift, as the reference rounds them
+    v = tl.minimum(tl.maximum(x * inv_s, lo), hi)
+    v = tl.where(inside[:, None], v, 0.0)  # the border: the code of x = 0
+    if PTX:
+        q = _rint_s32(v) + z
+    else:
+        q = ((v + 12582912.0) - 12582912.0).to(tl.int32) + z  # round half to even (see _round_clamp)
     out = q_ptr + row.to(tl.int64) * WP * C
     tl.store(out + wp[:, None] * C + c[None, :], q.to(tl.int8), mask=(wp[:, None] < WP) & c_ok[None, :])
 
@@ -145,8 +176,8 @@ def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Ten
     """(N, C, H, W) fp16 in any strides -> zero-padded NHWC int8 codes [N, H*up + 2pad, W*up + 2pad, C] of
     quantize(silu(x * scale + shift)) (per (image, channel) float32 scale/shift [N, C], or none), upsampled `up`x
     (nearest), p = (scale, zero, qmin, qmax): the padded codes the conv kernel reads, in one pass. Equals
-    ops.norm_act_quant_torch but for a code moved by one where SiLU or x / s land within ~2 ulp of a rounding
-    boundary (the kernel's approximations, below)."""
+    ops.norm_act_quant_torch but for a code moved by one where SiLU or x / s land within ~1 ulp of a rounding
+    boundary (the kernel's approximations, above)."""
     b, c, h, w = x.shape
     hp, wp = h * up + 2 * pad, w * up + 2 * pad
     q = torch.empty((b, hp, wp, c), dtype=torch.int8, device=x.device)
@@ -156,8 +187,8 @@ def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Ten
     grid = (triton.cdiv(wp, bw), triton.cdiv(c, bc), b * hp)
     aff = scale is not None
     _norm_act_quant_kernel[grid](x, scale if aff else x, shift if aff else x, q, c, h, w, pad, *x.stride(), 1.0 / s,
-                                 float(z), float(lo - z), float(hi - z), UP=up, HAS_AFFINE=aff, SILU=silu, BC=bc,
-                                 BW=bw, num_warps=4)
+                                 int(z), float(lo - z), float(hi - z), UP=up, HAS_AFFINE=aff, SILU=silu, PTX=x.is_cuda,
+                                 BC=bc, BW=bw, num_warps=4)
     return q
 
 

@@ -195,6 +195,26 @@ def test_int8_decoder_with_channels_last_conv_outputs_decodes_alike(cuda_pipe, m
         assert seen and all(seen), seen
 
 
+@pytest.mark.parametrize("form", ["resnet", "upsampler", "norm_out"])
+def test_fused_blocks_one_pass_kernel_equals_its_torch_twin_on_cuda(form):
+    """norm_act_quant on CUDA (ex2/rcp approximations and cvt.rni in PTX, which the interpreter test cannot reach)
+    against ops.norm_act_quant_torch at decoder-like shapes: a code moves by one at most, rarely."""
+    from quant_utils.kernels import ops
+    from quant_utils.kernels import triton_kernels as tk
+
+    torch.manual_seed(0)
+    c, up, aff, silu = {"resnet": (512, 1, True, True), "upsampler": (256, 2, False, False),
+                        "norm_out": (128, 1, True, True)}[form]
+    x = (torch.randn(2, c, 48, 40, device="cuda") * 4).half().contiguous(memory_format=torch.channels_last)
+    sc, sh = ((torch.rand(2, c, device="cuda") + 0.5, torch.randn(2, c, device="cuda")) if aff else (None, None))
+    p = (0.04, -7, -128, 127)
+    got = tk.norm_act_quant(x, sc, sh, silu, up, 1, p)
+    want = ops.norm_act_quant_torch(x, sc, sh, silu, up, 1, p)
+    d = (got.int() - want.int()).abs()
+    assert got.shape == want.shape and int(d.max()) <= 1 and float((d > 0).float().mean()) < 1e-3, \
+        (int(d.max()), float((d > 0).float().mean()))
+
+
 @pytest.mark.parametrize("stats", [False, True])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_int8_decoder_fused_blocks_decode_as_the_unfused_ones(cuda_pipe, compiled, stats, monkeypatch):
