@@ -40,7 +40,7 @@ def _tool(name: str) -> str:
 
 
 def compile_sass(fn, signature: dict[str, str], constexprs: dict[str, object], divisible_by_16: list[str] = (),
-                 arch: int = 90, num_warps: int = 4) -> SassReport:
+                 arch: int = 90, num_warps: int = 4, num_stages: int = 3) -> SassReport:
     """Compile the @triton.jit `fn` for sm_`arch` with the given argument types ('*fp16', 'i32', 'fp32', ...; the
     constexprs' values in `constexprs`) and the integer/pointer arguments Triton's launcher would find divisible by
     16 (it specialises on that, and vector widths depend on it), and read back its SASS."""
@@ -51,7 +51,7 @@ def compile_sass(fn, signature: dict[str, str], constexprs: dict[str, object], d
     sig = {k: ("constexpr" if k in constexprs else t) for k, t in signature.items()}
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k in divisible_by_16}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                            target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(kernel.asm["cubin"])
