@@ -26,60 +26,6 @@ def test_triton_kernels_in_the_interpreter():
     assert proc.stdout.count(" fixup int") >= 30  # FIXUP split-K on int8 codes, every weight format
 
 
-WIDE_CHECK = """
-import sys
-sys.path.insert(0, "tests/gpu")
-import kernel_selfcheck as sc
-from quant_utils.kernels import launch
-rows = []
-for case in (sc.Case("conv", 24, 32, 8, 8, batch=2, hw=24), sc.Case("conv", 16, 32, 8, 8, batch=2, hw=66),
-             sc.Case("conv", 16, 48, 4, 8, batch=2, hw=24)):
-    cfgs = launch.conv_candidates(case.batch * case.hw * case.hw, False, sc.packing.storage_bits(case.w_bits))
-    rows += [(sc.config_name(c), sc.check_case(case, "cpu", 0, c)["ok"]) for c in cfgs if c.get("WIDE")]
-print("wide", len(rows), all(ok for _, ok in rows), rows)
-"""
-
-
-def test_wide_conv_tiles_match_the_reference_in_the_interpreter():
-    """The opt-in WIDE conv tile configs (kernels v6, MIXDQ_CONV_WIDE=1): a mid and a large conv (8-bit, and 4-bit with
-    and without the PRE pass) equal the integer reference with every one of them, and without the flag none is offered."""
-    from quant_utils.kernels import launch
-
-    assert not any(c.get("WIDE") for c in launch.conv_candidates(100_000, False))
-    out = subprocess.run([sys.executable, "-c", WIDE_CHECK], cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "MIXDQ_CONV_WIDE": "1"})
-    assert out.returncode == 0, out.stderr[-4000:]
-    _, n, ok, _ = out.stdout.split(" ", 3)
-    assert int(n) == 3 + 6 + 2 * 3 and ok == "True", out.stdout[-2000:]
-
-
-TILES_CONV_CHECK = """
-import sys
-sys.path[:0] = ["scripts/device", "tests/gpu"]
-import torch
-import tiles_vs_tuned as tv
-from quant_utils.kernels import launch
-from quant_utils.kernels.tuning import Tuning
-key = "conv|x=2x26x26x64|n=16|c1=64|k=3|s=1|b=8|g=64"
-tuning = Tuning(configs={key: dict(launch._cfg(64, 64, 4, 4), ms=0.1), key.replace("x=2x", "x=1x"): {}})
-for k, sizes, tuned, run, cands in tv.conv_problems(tuning, ["x=2x"], "nhwc", device="cpu"):
-    ref = run(launch._strip(tuned))
-    eq = [bool(torch.equal(run(c), ref)) for c in cands if c.get("WIDE")]
-    print(k, sizes["m"], tuple(ref.shape), ref.is_contiguous(memory_format=torch.channels_last), eq)
-"""
-
-
-def test_tiles_vs_tuned_builds_and_runs_conv_problems_in_the_interpreter():
-    """The GPU script's conv path (scripts/device/tiles_vs_tuned.py --tiles wide), on the CPU: the keys matching
-    --conv_match only, the layer and padded input built from the key, channels_last outputs under the `|o=nhwc` key,
-    every WIDE candidate's output equal to the tuned config's."""
-    out = subprocess.run([sys.executable, "-c", TILES_CONV_CHECK], cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "MIXDQ_CONV_WIDE": "1"})
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert out.stdout.strip() == ("conv|x=2x26x26x64|n=16|c1=64|k=3|s=1|b=8|g=64|o=nhwc 1152 (2, 16, 24, 24) True "
-                                  "[True, True, True]"), out.stdout
-
-
 def test_kernel_backend_traces_as_one_graph_under_torch_compile():
     """torch.compile needs the kernel path free of graph breaks (host syncs, data-dependent Python): dynamo traces
     the whole quantized tiny UNet, custom ops included (Triton interpreted on the CPU), into one graph."""

@@ -36,10 +36,6 @@ def _fixup(bm: int, bn: int, warps: int, stages: int, swap: bool, split_k: int) 
     return dict(_cfg(bm, bn, warps, stages, swap, split_k), FIXUP=True)
 
 
-def _wide(bm: int, bn: int, warps: int, stages: int, swap: bool = False) -> dict:
-    return dict(_cfg(bm, bn, warps, stages, swap), WIDE=True)
-
-
 def _persist(bm: int, bn: int, warps: int, stages: int, swap: bool = False, per_sm: int = 1,
              flatten: bool = True) -> dict:
     return dict(_cfg(bm, bn, warps, stages, swap), PERSIST=True, PER_SM=per_sm, FLATTEN=flatten)
@@ -75,16 +71,8 @@ CONV_CANDIDATES = {
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
     "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True)],
 }
-# WIDE (kernels v6, opt-in: MIXDQ_CONV_WIDE=1 until timed on a GPU, scripts/device/tiles_vs_tuned.py --tiles wide):
-# deeper pipelines and other tile shapes for the convs. The VAE decoder's large-M, small-N convs, every one tuned to
-# 128x128 / 8 warps / 3 stages, run at half the H200's int8 peak where cuDNN's FP16 convs reach three quarters of
-# theirs (report section 1). Shared memory per stage (BM + BN) x 128 bytes: 256x128 x 4 stages = 192 KB fits sm_90
-CONV_WIDE = {
-    "small": [],
-    "mid": [_wide(128, 128, 8, 4, True), _wide(128, 128, 8, 4), _wide(64, 128, 4, 5, True)],
-    "large": [_wide(128, 128, 8, 4, True), _wide(128, 128, 8, 5, True), _wide(128, 128, 4, 4, True),
-              _wide(256, 128, 8, 4, True), _wide(128, 256, 8, 4), _wide(64, 256, 8, 4, True)],
-}
+# (kernels v6's WIDE conv tiles, deeper pipelines and 256-wide shapes, lost to these on every decoder conv of the
+# H200, 0.86-0.94x: results/kernels_wide_vs_tuned_nvidia_h200.csv; removed in the twenty-first session)
 # fp16 activations (BOS rows, protected layers) double the A tile's shared memory: no 256-wide tiles
 FP16A_CANDIDATES = {
     "tiny": LINEAR_CANDIDATES["tiny"],
@@ -114,8 +102,8 @@ def with_pre(cands: list[dict], bits: int) -> list[dict]:
 
 
 def opt_in_kind(cfg: dict) -> str | None:
-    """`TMA`, `PERSIST`, `FIXUP` or `WIDE` for a tile config of an opt-in kind (kernels v4-v6), else None."""
-    return next((k for k in ("TMA", "PERSIST", "FIXUP", "WIDE") if cfg.get(k)), None)
+    """`TMA`, `PERSIST` or `FIXUP` for a tile config of an opt-in kind (kernels v4-v5), else None."""
+    return next((k for k in ("TMA", "PERSIST", "FIXUP") if cfg.get(k)), None)
 
 
 def _int8_only(cfg: dict) -> bool:
@@ -141,12 +129,6 @@ def fixup_enabled() -> bool:
     return os.environ.get("MIXDQ_FIXUP", "0") == "1"
 
 
-def conv_wide_enabled() -> bool:
-    """WIDE conv tile configs are opt-in (MIXDQ_CONV_WIDE=1) until they have passed the GPU self-check and been timed
-    against the tuned ones (scripts/device/tiles_vs_tuned.py --tiles wide)."""
-    return os.environ.get("MIXDQ_CONV_WIDE", "0") == "1"
-
-
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
     enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled(), "FIXUP": fixup_enabled()}
@@ -156,7 +138,7 @@ def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
 def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:
     """Conv tile configs for M output pixels; a split input keeps two accumulators, so no tiles above 128x128
     there (they spill registers: Triton 3.6, sm_90, ptxas -v)."""
-    cands = CONV_CANDIDATES[conv_class(m)] + (CONV_WIDE[conv_class(m)] if conv_wide_enabled() else [])
+    cands = CONV_CANDIDATES[conv_class(m)]
     return with_pre([c for c in cands if c["BM"] * c["BN"] <= 128 * 128] if two_seg else cands, bits)
 
 

@@ -1,8 +1,7 @@
-"""Kernels v4-v6 (issue 15): the opt-in tile configs against the tuned config, per shape. Linears (int8 activations,
+"""Kernels v4-v5 (issue 15): the opt-in tile configs against the tuned config, per shape. Linears (int8 activations,
 8-bit weights): `--tiles tma` (tiles loaded by tensor descriptors), `persist` (the persistent kernel), `fixup` (split-K
-reduced in the kernel). Convs: `--tiles wide` (deeper pipelines, other tile shapes: launch.CONV_WIDE), for the 8-bit
-conv shapes the tuning knows whose input matches `--conv_match`, with the output layout of `--conv_out`
-(channels_last `nhwc`, as the int8 VAE decoder writes when compiled; `nchw`, as the UNet's convs).
+reduced in the kernel). (Kernels v6's conv tiles, `--tiles wide`, lost on every decoder conv and were removed in the
+twenty-first session: results/kernels_wide_vs_tuned_nvidia_h200.csv.)
 
 For every such shape the committed tuning files know (the real SDXL layer shapes of the measured cells), a random
 layer is built (tests/gpu/kernel_selfcheck.build_layer), its kernel is timed with the tuned config and with each
@@ -11,7 +10,6 @@ must equal the tuned config's (integer sums: the same fp16 values). Writes
   <out>.csv   key, m, n, k, tuned config and us, best candidate's kind, config and us, speedup, outputs equal
   <out>.json  a tuning file: the tuned configs with the winners (>= `--min_gain` faster and equal) swapped in
 GPU only:  python scripts/device/tiles_vs_tuned.py --tiles persist fixup --out /tmp/out/persist_fixup_vs_tuned
-           python scripts/device/tiles_vs_tuned.py --tiles wide --conv_match x=4x1026 x=4x514 --out /tmp/out/wide_vs_tuned
 (the seventh session's TMA run was this script as tma_vs_tuned.py; its CSV kept the tma_* column names)
 """
 from __future__ import annotations
@@ -35,23 +33,20 @@ from quant_utils.kernels.tuning import Tuning  # noqa: E402
 
 
 def parse_key(key: str) -> dict:
-    """'linear|m=4096|n=640|k=640|b=8|g=128|a=int8' -> {'m': 4096, ..., 'a': 'int8'};
-    'conv|x=4x1026x1026x128|n=128|c1=128|k=3|s=1|b=8|g=128' -> {'x': (4, 1026, 1026, 128), 'n': 128, ...}"""
+    """'linear|m=4096|n=640|k=640|b=8|g=128|a=int8' -> {'m': 4096, ..., 'a': 'int8'}"""
     parts = dict(p.split("=") for p in key.split("|")[1:])
-    return {k: (v if k in ("a", "o") else tuple(map(int, v.split("x"))) if k == "x" else int(v)) for k, v in parts.items()}
+    return {k: (v if k == "a" else int(v)) for k, v in parts.items()}
 
 
 def cfg_name(c: dict) -> str:
     return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
         f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("tma" if c.get("TMA") else "") + (
         f"persist{c.get('PER_SM', 1)}" + ("" if c.get("FLATTEN", True) else "nf") if c.get("PERSIST") else "") + (
-        "fixup" if c.get("FIXUP") else "") + ("wide" if c.get("WIDE") else "")
+        "fixup" if c.get("FIXUP") else "")
 
 
 # --tiles -> (the tile-config flag, the environment variable that enables those configs)
-TILES = {"tma": ("TMA", "MIXDQ_TMA"), "persist": ("PERSIST", "MIXDQ_PERSIST"), "fixup": ("FIXUP", "MIXDQ_FIXUP"),
-         "wide": ("WIDE", "MIXDQ_CONV_WIDE")}
-CONV_TILES = {"wide"}
+TILES = {"tma": ("TMA", "MIXDQ_TMA"), "persist": ("PERSIST", "MIXDQ_PERSIST"), "fixup": ("FIXUP", "MIXDQ_FIXUP")}
 
 
 def linear_problems(tuning: Tuning, kind_of: dict):
@@ -71,60 +66,24 @@ def linear_problems(tuning: Tuning, kind_of: dict):
         yield key, {"m": s["m"], "n": s["n"], "k": s["k"]}, tuning.configs[key], run, launch.linear_candidates(s["m"], False, 8)
 
 
-def conv_problems(tuning: Tuning, match: list[str], out_layout: str, device: str = "cuda"):
-    """The same for the 8-bit conv shapes whose key matches one of `match`, timed with `out_layout` outputs; the
-    baseline is the tuning's config for that layout, else its NCHW one (where the runtime starts: launch.conv_out_candidates)."""
-    keys = sorted(k for k in tuning.configs if k.startswith("conv|") and "|b=8|" in k and "|o=" not in k
-                  and any(m in k for m in match))
-    for key in keys:
-        s = parse_key(key)
-        b, hp, wp, c = s["x"]
-        kh, stride, pad = s["k"], s["s"], s["k"] // 2
-        split = s["c1"] if s["c1"] < c else None
-        case = selfcheck.Case("conv", s["n"], c, 8, 8, batch=b, hw=hp - 2 * pad, ksize=kh, stride=stride, split=split)
-        st = selfcheck.build_layer(case, device, 0).kernel_state
-        if st.fmt.group != s["g"]:
-            print(f"{key}: the test layer packs groups of {st.fmt.group}, the key {s['g']}: skipped")
-            continue
-        x = torch.randint(-128, 128, (b, hp, wp, c), dtype=torch.int8, device=device)
-        nhwc = out_layout == "nhwc"
-
-        def run(cfg: dict, st=st, x=x, s=s, kh=kh, stride=stride, pad=pad, nhwc=nhwc) -> torch.Tensor:
-            return tk.qconv(x, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, 8, st.fmt.group, st.n,
-                            s["c1"], kh, kh, stride, pad, cfg, nhwc)
-
-        out_key = key + "|o=nhwc" if nhwc else key
-        oh = (hp - kh) // stride + 1
-        m = b * oh * oh
-        yield (out_key, {"m": m, "n": s["n"], "k": c * kh * kh}, tuning.configs.get(out_key, tuning.configs[key]), run,
-               launch.conv_candidates(m, split is not None, 8))
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output stem (.csv and .json are added)")
     p.add_argument("--tiles", nargs="+", choices=sorted(TILES), default=["tma"], help="which opt-in tile configs to time")
     p.add_argument("--min_gain", type=float, default=1.03, help="a candidate replaces the tuned config if this much faster")
-    p.add_argument("--conv_match", nargs="+", default=["x=4x"], help="--tiles wide: conv keys containing one of these")
-    p.add_argument("--conv_out", choices=["nhwc", "nchw"], default="nhwc", help="--tiles wide: the convs' output layout")
-    args = p.parse_args(argv)
-    if set(args.tiles) & CONV_TILES and not set(args.tiles) <= CONV_TILES:
-        p.error(f"--tiles {' '.join(sorted(CONV_TILES))} (convs) cannot be mixed with linear tile kinds")
-    return args
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    conv = bool(set(args.tiles) & CONV_TILES)
     for kind in args.tiles:
-        os.environ[TILES[kind][1]] = "1"  # (read at each candidate listing: launch.linear_candidates, conv_candidates)
+        os.environ[TILES[kind][1]] = "1"  # (read at each candidate listing: launch.linear_candidates)
     kind_of = {TILES[kind][0]: kind for kind in args.tiles}  # tile-config flag -> kind
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
     tuning = Tuning.standard(ROOT / "results")
-    problems = conv_problems(tuning, args.conv_match, args.conv_out) if conv else linear_problems(tuning, kind_of)
     rows, winners = [], {}
-    for key, sizes, tuned, run, candidates in problems:
+    for key, sizes, tuned, run, candidates in linear_problems(tuning, kind_of):
         tuned = launch._strip(tuned)
         ref = run(tuned)
         tuned_us = 1e3 * launch.graph_bench_ms(lambda: run(tuned), n_inner=20, reps=7)
@@ -150,10 +109,9 @@ def main(args: argparse.Namespace) -> int:
             winners[key] = dict(c, ms=round(us / 1e3, 5))
         print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | {rows[-1]['tiles']:<7} {rows[-1]['candidate_config']:<20} "
               f"{us:8.1f} us  x{tuned_us / us:.2f}  equal={equal}")
-        torch.cuda.empty_cache()  # the decoder's inputs and outputs are GBs each
     df = pd.DataFrame(rows)
     write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tiles_vs_tuned.py", weights="random (one layer per shape)",
-                                                backend=f"kernel (Triton {'implicit-GEMM conv, ' + args.conv_out + ' outputs' if conv else 'GEMM'}, no model)"))
+                                                backend="kernel (Triton GEMM, no model)"))
     Tuning(configs={**tuning.configs, **winners}).save(f"{args.out}.json")
     bad = int((~df.candidate_equal).sum()) if len(df) else 0
     print(f"{len(rows)} shapes, {'/'.join(args.tiles)} faster (>= x{args.min_gain}) at {len(winners)}, outputs differ at {bad}")

@@ -173,7 +173,7 @@ def config_name(cfg: dict | None) -> str:
         f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "") + (
         " tma" if cfg.get("TMA") else "") + (
         f" persist{cfg.get('PER_SM', 1)}{'' if cfg.get('FLATTEN', True) else ' noflatten'}" if cfg.get("PERSIST") else "") + (
-        " fixup" if cfg.get("FIXUP") else "") + (" wide" if cfg.get("WIDE") else "")
+        " fixup" if cfg.get("FIXUP") else "")
 
 
 def does_not_build(e: Exception) -> bool:
