@@ -22,8 +22,9 @@ def run_script(script: str, *args: str, check: bool = True) -> subprocess.Comple
 
 
 # A Python program's prologue: the tiny UNet in fp16 on the CPU, quantized W8A8 (min-max ranges on one forward of
-# `inputs`), on the kernel backend. Tests append what they check and run it with run_interpreted.
-KERNEL_UNET = """
+# `inputs`), on the fake-quant backend (+ KERNEL_BACKEND: the real kernels, interpreted). Tests append what they
+# check and run it with run_interpreted.
+QUANT_UNET = """
 import warnings
 import torch
 from quant_utils import kernel_bench as kb
@@ -37,7 +38,15 @@ inputs = kb.unet_inputs(unet, 1, 64)
 quantize_unet(unet, make_spec(unet, uniform_bits(unet, 8), uniform_bits(unet, 8), a_method="minmax"), search=False)
 with observing(unet), torch.no_grad():
     unet(**inputs)
-set_backend(unet, "kernel")
+set_backend(unet, "fake")
+"""
+# QUANT_UNET's layers on the real kernel backend, interpreted (set_backend("kernel") falls back to fake-quant off CUDA)
+KERNEL_BACKEND = """
+from quant_utils.qlayers import Backend, QuantLayer
+for m in unet.modules():
+    if isinstance(m, QuantLayer):
+        m.prepare_kernels()
+        m.backend = Backend.KERNEL
 """
 EXPLAIN = """
 with torch.no_grad():

@@ -1,13 +1,14 @@
 """quant_utils.kernels as a whole on the CPU: the Triton kernels themselves in the interpreter (every format and case
-of the self-check), the kernel backend traced by torch.compile as one graph, compiled regions sharing graphs. The
-modules' own tests: test_kernels_packing, _reference, _backend, _ops, _tuning."""
+of the self-check), compiled regions sharing graphs, the decoder kernel's SASS. The modules' own tests:
+test_kernels_packing, _reference, _backend, _ops, _tuning; the whole kernel UNet traced by dynamo as one graph (with
+a plan): test_layer_plan."""
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import EXPLAIN, KERNEL_UNET, REPO, run_interpreted, run_main
+from conftest import QUANT_UNET, REPO, run_interpreted, run_main
 
 from quant_utils.csvio import read_csv
 
@@ -26,14 +27,7 @@ def test_triton_kernels_in_the_interpreter():
     assert proc.stdout.count(" fixup int") >= 30  # FIXUP split-K on int8 codes, every weight format
 
 
-def test_kernel_backend_traces_as_one_graph_under_torch_compile():
-    """torch.compile needs the kernel path free of graph breaks (host syncs, data-dependent Python): dynamo traces
-    the whole quantized tiny UNet, custom ops included (Triton interpreted on the CPU), into one graph."""
-    out = run_interpreted(KERNEL_UNET + EXPLAIN)
-    assert "graphs 1 breaks 0 []" in out, out[-2000:]
-
-
-REGIONS_CHECK = KERNEL_UNET + """
+REGIONS_CHECK = QUANT_UNET + """
 import copy, sys
 from torch._dynamo.utils import counters
 from quant_utils.runtime import compile_unet_regions

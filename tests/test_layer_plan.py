@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import EXPLAIN, KERNEL_UNET, TINY, run_interpreted
+from conftest import EXPLAIN, KERNEL_BACKEND, QUANT_UNET, TINY, run_interpreted
 
 
 @pytest.fixture(scope="module")
@@ -168,15 +168,23 @@ def test_runner_refuses_an_unknown_plan(tiny_pipe):
 
 
 def test_a_planned_unet_traces_as_one_graph():
-    """The plan's choice is resolved while tracing (static shapes): no graph break, custom ops and dense layers in
-    one graph (Triton interpreted on the CPU)."""
-    out = run_interpreted(KERNEL_UNET + """
+    """torch.compile needs the kernel path free of graph breaks (host syncs, data-dependent Python): dynamo traces the
+    whole quantized tiny UNet into one graph, with the plan's per-layer choices resolved while tracing (static
+    shapes): int8 custom ops (convs, every other linear geometry) and dense layers (the other linears) together
+    (Triton interpreted on the CPU)."""
+    out = run_interpreted(QUANT_UNET + KERNEL_BACKEND + """
+import itertools
 from quant_utils import layer_plan
+turn = itertools.count()
+def measure(st, x):  # convs keep their kernel; linear geometries alternate between dense and their kernel
+    dense_wins = st.kind == "linear" and next(turn) % 2 == 0
+    return {st.path: 2.0, "dense": 1.0 if dense_wins else 3.0}
 with torch.no_grad():
-    layer_plan.plan_bucket(unet, lambda: unet(**inputs), (1, 4, 8, 8),
-                           measure=lambda st, x: {st.path: 2.0, "dense": 1.0 if st.kind == "linear" else 3.0})
+    rows = layer_plan.plan_bucket(unet, lambda: unet(**inputs), (1, 4, 8, 8), measure=measure, dense_budget=1.0)
+print("paths", sorted({(r["kind"], r["path"]) for r in rows}))
 """ + EXPLAIN)
     assert "graphs 1 breaks 0 []" in out, out[-2000:]
+    assert "paths [('conv', 'int'), ('linear', 'dense'), ('linear', 'int')]" in out, out[-2000:]
 
 
 def test_measured_times_persist_for_a_later_process(tmp_path, monkeypatch):
