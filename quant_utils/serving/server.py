@@ -633,6 +633,9 @@ def build_app(cfg: ServeConfig, on_gpu: bool):
 
 
 DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+# how long a direct-ingress replica keeps answering once told to stop: Ray's default (30 s) gives an external load
+# balancer time to notice; serve.py's own Ctrl-C (and the tests) would wait that long. 2 s unless the environment says
+DIRECT_DRAIN_ENV, DIRECT_DRAIN_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2"
 
 
 def direct_port_range() -> range:
@@ -678,6 +681,7 @@ def start(cfg: ServeConfig, *, address: str | None = None, host: str = "127.0.0.
             raise ConfigError(f"--direct_ingress starts it on a local Ray; on a cluster set {DIRECT_INGRESS_ENV}=1 "
                               "in the environment of every `ray start`")
         os.environ[DIRECT_INGRESS_ENV] = env[DIRECT_INGRESS_ENV] = "1"  # read by Serve's controller and replicas
+        os.environ[DIRECT_DRAIN_ENV] = env[DIRECT_DRAIN_ENV] = os.environ.get(DIRECT_DRAIN_ENV, DIRECT_DRAIN_S)
     if address:  # every node needs this repository at the same path, and the same Python environment
         ray.init(address=address, runtime_env={"env_vars": env})
     else:  # the GPUs torch sees, so that a failed GPU auto-detection by Ray cannot put the model on the CPU
