@@ -28,35 +28,40 @@ def test_triton_kernels_in_the_interpreter():
 
 
 REGIONS_CHECK = QUANT_UNET + """
-import copy, sys
+import copy
 from torch._dynamo.utils import counters
 from quant_utils.runtime import compile_unet_regions
 with torch.no_grad():
     ref = unet(**inputs).sample
-    twin = copy.deepcopy(unet)
-    n = compile_unet_regions(unet, sys.argv[1], backend="eager")
-    out = unet(**inputs).sample
-    graphs = counters["stats"]["unique_graphs"]
-    # a deep copy of the compiled UNet runs its own weights: its parts are bound to the copy, not to the original
-    copied = copy.deepcopy(unet)
-    for model in (copied, twin):  # a weight that a transformer's compiled input part reads
-        for m in model.modules():
-            if type(m).__name__ == "Transformer2DModel":
-                m.norm.weight *= 2.0
-    moved = bool(torch.equal(copied(**inputs).sample, twin(**inputs).sample))
-print("regions", n, "graphs", graphs, "same", bool(torch.equal(out, ref)), "copy", moved)
+for regions in ("transformers", "blocks"):
+    torch._dynamo.reset()
+    counters.clear()
+    model = copy.deepcopy(unet)
+    with torch.no_grad():
+        twin = copy.deepcopy(model)
+        n = compile_unet_regions(model, regions, backend="eager")
+        out = model(**inputs).sample
+        graphs = counters["stats"]["unique_graphs"]
+        # a deep copy of the compiled UNet runs its own weights: its parts are bound to the copy, not to the original
+        copied = copy.deepcopy(model)
+        for m2 in (copied, twin):  # a weight that a transformer's compiled input part reads
+            for m in m2.modules():
+                if type(m).__name__ == "Transformer2DModel":
+                    m.norm.weight *= 2.0
+        moved = bool(torch.equal(copied(**inputs).sample, twin(**inputs).sample))
+    print("regions", regions, n, "graphs", graphs, "same", bool(torch.equal(out, ref)), "copy", moved)
 """
 
 
-@pytest.mark.parametrize("regions, modules", [("transformers", 28), ("blocks", 56)])
-def test_compiled_regions_share_graphs_across_same_shape_blocks(regions, modules):
+def test_compiled_regions_share_graphs_across_same_shape_blocks():
     """compile_unet_regions compiles each resnet and transformer (or transformer block, plus each transformer's input and
     output parts); regions of one shape (different weights and quantizer parameters) must reuse one dynamo graph,
     not recompile per instance (28 regions -> 12 graphs on the tiny UNet, 56 -> 16 with `blocks`), the regions
     must compute what the uncompiled model does, and a deep copy must run its own weights."""
-    line = next(ln for ln in run_interpreted(REGIONS_CHECK, regions).splitlines() if ln.startswith("regions"))
-    _, n, _, graphs, _, same, _, copied = line.split()
-    assert int(n) == modules and int(graphs) < int(n) / 2 + 2 and same == "True" and copied == "True", line
+    lines = [ln.split() for ln in run_interpreted(REGIONS_CHECK).splitlines() if ln.startswith("regions")]
+    assert [ln[1:3] for ln in lines] == [["transformers", "28"], ["blocks", "56"]], lines
+    for _, _, n, _, graphs, _, same, _, copied in lines:
+        assert int(graphs) < int(n) / 2 + 2 and same == "True" and copied == "True", lines
 
 
 def test_compile_regions_refuses_an_unknown_choice():
