@@ -171,6 +171,9 @@ def _norm_act_quant_kernel(x_ptr, scale_ptr, shift_ptr, q_ptr, C, H, W, PADN, s_
     tl.store(out + wp[:, None] * C + c[None, :], q.to(tl.int8), mask=(wp[:, None] < WP) & c_ok[None, :])
 
 
+_NVIDIA = torch.version.hip is None  # the PTX math: NVIDIA GPUs only (a ROCm build's 'cuda' device is HIP)
+
+
 def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None, silu: bool, up: int,
                    pad: int, p: tuple) -> torch.Tensor:
     """(N, C, H, W) fp16 in any strides -> zero-padded NHWC int8 codes [N, H*up + 2pad, W*up + 2pad, C] of
@@ -187,7 +190,7 @@ def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Ten
     grid = (triton.cdiv(wp, bw), triton.cdiv(c, bc), b * hp)
     aff = scale is not None
     _norm_act_quant_kernel[grid](x, scale if aff else x, shift if aff else x, q, c, h, w, pad, *x.stride(), 1.0 / s,
-                                 int(z), float(lo - z), float(hi - z), UP=up, HAS_AFFINE=aff, SILU=silu, PTX=x.is_cuda,
+                                 int(z), float(lo - z), float(hi - z), UP=up, HAS_AFFINE=aff, SILU=silu, PTX=_NVIDIA and x.is_cuda,
                                  BC=bc, BW=bw, num_warps=4)
     return q
 
