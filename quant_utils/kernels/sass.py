@@ -11,6 +11,7 @@ import re
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def _tool(name: str) -> str:
         return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def compile_sass(fn, signature: dict[str, str], constexprs: dict[str, object], divisible_by_16: list[str] = (),
+def compile_sass(fn, signature: dict[str, str], constexprs: dict[str, object], divisible_by_16: Sequence[str] = (),
                  arch: int = 90, num_warps: int = 4, num_stages: int = 3) -> SassReport:
     """Compile the @triton.jit `fn` for sm_`arch` with the given argument types ('*fp16', 'i32', 'fp32', ...; the
     constexprs' values in `constexprs`) and the integer/pointer arguments Triton's launcher would find divisible by
