@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .bitconfig import resolve_layer_bits
 from .errors import ConfigError
 from .fusion import fused_attentions
-from .qlayers import QuantLayer
+from .qlayers import Backend, QuantLayer
 
 _BOS_LAYER = re.compile(r"attn2\.to_[kv]$")
 _SPLIT_LAYER = re.compile(r"^up_blocks\.(\d+)\.resnets\.(\d+)\.(conv1|conv_shortcut)$")
@@ -134,6 +134,17 @@ def set_backend(unet: nn.Module, backend: str, fp16_convs: frozenset = frozenset
     (C_in, C_out, k, stride) of convs the kernel backend keeps on cuDNN."""
     for _, layer in quant_layers(unet):
         layer.set_backend(backend, fp16_convs)
+
+
+def use_kernels(model: nn.Module) -> int:
+    """Every quantized layer of `model` on the kernel backend whatever its device (set_backend('kernel') falls back to
+    fake-quant off CUDA, as a user wants): off CUDA a layer then computes the kernels' integer reference, or, with
+    TRITON_INTERPRET=1, runs the Triton kernels themselves, interpreted. For tests and CPU tools; returns the count."""
+    layers = [m for _, m in quant_layers(model)]
+    for m in layers:
+        m.prepare_kernels()
+        m.backend = Backend.KERNEL
+    return len(layers)
 
 
 def bit_summary(unet: nn.Module) -> dict:

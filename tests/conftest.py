@@ -40,13 +40,10 @@ with observing(unet), torch.no_grad():
     unet(**inputs)
 set_backend(unet, "fake")
 """
-# QUANT_UNET's layers on the real kernel backend, interpreted (set_backend("kernel") falls back to fake-quant off CUDA)
+# QUANT_UNET's layers on the real kernel backend, interpreted (set_backend("kernel") would fall back to fake off CUDA)
 KERNEL_BACKEND = """
-from quant_utils.qlayers import Backend, QuantLayer
-for m in unet.modules():
-    if isinstance(m, QuantLayer):
-        m.prepare_kernels()
-        m.backend = Backend.KERNEL
+from quant_utils.quantize import use_kernels
+use_kernels(unet)
 """
 EXPLAIN = """
 with torch.no_grad():

@@ -268,15 +268,12 @@ print("opcheck ok")
 from quant_utils.decoders import make_int8_decoder, use_fused_blocks
 from quant_utils.norms import use_group_norm
 from quant_utils.pipeline import build_pipeline, load_model_config
-from quant_utils.qlayers import Backend, QuantLayer
+from quant_utils.quantize import use_kernels
 from quant_utils.runtime import decode_images
 pipe = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"))
 lat = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 q = make_int8_decoder(pipe.vae, [lat], backend="fake", dtype=torch.float16)
-for m in q.decoder.modules():
-    if isinstance(m, QuantLayer):
-        m.prepare_kernels()
-        m.backend = Backend.KERNEL
+use_kernels(q.decoder)
 use_group_norm(q, "triton-affine")  # the GroupNorm statistics the fused blocks take (mixdq::group_affine)
 # each block alone, fed the unfused decoder's input (kept from its decode below)
 seen = {}

@@ -72,13 +72,11 @@ def test_prepared_kernel_layers_fuse_from_their_packed_bytes(w8a8, wbits):
 
     from conftest import fresh_pipe, quantized
     from quant_utils.qlayers import Backend
-    from quant_utils.quantize import quant_layers
+    from quant_utils.quantize import use_kernels
 
     pipe = w8a8[0] if wbits == 8 else quantized(fresh_pipe(), wbits=wbits)
     unet = copy.deepcopy(pipe.unet)
-    for _, m in quant_layers(unet):
-        m.prepare_kernels()
-        m.backend = Backend.KERNEL
+    use_kernels(unet)
     inputs = unet_inputs(pipe)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "kernel backend on a CPU: computing the integer reference"

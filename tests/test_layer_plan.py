@@ -29,13 +29,10 @@ def fake_unet():
 def _kernel_copy(unet):
     """A copy with every layer prepared for the kernel backend (on a CPU its forward computes the kernels' integer
     reference)."""
-    from quant_utils.qlayers import Backend
-    from quant_utils.quantize import quant_layers
+    from quant_utils.quantize import use_kernels
 
     unet = copy.deepcopy(unet)
-    for _, m in quant_layers(unet):
-        m.prepare_kernels()
-        m.backend = Backend.KERNEL
+    use_kernels(unet)
     return unet
 
 

@@ -46,7 +46,7 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
 
     from quant_utils import kernel_bench as kb
     from quant_utils.pipeline import build_unet_skeleton, load_model_config
-    from quant_utils.quantize import set_backend
+    from quant_utils.quantize import use_kernels
     from quant_utils.runtime import compile_unet_regions
 
     torch.set_num_threads(threads)
@@ -58,8 +58,8 @@ def one_row(config: str, mode: str, regions: str, backend: str, res: int, thread
         inputs = kb.unet_inputs(unet, 1, res, seed=1)
         if mode.startswith("w8a8"):
             kb.quantize_random(unet, 8, 8, calib=inputs)
-        if mode == "w8a8-kernel":
-            set_backend(unet, "kernel")
+        if mode == "w8a8-kernel":  # (set_backend("kernel") would fall back to fake-quant on this CPU)
+            use_kernels(unet)
         modules = compile_unet_regions(unet, regions, backend=backend)
         times = []
         for _ in range(2):
