@@ -119,41 +119,37 @@ def test_the_launches_use_the_installed_tuning_and_its_forced_config(monkeypatch
     assert mine.choose("k", [dict(CFG, BM=32)], lambda c: pytest.fail("known")) == CFG
 
 
-@pytest.mark.parametrize("flag, env, rows, none_at, needs_pre", [
-    ("TMA", "MIXDQ_TMA", (300, 600, 16384), 40, True), ("PERSIST", "MIXDQ_PERSIST", (600, 16384), 300, True),
-    ("FIXUP", "MIXDQ_FIXUP", (40, 300), 600, False)])
-def test_opt_in_tile_configs_are_candidates_only_when_enabled(monkeypatch, flag, env, rows, none_at, needs_pre):
-    """TMA, persistent and FIXUP split-K tile configs join the int8 linear's candidates of their size classes only
-    with their environment switch, never for fp16 activations; TMA and persistent ones take packed 4/6/2-bit weights
-    only through the PRE unpack pass (FIXUP changes the epilogue alone: any weight bits)."""
+def test_fixup_tile_configs_are_candidates_only_when_enabled(monkeypatch):
+    """FIXUP split-K tile configs (the opt-in kind) join the int8 linear's candidates of the tiny and small classes
+    only with MIXDQ_FIXUP=1, never for fp16 activations; every one splits K, and packed 4/6/2-bit weights take them
+    with and without the PRE unpack pass (FIXUP changes the epilogue alone: any weight bits)."""
     from quant_utils.kernels import launch
 
-    for name in ("MIXDQ_TMA", "MIXDQ_PERSIST", "MIXDQ_FIXUP"):
-        monkeypatch.delenv(name, raising=False)
-    for m in rows:
-        assert not any(c.get(flag) for c in launch.linear_candidates(m, False, 8))
-    monkeypatch.setenv(env, "1")
-    for m in rows:
-        mine = [c for c in launch.linear_candidates(m, False, 8) if c.get(flag)]
-        assert mine and all(sum(bool(c.get(k)) for k in ("TMA", "PERSIST", "FIXUP")) == 1 for c in mine)
-        assert not any(c.get(flag) for c in launch.linear_candidates(m, True, 8))  # fp16 activations
-        packed = [c for c in launch.linear_candidates(m, False, 4) if c.get(flag)]
-        assert packed and (all(c.get("PRE") for c in packed) if needs_pre else any(not c.get("PRE") for c in packed))
-    assert not any(c.get(flag) for c in launch.linear_candidates(none_at, False, 8))  # not in that size class
-    if flag == "FIXUP":
-        assert all(c["SPLIT_K"] > 1 for c in launch.linear_candidates(40, False, 8) if c.get(flag))
+    monkeypatch.delenv("MIXDQ_FIXUP", raising=False)
+    for m in (40, 300):
+        assert not any(launch.opt_in_kind(c) for c in launch.linear_candidates(m, False, 8))
+    monkeypatch.setenv("MIXDQ_FIXUP", "1")
+    for m in (40, 300):
+        cands = launch.linear_candidates(m, False, 8)
+        assert {launch.opt_in_kind(c) for c in cands} == {"FIXUP", None}
+        assert all(c["SPLIT_K"] > 1 for c in cands if c.get("FIXUP"))
+        assert not any(c.get("FIXUP") for c in launch.linear_candidates(m, True, 8))  # fp16 activations
+        packed = [c for c in launch.linear_candidates(m, False, 4) if c.get("FIXUP")]
+        assert any(c.get("PRE") for c in packed) and any(not c.get("PRE") for c in packed)
+    for m in (600, 16384):  # not in the mid and large classes
+        assert not any(c.get("FIXUP") for c in launch.linear_candidates(m, False, 8))
 
 
 def test_kernel_forms_counts_the_linear_shapes_by_the_kernel_they_run():
     from quant_utils.kernels import launch
 
-    configs = {"linear|m=4096|n=1280|k=1280|b=8|g=128|a=int8": launch._persist(128, 128, 8, 3, True),
+    configs = {"linear|m=4096|n=1280|k=1280|b=8|g=128|a=int8": launch._cfg(128, 128, 8, 3, True),
                "linear|m=256|n=1280|k=1280|b=8|g=128|a=int8": launch._fixup(64, 128, 4, 4, True, 4),
                "linear|m=77|n=1280|k=2048|b=8|g=128|a=int8": launch._cfg(32, 128, 4, 4, True, 2),
                "linear|m=1024|n=640|k=640|b=8|g=128|a=int8": launch._cfg(128, 128, 8, 3),
                "linear|m=16384|n=640|k=640|b=8|g=128|a=int8": launch._cfg(128, 128, 8, 3, True),
                "conv|x=1x66x66x320|n=320|c1=320|k=3|s=1|b=8|g=128": launch._cfg(128, 128, 8, 3)}  # not a linear
-    assert launch.kernel_forms(configs) == ("2 one tile per program, 1 persistent, 1 fixup split-K, 1 split-K (atomic)")
+    assert launch.kernel_forms(configs) == "3 one tile per program, 1 fixup split-K, 1 split-K (atomic)"
     assert launch.kernel_forms({}) == "none"
 
 

@@ -28,17 +28,8 @@ def _cfg(bm: int, bn: int, warps: int, stages: int, swap: bool = False, split_k:
     return dict(BM=bm, BN=bn, num_warps=warps, num_stages=stages, SWAP=swap, SPLIT_K=split_k, GROUP_M=8)
 
 
-def _tma(bm: int, bn: int, warps: int, stages: int, swap: bool = False) -> dict:
-    return dict(_cfg(bm, bn, warps, stages, swap), TMA=True, BK=128)
-
-
 def _fixup(bm: int, bn: int, warps: int, stages: int, swap: bool, split_k: int) -> dict:
     return dict(_cfg(bm, bn, warps, stages, swap, split_k), FIXUP=True)
-
-
-def _persist(bm: int, bn: int, warps: int, stages: int, swap: bool = False, per_sm: int = 1,
-             flatten: bool = True) -> dict:
-    return dict(_cfg(bm, bn, warps, stages, swap), PERSIST=True, PER_SM=per_sm, FLATTEN=flatten)
 
 
 # SWAP: the weight tile is the tensor-core instruction's M side and the activation rows its N side, so a
@@ -50,22 +41,16 @@ LINEAR_CANDIDATES = {
     # (zeroing, fp32 atomics and the cast pass cost more: results/kernels_notes.md, v3), so only split-K 2; the FIXUP
     # form (the K slices' int32 sums reduced in the kernel, kernels v5) has none of those three costs
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True, 2), _cfg(128, 128, 8, 3),
-              _tma(64, 128, 4, 4, True), _tma(128, 128, 8, 4), _fixup(64, 128, 4, 4, True, 2),
-              _fixup(64, 128, 4, 4, True, 4), _fixup(32, 128, 4, 4, True, 4), _fixup(64, 128, 4, 3, True, 8)],
+              _fixup(64, 128, 4, 4, True, 2), _fixup(64, 128, 4, 4, True, 4), _fixup(32, 128, 4, 4, True, 4),
+              _fixup(64, 128, 4, 3, True, 8)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(128, 256, 8, 3), _cfg(64, 128, 4, 4),
-            _cfg(64, 256, 8, 3, True), _tma(128, 128, 8, 4), _tma(128, 128, 8, 4, True), _tma(128, 256, 8, 3),
-            _persist(128, 128, 8, 3, True), _persist(128, 128, 8, 3, True, per_sm=2), _persist(128, 128, 8, 4, True),
-            _persist(128, 256, 8, 3), _persist(128, 128, 8, 3, True, flatten=False)],
-    "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True),
-              _tma(128, 256, 8, 3), _tma(128, 256, 8, 4), _tma(256, 128, 8, 3, True),
-              _persist(128, 128, 8, 3, True), _persist(128, 128, 8, 3, True, per_sm=2), _persist(128, 256, 8, 3),
-              _persist(256, 128, 8, 3, True), _persist(128, 128, 8, 3, True, flatten=False)],
+            _cfg(64, 256, 8, 3, True)],
+    "large": [_cfg(128, 256, 8, 3), _cfg(256, 128, 8, 3, True), _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True)],
 }
-# TMA (kernels v4): tiles loaded by tensor descriptors (triton_kernels._qlinear_tma_kernel), int8 activations and
-# 8-bit weights only (4/6/2-bit weights through the PRE pass); the autotuner keeps them where they win.
-# PERSIST (kernels v5): the persistent form (triton_kernels._qlinear_persistent_kernel), PER_SM programs per SM,
-# FLATTEN the tile and K loops pipelined as one; same formats as TMA. FIXUP (kernels v5): split-K whose last K slice
-# of a tile adds the others' int32 partials (a workspace) and stores fp16; int8 codes, any weight bits
+# FIXUP (kernels v5): split-K whose last K slice of a tile adds the others' int32 partials (a workspace) and stores
+# fp16; int8 codes, any weight bits. (Kernels v4's TMA tiles and v5's persistent linear lost to the tuned configs on
+# every H200 shape, results/kernels_tma_vs_tuned_nvidia_h200.csv and kernels_persist_fixup_vs_tuned_nvidia_h200.csv;
+# nothing merged, both removed: `git log -S _qlinear_persistent_kernel` finds the code)
 CONV_CANDIDATES = {
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True), _cfg(64, 64, 4, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
@@ -92,35 +77,17 @@ def conv_class(m: int) -> str:
 
 
 def with_pre(cands: list[dict], bits: int) -> list[dict]:
-    """Packed 2/4/6-bit weights: each config twice, unpacking in the K loop and (PRE) in a separate pass first
-    (TMA configs only with PRE: the descriptors load int8 tiles).
+    """Packed 2/4/6-bit weights: each config twice, unpacking in the K loop and (PRE) in a separate pass first.
 
     Unpacking in the K loop puts the weight through registers before the tensor cores, which makes the GEMM slower
     than an 8-bit one (measured: results/kernels_notes.md); a separate pass costs one read of the packed and one
     write of the int8 weight. The autotuner keeps whichever is faster per shape."""
-    return cands if bits == 8 else [c for c in cands if not _int8_only(c)] + [dict(c, PRE=True) for c in cands]
+    return cands if bits == 8 else cands + [dict(c, PRE=True) for c in cands]
 
 
 def opt_in_kind(cfg: dict) -> str | None:
-    """`TMA`, `PERSIST` or `FIXUP` for a tile config of an opt-in kind (kernels v4-v5), else None."""
-    return next((k for k in ("TMA", "PERSIST", "FIXUP") if cfg.get(k)), None)
-
-
-def _int8_only(cfg: dict) -> bool:
-    """Tile configs whose kernels take int8 codes and int8 weight tiles only (4/6/2-bit weights: with PRE)."""
-    return bool(cfg.get("TMA") or cfg.get("PERSIST"))
-
-
-def tma_enabled() -> bool:
-    """TMA tile configs are opt-in (MIXDQ_TMA=1) until they have passed the GPU self-check (tests/gpu): a bad bulk
-    copy would fault the CUDA context of a serving process, not just lose a tuning race."""
-    return os.environ.get("MIXDQ_TMA", "0") == "1"
-
-
-def persist_enabled() -> bool:
-    """Persistent tile configs are opt-in (MIXDQ_PERSIST=1) until they have passed the GPU self-check and been timed
-    against the tuned ones (scripts/device/tiles_vs_tuned.py --tiles persist)."""
-    return os.environ.get("MIXDQ_PERSIST", "0") == "1"
+    """`FIXUP` for a tile config of an opt-in kind (kernels v5), else None."""
+    return "FIXUP" if cfg.get("FIXUP") else None
 
 
 def fixup_enabled() -> bool:
@@ -131,8 +98,7 @@ def fixup_enabled() -> bool:
 
 def linear_candidates(m: int, a_fp16: bool, bits: int) -> list[dict]:
     cands = FP16A_CANDIDATES[linear_class(m)] if a_fp16 else LINEAR_CANDIDATES[linear_class(m)]
-    enabled = {"TMA": tma_enabled(), "PERSIST": persist_enabled(), "FIXUP": fixup_enabled()}
-    return with_pre([c for c in cands if not (opt_in_kind(c) and (a_fp16 or not enabled[opt_in_kind(c)]))], bits)
+    return with_pre([c for c in cands if not (opt_in_kind(c) and (a_fp16 or not fixup_enabled()))], bits)
 
 
 def conv_candidates(m: int, two_seg: bool, bits: int = 8) -> list[dict]:
@@ -176,10 +142,10 @@ def _strip(cfg: dict) -> dict:
 
 def kernel_forms(configs: dict[str, dict]) -> str:
     """The linear shapes of a tuning by the kernel form their config runs (the opt-in forms named), e.g.
-    '340 one tile per program, 22 split-K (atomic)': a CSV's provenance says whether TMA/persistent/FIXUP tiles ran."""
+    '340 one tile per program, 22 split-K (atomic)': a CSV's provenance says whether FIXUP tiles ran."""
     def form(c: dict) -> str:
-        return ("tma" if c.get("TMA") else "persistent" if c.get("PERSIST") else "fixup split-K" if c.get("FIXUP")
-                else "split-K (atomic)" if c.get("SPLIT_K", 1) > 1 else "one tile per program")
+        return ("fixup split-K" if c.get("FIXUP") else "split-K (atomic)" if c.get("SPLIT_K", 1) > 1
+                else "one tile per program")
 
     counts = Counter(form(c) for k, c in configs.items() if k.startswith("linear|"))
     return ", ".join(f"{n} {f}" for f, n in counts.most_common()) or "none"

@@ -494,12 +494,8 @@ def unpack_to_int8(w: torch.Tensor, bits: int, group: int, groups_per_program: i
 
 @triton.jit
 def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-    return _tile_of(tl.program_id(0), M, N, BM, BN, GROUP_M)
-
-
-@triton.jit
-def _tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     # grouped launch order: GROUP_M row-tiles share their weight tiles in L2
+    pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
     per_group = GROUP_M * num_n
@@ -618,43 +614,6 @@ def _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, 
         tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=(m2 < M) & (n2 < N))
 
 
-# Persistent form (kernels v5, opt-in): NUM_PROGS programs (a few per SM) walk the output tiles in the grouped order,
-# int8 codes x 8-bit weights (4/6-bit through the PRE pass). Why: at 1024x4 a tuned 128x128 int8 tile of the most
-# common UNet GEMM (4096x1280x1280, 192-369 layers) runs 10 K steps between a pipeline fill and an epilogue, and its
-# 320 tiles make 2.4 waves on 132 SMs; a program that keeps going can overlap the next tile's loads with this tile's
-# epilogue (FLATTEN: Triton flattens the tile and K loops into one software pipeline) and pays one launch per GEMM.
-@triton.jit(do_not_specialize=["M", "K_ITERS"])
-def _qlinear_persistent_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr,
-                               M, N, K_A, K_ITERS, stride_am, stride_wn, stride_om, NUM_PROGS,
-                               G: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
-                               BN: tl.constexpr, GROUP_M: tl.constexpr, SWAP: tl.constexpr, FLATTEN: tl.constexpr):
-    """out[M, N] = (A[M, K_A] @ W[N, K]^T - zc[n]) * scale[n] + bias[n], int8 A and 8-bit W (rows of K_ITERS groups
-    of G values): the same sums and epilogue as _qlinear_kernel, tile after tile."""
-    stride_am = tl.multiple_of(stride_am, 16)
-    stride_wn = tl.multiple_of(stride_wn, 16)
-    stride_om = tl.multiple_of(stride_om, 8)
-    K_A = tl.multiple_of(K_A, 16)
-    num_tiles = tl.cdiv(M, BM) * tl.cdiv(N, BN)
-    kk = tl.arange(0, G)
-    for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGS, flatten=FLATTEN):
-        pid_m, pid_n = _tile_of(tile, M, N, BM, BN, GROUP_M)
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        rm_in = rm % M
-        rn_in = rn % N
-        a_ptrs = a_ptr + rm_in[:, None].to(tl.int64) * stride_am + kk[None, :]
-        w_ptrs = w_ptr + rn_in[:, None].to(tl.int64) * stride_wn + kk[None, :]
-        if SWAP:
-            acc = tl.zeros((BN, BM), dtype=tl.int32)
-        else:
-            acc = tl.zeros((BM, BN), dtype=tl.int32)
-        for kt in range(0, K_ITERS):
-            acc = _group_dot(acc, a_ptrs + kt * G, None, kk[None, :], K_A - kt * G, 0, w_ptrs + kt * G,
-                             8, G, False, SWAP, False, not EVEN_K)
-        _store_tile(acc, rm, rn, rn_in, M, N, out_ptr, scale_ptr, zc_ptr, bias_ptr, stride_om, False, HAS_BIAS, SWAP,
-                    True, False)
-
-
 def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
             bits: int, group: int, n: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """Launch `_qlinear_kernel` with tile config `cfg` (BM, BN, GROUP_M, SWAP, SPLIT_K, PRE, num_warps, num_stages).
@@ -667,24 +626,8 @@ def qlinear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Ten
         raise ValueError(f"qlinear needs K % 16 == 0, row-contiguous 16-aligned rows and N % 8 == 0 (K={k}, N={n})")
     if a.data_ptr() % 16 or w.data_ptr() % 16:
         raise ValueError("qlinear needs 16-byte aligned operands")
-    if cfg.get("TMA"):
-        if bits != 8 or zc is None:
-            raise ValueError("TMA tile configs take int8 codes and 8-bit (or PRE-unpacked) weights")
-        return qlinear_tma(a, w, scale, zc, bias, n, cfg, out)
     a_fp16 = a.dtype != torch.int8
     k_iters = w.shape[1] // (group * bits // 8)
-    if cfg.get("PERSIST"):
-        if bits != 8 or a_fp16 or zc is None or cfg.get("SPLIT_K", 1) > 1:
-            raise ValueError("persistent tile configs take int8 codes and 8-bit (or PRE-unpacked) weights, no split-K")
-        out = torch.empty((m, n), dtype=torch.float16, device=a.device) if out is None else out
-        tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"])
-        progs = min(tiles, sm_count(a.device) * cfg.get("PER_SM", 1))
-        _qlinear_persistent_kernel[(progs,)](
-            a, w, out, scale, zc, bias if bias is not None else scale, m, n, k, k_iters, a.stride(0), w.stride(0),
-            out.stride(0), progs, G=group, HAS_BIAS=bias is not None, EVEN_K=(k == k_iters * group), BM=cfg["BM"],
-            BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False), FLATTEN=cfg.get("FLATTEN", True),
-            num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
-        return out
     split = cfg.get("SPLIT_K", 1)
     tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"])
     # FIXUP for int8 codes; fp16 activations (a forced config's BOS rows) keep the atomic form (float partial sums
@@ -729,90 +672,6 @@ def fixup_workspace(device: torch.device, partial_elems: int, tiles: int) -> tup
         _FIXUP_RETIRED.append((ws, cnt))
     _FIXUP_WORKSPACE[key] = fresh
     return fresh
-
-
-_SM_COUNTS: dict[int, int] = {}
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (2 elsewhere: the Triton interpreter on the CPU, where a persistent
-    kernel then still walks several tiles per program)."""
-    if device.type != "cuda":
-        return 2
-    i = device.index if device.index is not None else torch.cuda.current_device()
-    if i not in _SM_COUNTS:
-        _SM_COUNTS[i] = torch.cuda.get_device_properties(i).multi_processor_count
-    return _SM_COUNTS[i]
-
-
-# ----------------------------------------------------------------------------------------------- linear, TMA
-
-
-@triton.jit(do_not_specialize=["M"])
-def _qlinear_tma_kernel(a_ptr, w_ptr, out_ptr, scale_ptr, zc_ptr, bias_ptr, M, N, K_A, KP, stride_am, stride_wn,
-                        stride_om, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        GROUP_M: tl.constexpr, SWAP: tl.constexpr):
-    """out[M, N] = (A[M, K_A] @ W[N, KP]^T - zc[n]) * scale[n] + bias[n] for int8 codes and 8-bit weights, the
-    tiles brought in by the tensor-memory accelerator (tensor descriptors: asynchronous bulk copies that Triton
-    pipelines into the tensor-core loop on Hopper; out-of-bounds rows and columns read as zeros, so no masks and no
-    wrapped indices). SWAP: the weight tile is the tensor-core instruction's M side, as in _qlinear_kernel."""
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K_A], strides=[stride_am, 1], block_shape=[BM, BK])
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, KP], strides=[stride_wn, 1], block_shape=[BN, BK])
-    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
-    if SWAP:
-        acc = tl.zeros((BN, BM), dtype=tl.int32)
-    else:
-        acc = tl.zeros((BM, BN), dtype=tl.int32)
-    for k in range(0, KP, BK):
-        a = a_desc.load([pid_m * BM, k])
-        w = w_desc.load([pid_n * BN, k])
-        if SWAP:
-            acc = tl.dot(w, tl.trans(a), acc, out_dtype=tl.int32)
-        else:
-            acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    if SWAP:
-        m2 = rm[None, :]
-        n2 = rn[:, None]
-    else:
-        m2 = rm[:, None]
-        n2 = rn[None, :]
-    n_ok = n2 < N
-    y = (acc - tl.load(zc_ptr + n2, mask=n_ok, other=0)).to(tl.float32) * tl.load(scale_ptr + n2, mask=n_ok, other=0.0)
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + n2, mask=n_ok, other=0.0)
-    tl.store(out_ptr + m2.to(tl.int64) * stride_om + n2, y.to(out_ptr.dtype.element_ty), mask=(m2 < M) & n_ok)
-
-
-_allocator_set = False
-
-
-def _tma_scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    # global memory for the descriptors a kernel builds on the device (Triton asks its allocator at each launch;
-    # inside a CUDA-graph capture this comes from the graph's pool)
-    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def qlinear_tma(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor, bias: torch.Tensor | None,
-                n: int, cfg: dict, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch `_qlinear_tma_kernel` (tile config `cfg`: BM, BN, BK, GROUP_M, SWAP, num_warps, num_stages): a [M, K]
-    int8 codes (rows 16-byte aligned), w [N, KP] int8 (the 8-bit packed format, or a PRE-unpacked one)."""
-    m, k = a.shape
-    if a.dtype != torch.int8 or w.dtype != torch.int8:
-        raise ValueError("the TMA linear takes int8 codes and 8-bit weights only")
-    global _allocator_set
-    if not _allocator_set:  # once per process, not in the launch path
-        triton.set_allocator(_tma_scratch)
-        _allocator_set = True
-    out = torch.empty((m, n), dtype=torch.float16, device=a.device) if out is None else out
-    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
-    _qlinear_tma_kernel[grid](a, w, out, scale, zc, bias if bias is not None else scale, m, n, k, w.shape[1],
-                              a.stride(0), w.stride(0), out.stride(0), HAS_BIAS=bias is not None, BM=cfg["BM"],
-                              BN=cfg["BN"], BK=cfg.get("BK", 128), GROUP_M=cfg.get("GROUP_M", 8),
-                              SWAP=cfg.get("SWAP", False), num_warps=cfg.get("num_warps", 8),
-                              num_stages=cfg.get("num_stages", 3))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- conv

@@ -12,7 +12,7 @@ environment overrides it here, and only here:
     MIXDQ_TUNING_FILE=<file>   load that file instead of the committed ones (`none`: none of them)
     MIXDQ_TUNING_CACHE=<file>  the per-user cache file (`none`: no cache)
     MIXDQ_TUNE=0               never time candidates (an untuned shape takes its first candidate)
-    MIXDQ_TMA=1                also time the TMA tile configs of the int8 linear (opt-in: launch.tma_enabled)
+    MIXDQ_FIXUP=1              also time the FIXUP split-K tile configs of the int8 linear (opt-in: launch.fixup_enabled)
 The kernels run inside torch custom ops, whose arguments cannot carry a Python object, so the launches read the
 process's current Tuning (`current_tuning`); its owner installs it with `use_tuning` (the Runner, bench_kernels).
 Until one is installed, the current Tuning is an empty one that times what it launches and writes no file.

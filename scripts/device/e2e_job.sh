@@ -7,7 +7,7 @@
 #   TESTS=1 MODES="fp16" FP16_EXEC="graph compile" TAG=e2e_a bash scripts/device/e2e_job.sh
 #   MODES="fp16 w8a8" FP16_EXEC="compile" PROFILE="1024x4 512x1" TAG=e2e_b bash scripts/device/e2e_job.sh
 #   MODES="fp16 w6a8 w4a8 mixdq" FP16_EXEC="compile" VAES=fp16 TAG=e2e_c bash scripts/device/e2e_job.sh
-# TILES_COMPARE="tma|persist|fixup ..." first times those opt-in tile configs against the tuned ones (tiles_vs_tuned.py);
+# TILES_COMPARE=fixup first times those opt-in tile configs against the tuned ones (tiles_vs_tuned.py);
 # TILES=1 in a later part swaps in the winners; E2E=0 skips bench_e2e. QUANT_EXEC: the quantized UNets' executions (e.g. "compile compile-fused"). EXTRA: more bench_e2e flags. E2E_TIMEOUT: keep it <= 540 in a 600 s call.
 source "$(dirname "$0")/job_env.sh"
 TAG=${TAG:-e2e}
@@ -24,7 +24,7 @@ if [ "${TESTS:-0}" = 1 ]; then  # first: a faulty kernel must not reach the timi
       -k "${TEST_K:-runtime or decoder or dynamic or whole_unet}" -p no:cacheprovider 2>&1 | grep -v Warning \
       | tee "$OUT/gpu_tests_$TAG.log" | tail -12 || TESTS_OK=0
 fi
-if [ -n "${TILES_COMPARE:-}" ]; then  # kernels v4/v5: opt-in tile configs against the tuned ones, per UNet linear
+if [ -n "${TILES_COMPARE:-}" ]; then  # kernels v5: opt-in tile configs against the tuned ones, per UNet linear
   # shape; TILES=1 in a later part of this session swaps the winners (equal outputs, >= 3% faster) into the tile configs
   [ $TESTS_OK = 1 ] || echo "GPU tests failed or timed out: the $TILES_COMPARE tile configs are not timed"
   STEM="$OUT/${TILES_COMPARE// /_}_vs_tuned"

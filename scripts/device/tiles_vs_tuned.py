@@ -1,7 +1,8 @@
-"""Kernels v4-v5 (issue 15): the opt-in tile configs against the tuned config, per shape. Linears (int8 activations,
-8-bit weights): `--tiles tma` (tiles loaded by tensor descriptors), `persist` (the persistent kernel), `fixup` (split-K
-reduced in the kernel). (Kernels v6's conv tiles, `--tiles wide`, lost on every decoder conv and were removed in the
-twenty-first session: results/kernels_wide_vs_tuned_nvidia_h200.csv.)
+"""Kernels v5 (issue 15): the opt-in tile configs against the tuned config, per shape. Linears (int8 activations,
+8-bit weights): `--tiles fixup` (split-K reduced in the kernel). (Kernels v4's `--tiles tma` and v5's `persist` lost
+on every linear shape, results/kernels_tma_vs_tuned_nvidia_h200.csv and kernels_persist_fixup_vs_tuned_nvidia_h200.csv,
+and v6's conv tiles, `--tiles wide`, on every decoder conv, results/kernels_wide_vs_tuned_nvidia_h200.csv: all three
+removed.)
 
 For every such shape the committed tuning files know (the real SDXL layer shapes of the measured cells), a random
 layer is built (tests/gpu/kernel_selfcheck.build_layer), its kernel is timed with the tuned config and with each
@@ -9,7 +10,7 @@ candidate of those kinds in its size class (CUDA-graph replays, launch.graph_ben
 must equal the tuned config's (integer sums: the same fp16 values). Writes
   <out>.csv   key, m, n, k, tuned config and us, best candidate's kind, config and us, speedup, outputs equal
   <out>.json  a tuning file: the tuned configs with the winners (>= `--min_gain` faster and equal) swapped in
-GPU only:  python scripts/device/tiles_vs_tuned.py --tiles persist fixup --out /tmp/out/persist_fixup_vs_tuned
+GPU only:  python scripts/device/tiles_vs_tuned.py --tiles fixup --out /tmp/out/fixup_vs_tuned
 (the seventh session's TMA run was this script as tma_vs_tuned.py; its CSV kept the tma_* column names)
 """
 from __future__ import annotations
@@ -40,13 +41,11 @@ def parse_key(key: str) -> dict:
 
 def cfg_name(c: dict) -> str:
     return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
-        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("tma" if c.get("TMA") else "") + (
-        f"persist{c.get('PER_SM', 1)}" + ("" if c.get("FLATTEN", True) else "nf") if c.get("PERSIST") else "") + (
-        "fixup" if c.get("FIXUP") else "")
+        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("fixup" if c.get("FIXUP") else "")
 
 
 # --tiles -> (the tile-config flag, the environment variable that enables those configs)
-TILES = {"tma": ("TMA", "MIXDQ_TMA"), "persist": ("PERSIST", "MIXDQ_PERSIST"), "fixup": ("FIXUP", "MIXDQ_FIXUP")}
+TILES = {"fixup": ("FIXUP", "MIXDQ_FIXUP")}
 
 
 def linear_problems(tuning: Tuning, kind_of: dict):
@@ -69,7 +68,7 @@ def linear_problems(tuning: Tuning, kind_of: dict):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output stem (.csv and .json are added)")
-    p.add_argument("--tiles", nargs="+", choices=sorted(TILES), default=["tma"], help="which opt-in tile configs to time")
+    p.add_argument("--tiles", nargs="+", choices=sorted(TILES), default=["fixup"], help="which opt-in tile configs to time")
     p.add_argument("--min_gain", type=float, default=1.03, help="a candidate replaces the tuned config if this much faster")
     return p.parse_args(argv)
 

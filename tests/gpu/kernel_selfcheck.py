@@ -57,7 +57,7 @@ def small_cases() -> list[Case]:
               Case("conv", 32, 80, 3, 8, hw=5, ksize=1, split=32), Case("conv", 16, 32, 8, 8, hw=7, stride=2),
               Case("conv", 16, 32, 4, None, hw=4), Case("linear", 32, 64, None, 8, rows=5),
               Case("linear", 48, 160, 8, 8, rows=300), Case("linear", 48, 160, 4, 8, rows=300),  # mid-size tiles
-              Case("linear", 48, 160, 8, 8, rows=600), Case("linear", 40, 144, 4, 8, rows=700)]  # 'mid': persistent
+              Case("linear", 48, 160, 8, 8, rows=600), Case("linear", 40, 144, 4, 8, rows=700)]  # 'mid' tiles
     return cases
 
 
@@ -171,8 +171,6 @@ def check_case(case: Case, device: str, seed: int = 0, cfg: dict | None = None) 
 def config_name(cfg: dict | None) -> str:
     return "autotuned" if cfg is None else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}" + (
         f" splitk{cfg['SPLIT_K']}" if cfg.get("SPLIT_K", 1) > 1 else "") + (" pre" if cfg.get("PRE") else "") + (
-        " tma" if cfg.get("TMA") else "") + (
-        f" persist{cfg.get('PER_SM', 1)}{'' if cfg.get('FLATTEN', True) else ' noflatten'}" if cfg.get("PERSIST") else "") + (
         " fixup" if cfg.get("FIXUP") else "")
 
 
