@@ -6,7 +6,7 @@
 #   here (needs pip and the network):  bash scripts/device/ray_wheels.sh download
 #       -> .ray_wheels/part1/, part2/, ... (ignored by git; a MANIFEST of every file) and the device commands to run, with sizes
 #   device calls 1..N: carry [".ray_wheels/partK"]   command: bash scripts/device/ray_wheels.sh device (each within
-#       30 s of the last; N is what the repo's size leaves room for: 2 with a 15 MB repo, 3 with 28 MB)
+#       30 s of the last; N is what the repo's size leaves room for: 2 with a 15 MB repo, 3 with 28-34 MB)
 #   then the job, e.g. bash scripts/device/serve_job.sh (within 30 s; Ray is installed on that machine)
 #
 # What is carried: Ray itself, and those of Ray Serve's dependencies the GPU image ('cuda', listed in the device
