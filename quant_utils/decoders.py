@@ -120,55 +120,25 @@ def make_int8_decoder(vae: nn.Module, latents: list[torch.Tensor], backend: str 
 # kernels ran at ~2.6x a read-once-write-once pass, the residual adds and the upsample+quantize were passes of their
 # own (report section 1). The classes are swapped in place (parameters and state-dict keys unchanged), as
 # norms.use_group_norm swaps GroupNorms; a block runs diffusers' forward where its input is not on CUDA (or the
-# Triton interpreter).
+# Triton interpreter). Forward hooks on a fused block's convs do not fire (fused_conv runs their kernel state;
+# decoder_errors hooks the FP16 decoder instead).
 VAE_FUSE = ("auto", "on", "off")
 
 
-def _fused_resnet(block: nn.Module, x: torch.Tensor, x_stats: tuple | None = None, out_stats: bool = False):
-    """A fused ResnetBlock2D on CUDA (or in the interpreter): (output, its (mean, M2) partials or None). With
-    MIXDQ_CONV_STATS=1 norm2 takes its statistics from conv1's epilogue, norm1 from `x_stats` when given (the previous
-    resnet's conv2, FusedUpDecoderBlock2D), and conv2 writes the output's when `out_stats`."""
-    from .kernels import ops
-    from .kernels.backend import conv_stats_enabled, fused_conv
-
-    stats = conv_stats_enabled()
-
-    def affine(norm: nn.GroupNorm, t: torch.Tensor, parts: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if parts is not None:  # from the conv that wrote t
-            return ops.group_affine_partials(*parts, t.shape[2] * t.shape[3], norm.num_groups, norm.weight, norm.bias,
-                                             norm.eps)
-        return ops.group_affine(t, norm.num_groups, norm.weight, norm.bias, norm.eps)
-
-    h = fused_conv(block.conv1.kernel_state, x, affine(block.norm1, x, x_stats), silu=True, stats=stats)
-    h, h_stats = h if stats else (h, None)
-    shortcut = x if block.conv_shortcut is None else block.conv_shortcut(x)
-    y = fused_conv(block.conv2.kernel_state, h, affine(block.norm2, h, h_stats), silu=True, residual=shortcut,
-                   out_scale=1.0 / block.output_scale_factor, stats=stats and out_stats)
-    return y if stats and out_stats else (y, None)
-
-
 def _fused_resnet_forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs):
-    from .kernels.backend import _use_triton
+    from .kernels.backend import _use_triton, fused_conv
 
     if temb is not None or not _use_triton(input_tensor):
         return super(type(self), self).forward(input_tensor, temb, *args, **kwargs)
-    return _fused_resnet(self, input_tensor)[0]
+    from .kernels import ops
 
+    def affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ops.group_affine(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
-def _fused_up_block_forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-    """UpDecoderBlock2D's forward with each resnet's output statistics handed to the next one (MIXDQ_CONV_STATS). The
-    resnets run as functions here, so forward hooks on them do not fire (on their convs neither, in any fused block:
-    fused_conv runs the kernel state; decoder_errors hooks the FP16 decoder instead)."""
-    from .kernels.backend import _use_triton
-
-    if temb is not None or not _use_triton(hidden_states):
-        return super(type(self), self).forward(hidden_states, temb)
-    parts = None
-    for i, resnet in enumerate(self.resnets):
-        hidden_states, parts = _fused_resnet(resnet, hidden_states, parts, out_stats=i + 1 < len(self.resnets))
-    for upsampler in self.upsamplers or []:
-        hidden_states = upsampler(hidden_states)
-    return hidden_states
+    h = fused_conv(self.conv1.kernel_state, input_tensor, affine(self.norm1, input_tensor), silu=True)
+    shortcut = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
+    return fused_conv(self.conv2.kernel_state, h, affine(self.norm2, h), silu=True, residual=shortcut,
+                      out_scale=1.0 / self.output_scale_factor)
 
 
 def _fused_upsample_forward(self, hidden_states: torch.Tensor, output_size: int | None = None, *args, **kwargs):
@@ -188,12 +158,8 @@ def _fused_classes() -> dict[type, type]:
         from diffusers.models.resnet import ResnetBlock2D
         from diffusers.models.upsampling import Upsample2D
 
-        from diffusers.models.unets.unet_2d_blocks import UpDecoderBlock2D
-
         _FUSED_CLASSES[ResnetBlock2D] = type("FusedResnetBlock2D", (ResnetBlock2D,), {"forward": _fused_resnet_forward})
         _FUSED_CLASSES[Upsample2D] = type("FusedUpsample2D", (Upsample2D,), {"forward": _fused_upsample_forward})
-        _FUSED_CLASSES[UpDecoderBlock2D] = type("FusedUpDecoderBlock2D", (UpDecoderBlock2D,),
-                                                {"forward": _fused_up_block_forward})
     return _FUSED_CLASSES
 
 
@@ -210,8 +176,6 @@ def _fusable(m: nn.Module) -> bool:
     base = next((b for b in _fused_classes() if isinstance(m, b)), None)
     if base is None:
         return False
-    if base.__name__ == "UpDecoderBlock2D":  # its resnets fused (its upsamplers run as their own modules)
-        return all(_fusable(r) for r in m.resnets)
     if base.__name__ == "ResnetBlock2D":  # (the VAE's: no time embedding, GroupNorm + SiLU, no resampling)
         return (_int_conv(m.conv1) and _int_conv(m.conv2) and m.upsample is None and m.downsample is None
                 and m.time_emb_proj is None and isinstance(m.norm1, nn.GroupNorm) and isinstance(m.norm2, nn.GroupNorm)
@@ -228,9 +192,8 @@ def wants_fused_blocks(choice: str, vae_kind: str, on_cuda: bool) -> bool:
 
 
 def use_fused_blocks(vae: nn.Module, on: bool) -> int:
-    """Every fusable resnet and upsampler of `vae`'s decoder runs fused (`on`) or as diffusers wrote it, in place (an
-    up block whose resnets all fuse too: it hands their statistics on, MIXDQ_CONV_STATS); returns how many resnets
-    and upsamplers run fused. Call after the kernels are prepared (set_backend) and before compiling."""
+    """Every fusable resnet and upsampler of `vae`'s decoder runs fused (`on`) or as diffusers wrote it, in place;
+    returns how many blocks run fused. Call after the kernels are prepared (set_backend) and before compiling."""
     classes = _fused_classes()
     n = 0
     for m in vae.decoder.modules():
@@ -239,7 +202,7 @@ def use_fused_blocks(vae: nn.Module, on: bool) -> int:
             continue
         fuse = on and _fusable(m)
         m.__class__ = classes[base] if fuse else base
-        n += fuse and base.__name__ != "UpDecoderBlock2D"  # (an up block's resnets are counted)
+        n += fuse
     return n
 
 

@@ -13,9 +13,7 @@ per-channel statistics from its Triton kernel (`group_norm` column). The `*-nhwc
 its int8 convs write channels_last outputs (`--vae_conv_out nhwc` in the Runner; the others NCHW: `int8_conv_out`
 column). `compile-fused-blocks` (int8 decoder) is the Runner's default on CUDA: its resnets and upsamplers through the
 one-pass GroupNorm-apply/SiLU/upsample/quantize kernel and the conv's residual epilogue (`--vae_fuse`,
-quant_utils/decoders.py; `fused_blocks` column: how many blocks); `compile-fused-blocks-stats` also takes each
-resnet's second GroupNorm statistics (and within an up block the next resnet's first) from the conv before it
-(MIXDQ_CONV_STATS=1, opt-in; `conv_stats` column).
+quant_utils/decoders.py; `fused_blocks` column: how many blocks).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -23,7 +21,6 @@ one row per distinct kernel (name, category, gpu_ms, count).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +53,6 @@ class Variant(NamedTuple):
     inductor: tuple = ()         # Inductor settings the variant compiles under
     conv_nhwc: bool = False      # the int8 convs write channels_last outputs (kernels.backend.use_conv_outputs)
     fused: bool = False          # the int8 decoder's fused blocks (decoders.use_fused_blocks)
-    conv_stats: bool = False     # their GroupNorm statistics from the conv before (MIXDQ_CONV_STATS=1)
 
 
 VARIANTS = {
@@ -75,8 +71,6 @@ VARIANTS = {
     # the Runner's default int8 decode on CUDA (--vae_fuse auto): the blocks' elementwise passes in the int8 kernels
     "compile-fused-blocks": Variant(True, "default", False, True, group_norm="triton-affine", conv_nhwc=True,
                                     fused=True),
-    "compile-fused-blocks-stats": Variant(True, "default", False, True, group_norm="triton-affine", conv_nhwc=True,
-                                          fused=True, conv_stats=True),
     "compile-channels-last": Variant(True, "default", True, True),
     "compile-dynamic": Variant(True, "default", False, False, dynamic=True),  # what Runner's graph mode runs
     "compile-max-autotune": Variant(True, "max-autotune-no-cudagraphs", True, True),
@@ -87,7 +81,7 @@ VARIANTS = {
 
 PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-triton-affine-gn", "compile-nchw",
             "compile-channels-last", "compile-nhwc-conv", "compile-nhwc-conv-triton-gn",
-            "compile-nhwc-conv-triton-affine-gn", "compile-fused-blocks", "compile-fused-blocks-stats")
+            "compile-nhwc-conv-triton-affine-gn", "compile-fused-blocks")
 
 
 def mismatch(variant: Variant, vae: str) -> str | None:
@@ -178,8 +172,7 @@ def main(args) -> None:
             use_fused_blocks(vae, False)
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc, fused, stats = VARIANTS[name]
-                os.environ["MIXDQ_CONV_STATS"] = "1" if stats else "0"  # read as the decode is traced
+                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc, fused = VARIANTS[name]
                 use_conv_outputs(vae, "nhwc" if conv_nhwc else "nchw")  # (no int8 convs in the FP16 decoder)
                 fused_blocks = use_fused_blocks(vae, fused)
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -203,7 +196,7 @@ def main(args) -> None:
                 t = time_ms(run, args.repeats)
                 rows.append({"variant": name, "vae": args.vae, "vae_attention": attention, "group_norm": group_norm,
                              "int8_conv_out": ("nhwc" if conv_nhwc else "nchw") if args.vae == "int8" else "",
-                             "fused_blocks": fused_blocks, "conv_stats": stats,
+                             "fused_blocks": fused_blocks,
                              "height": res, "width": res, "batch": args.batch,
                              "p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
                              "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr,

@@ -176,7 +176,6 @@ def test_bench_vae_default_variants_are_the_ones_that_apply_to_the_decoder(monke
     assert "compile" in variants and "compile-max-autotune" not in variants
     assert any(bench_vae.VARIANTS[v].conv_nhwc for v in variants) == (vae == "int8")
     assert any(bench_vae.VARIANTS[v].channels_last for v in variants) == (vae == "fp16")
-    assert any(bench_vae.VARIANTS[v].fused and bench_vae.VARIANTS[v].conv_stats for v in variants) == (vae == "int8")
     wrong = "compile-channels-last" if vae == "int8" else "compile-nhwc-conv"
     with pytest.raises(ConfigError, match="variants are for the"):
         bench_vae.parse_args(["--vae", vae, "--variants", "compile", wrong])
@@ -207,7 +206,7 @@ def test_model_ops_counts_every_gemm_and_conv_of_the_full_size_models(tmp_path):
 
 
 FUSED_BLOCKS = """
-import copy, itertools, os, warnings
+import copy, itertools, warnings
 import torch
 warnings.simplefilter("ignore")
 from quant_utils.kernels import launch, ops, packing, triton_kernels as tk
@@ -244,23 +243,7 @@ try:
     launch.conv(x, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, cfg, False, r[:, :8], 1.0)
 except ValueError as e:
     print("bad residual:", e)
-# the conv's statistics (MIXDQ_CONV_STATS): per-chunk partials whose GroupNorm is F.group_norm's, from the epilogue
-# (BM 64/128, both orientations and layouts, in batch halves) or a moments pass (BM 32); 380 px: the last chunk short
-xs = torch.randint(-20, 20, (3, 22, 21, 32), dtype=torch.int8)
-worst = 0.0
-for bm, swap, cl, limit in [(64, False, False, 2**31), (128, True, True, 2**31), (64, False, True, 20000), (32, True, False, 2**31)]:
-    launch.INT32_LIMIT = limit
-    st = torch.empty(3, 16, tk.stats_chunks(380)), torch.empty(3, 16, tk.stats_chunks(380))
-    y = launch.conv(xs, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, dict(cfg, BM=bm, SWAP=swap), cl,
-                    None, 1.0, st)
-    sc, sh = tk.group_affine_partials(*st, 380, tk.STATS_CHUNK, 4, None, None, 1e-6)
-    gn = torch.nn.functional.group_norm(y.float(), 4, eps=1e-6)
-    worst = max(worst, float((y.float() * sc[:, :, None, None] + sh[:, :, None, None] - gn).abs().max()))
-launch.INT32_LIMIT = 2**31
-print("stats", len(st[0][0, 0]), worst)
 # the custom ops' fake tensors match the real ones (shapes, strides, dtypes: what Inductor plans by)
-torch.library.opcheck(torch.ops.mixdq.qconv_stats.default, (xs, w, s, z, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1,
-                      True), test_utils=("test_faketensor",))
 torch.library.opcheck(torch.ops.mixdq.norm_act_quant.default, (r, None, None, True, 2, 1, 0.05, 3, -128, 127),
                       test_utils=("test_faketensor",))
 print("opcheck ok")
@@ -290,9 +273,6 @@ with torch.no_grad():
     fused = decode_images(q, lat.half()).float()
     # each block alone on its unfused input: within fp16 rounding (the upsampler exact)
     fused_alone = alone()
-    os.environ["MIXDQ_CONV_STATS"] = "1"  # norm2's statistics from conv1's epilogue
-    with_stats = decode_images(q, lat.half()).float()
-    del os.environ["MIXDQ_CONV_STATS"]
     off = use_fused_blocks(q, False)
     # switched back: no fused class left, and the blocks compute diffusers' forward again, exactly
     left = [type(m).__name__ for m in q.decoder.modules() if type(m).__name__.startswith("Fused")]
@@ -302,7 +282,6 @@ print("blocks", n, off, *names)
 print("block", *(rel(fused_alone[k], ref[k]) for k in blocks))
 print("errors", rel(unfused, fp), rel(fused, unfused), rel(fused, fp),
       not left and all(torch.equal(again[k], ref[k]) for k in blocks))
-print("with stats", rel(with_stats, fused), rel(with_stats, fp))
 """
 
 
@@ -311,9 +290,8 @@ def test_fused_decoder_blocks_match_the_unfused_decoder_in_the_interpreter():
     equals its plain-torch twin (a code moved by one at most, rarely: the kernel quantizes by x * (1 / s)); the conv's residual epilogue equals (conv + residual) * scale in both
     output layouts and in batch parts, a residual of the wrong shape is refused; on the tiny model the fused decoder
     is as close to the FP16 decode as the unfused one (a block alone, fed the same input: within fp16 rounding; an upsampler exactly), and
-    switching back restores diffusers' forward exactly; the conv's statistics epilogue (MIXDQ_CONV_STATS) gives the
-    GroupNorm F.group_norm gives (epilogue or moments pass, batch halves, a short last chunk) and the decoder with it
-    stays as close to FP16 (Triton kernels interpreted on the CPU)."""
+    switching back restores diffusers' forward exactly; the custom ops' fake tensors match the real ones (Triton
+    kernels interpreted on the CPU)."""
     out = run_interpreted(FUSED_BLOCKS)
     # the kernel's x * (1 / s) (and on CUDA its approximate SiLU) may move a code at a rounding boundary (by one, rarely)
     _, worst, _, moved = next(ln for ln in out.splitlines() if ln.startswith("norm_act_quant")).rsplit(None, 3)
@@ -322,7 +300,7 @@ def test_fused_decoder_blocks_match_the_unfused_decoder_in_the_interpreter():
     assert "residual halves True" in out and "bad residual: qconv: residual of shape" in out, out
     _, fused_n, off, *names = next(ln for ln in out.splitlines() if ln.startswith("blocks")).split()
     assert int(fused_n) >= 6 and off == "0", out
-    assert names == ["FusedResnetBlock2D", "FusedUpDecoderBlock2D", "FusedUpsample2D"], out
+    assert names == ["FusedResnetBlock2D", "FusedUpsample2D"], out
     _, unfused_err, diff, fused_err, restored = next(ln for ln in out.splitlines() if ln.startswith("errors")).split()
     # fp16 roundings differ (the residual added in fp32, ...): a code flips here and there, and the random tiny
     # decoder amplifies that (~2x per upsampler); the fused decoder must stay as close to FP16 as the unfused one
@@ -330,8 +308,4 @@ def test_fused_decoder_blocks_match_the_unfused_decoder_in_the_interpreter():
     assert restored == "True", out
     resnet, upsampler = map(float, next(ln for ln in out.splitlines() if ln.startswith("block ")).split()[1:])
     assert 0 < resnet < 2e-3 and upsampler == 0, out
-    _, chunks, worst = next(ln for ln in out.splitlines() if ln.startswith("stats")).split()
-    assert chunks == "6" and float(worst) < 1e-4, out  # GroupNorm from the conv's partials = F.group_norm's
     assert "opcheck ok" in out, out
-    vs_fused, stats_err = map(float, next(ln for ln in out.splitlines() if ln.startswith("with stats")).split()[2:])
-    assert vs_fused < 2 * float(unfused_err) and stats_err < 1.2 * float(unfused_err), out

@@ -437,29 +437,19 @@ def fusable_conv(st: KernelState | None) -> bool:
     return st is not None and st.kind == "conv" and st.path == "int" and st.split is None and not st.bucket_paths
 
 
-def conv_stats_enabled() -> bool:
-    """The fused decoder's GroupNorm statistics from the int8 conv before it (MIXDQ_CONV_STATS=1; opt-in until timed
-    on a GPU): the conv's epilogue writes per-chunk (mean, M2) partials, so the norm does not read its input again."""
-    return os.environ.get("MIXDQ_CONV_STATS", "0") == "1"
-
-
 def fused_conv(st: KernelState, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor] | None = None,
                silu: bool = False, up: int = 1, residual: torch.Tensor | None = None,
-               out_scale: float = 1.0, stats: bool = False):
+               out_scale: float = 1.0) -> torch.Tensor:
     """The conv of `st` (fusable_conv) on silu(x * scale + shift) upsampled `up`x (nearest), plus `residual` times
     `out_scale`: two kernels (ops.norm_act_quant, ops.qconv with its residual epilogue) where the unfused modules
-    run a GroupNorm apply, SiLU, upsample and quantize pass and a residual add pass (decoders.use_fused_blocks).
-    With `stats`: (output, (mean, M2) partials of it for ops.group_affine_partials) by ops.qconv_stats."""
+    run a GroupNorm apply, SiLU, upsample and quantize pass and a residual add pass (decoders.use_fused_blocks)."""
     from . import ops
 
     scale, shift = affine if affine is not None else (None, None)
     q = ops.norm_act_quant(x.half(), scale, shift, silu, up, st.pad, *st.qparams(1))
-    args = (q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n, x.shape[1],
-            st.shape[2], st.shape[3], st.stride, st.pad, st.out_nhwc or conv_out_channels_last(), residual, out_scale)
-    if stats:
-        y, mean, m2 = ops.qconv_stats(*args)
-        return y, (mean, m2)
-    return ops.qconv(*args)
+    return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
+                     x.shape[1], st.shape[2], st.shape[3], st.stride, st.pad, st.out_nhwc or conv_out_channels_last(),
+                     residual, out_scale)
 
 
 _last_codes: tuple | None = None  # (weakref to the input, its version, quant params, int8 codes)

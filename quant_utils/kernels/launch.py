@@ -175,34 +175,24 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
 def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
          zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
          stride: int, pad: int, cfg: dict | None = None, channels_last: bool = False,
-         residual: torch.Tensor | None = None, out_scale: float = 1.0,
-         stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+         residual: torch.Tensor | None = None, out_scale: float = 1.0) -> torch.Tensor:
     """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config, its output NCHW or
-    (`channels_last`) channels_last, plus `residual` times `out_scale` when given (fused epilogue), and with `stats`
-    ((mean, M2) buffers [B, n, tk.stats_chunks(OH*OW)]) the output's per-chunk statistics written into them (by the
-    epilogue; by a moments pass where the tile config's BM does not allow it). A batch whose input or output passes
-    the kernel's int32 offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
+    (`channels_last`) channels_last, plus `residual` times `out_scale` when given (fused epilogue). A batch whose
+    input or output passes the kernel's int32 offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
     b, hp, wp, _ = x_pad.shape
     if b > 1 and max(x_pad.numel(), b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)) >= INT32_LIMIT:
         h = b // 2
         res = (None, None) if residual is None else (residual[:h], residual[h:])
-        st = (None, None) if stats is None else ((stats[0][:h], stats[1][:h]), (stats[0][h:], stats[1][h:]))
         return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg,
-                               channels_last, r, out_scale, s)
-                          for x, r, s in zip((x_pad[:h], x_pad[h:]), res, st)])
+                               channels_last, r, out_scale) for x, r in zip((x_pad[:h], x_pad[h:]), res)])
     if cfg is None:
         cfg = current_tuning().choose(
             conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
             conv_out_candidates(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
             lambda c: graph_bench_ms(lambda: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
                                                       stride, pad, c, channels_last)))
-    fused = stats is not None and cfg["BM"] % tk.STATS_CHUNK == 0
-    out = tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
-                   channels_last, residual, out_scale, stats if fused else None)
-    if stats is not None and not fused:  # a moments pass over the output (NCHW, or channels_last: pixels n apart)
-        tk.channel_moments_partials(out, out.stride(0), out.stride(1), 1 if out.is_contiguous() else n,
-                                    chunk=tk.STATS_CHUNK, out=stats)
-    return out
+    return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
+                    channels_last, residual, out_scale)
 
 
 def conv_out_candidates(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int,

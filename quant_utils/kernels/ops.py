@@ -166,44 +166,6 @@ def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stri
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-@torch.library.custom_op("mixdq::qconv_stats", mutates_args=())
-def qconv_stats(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optional[Tensor], zc2: Optional[Tensor],
-                bias: Optional[Tensor], bits: int, group: int, n: int, c1: int, kh: int, kw: int, stride: int,
-                pad: int, channels_last: bool = False, residual: Optional[Tensor] = None,
-                out_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-    """qconv, and its output's per-(image, channel, chunk of STATS_CHUNK pixels) (mean, M2), float32 [B, n, chunks],
-    from the epilogue: what the next GroupNorm needs (group_affine_partials) without another read of the output."""
-    b, hp, wp, _ = x_pad.shape
-    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-    mean = torch.empty((b, n, tk.stats_chunks(oh * ow)), dtype=torch.float32, device=x_pad.device)
-    m2 = torch.empty_like(mean)
-    out = launch.conv(_aligned(x_pad), w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad,
-                      channels_last=channels_last, residual=residual, out_scale=out_scale, stats=(mean, m2))
-    return out, mean, m2
-
-
-@qconv_stats.register_fake
-def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last=False,
-      residual=None, out_scale=1.0):
-    out = qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last)
-    b = x_pad.shape[0]
-    chunks = tk.stats_chunks(int(out.shape[2]) * int(out.shape[3]))
-    return out, out.new_empty((b, n, chunks), dtype=torch.float32), out.new_empty((b, n, chunks), dtype=torch.float32)
-
-
-@torch.library.custom_op("mixdq::group_affine_partials", mutates_args=())
-def group_affine_partials(mean_p: Tensor, m2_p: Tensor, p: int, groups: int, weight: Optional[Tensor],
-                          bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
-    """GroupNorm's (scale, shift) [N, C] from qconv_stats' partials (chunks of STATS_CHUNK of the p pixels)."""
-    return tk.group_affine_partials(mean_p, m2_p, p, tk.STATS_CHUNK, groups, weight, bias, eps)
-
-
-@group_affine_partials.register_fake
-def _(mean_p, m2_p, p, groups, weight, bias, eps):
-    shape = tuple(mean_p.shape[:2])
-    return mean_p.new_empty(shape), mean_p.new_empty(shape)
-
-
 # ----------------------------------------------------------------------------------------------- plain torch twins
 
 

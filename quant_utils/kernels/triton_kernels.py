@@ -273,21 +273,16 @@ def moments_config(n: int, c: int, p: int, block_c: int = 64, block_p: int = 64,
     return block_c, block_p, max(block_p, chunk)
 
 
-def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, num_warps: int = 4,
-                             chunk: int | None = None,
-                             out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int,
+                             num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, M2) per (image, channel, chunk of CHUNK pixels), float32 [N, C, n_chunks], of x seen as (N, C, P) through
-    the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks. `chunk` (a power of two): that
-    instead of moments_config's; `out`: buffers to write (the int8 conv's statistics where its tile cannot)."""
+    the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks."""
     n, c = x.shape[:2]
     p = x.numel() // max(n * c, 1)
-    block_c, block_p, auto_chunk = moments_config(n, c, p)
-    chunk = chunk or auto_chunk
-    block_p = min(block_p, chunk)
+    block_c, block_p, chunk = moments_config(n, c, p)
     n_chunks = triton.cdiv(p, chunk)
-    if out is None:
-        out = tuple(torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device) for _ in range(2))
-    mean, m2 = out
+    mean = torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device)
+    m2 = torch.empty_like(mean)
     grid = (n * triton.cdiv(c, block_c), n_chunks)
     _channel_moments_kernel[grid](x, mean, m2, c, p, s_n, s_c, s_p, n_chunks, CHUNK=chunk, BLOCK_C=block_c,
                                   BLOCK_P=block_p, num_warps=num_warps)
@@ -343,30 +338,14 @@ def group_affine(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias
     """GroupNorm's (scale, shift) per (image, channel), float32 [N, C], of x seen as (N, C, P) through the strides
     (elements): F.group_norm(x) == x * scale + shift per channel. Two launches: the moments, then the combine."""
     mean_p, m2_p = channel_moments_partials(x, s_n, s_c, s_p)
-    n, c = mean_p.shape[:2]
-    p = x.numel() // max(n * c, 1)
-    return group_affine_partials(mean_p, m2_p, p, moments_config(n, c, p)[2], groups, weight, bias, eps)
-
-
-STATS_CHUNK = 64  # output pixels per (mean, M2) partial of the conv's STATS epilogue
-
-
-def stats_chunks(p: int) -> int:
-    return triton.cdiv(p, STATS_CHUNK)
-
-
-def group_affine_partials(mean_p: torch.Tensor, m2_p: torch.Tensor, p: int, chunk: int, groups: int,
-                          weight: torch.Tensor | None, bias: torch.Tensor | None,
-                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """group_affine from per-chunk (mean, M2) partials [N, C, n_chunks] of `chunk` pixels each (the last: the rest of
-    the p pixels): channel_moments_partials', or the int8 conv's STATS epilogue's (chunk = STATS_CHUNK)."""
     n, c, n_chunks = mean_p.shape
+    p = x.numel() // max(n * c, 1)
     cpg = c // groups
-    scale = torch.empty((n, c), dtype=torch.float32, device=mean_p.device)
+    scale = torch.empty((n, c), dtype=torch.float32, device=x.device)
     shift = torch.empty_like(scale)
     _group_affine_kernel[(n * groups,)](
         mean_p, m2_p, weight if weight is not None else scale, bias if bias is not None else scale, scale, shift,
-        c, p, n_chunks, float(cpg * p), float(eps), CPG=cpg, CHUNK=chunk,
+        c, p, n_chunks, float(cpg * p), float(eps), CPG=cpg, CHUNK=moments_config(n, c, p)[2],
         BLOCK_CH=triton.next_power_of_2(cpg), BLOCK_K=min(triton.next_power_of_2(n_chunks), 128),
         HAS_W=weight is not None, HAS_B=bias is not None, num_warps=4)
     return scale, shift
@@ -698,17 +677,15 @@ def _conv_segment(acc, x_ptr, w_ptr, row_base, kk, W, C, c0, CS, CI,
 
 @triton.jit(do_not_specialize=["M", "H", "W", "CI1", "CI2"])
 def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_ptr, bias_ptr, res_ptr, out_scale,
-                  mean_ptr, m2_ptr, N_CHUNKS, M, N, H, W, C, OHW, OW, C1, C2, CI1, CI2, stride_wn,
+                  M, N, H, W, C, OHW, OW, C1, C2, CI1, CI2, stride_wn,
                   STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
                   SWAP: tl.constexpr, SUBK: tl.constexpr, OUT_NHWC: tl.constexpr = False,
-                  HAS_RES: tl.constexpr = False, STATS: tl.constexpr = False, CHUNK_S: tl.constexpr = 64):
+                  HAS_RES: tl.constexpr = False):
     """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW]
     (OUT_NHWC: the same tensor in channels_last memory, channels contiguous). HAS_RES: out = (conv + res) * out_scale
-    with res laid out as out (a resnet's residual add and output scale, one pass fewer over the output). STATS: per
-    (image, channel, chunk of STATS_CHUNK output pixels) the (mean, M2) of the stored values into [B, N, N_CHUNKS]
-    (the format group_affine_partials combines: a GroupNorm's statistics without another read of the output).
+    with res laid out as out (a resnet's residual add and output scale, one pass fewer over the output).
 
     Row tiles never straddle two images (M = B * cdiv(OH*OW, BM) * BM), so each tile's output pixels are
     contiguous in NCHW (vector stores). K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2)
@@ -763,29 +740,12 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     if HAS_RES:
         y = (y + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)) * out_scale
     tl.store(out_ptr + offs, y.to(tl.float16), mask=mask)
-    if STATS:  # BM is a multiple of CHUNK_S (the launcher checks): the tile's chunks, each reduced over its pixels
-        SUB: tl.constexpr = BM // CHUNK_S
-        yv = y.to(tl.float16).to(tl.float32)
-        if SWAP:
-            yv = tl.trans(yv)  # [BM, BN]
-        ok = (r < OHW).to(tl.float32)
-        y3 = tl.reshape(yv * ok[:, None], (SUB, CHUNK_S, BN))
-        ok3 = tl.reshape(ok, (SUB, CHUNK_S))
-        cnt = tl.sum(ok3, axis=1)
-        mean = tl.sum(y3, axis=1) / tl.maximum(cnt, 1.0)[:, None]
-        d = (y3 - mean[:, None, :]) * ok3[:, :, None]
-        m2 = tl.sum(d * d, axis=1)
-        chunk = (pid_m - b * tiles_per_img) * SUB + tl.arange(0, SUB)
-        s_offs = (b * N + rn[None, :]).to(tl.int64) * N_CHUNKS + chunk[:, None]
-        s_mask = (cnt > 0)[:, None] & (rn[None, :] < N)
-        tl.store(mean_ptr + s_offs, mean, mask=s_mask)
-        tl.store(m2_ptr + s_offs, m2, mask=s_mask)
 
 
 def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
           zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
           stride: int, pad: int, cfg: dict, channels_last: bool = False, residual: torch.Tensor | None = None,
-          out_scale: float = 1.0, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+          out_scale: float = 1.0) -> torch.Tensor:
     """Launch `_qconv_kernel`: padded NHWC int8 codes (from quant_nchw_to_nhwc with this `pad`) -> NCHW fp16
     (`channels_last`: in channels_last memory, as the next layer's NHWC quantize and cuDNN read it without a transpose),
     (conv + residual) * out_scale with a `residual` of the output's shape (copied to the output's layout if need be).
@@ -807,20 +767,16 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
             raise ValueError(f"qconv: residual of shape {tuple(residual.shape)} for an output of {tuple(out.shape)}")
         residual = residual.to(torch.float16).contiguous(
             memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if stats is not None and (cfg["BM"] % STATS_CHUNK or tuple(stats[0].shape) != (b, n, stats_chunks(oh * ow))):
-        raise ValueError(f"qconv: statistics need BM % {STATS_CHUNK} == 0 (BM={cfg['BM']}) and [B, N, chunks] buffers")
     c2 = c - c1
     m = b * triton.cdiv(oh * ow, cfg["BM"]) * cfg["BM"]  # whole row tiles per image
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
     _qconv_kernel[grid](x_pad, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
                         zc2 if zc2 is not None else zc1, bias if bias is not None else scale1,
-                        residual if residual is not None else out, float(out_scale),
-                        *(stats if stats is not None else (out, out)), stats_chunks(oh * ow), m, n, hp, wp, c, oh * ow, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
+                        residual if residual is not None else out, float(out_scale), m, n, hp, wp, c, oh * ow, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
                         STRIDE=stride, KH=kh, KW=kw, BITS=bits, G=group, TWO_SEG=c2 > 0,
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
                         SUBK=group // SUB_BLOCKS[bits], OUT_NHWC=channels_last, HAS_RES=residual is not None,
-                        STATS=stats is not None, CHUNK_S=STATS_CHUNK,
                         num_warps=cfg.get("num_warps", 4),
                         num_stages=cfg.get("num_stages", 3))
     return out
