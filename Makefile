@@ -53,8 +53,9 @@ report: venv
 	$(PY) scripts/plot_mixdq_queue_results.py results/serve_nvidia_h200/gap_probe/live_vs_direct/mixdq_queue_results.csv
 	$(PY) scripts/plot_mixdq_queue_results.py results/serve_nvidia_h200/png_crc_on_host/live_vs_direct/mixdq_queue_results.csv
 
-test: venv
-	$(PY) -m pytest -q tests
+test: venv  # the CPU-bound tests on two workers (pytest-xdist; a module stays on one), then the service's alone:
+	$(PY) -m pytest -q -n 2 --dist loadfile tests --ignore tests/test_server.py
+	$(PY) -m pytest -q tests/test_server.py  # its replicas calibrate their service time, its SLO and batching tests need an idle CPU
 
 clean-demo:
 	rm -rf $(DEMO)
