@@ -1,7 +1,6 @@
 """scripts/bench_quantized_io.py at tiny size on the CPU (the device job runs it at full size on a GPU)."""
-import subprocess
 
-from conftest import REPO, run_script
+from conftest import run_script
 from quant_utils.csvio import read_csv, read_provenance
 
 
@@ -26,6 +25,3 @@ def test_bench_writes_sizes_and_cold_process_times(tmp_path):
     assert prov["script"] == "bench_quantized_io" and prov["weights"] == "random-tiny" and prov["backend"] == "fake"
     assert "-> " in proc.stdout
 
-
-def test_device_job_is_valid_bash():
-    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "device" / "ship_job.sh")]).returncode == 0
