@@ -87,7 +87,7 @@ def _parser(script):
 def test_every_documented_command_is_accepted_by_its_script():
     """Scripts parse the documented flags and values; device jobs, make targets and test files exist."""
     makefile = (REPO / "Makefile").read_text()
-    parsers, bad, n_scripts = {}, [], 0
+    parsers, parsed_jobs, bad, n_scripts = {}, set(), [], 0
     for doc in DOCS:
         for cmd in _commands((REPO / doc).read_text()):
             where = f"{doc}: {' '.join(cmd)[:100]}"
@@ -98,9 +98,10 @@ def test_every_documented_command_is_accepted_by_its_script():
                 sh = cmd[cmd.index("bash") + 1]
                 if not (REPO / sh).is_file():
                     bad.append(f"{where}: no {sh}")
-                elif sh not in parsers:  # a job's syntax, once per file (it runs only on the GPU machine)
-                    parsers[sh] = subprocess.run(["bash", "-n", str(REPO / sh)], capture_output=True, text=True)
-                    bad += [f"{where}: {parsers[sh].stderr.strip()}"] if parsers[sh].returncode else []
+                elif sh not in parsed_jobs:  # a job's syntax, once per file (it runs only on the GPU machine)
+                    parsed_jobs.add(sh)
+                    proc = subprocess.run(["bash", "-n", str(REPO / sh)], capture_output=True, text=True)
+                    bad += [f"{where}: {proc.stderr.strip()}"] if proc.returncode else []
             elif "pytest" in cmd:
                 bad += [f"{where}: no test file {w}" for w in cmd if w.startswith("tests/") and not list(REPO.glob(w))]
             elif scripts:
