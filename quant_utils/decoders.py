@@ -225,7 +225,13 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     scale = q.shape[-1] ** -0.5
     for i in range(q.shape[0]):
         scores = torch.matmul(q[i] * scale, k[i].transpose(-1, -2))
-        out[i] = torch.matmul(torch.softmax(scores, dim=-1), v[i])  # softmax accumulates in fp32 for fp16 input
+        if scores.is_cuda:
+            from .kernels.triton_kernels import softmax_
+
+            probs = softmax_(scores)  # in place: one read and one write of the scores
+        else:
+            probs = torch.softmax(scores, dim=-1)  # accumulates in fp32 for fp16 input, as the kernel does
+        out[i] = torch.matmul(probs, v[i])
     return out
 
 

@@ -108,6 +108,28 @@ def test_attention_math_equals_sdpa():
     assert not torch.allclose(attention_math(q, k, v * 2), want, atol=1e-3)
 
 
+SOFTMAX = """
+import torch
+from quant_utils.kernels import triton_kernels as tk
+torch.manual_seed(0)
+for shape in [(3, 7), (2, 3, 1000), (1, 32768), (2, 40000)]:
+    x = (torch.randn(shape) * 8).half()
+    x[..., 0, : shape[-1] // 2] = -30000  # far below the row's max: exp underflows to 0, no NaN
+    want = torch.softmax(x.float(), -1)
+    y = x.clone()
+    got = tk.softmax_(y)
+    print("softmax", shape[-1], float((got.float() - want).abs().max()), got.data_ptr() == y.data_ptr())
+"""
+
+
+def test_softmax_kernel_equals_torch_in_place_in_the_interpreter():
+    """The decoder attention's row softmax (Triton, interpreted): torch's fp32 softmax within fp16 rounding, in place
+    up to SOFTMAX_MAX_COLS values a row, ragged and very negative rows included; longer rows go to torch.softmax."""
+    lines = [ln.split() for ln in run_interpreted(SOFTMAX).splitlines() if ln.startswith("softmax")]
+    assert [(ln[1], ln[3]) for ln in lines] == [("7", "True"), ("1000", "True"), ("32768", "True"), ("40000", "False")]
+    assert all(float(ln[2]) <= 5e-4 for ln in lines), lines
+
+
 def test_decoder_attention_plan_keeps_the_decode_and_picks_the_faster_op(tiny_pipe, latents, monkeypatch):
     """The decoder's attention processor gives diffusers' decode whichever op a shape takes; the plan measures each
     query shape once, keeps `math` only when it wins by more than the margin, and names the path per latent shape."""

@@ -351,6 +351,36 @@ def group_affine(x: torch.Tensor, groups: int, weight: torch.Tensor | None, bias
     return scale, shift
 
 
+# ----------------------------------------------------------------------------------------------- softmax
+
+
+# The VAE decoder's attention scores (decoders.attention_math: one head of 512, which SDPA's flash kernels do not take)
+# are 16384 x 16384 fp16 per 1024 px image; torch's softmax moved them at ~2.2 TB/s on the H200 (~45 % of HBM,
+# results/e2e_v9_ptx_vae_profile_kernels_nvidia_h200.csv). One program holds one whole row in registers: one read,
+# one write, in place.
+SOFTMAX_MAX_COLS = 32768  # 64 fp32 values per thread at 16 warps
+
+
+@triton.jit
+def _softmax_rows_kernel(s_ptr, n, stride, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * stride
+    cols = tl.arange(0, BLOCK)
+    x = tl.load(s_ptr + row + cols, mask=cols < n, other=-float("inf")).to(tl.float32)
+    e = tl.exp2((x - tl.max(x, axis=0)) * 1.4426950408889634)
+    tl.store(s_ptr + row + cols, (e * (1.0 / tl.sum(e, axis=0))).to(s_ptr.dtype.element_ty), mask=cols < n)
+
+
+def softmax_(s: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, in place (fp32 math, as torch.softmax computes for fp16 input); torch.softmax (a new
+    tensor) for a non-contiguous tensor or rows longer than SOFTMAX_MAX_COLS."""
+    n = s.shape[-1]
+    if not s.is_contiguous() or n > SOFTMAX_MAX_COLS:
+        return torch.softmax(s, dim=-1)
+    block = triton.next_power_of_2(n)
+    _softmax_rows_kernel[(s.numel() // n,)](s, n, n, BLOCK=block, num_warps=min(max(block // 1024, 4), 16))
+    return s
+
+
 # ----------------------------------------------------------------------------------------------- GEMM pieces
 
 

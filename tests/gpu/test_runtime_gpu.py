@@ -278,6 +278,12 @@ def test_decoder_attention_math_matches_sdpa_and_a_math_plan_compiles_like_eager
     ref = sdpa(q.float(), k.float(), v.float())
     err_math, err_sdpa = ((o.float() - ref).abs().max().item() for o in (attention_math(q, k, v), sdpa(q, k, v)))
     assert err_math <= max(4 * err_sdpa, 1e-3), (err_math, err_sdpa)  # within a few fp16 roundings of SDPA's
+    from quant_utils.kernels.triton_kernels import softmax_
+
+    s = torch.randn(3, 16384, device="cuda", dtype=torch.float16) * 8
+    want, ptr = torch.softmax(s.float(), -1), s.data_ptr()
+    got = softmax_(s)
+    assert got.data_ptr() == ptr and (got.float() - want).abs().max().item() <= 1e-3  # in place, fp16 rounding
     times = measure_attention((1, 1, 16384, 512), "cuda")
     assert times["sdpa"] > 0 and times["math"] > 0
 
