@@ -63,4 +63,4 @@ clean-demo:
 # Wheels the GPU machine lacks (it has torch/Triton/transformers but no diffusers); carried with `run`.
 wheels:
 	$(PY) -m pip download -q --no-deps -d wheels diffusers==0.42.1 importlib_metadata open_clip_torch==3.3.0 ftfy wcwidth \
-	    pytest pluggy iniconfig pygments
+	    pytest pluggy iniconfig pygments pytest-xdist==3.8.0 execnet

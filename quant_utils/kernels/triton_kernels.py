@@ -175,23 +175,23 @@ _NVIDIA = torch.version.hip is None  # the PTX math: NVIDIA GPUs only (a ROCm bu
 
 
 def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None, silu: bool, up: int,
-                   pad: int, p: tuple) -> torch.Tensor:
+                   pad: int, p: tuple, config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """(N, C, H, W) fp16 in any strides -> zero-padded NHWC int8 codes [N, H*up + 2pad, W*up + 2pad, C] of
     quantize(silu(x * scale + shift)) (per (image, channel) float32 scale/shift [N, C], or none), upsampled `up`x
     (nearest), p = (scale, zero, qmin, qmax): the padded codes the conv kernel reads, in one pass. Equals
     ops.norm_act_quant_torch but for a code moved by one where SiLU or x / s land within ~1 ulp of a rounding
-    boundary (the kernel's approximations, above)."""
+    boundary (the kernel's approximations, above). `config` (BC, BW, num_warps) overrides the tile (a sweep's)."""
     b, c, h, w = x.shape
     hp, wp = h * up + 2 * pad, w * up + 2 * pad
     q = torch.empty((b, hp, wp, c), dtype=torch.int8, device=x.device)
     s, z, lo, hi = p
     bc = min(triton.next_power_of_2(c), 128)
-    bw = max(4096 // bc, 16)
+    bc, bw, warps = config or (bc, max(4096 // bc, 16), 4)
     grid = (triton.cdiv(wp, bw), triton.cdiv(c, bc), b * hp)
     aff = scale is not None
     _norm_act_quant_kernel[grid](x, scale if aff else x, shift if aff else x, q, c, h, w, pad, *x.stride(), 1.0 / s,
                                  int(z), float(lo - z), float(hi - z), UP=up, HAS_AFFINE=aff, SILU=silu, PTX=_NVIDIA and x.is_cuda,
-                                 BC=bc, BW=bw, num_warps=4)
+                                 BC=bc, BW=bw, num_warps=warps)
     return q
 
 
@@ -273,13 +273,14 @@ def moments_config(n: int, c: int, p: int, block_c: int = 64, block_p: int = 64,
     return block_c, block_p, max(block_p, chunk)
 
 
-def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int,
-                             num_warps: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, num_warps: int = 4,
+                             config: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, M2) per (image, channel, chunk of CHUNK pixels), float32 [N, C, n_chunks], of x seen as (N, C, P) through
-    the strides s_n, s_c, s_p (elements). quant_utils/norms.py combines the chunks."""
+    the strides s_n, s_c, s_p (elements); `config` (BLOCK_C, BLOCK_P, CHUNK) overrides moments_config (a sweep's).
+    quant_utils/norms.py combines the chunks."""
     n, c = x.shape[:2]
     p = x.numel() // max(n * c, 1)
-    block_c, block_p, chunk = moments_config(n, c, p)
+    block_c, block_p, chunk = config or moments_config(n, c, p)
     n_chunks = triton.cdiv(p, chunk)
     mean = torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device)
     m2 = torch.empty_like(mean)
@@ -370,14 +371,15 @@ def _softmax_rows_kernel(s_ptr, n, stride, BLOCK: tl.constexpr):
     tl.store(s_ptr + row + cols, (e * (1.0 / tl.sum(e, axis=0))).to(s_ptr.dtype.element_ty), mask=cols < n)
 
 
-def softmax_(s: torch.Tensor) -> torch.Tensor:
+def softmax_(s: torch.Tensor, num_warps: int | None = None) -> torch.Tensor:
     """Softmax over the last dim, in place (fp32 math, as torch.softmax computes for fp16 input); torch.softmax (a new
     tensor) for a non-contiguous tensor or rows longer than SOFTMAX_MAX_COLS."""
     n = s.shape[-1]
     if not s.is_contiguous() or n > SOFTMAX_MAX_COLS:
         return torch.softmax(s, dim=-1)
     block = triton.next_power_of_2(n)
-    _softmax_rows_kernel[(s.numel() // n,)](s, n, n, BLOCK=block, num_warps=min(max(block // 1024, 4), 16))
+    _softmax_rows_kernel[(s.numel() // n,)](s, n, n, BLOCK=block,
+                                           num_warps=num_warps or min(max(block // 1024, 4), 16))
     return s
 
 
