@@ -186,7 +186,9 @@ def norm_act_quant(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Ten
     q = torch.empty((b, hp, wp, c), dtype=torch.int8, device=x.device)
     s, z, lo, hi = p
     bc = min(triton.next_power_of_2(c), 128)
-    bc, bw, warps = config or (bc, max(4096 // bc, 16), 4)
+    # 8192 values per program for a norm pass, 4096 for an upsampler (which writes 4x what it reads): the fastest
+    # uniform tiles over the decoder's 1024 px shapes (results/decoder_pass_sweep_nvidia_h200.csv)
+    bc, bw, warps = config or (bc, max((8192 if scale is not None else 4096) // bc, 16), 4)
     grid = (triton.cdiv(wp, bw), triton.cdiv(c, bc), b * hp)
     aff = scale is not None
     _norm_act_quant_kernel[grid](x, scale if aff else x, shift if aff else x, q, c, h, w, pad, *x.stride(), 1.0 / s,
@@ -265,12 +267,14 @@ MOMENTS_PROGRAMS = 512  # enough programs to keep a GPU's ~100-150 SMs streaming
 def moments_config(n: int, c: int, p: int, block_c: int = 64, block_p: int = 64, max_chunk: int = 4096) -> tuple[int, int, int]:
     """(BLOCK_C, BLOCK_P, CHUNK) for an (N, C, P) input: powers of two, CHUNK a multiple of BLOCK_P; CHUNK as large as
     keeps about MOMENTS_PROGRAMS programs (fewer, longer loops at the decoder's 1024 px shapes; one tile per program
-    at the UNet's small ones, where a long loop over few programs would leave most SMs idle)."""
+    at the UNet's small ones, where a long loop over few programs would leave most SMs idle). CHUNK does not depend
+    on block_p <= 64 (the fake op sizes the partials by it). channels_last inputs take block_p = 32: 12-19 % faster
+    at the decoder's 512-1024 px shapes on the H200 (results/decoder_pass_sweep_nvidia_h200.csv)."""
     block_c = min(block_c, triton.next_power_of_2(c))
     block_p = min(block_p, triton.next_power_of_2(p))
     chunks = triton.cdiv(MOMENTS_PROGRAMS, n * triton.cdiv(c, block_c))
     chunk = min(max_chunk, triton.next_power_of_2(triton.cdiv(p, chunks)))
-    return block_c, block_p, max(block_p, chunk)
+    return block_c, block_p, max(64, block_p, chunk)
 
 
 def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, num_warps: int = 4,
@@ -280,7 +284,7 @@ def channel_moments_partials(x: torch.Tensor, s_n: int, s_c: int, s_p: int, num_
     quant_utils/norms.py combines the chunks."""
     n, c = x.shape[:2]
     p = x.numel() // max(n * c, 1)
-    block_c, block_p, chunk = config or moments_config(n, c, p)
+    block_c, block_p, chunk = config or moments_config(n, c, p, block_p=32 if s_c == 1 else 64)
     n_chunks = triton.cdiv(p, chunk)
     mean = torch.empty((n, c, n_chunks), dtype=torch.float32, device=x.device)
     m2 = torch.empty_like(mean)

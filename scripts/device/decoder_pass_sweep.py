@@ -44,7 +44,7 @@ def main() -> None:
     for c, side, calls in GN_SHAPES:
         x = torch.randn(b, c, side, side, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         strides = (x.stride(0), x.stride(1), x.stride(3))
-        default = tk.moments_config(b, c, side * side)
+        default = tk.moments_config(b, c, side * side, block_p=32)  # channels_last's
         for cfg in itertools.product([32, 64, 128], [32, 64, 128], [2048, 4096, 16384], [4, 8]):
             if cfg[0] > c or cfg[2] < cfg[1]:
                 continue
@@ -54,7 +54,7 @@ def main() -> None:
         sc, sh = torch.rand(b, c, device="cuda") + 0.5, torch.randn(b, c, device="cuda")
         for shape_calls, up, aff in [(calls, 1, True)] + [(n, 2, False) for cc, s, n in UP_SHAPES if (cc, s) == (c, side)]:
             out_bytes = b * (side * up + 2) ** 2 * c
-            dflt = (min(c, 128), max(4096 // min(c, 128), 16), 4)
+            dflt = (min(c, 128), max((8192 if aff else 4096) // min(c, 128), 16), 4)
             for cfg in itertools.product([32, 64, 128], [2048, 4096, 8192], [4, 8]):
                 tile = (cfg[0], max(cfg[1] // cfg[0], 16), cfg[2])
                 if tile[0] > c:
