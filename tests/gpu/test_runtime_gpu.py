@@ -265,10 +265,10 @@ def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
         assert np.abs(out - ref).max() <= 3
     else:  # Inductor's fp16 rounding moves activation codes at rounding boundaries, which the random tiny decoder
         # amplifies (an H200: mean 0.87 levels, max 6): compiled must be no further from the FP16 decoder's image
-        # than eager int8 is, and close to eager int8 against that distance
+        # than eager int8 is, and nearer eager int8 than eager int8 is to it
         fp16 = Runner(_with_own_unet(cuda_pipe), "eager")(["a cat", "a dog"], [1, 2], 64, 64).astype(int)
         quant_err, compiled_err, to_eager = (np.abs(a - b).mean() for a, b in ((ref, fp16), (out, fp16), (out, ref)))
-        assert compiled_err < 1.2 * quant_err + 0.1 and to_eager < 0.5 * quant_err + 0.1, \
+        assert compiled_err < 1.2 * quant_err + 0.1 and to_eager < quant_err, \
             (quant_err, compiled_err, to_eager)
 
 
