@@ -29,11 +29,17 @@ GN_SHAPES = [(512, 128, 11), (512, 256, 6), (512, 512, 1), (256, 512, 5), (256, 
 UP_SHAPES = [(512, 128, 1), (512, 256, 1), (256, 512, 1)]  # the upsamplers' inputs (2x nearest, no norm)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=4, help="images per decode (the shapes' N)")
+    ap.add_argument("--out", required=True, help="CSV path")
+    return ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    if not torch.cuda.is_available():
+        print("error: decoder_pass_sweep.py: times CUDA kernels, and this machine has no GPU", file=sys.stderr)
+        sys.exit(2)
     b, rows = args.batch, []
 
     def row(pass_, shape, calls, cfg, ms, nbytes, default):
@@ -72,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())
