@@ -42,7 +42,7 @@ def test_weight_minmax_matches_numpy(bits, symmetric, shape):
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_mse_search_never_worse_than_minmax(bits):
-    w = torch.randn(32, 256)
+    w = torch.randn(32, 256, generator=torch.Generator().manual_seed(0))  # its own seed: not the order tests run in
     w[:, 0] *= 20  # an outlier column makes clipping worthwhile
     errs = {}
     for method in ("minmax", "mse"):
