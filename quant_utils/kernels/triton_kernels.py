@@ -268,8 +268,9 @@ def moments_config(n: int, c: int, p: int, block_c: int = 64, block_p: int = 64,
     """(BLOCK_C, BLOCK_P, CHUNK) for an (N, C, P) input: powers of two, CHUNK a multiple of BLOCK_P; CHUNK as large as
     keeps about MOMENTS_PROGRAMS programs (fewer, longer loops at the decoder's 1024 px shapes; one tile per program
     at the UNet's small ones, where a long loop over few programs would leave most SMs idle). CHUNK does not depend
-    on block_p <= 64 (the fake op sizes the partials by it). channels_last inputs take block_p = 32: 12-19 % faster
-    at the decoder's 512-1024 px shapes on the H200 (results/decoder_pass_sweep_nvidia_h200.csv)."""
+    on block_p <= 64 (the fake op sizes the partials by it). channels_last inputs take block_p = 32: 16-19 % faster
+    on the decoder's 512-1024 px activations, 11 % slower on its 256 px ones, 4.5 -> 4.0 ms over a 1024x4 decode on
+    the H200 (results/decoder_pass_sweep_nvidia_h200.csv)."""
     block_c = min(block_c, triton.next_power_of_2(c))
     block_p = min(block_p, triton.next_power_of_2(p))
     chunks = triton.cdiv(MOMENTS_PROGRAMS, n * triton.cdiv(c, block_c))
