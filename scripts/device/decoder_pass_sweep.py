@@ -149,7 +149,9 @@ def main(args: argparse.Namespace) -> None:
     if args.tuning_out and merged:
         Tuning(configs=merged).save(args.tuning_out)
         print(f"-> {args.tuning_out} (the winning conv tiles swapped in)")
-    write_csv(pd.DataFrame(rows), args.out, provenance(script="decoder_pass_sweep", timing="CUDA-graph replays"))
+    write_csv(pd.DataFrame(rows), args.out, provenance(script="decoder_pass_sweep", timing="CUDA-graph replays",
+                                                         weights="none (random tensors of the decoder's shapes)",
+                                                         backend="kernel (Triton), torch.softmax beside the softmax rows"))
 
 
 if __name__ == "__main__":
