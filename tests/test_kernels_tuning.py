@@ -169,3 +169,18 @@ def test_channels_last_conv_outputs_tune_the_nchw_tile_in_both_orientations(monk
     assert [c["SWAP"] for c in got] == [True, False] and all("ms" not in c and c["BM"] == 64 for c in got)
     assert launch.conv_out_candidates(shape, *args, channels_last=False) == every
     assert launch.conv_key(shape, *args, channels_last=True) == launch.conv_key(shape, *args) + "|o=nhwc"
+
+
+def test_tuning_keys_parse_back_and_tiles_have_short_names():
+    """parse_key inverts linear_key and conv_key (the device sweeps read shapes from tuning files); tile_name names
+    every tile option a CSV row must tell apart."""
+    from quant_utils.kernels import launch
+
+    assert launch.parse_key(launch.linear_key(4096, 640, 1280, 4, 128, False)) == \
+        {"m": 4096, "n": 640, "k": 1280, "b": 4, "g": 128, "a": "int8"}
+    conv = launch.parse_key(launch.conv_key((4, 1026, 1026, 128), 128, 128, 3, 1, 8, 128, channels_last=True))
+    assert conv == {"x": "4x1026x1026x128", "n": 128, "c1": 128, "k": 3, "s": 1, "b": 8, "g": 128, "o": "nhwc"}
+    names = {launch.tile_name(c) for cands in launch.LINEAR_CANDIDATES.values() for c in cands}
+    assert len(names) == len({tuple(sorted(c.items())) for cands in launch.LINEAR_CANDIDATES.values() for c in cands})
+    assert launch.tile_name(dict(BM=32, BN=64, num_warps=4, num_stages=4, SWAP=True, SPLIT_K=4, FIXUP=True)) == \
+        "32x64w4s4swapk4fixup"

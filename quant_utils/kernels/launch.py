@@ -151,6 +151,18 @@ def kernel_forms(configs: dict[str, dict]) -> str:
     return ", ".join(f"{n} {f}" for f, n in counts.most_common()) or "none"
 
 
+def tile_name(c: dict) -> str:
+    """A tile config in a few characters, e.g. '64x128w4s4swap', '32x64w4s4swapk4fixup' (CSV columns, logs)."""
+    return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
+        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("fixup" if c.get("FIXUP") else "")
+
+
+def parse_key(key: str) -> dict:
+    """A tuning key's fields, integers where they are: 'linear|m=4096|n=640|...|a=int8' -> {'m': 4096, ..., 'a': 'int8'};
+    a conv key's x (the padded input shape) stays 'BxHxWxC', its o 'nhwc'."""
+    return {k: int(v) if v.isdigit() else v for k, v in (p.split("=") for p in key.split("|")[1:])}
+
+
 def linear_key(m: int, n: int, k: int, bits: int, group: int, a_fp16: bool) -> str:
     return f"linear|m={m}|n={n}|k={k}|b={bits}|g={group}|a={'fp16' if a_fp16 else 'int8'}"
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from quant_utils.csvio import provenance, write_csv  # noqa: E402
 from quant_utils.kernels import packing  # noqa: E402
 from quant_utils.kernels import triton_kernels as tk  # noqa: E402
-from quant_utils.kernels.launch import _cfg, _strip, graph_bench_ms  # noqa: E402
+from quant_utils.kernels.launch import _cfg, _strip, graph_bench_ms, parse_key, tile_name  # noqa: E402
 from quant_utils.kernels.tuning import Tuning  # noqa: E402
 
 # (channels, side, calls per decode) of the SDXL VAE decoder's GroupNorms at a 1024 px image (latent 128)
@@ -58,9 +58,9 @@ def decoder_conv_keys(tuning: Tuning, batch: int) -> list[str]:
     for key in sorted(tuning.configs):
         if not key.startswith("conv|") or "|b=8|" not in key:
             continue
-        f = dict(p.split("=") for p in key.split("|")[1:])
+        f = parse_key(key)
         b, hp, _, c = map(int, f["x"].split("x"))
-        if b == batch and hp >= 130 and c in (128, 256, 512) and int(f["c1"]) == c:
+        if b == batch and hp >= 130 and c in (128, 256, 512) and f["c1"] == c:
             keys.append(key)
     return keys
 
@@ -69,9 +69,9 @@ def sweep_convs(batch: int, row) -> dict[str, dict]:
     """Time each decoder conv shape's tuned tile and CONV_TILES; returns {key: winning config} (equal outputs, >= 3 %)."""
     tuning, winners = Tuning.standard(ROOT / "results"), {}
     for key in decoder_conv_keys(tuning, batch):
-        f = dict(p.split("=") for p in key.split("|")[1:])
+        f = parse_key(key)
         b, hp, wp, c = map(int, f["x"].split("x"))
-        n, k, stride, nhwc = int(f["n"]), int(f["k"]), int(f["s"]), f.get("o") == "nhwc"
+        n, k, stride, nhwc = f["n"], f["k"], f["s"], f.get("o") == "nhwc"
         x = torch.randint(-128, 128, (b, hp, wp, c), dtype=torch.int8, device=DEVICE)
         w, fmt = packing.pack_weight(torch.randint(-127, 128, (n, c, k, k), dtype=torch.int8), 8)
         w, scale = w.to(DEVICE), torch.rand(n, device=DEVICE) / 100
@@ -86,22 +86,18 @@ def sweep_convs(batch: int, row) -> dict[str, dict]:
         ref, best = run(tuned), (None, float("inf"))
         tuned_ms = graph_bench_ms(lambda: run(tuned))
         shape = key.split("|", 1)[1]
-        row("conv", shape, 1, _name(tuned), tuned_ms, 0, True, ops, True)
+        row("conv", shape, 1, tile_name(tuned), tuned_ms, 0, True, ops, True)
         for cfg in CONV_TILES:
-            if cfg["BN"] > n or _name(cfg) == _name(tuned):
+            if cfg["BN"] > n or tile_name(cfg) == tile_name(tuned):
                 continue
             equal = bool(torch.equal(run(cfg), ref))
             ms = graph_bench_ms(lambda: run(cfg))
-            row("conv", shape, 1, _name(cfg), ms, 0, False, ops, equal)
+            row("conv", shape, 1, tile_name(cfg), ms, 0, False, ops, equal)
             if equal and ms < best[1]:
                 best = (cfg, ms)
         if best[0] is not None and tuned_ms / best[1] >= 1.03:
             winners[key] = dict(best[0], ms=round(best[1], 5))
     return {**tuning.configs, **winners} if winners else {}
-
-
-def _name(c: dict) -> str:
-    return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "")
 
 
 def main(args: argparse.Namespace) -> None:

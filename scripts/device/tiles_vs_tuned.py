@@ -29,19 +29,9 @@ import torch  # noqa: E402
 import kernel_selfcheck as selfcheck  # noqa: E402
 from quant_utils.csvio import provenance, write_csv  # noqa: E402
 from quant_utils.kernels import launch  # noqa: E402
+from quant_utils.kernels.launch import parse_key, tile_name  # noqa: E402
 from quant_utils.kernels import triton_kernels as tk  # noqa: E402
 from quant_utils.kernels.tuning import Tuning  # noqa: E402
-
-
-def parse_key(key: str) -> dict:
-    """'linear|m=4096|n=640|k=640|b=8|g=128|a=int8' -> {'m': 4096, ..., 'a': 'int8'}"""
-    parts = dict(p.split("=") for p in key.split("|")[1:])
-    return {k: (v if k == "a" else int(v)) for k, v in parts.items()}
-
-
-def cfg_name(c: dict) -> str:
-    return f"{c['BM']}x{c['BN']}w{c['num_warps']}s{c['num_stages']}" + ("swap" if c.get("SWAP") else "") + (
-        f"k{c['SPLIT_K']}" if c.get("SPLIT_K", 1) > 1 else "") + ("fixup" if c.get("FIXUP") else "")
 
 
 # --tiles -> (the tile-config flag, the environment variable that enables those configs)
@@ -94,19 +84,19 @@ def main(args: argparse.Namespace) -> int:
                 equal = bool(torch.equal(run(c), ref))
                 us = 1e3 * launch.graph_bench_ms(lambda: run(c), n_inner=20, reps=7)
             except Exception as e:  # a config that does not fit: say so, go on
-                print(f"{key}: {cfg_name(c)} failed: {type(e).__name__}: {str(e)[:100]}")
+                print(f"{key}: {tile_name(c)} failed: {type(e).__name__}: {str(e)[:100]}")
                 continue
             if us < best[1]:
                 best = (c, us, equal)
         c, us, equal = best
-        rows.append({"key": key, **sizes, "tuned_config": cfg_name(tuned),
+        rows.append({"key": key, **sizes, "tuned_config": tile_name(tuned),
                      "tuned_us": round(tuned_us, 2), "tiles": kind_of[launch.opt_in_kind(c)] if c else "",
-                     "candidate_config": cfg_name(c) if c else "",
+                     "candidate_config": tile_name(c) if c else "",
                      "candidate_us": round(us, 2) if c else float("nan"),
                      "speedup": round(tuned_us / us, 3) if c else float("nan"), "candidate_equal": equal})
         if c is not None and equal and tuned_us / us >= args.min_gain:
             winners[key] = dict(c, ms=round(us / 1e3, 5))
-        print(f"{key:<52} tuned {cfg_name(tuned):<18} {tuned_us:8.1f} us | {rows[-1]['tiles']:<7} {rows[-1]['candidate_config']:<20} "
+        print(f"{key:<52} tuned {tile_name(tuned):<18} {tuned_us:8.1f} us | {rows[-1]['tiles']:<7} {rows[-1]['candidate_config']:<20} "
               f"{us:8.1f} us  x{tuned_us / us:.2f}  equal={equal}")
     df = pd.DataFrame(rows)
     write_csv(df, f"{args.out}.csv", provenance(script="scripts/device/tiles_vs_tuned.py", weights="random (one layer per shape)",
