@@ -42,5 +42,6 @@ def test_conv_tile_sweep_rows_and_winner(tmp_path):
     # at >= 128 px latents)
     h200 = json.loads((REPO_ROOT / "results" / "kernels_tuning_nvidia_h200.json").read_text())["configs"]
     keys = dps.decoder_conv_keys(Tuning(configs=h200), 4)
-    assert keys and all(k.startswith("conv|x=4x") and "|b=8|" in k for k in keys)
+    assert keys and all(k.startswith("conv|x=4x") and "|b=8|" in k and k.endswith("|o=nhwc") for k in keys)
+    assert any("x=1x1026x1026x128|n=128" in k for k in dps.decoder_conv_keys(Tuning(configs=h200), 1))
     assert any("x=4x1026x1026x128|n=128" in k for k in keys) and not any("x=4x130x130x320" in k for k in keys)

@@ -8,7 +8,7 @@
 #   MODES="fp16 w8a8" FP16_EXEC="compile" PROFILE="1024x4 512x1" TAG=e2e_b bash scripts/device/e2e_job.sh
 #   MODES="fp16 w6a8 w4a8 mixdq" FP16_EXEC="compile" VAES=fp16 TAG=e2e_c bash scripts/device/e2e_job.sh
 # TILES_COMPARE=fixup first times those opt-in tile configs against the tuned ones (tiles_vs_tuned.py);
-# TILES=1 in a later part swaps in the winners; E2E=0 skips bench_e2e. QUANT_EXEC: the quantized UNets' executions (e.g. "compile compile-fused"). EXTRA: more bench_e2e flags. E2E_TIMEOUT: keep it <= 540 in a 600 s call.
+# TILES=1 in a later part swaps in the winners (TILES=<file>: that tuning file); E2E=0 skips bench_e2e. QUANT_EXEC: the quantized UNets' executions (e.g. "compile compile-fused"). EXTRA: more bench_e2e flags. E2E_TIMEOUT: keep it <= 540 in a 600 s call.
 source "$(dirname "$0")/job_env.sh"
 TAG=${TAG:-e2e}
 TUNING=/tmp/mixdq_tuning_$(python3 -c 'import re,torch;print(re.sub("[^a-z0-9]+","_",torch.cuda.get_device_name(0).lower()))').json
@@ -31,7 +31,8 @@ if [ -n "${TILES_COMPARE:-}" ]; then  # kernels v5: opt-in tile configs against 
   [ $TESTS_OK = 1 ] && MIXDQ_TUNING_CACHE=none timeout ${TILES_TIMEOUT:-240} python3 scripts/device/tiles_vs_tuned.py --tiles $TILES_COMPARE \
       --out "$STEM" 2>&1 | grep -v Warning | tail -40 && cp "$STEM.json" /tmp/tiles_vs_tuned.json
 fi
-if [ "${TILES:-0}" = 1 ] && [ -f /tmp/tiles_vs_tuned.json ]; then cp /tmp/tiles_vs_tuned.json "$TUNING"; fi
+TILES_JSON=/tmp/tiles_vs_tuned.json; [ -f "${TILES:-}" ] && TILES_JSON=$TILES  # TILES=<file>: a carried tuning
+if [ "${TILES:-0}" != 0 ] && [ -f $TILES_JSON ]; then cp $TILES_JSON "$TUNING"; echo "tile configs: $TILES_JSON"; fi
 # the compile cache this job reads and fills (the scripts' default is ~/.cache/mixdq/inductor); warm = it holds
 # compiled code from an earlier job on this machine (an empty or absent folder, as on a fresh machine: cold)
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/mixdq/inductor}
