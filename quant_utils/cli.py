@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 from . import repo_path
 from .errors import ConfigError, UserError
 from .fusion import FUSE_QKV
-from .decoders import VAE_ATTENTION, VAE_FUSE
+from .decoders import VAE_ATTENTION, VAE_FUSE, VAE_UPSAMPLE
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS
 from .norms import DECODER_GROUP_NORMS, GROUP_NORMS
 from .modes import DECODERS
@@ -114,6 +114,10 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--vae_fuse", default="auto", choices=VAE_FUSE,
         help="the int8 decoder's resnets and upsamplers with GroupNorm apply + SiLU (or the upsample) + quantize in one "
              "kernel and the residual add in the int8 conv's epilogue (quant_utils/decoders.py): auto = on CUDA")
+    add("--vae_upsample", default="auto", choices=VAE_UPSAMPLE,
+        help="the decoder's upsamplers (nearest 2x + 3x3 conv): nearest, or subpixel = four 2x2 phase convs on the "
+             "input before the upsample (2.25x fewer multiply-adds; FP16: a transposed conv, int8: its fused blocks' "
+             "kernel on folded weights requantized to 8 bits; quant_utils/decoders.py); auto = nearest")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
@@ -223,7 +227,8 @@ def runner_from_args(pipe, args: argparse.Namespace, res: int | None = None):
                   vae_attention=getattr(args, "vae_attention", "auto"),
                   group_norm=getattr(args, "group_norm", "native"),
                   vae_group_norm=getattr(args, "vae_group_norm", "auto"),
-                  fuse_qkv=getattr(args, "fuse_qkv", "auto"), vae_fuse=getattr(args, "vae_fuse", "auto"))
+                  fuse_qkv=getattr(args, "fuse_qkv", "auto"), vae_fuse=getattr(args, "vae_fuse", "auto"),
+                  vae_upsample=getattr(args, "vae_upsample", "auto"))
 
 
 def sampling_from_args(args: argparse.Namespace, cfg: ModelConfig) -> dict:

@@ -206,6 +206,116 @@ def use_fused_blocks(vae: nn.Module, on: bool) -> int:
     return n
 
 
+# ----------------------------------------------------------------------------------------------- subpixel upsamplers
+# A nearest 2x upsample then a 3x3 conv (pad 1) is, for each output phase (a, b) in {0, 1}^2, a 2x2 conv of the input
+# before the upsample with summed taps (rows i-1, i with [w0, w1 + w2] for a = 0; rows i, i+1 with [w0 + w1, w2] for
+# a = 1; columns alike): 16 multiply-adds per output pixel and channel pair instead of 36, and the 4x larger
+# upsampled tensor is never written (`--vae_upsample subpixel`). The FP16 decoder runs it as one transposed conv
+# (stride 2, 4x4 kernel, pad 1: cuDNN); the int8 decoder as its conv kernel's SUBPIXEL mode (fused blocks only) on the
+# folded W8 weights, requantized to 8 bits per phase and output channel (a weight rounding of its own: the folded
+# taps sum up to four codes).
+VAE_UPSAMPLE = ("auto", "nearest", "subpixel")
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))  # [phase][2x2 tap][3x3 tap]
+_TRANSPOSED_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))  # [4x4 tap][3x3 tap]
+
+
+def subpixel_weights(w: torch.Tensor) -> torch.Tensor:
+    """[N, C, 3, 3] conv weight -> [4, N, C, 2, 2]: phase 2a + b's 2x2 kernel on the padded input from (i + a, j + b)."""
+    f = torch.tensor(_PHASE_TAPS, dtype=w.dtype, device=w.device)
+    return torch.einsum("aph,nchw,bqw->abncpq", f, w, f).reshape(4, *w.shape[:2], 2, 2)
+
+
+def transposed_weight(w: torch.Tensor) -> torch.Tensor:
+    """[N, C, 3, 3] conv weight -> [C, N, 4, 4]: conv_transpose2d(x, ., stride=2, padding=1) = conv(upsample2x(x))."""
+    t = torch.tensor(_TRANSPOSED_TAPS, dtype=w.dtype, device=w.device)
+    return torch.einsum("kh,nchw,lw->cnkl", t, w, t).contiguous()
+
+
+def _subpixel_upsample_forward(self, hidden_states: torch.Tensor, output_size: int | None = None, *args, **kwargs):
+    if output_size is not None:
+        return super(type(self), self).forward(hidden_states, output_size, *args, **kwargs)
+    w = self.subpixel_weight.to(hidden_states.dtype)
+    b = self.conv.bias.to(hidden_states.dtype) if self.conv.bias is not None else None
+    return F.conv_transpose2d(hidden_states, w, b, stride=2, padding=1)
+
+
+_SUBPIXEL_CLASSES: dict[type, type] = {}
+
+
+def _subpixel_class() -> tuple[type, type]:
+    """(diffusers' Upsample2D, its transposed-conv subclass), built on first use."""
+    if not _SUBPIXEL_CLASSES:
+        from diffusers.models.upsampling import Upsample2D
+
+        _SUBPIXEL_CLASSES[Upsample2D] = type("SubpixelUpsample2D", (Upsample2D,), {"forward": _subpixel_upsample_forward})
+    return next(iter(_SUBPIXEL_CLASSES.items()))
+
+
+def _int8_subpixel_state(conv: nn.Module):
+    """The KernelState of a prepared int8 3x3 conv's four phase convs (8-bit, MSE ranges per phase and channel)."""
+    from .kernels import packing
+    from .kernels.backend import KernelState, Plan, _pack, unpacked_weight
+    from .quantizers import quantize_weight, weight_qparams
+
+    st = conv.kernel_state
+    w = unpacked_weight(st).double() * st.w_scale.double().view(-1, 1, 1, 1)  # the layer's W8 weights (symmetric)
+    folded = subpixel_weights(w).reshape(4 * st.n, -1, 2, 2).float()
+    scale, zp = weight_qparams(folded, 8, True, "mse")
+    sub = KernelState(path="int", kind="conv", n=4 * st.n, shape=tuple(folded.shape), act1=st.act1, qt=st.qt,
+                      stride=1, pad=1)
+    c = folded.shape[1]
+    _pack(sub, Plan("int", "", 8, packing.group_size(8, [c]), (c,)), quantize_weight(folded, scale, zp, 8), scale,
+          st.bias, st.bias.device)
+    return sub
+
+
+def _subpixel_kind(m: nn.Module) -> str | None:
+    """'int8' / 'fp16' for a decoder upsampler that is a nearest 2x upsample + 3x3 conv (stride 1, pad 1) whose conv
+    runs the int8 kernels / is an FP16 nn.Conv2d; None otherwise."""
+    from .qlayers import QuantLayer
+
+    if not (getattr(m, "use_conv", False) and not m.use_conv_transpose and m.interpolate and m.norm is None
+            and m.name == "conv"):
+        return None
+    conv = m.conv
+    if isinstance(conv, QuantLayer):  # (its fp weight may be freed once the kernels are prepared)
+        return "int8" if _int_conv(conv) and conv.w_bits == 8 and tuple(conv.kernel_state.shape[2:]) == (3, 3) \
+            and (conv.kernel_state.stride, conv.kernel_state.pad) == (1, 1) else None
+    if tuple(conv.weight.shape[2:]) != (3, 3) or tuple(conv.stride) != (1, 1) or tuple(conv.padding) != (1, 1) \
+            or conv.groups != 1:
+        return None
+    return "fp16" if isinstance(conv, nn.Conv2d) else None
+
+
+def wants_subpixel(choice: str, on_cuda: bool) -> bool:
+    """`--vae_upsample`: subpixel, nearest, or auto = nearest (subpixel is opt-in until measured faster on a GPU)."""
+    if choice not in VAE_UPSAMPLE:
+        raise ValueError(f"vae_upsample={choice!r}, expected one of {VAE_UPSAMPLE}")
+    return choice == "subpixel"
+
+
+def use_subpixel_upsample(vae: nn.Module, on: bool) -> int:
+    """Every eligible upsampler of `vae`'s decoder (_subpixel_kind) runs as its phase convs (`on`) or as diffusers
+    wrote it, in place; returns how many. The int8 decoder's take effect in its fused blocks (use_fused_blocks: call
+    this after set_backend, before compiling); state-dict keys are unchanged either way."""
+    base, sub_cls = _subpixel_class()
+    n = 0
+    for m in vae.decoder.modules():
+        kind = _subpixel_kind(m) if isinstance(m, base) else None
+        if kind == "int8":
+            m.conv.kernel_state.sub = _int8_subpixel_state(m.conv) if on else None
+            kind = kind if type(m) is _fused_classes()[base] else None  # (unfused: still upsample + 3x3 conv)
+        elif kind == "fp16" or type(m) is sub_cls:
+            if on and kind == "fp16":
+                m.register_buffer("subpixel_weight", transposed_weight(m.conv.weight.detach()), persistent=False)
+                m.__class__ = sub_cls
+            else:
+                m.__class__ = base
+                m._buffers.pop("subpixel_weight", None)
+        n += on and kind is not None
+    return n
+
+
 # ----------------------------------------------------------------------------------------------- attention
 # How a decoder's self-attention runs (`--vae_attention`): `auto` measures PyTorch's SDPA against `math` (explicit
 # score matrices) per decode bucket on CUDA and keeps the faster; `sdpa` always SDPA (diffusers' default).

@@ -56,7 +56,8 @@ from . import REPO_ROOT
 from .csvio import atomic_file
 from .kernels.backend import CONV_OUTPUTS, conv_out_channels_last, use_conv_outputs
 from .kernels.tuning import Tuning, tuning_installed, use_tuning
-from .decoders import VAE_ATTENTION, plan_decoder_attention, use_fused_blocks, wants_fused_blocks
+from .decoders import (VAE_ATTENTION, plan_decoder_attention, use_fused_blocks, use_subpixel_upsample,
+                       wants_fused_blocks, wants_subpixel)
 from .layer_plan import DENSE_BUDGET, LAYER_PLANS, kernel_layers, plan_bucket
 from . import fusion
 from .norms import decoder_group_norm, use_group_norm
@@ -286,7 +287,8 @@ class Runner:
                  vae_kind: str = "fp16", compile_shapes: str = "static", tuning: Tuning | None = None,
                  layer_plan: str = "auto", dense_budget: float = DENSE_BUDGET, vae_attention: str = "auto",
                  group_norm: str = "native", fuse_qkv: str = "auto", vae_group_norm: str = "auto",
-                 compile_regions: str = "auto", vae_conv_out: str = "auto", vae_fuse: str = "auto"):
+                 compile_regions: str = "auto", vae_conv_out: str = "auto", vae_fuse: str = "auto",
+                 vae_upsample: str = "auto"):
         self.pipe = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
@@ -332,6 +334,10 @@ class Runner:
         # the int8 decoder's blocks with their elementwise passes in its kernels (decoders.use_fused_blocks)
         fuse = wants_fused_blocks(vae_fuse, vae_kind, self.device.type == "cuda")  # (raises on an unknown choice)
         self.vae_fused_blocks = use_fused_blocks(self.vae, fuse) if hasattr(self.vae, "decoder") else 0
+        # the decoder's upsamplers as phase convs (decoders.use_subpixel_upsample; the int8 ones in fused blocks)
+        subpixel = wants_subpixel(vae_upsample, self.device.type == "cuda")  # (raises on an unknown choice)
+        self.vae_subpixel = use_subpixel_upsample(self.vae, subpixel) if hasattr(self.vae, "decoder") else 0
+        self.vae_upsample = "subpixel" if self.vae_subpixel else "nearest"
         # before compiling: the fused layers are what gets traced
         self.fused = fusion.fuse_qkv(pipe.unet) if fusion.wants_fusion(fuse_qkv, exec_mode == "compile", pipe.unet) else None
         self.stage_fns = {"text": self._encode_ids, "unet": self._unet, "vae": lambda z: decode_images(self.vae, z)}

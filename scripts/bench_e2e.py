@@ -40,7 +40,7 @@ from quant_utils.latency import device_weight_bytes, summarize, timed_call  # no
 from quant_utils.layer_plan import dense_summary, plan_l2, plan_rows  # noqa: E402
 from quant_utils.mixdq import pipeline_view, quantized_copy  # noqa: E402
 from quant_utils.modes import BITS, DECODERS, MIXDQ  # noqa: E402
-from quant_utils.decoders import wants_fused_blocks  # noqa: E402
+from quant_utils.decoders import wants_fused_blocks, wants_subpixel  # noqa: E402
 from quant_utils.norms import decoder_group_norm  # noqa: E402
 from quant_utils.pipeline import check_resolution  # noqa: E402
 from quant_utils.qlayers import BACKENDS, Backend  # noqa: E402
@@ -187,7 +187,7 @@ def main(args: argparse.Namespace) -> None:
                              "vae_attention": attention_path(decoders[e.kind], (batch, 4, res // 8, res // 8)),
                              "group_norm": e.runner.group_norm, "vae_group_norm": e.runner.vae_group_norm,
                              "vae_conv_out": e.runner.vae_conv_out if e.kind == "int8" else "",
-                             "vae_fused_blocks": e.runner.vae_fused_blocks,
+                             "vae_fused_blocks": e.runner.vae_fused_blocks, "vae_upsample": e.runner.vae_upsample,
                              "res": res, "batch": batch, **row,
                              "weight_bytes": device_weight_bytes(e.unet),
                              "fused_attentions": fused_attentions(e.unet),
@@ -291,7 +291,8 @@ def _entries(args, pipe, fp16_unet, decoders: dict, backend, cfg, calib, prompts
             conv_out = decoder_conv_out(args.vae_conv_out, k, compiled)
             vae_forms[k] = dict(vae_conv_out=conv_out,
                                 vae_group_norm=decoder_group_norm(args.vae_group_norm, k, compiled, conv_out),
-                                vae_fuse="on" if wants_fused_blocks(args.vae_fuse, k, cuda) else "off")
+                                vae_fuse="on" if wants_fused_blocks(args.vae_fuse, k, cuda) else "off",
+                                vae_upsample="subpixel" if wants_subpixel(args.vae_upsample, cuda) else "nearest")
         refs = {k: Runner(variant, "eager", vae=decoders[k], **vae_forms[k], **plans)(*check).astype(float)
                 for k in kinds}
         for kind in kinds:

@@ -13,7 +13,8 @@ per-channel statistics from its Triton kernel (`group_norm` column). The `*-nhwc
 its int8 convs write channels_last outputs (`--vae_conv_out nhwc` in the Runner; the others NCHW: `int8_conv_out`
 column). `compile-fused-blocks` (int8 decoder) is the Runner's default on CUDA: its resnets and upsamplers through the
 one-pass GroupNorm-apply/SiLU/upsample/quantize kernel and the conv's residual epilogue (`--vae_fuse`,
-quant_utils/decoders.py; `fused_blocks` column: how many blocks).
+quant_utils/decoders.py; `fused_blocks` column: how many blocks). The `*-subpixel` variants run the upsamplers as
+four 2x2 phase convs of the input before the upsample (`--vae_upsample subpixel`; `subpixel_upsamplers` column).
 `--profile_out` also writes one decode's GPU time by kernel category (torch.profiler) for eager and the
 compiled variant at the first resolution, to show where the time goes, and `<stem>_kernels.csv` beside it with
 one row per distinct kernel (name, category, gpu_ms, count).
@@ -36,7 +37,8 @@ from quant_utils import repo_path  # noqa: E402
 from quant_utils.cli import (HelpFormatter, add_model_args, check_device_for_exec, decoder_from_args,  # noqa: E402
                              pipeline_from_args, positive_int, user_errors, weights_label)
 from quant_utils.csvio import device_name, provenance, write_csv  # noqa: E402
-from quant_utils.decoders import attention_path, plan_decoder_attention, use_fused_blocks  # noqa: E402
+from quant_utils.decoders import (attention_path, plan_decoder_attention, use_fused_blocks,  # noqa: E402
+                                  use_subpixel_upsample)
 from quant_utils.errors import ConfigError  # noqa: E402
 from quant_utils.kernels.backend import conv_out_channels_last, use_conv_outputs  # noqa: E402
 from quant_utils.norms import use_group_norm  # noqa: E402
@@ -53,6 +55,7 @@ class Variant(NamedTuple):
     inductor: tuple = ()         # Inductor settings the variant compiles under
     conv_nhwc: bool = False      # the int8 convs write channels_last outputs (kernels.backend.use_conv_outputs)
     fused: bool = False          # the int8 decoder's fused blocks (decoders.use_fused_blocks)
+    subpixel: bool = False       # upsamplers as 2x2 phase convs (decoders.use_subpixel_upsample)
 
 
 VARIANTS = {
@@ -71,6 +74,11 @@ VARIANTS = {
     # the Runner's default int8 decode on CUDA (--vae_fuse auto): the blocks' elementwise passes in the int8 kernels
     "compile-fused-blocks": Variant(True, "default", False, True, group_norm="triton-affine", conv_nhwc=True,
                                     fused=True),
+    # the upsamplers as phase convs (--vae_upsample subpixel): the FP16 decoder's Runner form, the int8 one's
+    "compile-triton-affine-gn-subpixel": Variant(True, "default", False, True, group_norm="triton-affine",
+                                                 subpixel=True),
+    "compile-fused-blocks-subpixel": Variant(True, "default", False, True, group_norm="triton-affine", conv_nhwc=True,
+                                             fused=True, subpixel=True),
     "compile-channels-last": Variant(True, "default", True, True),
     "compile-dynamic": Variant(True, "default", False, False, dynamic=True),  # what Runner's graph mode runs
     "compile-max-autotune": Variant(True, "max-autotune-no-cudagraphs", True, True),
@@ -81,7 +89,8 @@ VARIANTS = {
 
 PROFILED = ("eager", "compile", "compile-split-gn", "compile-triton-gn", "compile-triton-affine-gn", "compile-nchw",
             "compile-channels-last", "compile-nhwc-conv", "compile-nhwc-conv-triton-gn",
-            "compile-nhwc-conv-triton-affine-gn", "compile-fused-blocks")
+            "compile-nhwc-conv-triton-affine-gn", "compile-fused-blocks", "compile-triton-affine-gn-subpixel",
+            "compile-fused-blocks-subpixel")
 
 
 def mismatch(variant: Variant, vae: str) -> str | None:
@@ -90,6 +99,8 @@ def mismatch(variant: Variant, vae: str) -> str | None:
         return "the channels_last variants are for the FP16 decoder (the int8 convs take NCHW)"
     if (variant.conv_nhwc or variant.fused) and vae != "int8":
         return "the *-nhwc-conv and *-fused-blocks variants are for the int8 decoder (its int8 convs)"
+    if variant.subpixel and not variant.fused and vae == "int8":
+        return "the int8 decoder's upsamplers run as phase convs in its fused blocks only (compile-fused-blocks-subpixel)"
     return None
 
 
@@ -172,9 +183,11 @@ def main(args) -> None:
             use_fused_blocks(vae, False)
             ref = decode(z0).float()
             for name in args.variants:
-                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc, fused = VARIANTS[name]
+                graph, mode, channels_last, benchmark, dynamic, group_norm, inductor, conv_nhwc, fused, subpixel = \
+                    VARIANTS[name]
                 use_conv_outputs(vae, "nhwc" if conv_nhwc else "nchw")  # (no int8 convs in the FP16 decoder)
                 fused_blocks = use_fused_blocks(vae, fused)
+                subpixel_upsamplers = use_subpixel_upsample(vae, subpixel)
                 fmt = torch.channels_last if channels_last else torch.contiguous_format
                 torch.backends.cudnn.benchmark = benchmark
                 vae.to(memory_format=fmt)
@@ -196,7 +209,7 @@ def main(args) -> None:
                 t = time_ms(run, args.repeats)
                 rows.append({"variant": name, "vae": args.vae, "vae_attention": attention, "group_norm": group_norm,
                              "int8_conv_out": ("nhwc" if conv_nhwc else "nchw") if args.vae == "int8" else "",
-                             "fused_blocks": fused_blocks,
+                             "fused_blocks": fused_blocks, "subpixel_upsamplers": subpixel_upsamplers,
                              "height": res, "width": res, "batch": args.batch,
                              "p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
                              "first_call_s": round(first_s, 2), "psnr_db_vs_eager": psnr,
@@ -217,6 +230,7 @@ def main(args) -> None:
         use_group_norm(vae, "native")
         use_conv_outputs(vae, "nchw")
         use_fused_blocks(vae, False)
+        use_subpixel_upsample(vae, False)
         torch.backends.cudnn.benchmark = False
     print(pd.DataFrame(rows).round(2).to_string(index=False))
 

@@ -61,7 +61,7 @@ def test_int8_decoder_needs_calibration_latents(tiny_pipe):
 
 CONV_HALVES = """
 import torch
-from quant_utils.kernels import launch, packing
+from quant_utils.kernels import launch, ops, packing
 torch.manual_seed(0)
 x = torch.randint(-20, 20, (3, 10, 10, 32), dtype=torch.int8)
 w, fmt = packing.pack_weight(torch.randint(-50, 50, (16, 32, 3, 3), dtype=torch.int8), 8)
@@ -331,3 +331,123 @@ def test_fused_decoder_blocks_match_the_unfused_decoder_in_the_interpreter():
     resnet, upsampler = map(float, next(ln for ln in out.splitlines() if ln.startswith("block ")).split()[1:])
     assert 0 < resnet < 2e-3 and upsampler == 0, out
     assert "opcheck ok" in out, out
+
+
+def test_subpixel_forms_equal_upsample_then_conv():
+    """A nearest 2x upsample + 3x3 conv (pad 1) equals its four 2x2 phase convs (subpixel_weights) and the 4x4
+    transposed conv (transposed_weight), in float64 to rounding."""
+    import torch.nn.functional as F
+
+    from quant_utils.decoders import subpixel_weights, transposed_weight
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((2, 5, 6, 7), (3, 5, 3, 3), (3,)))
+    ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
+    assert torch.allclose(F.conv_transpose2d(x, transposed_weight(w), b, stride=2, padding=1), ref, atol=1e-12)
+    xp, phases, out = F.pad(x, (1, 1, 1, 1)), subpixel_weights(w), torch.full_like(ref, float("nan"))
+    for p in range(4):
+        a, c = divmod(p, 2)
+        out[:, :, a::2, c::2] = F.conv2d(xp[:, :, a:a + 7, c:c + 8], phases[p], b)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert not torch.allclose(transposed_weight(w)[:, :, 1:3, 1:3], w.transpose(0, 1)[:, :, :2, :2])  # folded taps
+
+
+def test_fp16_decoder_subpixel_upsamplers_decode_the_same_image(tiny_pipe, latents):
+    """`--vae_upsample subpixel` on the FP16 decoder: its upsamplers become transposed convs (state dict unchanged),
+    the decode equals diffusers' to float rounding, and switching back restores diffusers' forward exactly."""
+    from quant_utils.decoders import use_subpixel_upsample, wants_subpixel
+    from quant_utils.runtime import decode_images
+
+    vae, z = tiny_pipe.vae, latents[:1]
+    keys = set(vae.state_dict())
+    with torch.no_grad():
+        ref = decode_images(vae, z)
+        n = use_subpixel_upsample(vae, True)
+        try:
+            names = {type(m).__name__ for m in vae.decoder.modules()}
+            sub, sub_keys = decode_images(vae, z), set(vae.state_dict())
+        finally:
+            off = use_subpixel_upsample(vae, False)
+        again = decode_images(vae, z)
+    assert n == len(vae.decoder.up_blocks) - 1 and off == 0 and "SubpixelUpsample2D" in names
+    assert sub_keys == keys and float((sub - ref).abs().max()) < 1e-4 * float(ref.abs().max()) and not torch.equal(sub, ref)
+    assert torch.equal(again, ref) and "SubpixelUpsample2D" not in {type(m).__name__ for m in vae.decoder.modules()}
+    assert wants_subpixel("subpixel", False) and not wants_subpixel("nearest", True) and not wants_subpixel("auto", False)
+    with pytest.raises(ValueError, match="vae_upsample='up'"):
+        wants_subpixel("up", True)
+
+
+SUBPIXEL = """
+import warnings
+import torch
+import torch.nn.functional as F
+warnings.simplefilter("ignore")
+from quant_utils.kernels import launch, ops, packing
+torch.manual_seed(0)
+# the kernel's SUBPIXEL mode against float64 phase convs of the same codes, both output layouts, in batch halves too
+z0 = 3
+x = torch.randint(-30, 30, (3, 7, 8, 32), dtype=torch.int8)
+x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1] = z0, z0, z0, z0  # the pad ring holds the zero point
+q = torch.randint(-127, 128, (4 * 16, 32, 2, 2), dtype=torch.int8)
+w, fmt = packing.pack_weight(q, 8)
+s, b = torch.rand(4 * 16) / 100, torch.rand(16)
+zc = (q.long().sum(dim=(1, 2, 3)) * z0).int()
+ref = torch.empty(3, 16, 10, 12, dtype=torch.float64)
+xd = (x.double() - z0).permute(0, 3, 1, 2)
+for p in range(4):
+    a, c = divmod(p, 2)
+    ref[:, :, a::2, c::2] = F.conv2d(xd[:, :, a:a + 6, c:c + 7], q[16 * p:16 * (p + 1)].double()) \\
+        * s[16 * p:16 * (p + 1)].double().view(1, -1, 1, 1) + b.double().view(1, -1, 1, 1)
+cfg = dict(BM=16, BN=16, num_warps=4, num_stages=1, SWAP=False, SPLIT_K=1, GROUP_M=8)
+for cl, swap, limit in ((False, False, 2**31), (True, True, 2**31), (True, False, 6000)):
+    launch.INT32_LIMIT = limit
+    got = launch.conv(x, w, s, zc, None, None, b, 8, fmt.group, 16, 32, 2, 2, 1, 1, dict(cfg, SWAP=swap), cl,
+                      subpixel=True)
+    err = float((got.double() - ref).abs().max() / ref.abs().max())
+    print("kernel", cl, swap, tuple(got.shape), err < 2e-3, got.is_contiguous(memory_format=torch.channels_last) == cl)
+launch.INT32_LIMIT = 2**31
+try:
+    launch.conv(x, w, s, zc, None, None, b, 8, fmt.group, 16, 32, 3, 3, 1, 1, cfg, subpixel=True)
+except ValueError as e:
+    print("bad kernel:", e)
+torch.library.opcheck(torch.ops.mixdq.qconv.default, (x, w, s, zc, None, None, b, 8, fmt.group, 16, 32, 2, 2, 1, 1,
+                      True, None, 1.0, True), test_utils=("test_faketensor",))
+print("opcheck ok")
+# the tiny model's int8 decoder, fused blocks: its upsamplers as phase convs on the folded, requantized weights
+from quant_utils.decoders import make_int8_decoder, use_fused_blocks, use_subpixel_upsample
+from quant_utils.norms import use_group_norm
+from quant_utils.pipeline import build_pipeline, load_model_config
+from quant_utils.quantize import use_kernels
+from quant_utils.runtime import decode_images
+pipe = build_pipeline(load_model_config("configs/stable-diffusion/sdxl_turbo_tiny.yaml"))
+lat = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+q = make_int8_decoder(pipe.vae, [lat], backend="fake", dtype=torch.float16)
+use_kernels(q.decoder)
+use_group_norm(q, "triton-affine")
+use_fused_blocks(q, True)
+with torch.no_grad():
+    fp = decode_images(pipe.vae, lat).float()
+    fused = decode_images(q, lat.half()).float()
+    n = use_subpixel_upsample(q, True)
+    sub = decode_images(q, lat.half()).float()
+    off = use_subpixel_upsample(q, False)
+    again = decode_images(q, lat.half()).float()
+rel = lambda a, b: float((a - b).norm() / b.norm())
+print("decoder", n, off, rel(fused, fp), rel(sub, fp), rel(sub, fused), torch.equal(again, fused))
+"""
+
+
+def test_int8_subpixel_upsamplers_in_the_interpreter():
+    """The int8 conv kernel's SUBPIXEL mode (four 2x2 phase convs of the un-upsampled input, one launch) equals float64
+    phase convs of the same codes in both output layouts and in batch halves, refuses a 3x3 kernel, and its fake
+    tensor matches; on the tiny model's int8 decoder (fused blocks) the phase convs on the folded, requantized weights
+    stay as close to the FP16 decode as the upsample + 3x3 conv, and switching back restores it exactly (Triton
+    kernels interpreted on the CPU)."""
+    out = run_interpreted(SUBPIXEL)
+    for layout in ("False False", "True True", "True False"):
+        assert f"kernel {layout} (3, 16, 10, 12) True True" in out, out
+    assert "bad kernel: qconv subpixel" in out and "opcheck ok" in out, out
+    _, n, off, fused_err, sub_err, moved, restored = next(ln for ln in out.splitlines() if ln.startswith("decoder")).split()
+    assert int(n) >= 1 and off == "0" and restored == "True", out
+    # the folded weights' own rounding moves the image a little; the decode must stay about as close to FP16
+    assert 0 < float(moved) and float(sub_err) < 1.3 * float(fused_err), out

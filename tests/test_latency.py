@@ -68,7 +68,7 @@ def test_eval_grid_one_row_per_cell(tmp_path, prompts_file, capsys):
     assert (tmp_path / "ckpt_w4.pth").is_file()
 
 
-E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "compile_regions", "vae", "vae_exec", "vae_attention", "group_norm", "vae_group_norm", "vae_conv_out", "vae_fused_blocks", "res", "batch", "text_p50_ms", "text_p95_ms",
+E2E_COLUMNS = ["mode", "wbits", "abits", "unet_exec", "compile_regions", "vae", "vae_exec", "vae_attention", "group_norm", "vae_group_norm", "vae_conv_out", "vae_fused_blocks", "vae_upsample", "res", "batch", "text_p50_ms", "text_p95_ms",
                "unet_p50_ms", "unet_p95_ms", "vae_p50_ms", "vae_p95_ms", "total_p50_ms", "total_p95_ms",
                "total_mean_ms", "images_per_s", "drift_pct", "repeats", "first_call_s", "first_call_plan_s", "first_call_warmup_s",
                "first_call_capture_s", "first_call_graphs", "first_call_dynamo_s", "first_call_backend_s", "peak_mem_gib", "diff_vs_eager", "weight_bytes",

@@ -36,6 +36,12 @@ def test_runner_labels_and_rejects(tiny_pipe):
     with pytest.raises(ValueError, match="vae_fuse='yes'"):
         Runner(tiny_pipe, "eager", vae_fuse="yes")
     assert Runner(tiny_pipe, "eager", vae_fuse="on").vae_fused_blocks == 0  # the FP16 decoder: no int8 convs to fuse
+    with pytest.raises(ValueError, match="vae_upsample='bilinear'"):
+        Runner(tiny_pipe, "eager", vae_upsample="bilinear")
+    sub = Runner(tiny_pipe, "eager", vae_upsample="subpixel")  # the FP16 decoder's upsamplers: transposed convs
+    assert (sub.vae_upsample, sub.vae_subpixel) == ("subpixel", len(tiny_pipe.vae.decoder.up_blocks) - 1)
+    assert Runner(tiny_pipe, "eager").vae_upsample == "nearest"  # auto; and the shared decoder switched back
+    assert not any(type(m).__name__ == "SubpixelUpsample2D" for m in tiny_pipe.vae.decoder.modules())
 
 
 def test_vae_fuse_auto_is_the_int8_decoder_on_cuda():

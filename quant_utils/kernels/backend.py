@@ -105,10 +105,13 @@ class KernelState:
     # strings: dynamo guards it by value, so same-shape blocks with the same plan still share one compiled graph.
     bucket_paths: tuple = ()
     out_nhwc: bool = False                     # conv: output in channels_last memory (use_conv_outputs)
+    # an upsampler's 3x3 conv as four 2x2 phase convs on the input before the 2x upsample (decoders.use_subpixel_upsample)
+    sub: "KernelState | None" = None
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.packed, self.w_scale, self.scale1, self.zc1, self.scale2, self.zc2, self.bias,
-                            self.bias16, self.fp16_weight, self.qt) if t is not None]
+                            self.bias16, self.fp16_weight, self.qt) if t is not None] + (
+            self.sub.tensors() if self.sub is not None else [])
 
     def qparams(self, which: int) -> tuple:
         a = self.act1 if which == 1 or self.act2 is None else self.act2
@@ -442,14 +445,16 @@ def fused_conv(st: KernelState, x: torch.Tensor, affine: tuple[torch.Tensor, tor
                out_scale: float = 1.0) -> torch.Tensor:
     """The conv of `st` (fusable_conv) on silu(x * scale + shift) upsampled `up`x (nearest), plus `residual` times
     `out_scale`: two kernels (ops.norm_act_quant, ops.qconv with its residual epilogue) where the unfused modules
-    run a GroupNorm apply, SiLU, upsample and quantize pass and a residual add pass (decoders.use_fused_blocks)."""
+    run a GroupNorm apply, SiLU, upsample and quantize pass and a residual add pass (decoders.use_fused_blocks).
+    A 2x upsample with `st.sub` set runs as its four phase convs on x itself (decoders.use_subpixel_upsample)."""
     from . import ops
 
     scale, shift = affine if affine is not None else (None, None)
-    q = ops.norm_act_quant(x.half(), scale, shift, silu, up, st.pad, *st.qparams(1))
-    return ops.qconv(q, st.packed, st.scale1, st.zc1, st.scale2, st.zc2, st.bias, st.bits, st.fmt.group, st.n,
-                     x.shape[1], st.shape[2], st.shape[3], st.stride, st.pad, st.out_nhwc or conv_out_channels_last(),
-                     residual, out_scale)
+    k = st.sub if up == 2 and st.sub is not None else st
+    q = ops.norm_act_quant(x.half(), scale, shift, silu, 1 if k is not st else up, st.pad, *st.qparams(1))
+    return ops.qconv(q, k.packed, k.scale1, k.zc1, k.scale2, k.zc2, k.bias, k.bits, k.fmt.group, st.n,
+                     x.shape[1], k.shape[2], k.shape[3], st.stride, st.pad, st.out_nhwc or conv_out_channels_last(),
+                     residual, out_scale, k is not st)
 
 
 _last_codes: tuple | None = None  # (weakref to the input, its version, quant params, int8 codes)

@@ -51,6 +51,8 @@ LINEAR_CANDIDATES = {
 # fp16; int8 codes, any weight bits. (Kernels v4's TMA tiles and v5's persistent linear lost to the tuned configs on
 # every H200 shape, results/kernels_tma_vs_tuned_nvidia_h200.csv and kernels_persist_fixup_vs_tuned_nvidia_h200.csv;
 # nothing merged, both removed: `git log -S _qlinear_persistent_kernel` finds the code)
+# the subpixel upsampler convs (tk.qconv): the tile every decoder conv shape tuned to, and its 4-warp twin
+SUBPIXEL_CANDIDATES = [_cfg(128, 128, 8, 3, True), _cfg(128, 128, 4, 3, True)]
 CONV_CANDIDATES = {
     "small": [_cfg(64, 128, 4, 4, True), _cfg(64, 128, 4, 4), _cfg(32, 128, 4, 4, True), _cfg(64, 64, 4, 4)],
     "mid": [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 3, True), _cfg(64, 128, 4, 4), _cfg(64, 128, 4, 4, True)],
@@ -168,9 +170,10 @@ def linear_key(m: int, n: int, k: int, bits: int, group: int, a_fp16: bool) -> s
 
 
 def conv_key(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int,
-             channels_last: bool = False) -> str:
+             channels_last: bool = False, subpixel: bool = False) -> str:
     key = f"conv|x={'x'.join(map(str, x_shape))}|n={n}|c1={c1}|k={kh}|s={stride}|b={bits}|g={group}"
-    return key + "|o=nhwc" if channels_last else key  # its own tuning: the store pattern differs
+    key += "|o=nhwc" if channels_last else ""  # its own tuning: the store pattern differs
+    return key + "|up=2" if subpixel else key
 
 
 def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tensor | None, bias: torch.Tensor | None,
@@ -187,24 +190,27 @@ def linear(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zc: torch.Tens
 def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
          zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
          stride: int, pad: int, cfg: dict | None = None, channels_last: bool = False,
-         residual: torch.Tensor | None = None, out_scale: float = 1.0) -> torch.Tensor:
+         residual: torch.Tensor | None = None, out_scale: float = 1.0, subpixel: bool = False) -> torch.Tensor:
     """Implicit-GEMM conv on padded NHWC codes with an autotuned (or the given) tile config, its output NCHW or
-    (`channels_last`) channels_last, plus `residual` times `out_scale` when given (fused epilogue). A batch whose
-    input or output passes the kernel's int32 offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
+    (`channels_last`) channels_last, plus `residual` times `out_scale` when given (fused epilogue); `subpixel`: a 2x
+    upsample + 3x3 conv as four 2x2 phases (tk.qconv). A batch whose input or output passes the kernel's int32
+    offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
     b, hp, wp, _ = x_pad.shape
-    if b > 1 and max(x_pad.numel(), b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)) >= INT32_LIMIT:
+    out_px = (2 * hp) * (2 * wp) if subpixel else ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
+    if b > 1 and max(x_pad.numel(), b * n * out_px) >= INT32_LIMIT:
         h = b // 2
         res = (None, None) if residual is None else (residual[:h], residual[h:])
         return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg,
-                               channels_last, r, out_scale) for x, r in zip((x_pad[:h], x_pad[h:]), res)])
+                               channels_last, r, out_scale, subpixel) for x, r in zip((x_pad[:h], x_pad[h:]), res)])
     if cfg is None:
         cfg = current_tuning().choose(
-            conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
+            conv_key(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last, subpixel),
+            SUBPIXEL_CANDIDATES if subpixel else
             conv_out_candidates(tuple(x_pad.shape), n, c1, kh, stride, bits, group, channels_last),
             lambda c: graph_bench_ms(lambda: tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw,
-                                                      stride, pad, c, channels_last)))
+                                                      stride, pad, c, channels_last, subpixel=subpixel)))
     return tk.qconv(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, _strip(cfg),
-                    channels_last, residual, out_scale)
+                    channels_last, residual, out_scale, subpixel)
 
 
 def conv_out_candidates(x_shape: tuple, n: int, c1: int, kh: int, stride: int, bits: int, group: int,

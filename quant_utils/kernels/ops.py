@@ -150,18 +150,21 @@ def _(a, w, scale, zc, bias, bits, group, n):
 @torch.library.custom_op("mixdq::qconv", mutates_args=())
 def qconv(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optional[Tensor], zc2: Optional[Tensor],
           bias: Optional[Tensor], bits: int, group: int, n: int, c1: int, kh: int, kw: int, stride: int,
-          pad: int, channels_last: bool = False, residual: Optional[Tensor] = None, out_scale: float = 1.0) -> Tensor:
+          pad: int, channels_last: bool = False, residual: Optional[Tensor] = None, out_scale: float = 1.0,
+          subpixel: bool = False) -> Tensor:
     """Padded NHWC int8 codes -> NCHW fp16 conv output (implicit GEMM, fused epilogue), in channels_last memory
-    with `channels_last`; (conv + residual) * out_scale with a `residual`."""
+    with `channels_last`; (conv + residual) * out_scale with a `residual`; `subpixel`: a nearest 2x upsample + 3x3
+    conv computed as four 2x2 phase convs of the input (tk.qconv)."""
     return launch.conv(_aligned(x_pad), w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad,
-                       channels_last=channels_last, residual=residual, out_scale=out_scale)
+                       channels_last=channels_last, residual=residual, out_scale=out_scale, subpixel=subpixel)
 
 
 @qconv.register_fake
 def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last=False,
-      residual=None, out_scale=1.0):
+      residual=None, out_scale=1.0, subpixel=False):
     b, hp, wp, _ = x_pad.shape
-    return torch.empty((b, n, (hp - kh) // stride + 1, (wp - kw) // stride + 1), dtype=torch.float16,
+    shape = (2 * (hp - 2), 2 * (wp - 2)) if subpixel else ((hp - kh) // stride + 1, (wp - kw) // stride + 1)
+    return torch.empty((b, n, *shape), dtype=torch.float16,
                        device=x_pad.device,
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

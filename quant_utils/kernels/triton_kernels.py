@@ -719,7 +719,7 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
                   BITS: tl.constexpr, G: tl.constexpr, TWO_SEG: tl.constexpr, HAS_BIAS: tl.constexpr,
                   EVEN_C: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
                   SWAP: tl.constexpr, SUBK: tl.constexpr, OUT_NHWC: tl.constexpr = False,
-                  HAS_RES: tl.constexpr = False):
+                  HAS_RES: tl.constexpr = False, SUBPIXEL: tl.constexpr = False):
     """Implicit-GEMM conv: x zero-padded NHWC int8 codes [B, H, W, C] (H, W padded) -> out NCHW fp16 [B, N, OH, OW]
     (OUT_NHWC: the same tensor in channels_last memory, channels contiguous). HAS_RES: out = (conv + res) * out_scale
     with res laid out as out (a resnet's residual add and output scale, one pass fewer over the output).
@@ -727,9 +727,21 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     Row tiles never straddle two images (M = B * cdiv(OH*OW, BM) * BM), so each tile's output pixels are
     contiguous in NCHW (vector stores). K = (tap, channel); channels [0, C1) are segment 1 and [C1, C1 + C2)
     segment 2 (TWO_SEG), each with its own accumulator and (scale, zc) in the epilogue. Weight rows: segment 1's
-    KH*KW*CI1 groups, then segment 2's KH*KW*CI2. Offsets are int32 (the launcher checks the sizes)."""
+    KH*KW*CI1 groups, then segment 2's KH*KW*CI2. Offsets are int32 (the launcher checks the sizes).
+
+    SUBPIXEL (a nearest 2x upsample then a 3x3 conv, on the input before the upsample): program_id(1) = phase
+    (a, b) computes the output pixels (2i + a, 2j + b) as a 2x2 conv of the padded input from (i + a, j + b); the
+    weight holds the 4 phases' rows (phase-major, N each), scale1/zc1 4N values, the output is [B, N, 2*OH, 2*OW]."""
     BPG: tl.constexpr = G * BITS // 8
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    if SUBPIXEL:
+        phase = tl.program_id(1)
+        pa = phase // 2
+        pb = phase - 2 * pa
+        x_ptr += (pa * W + pb) * C
+        scale1_ptr += phase * N
+        zc1_ptr += phase * N
+        w_ptr += phase * N * stride_wn
     tiles_per_img = tl.cdiv(OHW, BM)
     b = pid_m // tiles_per_img
     r = (pid_m - b * tiles_per_img) * BM + tl.arange(0, BM)  # output pixel within the image
@@ -762,12 +774,18 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
         y += tl.load(bias_ptr + n_in)
     # NCHW offset = image part + pixel (contiguous along the tile) + channel part: separable int32 vectors
     # (a per-element 64-bit product here made the kernel spill registers); channels_last: pixel * N + channel
+    if SUBPIXEL:  # output pixel (2i + a, 2j + b) of the 2*OH x 2*OW image
+        pix = (2 * (r // OW) + pa) * (2 * OW) + 2 * (r % OW) + pb
+        img = 4 * OHW
+    else:
+        pix = r
+        img = OHW
     if OUT_NHWC:
-        row_off = (b * OHW + r) * N
+        row_off = (b * img + pix) * N
         col_off = rn
     else:
-        row_off = b * (N * OHW) + r
-        col_off = rn * OHW
+        row_off = b * (N * img) + pix
+        col_off = rn * img
     if SWAP:
         mask = (r[None, :] < OHW) & (rn[:, None] < N)
         offs = row_off[None, :] + col_off[:, None]
@@ -782,22 +800,27 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
 def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
           zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
           stride: int, pad: int, cfg: dict, channels_last: bool = False, residual: torch.Tensor | None = None,
-          out_scale: float = 1.0) -> torch.Tensor:
+          out_scale: float = 1.0, subpixel: bool = False) -> torch.Tensor:
     """Launch `_qconv_kernel`: padded NHWC int8 codes (from quant_nchw_to_nhwc with this `pad`) -> NCHW fp16
     (`channels_last`: in channels_last memory, as the next layer's NHWC quantize and cuDNN read it without a transpose),
     (conv + residual) * out_scale with a `residual` of the output's shape (copied to the output's layout if need be).
 
-    c1 = channels of segment 1 (= C when the input is not split)."""
+    c1 = channels of segment 1 (= C when the input is not split). `subpixel`: a 2x upsample + 3x3 conv as the
+    kernel's four 2x2 phases (kh = kw = 2, stride 1, pad 1, the input not upsampled; w, scale1, zc1 of 4n rows)."""
     b, hp, wp, c = x_pad.shape
     if cfg.get("PRE") and bits != 8:
         w, bits = unpack_to_int8(w, bits, group), 8
     if c % 16 or c1 % 16 or not x_pad.is_contiguous():
         raise ValueError(f"qconv needs contiguous NHWC input with C and the split a multiple of 16 (C={c}, split={c1})")
-    if x_pad.numel() >= 2**31 or b * n * ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1) >= 2**31:
+    out_px = (2 * hp) * (2 * wp) if subpixel else ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
+    if x_pad.numel() >= 2**31 or b * n * out_px >= 2**31:
         raise ValueError("qconv uses int32 offsets: split the batch")
-    oh = (hp - kh) // stride + 1
-    ow = (wp - kw) // stride + 1
-    out = torch.empty((b, n, oh, ow), dtype=torch.float16, device=x_pad.device,
+    if subpixel and ((kh, kw, stride, pad) != (2, 2, 1, 1) or residual is not None or c != c1):
+        raise ValueError("qconv subpixel: a 2x2 kernel per phase, stride 1, pad 1, no residual, no split")
+    oh = hp - 2 if subpixel else (hp - kh) // stride + 1
+    ow = wp - 2 if subpixel else (wp - kw) // stride + 1
+    up = 2 if subpixel else 1
+    out = torch.empty((b, n, oh * up, ow * up), dtype=torch.float16, device=x_pad.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if residual is not None:
         if tuple(residual.shape) != tuple(out.shape):
@@ -806,7 +829,7 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
             memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     c2 = c - c1
     m = b * triton.cdiv(oh * ow, cfg["BM"]) * cfg["BM"]  # whole row tiles per image
-    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]),)
+    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]), 4 if subpixel else 1)
     _qconv_kernel[grid](x_pad, w, out, scale1, zc1, scale2 if scale2 is not None else scale1,
                         zc2 if zc2 is not None else zc1, bias if bias is not None else scale1,
                         residual if residual is not None else out, float(out_scale), m, n, hp, wp, c, oh * ow, ow, c1, c2, -(-c1 // group), -(-c2 // group), w.stride(0),
@@ -814,6 +837,7 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
                         HAS_BIAS=bias is not None, EVEN_C=(c1 % group == 0 and c2 % group == 0),
                         BM=cfg["BM"], BN=cfg["BN"], GROUP_M=cfg.get("GROUP_M", 8), SWAP=cfg.get("SWAP", False),
                         SUBK=group // SUB_BLOCKS[bits], OUT_NHWC=channels_last, HAS_RES=residual is not None,
+                        SUBPIXEL=subpixel,
                         num_warps=cfg.get("num_warps", 4),
                         num_stages=cfg.get("num_stages", 3))
     return out

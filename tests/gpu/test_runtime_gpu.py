@@ -246,6 +246,39 @@ def test_int8_decoder_fused_blocks_decode_as_the_unfused_ones(cuda_pipe, compile
         (rel(fused, fp), rel(unfused, fp), rel(fused, unfused))
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_subpixel_upsamplers_decode_as_upsample_then_conv(cuda_pipe, compiled):
+    """`--vae_upsample subpixel` on CUDA, eager or compiled: the FP16 decoder's transposed convs decode its image to fp16
+    rounding; the int8 decoder's phase-conv kernel (fused blocks, folded weights requantized) stays about as close to
+    the FP16 decode as its upsample + 3x3 conv."""
+    import torch._dynamo
+
+    from quant_utils.decoders import make_int8_decoder, use_fused_blocks, use_subpixel_upsample
+    from quant_utils.kernels.backend import use_conv_outputs
+    from quant_utils.norms import use_group_norm
+    from quant_utils.runtime import Runner, decode_images
+
+    z = Runner(cuda_pipe).denoise(["a cat", "a dog"], [1, 2], 64, 64)
+    dec = make_int8_decoder(cuda_pipe.vae, [z], backend="kernel")
+    use_conv_outputs(dec, "nhwc")
+    use_group_norm(dec, "triton-affine")
+    use_fused_blocks(dec, True)
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    out = {}
+    with torch.no_grad():
+        for vae in (cuda_pipe.vae, dec):
+            for sub in (False, True):
+                assert use_subpixel_upsample(vae, sub) == (3 if sub else 0)
+                torch._dynamo.reset()
+                run = torch.compile(lambda lat, v=vae: decode_images(v, lat)) if compiled else \
+                    (lambda lat, v=vae: decode_images(v, lat))
+                out[vae is dec, sub] = run(z).float()
+            use_subpixel_upsample(vae, False)
+    fp, fp_sub, q, q_sub = out[False, False], out[False, True], out[True, False], out[True, True]
+    assert rel(fp_sub, fp) < 2e-3, rel(fp_sub, fp)
+    assert not torch.isnan(q_sub).any() and rel(q_sub, fp) < 1.3 * rel(q, fp) + 1e-3, (rel(q_sub, fp), rel(q, fp))
+
+
 @pytest.mark.parametrize("kind", ["tiny", "int8"])
 def test_compiled_runner_with_each_decoder_matches_eager(cuda_pipe, kind):
     from types import SimpleNamespace
