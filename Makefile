@@ -44,6 +44,7 @@ report: venv
 	$(PY) scripts/plot_e2e.py $(E2E_V7_CSVS) --out results/e2e_v7_nvidia_h200.png
 	$(PY) scripts/plot_e2e.py results/e2e_v8_fused_vae_nvidia_h200.csv results/e2e_v8_fused_vae_512x1_nvidia_h200.csv results/e2e_v8_lowbit_512x1_nvidia_h200.csv --out results/e2e_v8_nvidia_h200.png
 	$(PY) scripts/plot_e2e.py results/e2e_v9_ptx_vae_nvidia_h200.csv results/e2e_v9_ptx_vae_512x1_nvidia_h200.csv results/e2e_v9_w6a8_512x1_nvidia_h200.csv --out results/e2e_v9_nvidia_h200.png
+	$(PY) scripts/plot_e2e.py results/e2e_v12_nvidia_h200.csv results/e2e_v12_b1_nvidia_h200.csv --out results/e2e_v12_nvidia_h200.png
 	$(PY) scripts/plot_e2e.py results/e2e_v10_nvidia_h200.csv results/e2e_v9_ptx_vae_512x1_nvidia_h200.csv results/e2e_v9_w6a8_512x1_nvidia_h200.csv --out results/e2e_v10_nvidia_h200.png
 	$(PY) scripts/plot_e2e.py results/e2e_v7_lowbit_1024x4_nvidia_h200.csv results/e2e_v7_w6a8_1024x4_nvidia_h200.csv --out results/e2e_v7_mixed_1024x4_nvidia_h200.png
 	$(PY) scripts/fit_perf_model.py --csv $(E2E_V7_CSVS) --modes fp16 w8a8 fp16+int8 w8a8+int8 --out results/perf_model_h200_v7.json --plot results/latency_vs_res_h200_v7.png

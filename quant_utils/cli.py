@@ -117,7 +117,8 @@ def add_model_args(p: argparse.ArgumentParser, resolution: bool = True, quantize
     add("--vae_upsample", default="auto", choices=VAE_UPSAMPLE,
         help="the decoder's upsamplers (nearest 2x + 3x3 conv): nearest, or subpixel = four 2x2 phase convs on the "
              "input before the upsample (2.25x fewer multiply-adds; FP16: a transposed conv, int8: its fused blocks' "
-             "kernel on folded weights requantized to 8 bits; quant_utils/decoders.py); auto = nearest")
+             "kernel on folded weights requantized to 8 bits; quant_utils/decoders.py); auto = subpixel on CUDA (H200, "
+             "1024x4 decode: FP16 90 -> 80 ms, int8 60.5 -> 54.6 ms)")
     add("--fuse_qkv", default="auto", choices=FUSE_QKV,
         help="attention projections in one GEMM (q/k/v; cross-attention's k/v; quant_utils/fusion.py): auto = with --exec "
              "compile (FP16, and quantized layers where exactly fusable); on = also uncompiled; off")
