@@ -457,11 +457,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def decoder_errors(vae_ref: nn.Module, vae_q: nn.Module, latents: torch.Tensor) -> list[dict]:
     """Relative L2 error of the int8 decoder against the FP16 one: per quantized layer (the layer alone, fed the
-    input the FP16 decoder gives that layer, so errors do not accumulate) and per image (the whole decode)."""
+    input the FP16 decoder gives that layer, so errors do not accumulate; an upsampler running as phase convs,
+    use_subpixel_upsample, as its whole block: `<name>.conv (subpixel)`) and per image (the whole decode). The FP16
+    reference decodes as diffusers wrote it (its own phase-conv form, if on, is switched off meanwhile)."""
     from .qlayers import QuantLayer
     from .runtime import decode_images
 
-    qlayers = {n: m for n, m in vae_q.decoder.named_modules() if isinstance(m, QuantLayer)}
+    phase = {n: m for n, m in vae_q.decoder.named_modules() if type(m).__name__ == "FusedUpsample2D"
+             and getattr(m.conv, "kernel_state", None) is not None and m.conv.kernel_state.sub is not None}
+    qlayers = {n: m for n, m in vae_q.decoder.named_modules() if isinstance(m, QuantLayer)
+               and n.rpartition(".")[0] not in phase}
     ref_mods = dict(vae_ref.decoder.named_modules())
     inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -470,14 +475,18 @@ def decoder_errors(vae_ref: nn.Module, vae_q: nn.Module, latents: torch.Tensor) 
             inputs.setdefault(name, (args[0], out))
         return hook
 
-    hooks = [ref_mods[n].register_forward_hook(keep(n)) for n in qlayers]
+    ref_subpixel = any(type(m).__name__ == "SubpixelUpsample2D" for m in vae_ref.decoder.modules())
+    use_subpixel_upsample(vae_ref, False)  # (its convs' hooks fire only in diffusers' forward)
+    hooks = [ref_mods[n].register_forward_hook(keep(n)) for n in [*qlayers, *phase]]
     try:
         ref = decode_images(vae_ref, latents).float()
     finally:
         for h in hooks:
             h.remove()
-    rows = [{"kind": "layer", "name": f"decoder.{n}", "rel_err": _rel(m(inputs[n][0]), inputs[n][1]),
-             "psnr_db": float("nan")} for n, m in qlayers.items() if n in inputs]
+        use_subpixel_upsample(vae_ref, ref_subpixel)
+    rows = [{"kind": "layer", "name": f"decoder.{n}" + (".conv (subpixel)" if n in phase else ""),
+             "rel_err": _rel(m(inputs[n][0]), inputs[n][1]), "psnr_db": float("nan")}
+            for n, m in {**qlayers, **phase}.items() if n in inputs]
     out = decode_images(vae_q, latents).float()
     for i in range(out.shape[0]):
         mse = float((out[i] - ref[i]).pow(2).mean())

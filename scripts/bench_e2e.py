@@ -151,8 +151,11 @@ def main(args: argparse.Namespace) -> None:
         print(f"decoder {kind}: ready in {time.perf_counter() - t0:.1f} s")
     args.vae = "fp16"
     if args.vae_errors_out and "int8" in decoders:
-        from quant_utils.decoders import decoder_errors
+        from quant_utils.decoders import decoder_errors, use_fused_blocks, use_subpixel_upsample
 
+        on_cuda = pipe.vae.device.type == "cuda"  # the int8 decoder in the forms its Runners serve
+        use_fused_blocks(decoders["int8"], wants_fused_blocks(args.vae_fuse, "int8", on_cuda))
+        use_subpixel_upsample(decoders["int8"], wants_subpixel(args.vae_upsample, on_cuda))
         z = Runner(pipe, "eager").denoise(prompts[:2], [args.seed, args.seed + 1], min(args.res), min(args.res), steps)
         err = pd.DataFrame(decoder_errors(pipe.vae, decoders["int8"], z.to(pipe.vae.dtype)))
         write_csv(err, repo_path(args.vae_errors_out),

@@ -49,6 +49,18 @@ def test_int8_decoder_quantizes_the_convs_it_can_and_names_the_rest(tiny_pipe, l
     assert len(layers) == len(quantized) and len(images) == 2
     assert all(0 < r["rel_err"] < 0.05 for r in layers)  # 8-bit weights and activations: about 1e-2 per layer
     assert all(0 < r["rel_err"] < 0.1 and r["psnr_db"] > 30 for r in images)
+    # the FP16 reference in its phase-conv form (a Runner on CUDA leaves it so): measured as diffusers wrote it, the
+    # same rows, and its form restored
+    from quant_utils.decoders import use_subpixel_upsample
+
+    use_subpixel_upsample(tiny_pipe.vae, True)
+    try:
+        again = decoder_errors(tiny_pipe.vae, q, latents)
+        kept = sum(type(m).__name__ == "SubpixelUpsample2D" for m in tiny_pipe.vae.decoder.modules())
+    finally:
+        use_subpixel_upsample(tiny_pipe.vae, False)
+    assert [r["name"] for r in again] == [r["name"] for r in rows] and kept == 3
+    assert all(abs(a["rel_err"] - b["rel_err"]) < 1e-9 for a, b in zip(again, rows) if a["kind"] == "layer")
 
 
 def test_int8_decoder_needs_calibration_latents(tiny_pipe):
@@ -431,10 +443,14 @@ with torch.no_grad():
     fused = decode_images(q, lat.half()).float()
     n = use_subpixel_upsample(q, True)
     sub = decode_images(q, lat.half()).float()
+    from quant_utils.decoders import decoder_errors
+    errs = decoder_errors(pipe.vae, q, lat.half())
     off = use_subpixel_upsample(q, False)
     again = decode_images(q, lat.half()).float()
 rel = lambda a, b: float((a - b).norm() / b.norm())
 print("decoder", n, off, rel(fused, fp), rel(sub, fp), rel(sub, fused), torch.equal(again, fused))
+phase = [r["rel_err"] for r in errs if r["name"].endswith(".conv (subpixel)")]
+print("errors", len(phase), max(phase), sum(r["kind"] == "layer" for r in errs))
 """
 
 
@@ -452,3 +468,6 @@ def test_int8_subpixel_upsamplers_in_the_interpreter():
     assert int(n) >= 1 and off == "0" and restored == "True", out
     # the folded weights' own rounding moves the image a little; the decode must stay about as close to FP16
     assert 0 < float(moved) and float(sub_err) < 1.3 * float(fused_err), out
+    # decoder_errors reports each phase-conv upsampler as one layer (its block fed the FP16 decoder's input)
+    _, phases, worst, layers = next(ln for ln in out.splitlines() if ln.startswith("errors")).split()
+    assert int(phases) == int(n) and 0 < float(worst) < 0.05 and int(layers) > 10, out
