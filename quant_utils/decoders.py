@@ -298,21 +298,23 @@ def wants_subpixel(choice: str, on_cuda: bool) -> bool:
 def use_subpixel_upsample(vae: nn.Module, on: bool) -> int:
     """Every eligible upsampler of `vae`'s decoder (_subpixel_kind) runs as its phase convs (`on`) or as diffusers
     wrote it, in place; returns how many. The int8 decoder's take effect in its fused blocks (use_fused_blocks: call
-    this after set_backend, before compiling); state-dict keys are unchanged either way."""
+    this after set_backend, before compiling); state-dict keys are unchanged either way. The folded weights are built
+    once per layer and kept when switched off: switching back and forth never moves a tensor that a compiled graph or
+    a captured CUDA graph of another Runner on the same decoder may hold."""
     base, sub_cls = _subpixel_class()
     n = 0
     for m in vae.decoder.modules():
         kind = _subpixel_kind(m) if isinstance(m, base) else None
         if kind == "int8":
-            m.conv.kernel_state.sub = _int8_subpixel_state(m.conv) if on else None
+            st, cached = m.conv.kernel_state, getattr(m.conv, "subpixel_cache", None)
+            if on and (cached is None or cached[0] is not st):  # (kernels prepared again: fold their weights again)
+                m.conv.subpixel_cache = cached = (st, _int8_subpixel_state(m.conv))
+            st.sub = cached[1] if on else None
             kind = kind if type(m) is _fused_classes()[base] else None  # (unfused: still upsample + 3x3 conv)
         elif kind == "fp16" or type(m) is sub_cls:
-            if on and kind == "fp16":
+            if on and kind == "fp16" and "subpixel_weight" not in m._buffers:
                 m.register_buffer("subpixel_weight", transposed_weight(m.conv.weight.detach()), persistent=False)
-                m.__class__ = sub_cls
-            else:
-                m.__class__ = base
-                m._buffers.pop("subpixel_weight", None)
+            m.__class__ = sub_cls if on and kind == "fp16" else base
         n += on and kind is not None
     return n
 

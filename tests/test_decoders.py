@@ -378,10 +378,15 @@ def test_fp16_decoder_subpixel_upsamplers_decode_the_same_image(tiny_pipe, laten
         try:
             names = {type(m).__name__ for m in vae.decoder.modules()}
             sub, sub_keys = decode_images(vae, z), set(vae.state_dict())
+            first = [m.subpixel_weight for m in vae.decoder.modules() if type(m).__name__ == "SubpixelUpsample2D"]
+            use_subpixel_upsample(vae, False)
+            use_subpixel_upsample(vae, True)  # back and forth: the same folded weights (a captured graph may hold them)
+            same = all(a is b for a, b in zip(first, [m.subpixel_weight for m in vae.decoder.modules()
+                                                      if type(m).__name__ == "SubpixelUpsample2D"]))
         finally:
             off = use_subpixel_upsample(vae, False)
         again = decode_images(vae, z)
-    assert n == len(vae.decoder.up_blocks) - 1 and off == 0 and "SubpixelUpsample2D" in names
+    assert n == len(vae.decoder.up_blocks) - 1 and off == 0 and "SubpixelUpsample2D" in names and same and len(first) == n
     assert sub_keys == keys and float((sub - ref).abs().max()) < 1e-4 * float(ref.abs().max()) and not torch.equal(sub, ref)
     assert torch.equal(again, ref) and "SubpixelUpsample2D" not in {type(m).__name__ for m in vae.decoder.modules()}
     assert wants_subpixel("subpixel", False) and not wants_subpixel("nearest", True) and not wants_subpixel("auto", False)
@@ -442,6 +447,10 @@ with torch.no_grad():
     fp = decode_images(pipe.vae, lat).float()
     fused = decode_images(q, lat.half()).float()
     n = use_subpixel_upsample(q, True)
+    states = [m.kernel_state.sub for m in q.decoder.modules() if getattr(m, "kernel_state", None) is not None]
+    use_subpixel_upsample(q, False); use_subpixel_upsample(q, True)
+    kept = [m.kernel_state.sub for m in q.decoder.modules() if getattr(m, "kernel_state", None) is not None]
+    print("kept", sum(s is not None for s in states), all(a is b for a, b in zip(states, kept)))
     sub = decode_images(q, lat.half()).float()
     from quant_utils.decoders import decoder_errors
     errs = decoder_errors(pipe.vae, q, lat.half())
@@ -464,6 +473,7 @@ def test_int8_subpixel_upsamplers_in_the_interpreter():
     for layout in ("False False", "True True", "True False"):
         assert f"kernel {layout} (3, 16, 10, 12) True True" in out, out
     assert "bad kernel: qconv subpixel" in out and "opcheck ok" in out, out
+    assert "kept 3 True" in out, out  # switched off and on: the same phase-conv states
     _, n, off, fused_err, sub_err, moved, restored = next(ln for ln in out.splitlines() if ln.startswith("decoder")).split()
     assert int(n) >= 1 and off == "0" and restored == "True", out
     # the folded weights' own rounding moves the image a little; the decode must stay about as close to FP16
