@@ -254,7 +254,7 @@ def _subpixel_class() -> tuple[type, type]:
 def _int8_subpixel_state(conv: nn.Module):
     """The KernelState of a prepared int8 3x3 conv's four phase convs (8-bit, MSE ranges per phase and channel)."""
     from .kernels import packing
-    from .kernels.backend import KernelState, Plan, _pack, unpacked_weight
+    from .kernels.backend import KernelState, Plan, pack_state, unpacked_weight
     from .quantizers import quantize_weight, weight_qparams
 
     st = conv.kernel_state
@@ -264,7 +264,7 @@ def _int8_subpixel_state(conv: nn.Module):
     sub = KernelState(path="int", kind="conv", n=4 * st.n, shape=tuple(folded.shape), act1=st.act1, qt=st.qt,
                       stride=1, pad=1)
     c = folded.shape[1]
-    _pack(sub, Plan("int", "", 8, packing.group_size(8, [c]), (c,)), quantize_weight(folded, scale, zp, 8), scale,
+    pack_state(sub, Plan("int", "", 8, packing.group_size(8, [c]), (c,)), quantize_weight(folded, scale, zp, 8), scale,
           st.bias, st.bias.device)
     return sub
 

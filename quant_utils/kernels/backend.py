@@ -185,13 +185,15 @@ def prepare(layer, packed: tuple[torch.Tensor, packing.PackedFormat] | None = No
             st.fp16_weight = _dequantized(layer.w_int, layer.w_scale, getattr(layer, "w_zero_point", None))
         st.bias16 = layer.bias.detach().half() if layer.bias is not None else None
     else:
-        _pack(st, pl, layer.w_int, layer.w_scale, layer.bias.detach().float() if layer.bias is not None else None,
+        pack_state(st, pl, layer.w_int, layer.w_scale, layer.bias.detach().float() if layer.bias is not None else None,
               dev, packed)
     return st
 
 
-def _pack(st: KernelState, pl: Plan, q_w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, dev,
-          packed: tuple | None = None) -> None:
+def pack_state(st: KernelState, pl: Plan, q_w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, dev,
+               packed: tuple | None = None) -> None:
+    """Fill `st` with integer weights `q_w` packed as `pl` says, their scales, the bias and (int path) the epilogue's
+    scale and zero-point column sums; `packed`: bytes packed beforehand (prepare's docstring)."""
     st.bits = pl.bits
     if packed is None:
         packed, st.fmt = packing.pack_weight(q_w, st.bits, st.split)  # on the layer's device
