@@ -465,7 +465,8 @@ def decoder_errors(vae_ref: nn.Module, vae_q: nn.Module, latents: torch.Tensor) 
     from .qlayers import QuantLayer
     from .runtime import decode_images
 
-    phase = {n: m for n, m in vae_q.decoder.named_modules() if type(m).__name__ == "FusedUpsample2D"
+    base, sub_cls = _subpixel_class()
+    phase = {n: m for n, m in vae_q.decoder.named_modules() if type(m) is _fused_classes()[base]
              and getattr(m.conv, "kernel_state", None) is not None and m.conv.kernel_state.sub is not None}
     qlayers = {n: m for n, m in vae_q.decoder.named_modules() if isinstance(m, QuantLayer)
                and n.rpartition(".")[0] not in phase}
@@ -477,7 +478,7 @@ def decoder_errors(vae_ref: nn.Module, vae_q: nn.Module, latents: torch.Tensor) 
             inputs.setdefault(name, (args[0], out))
         return hook
 
-    ref_subpixel = any(type(m).__name__ == "SubpixelUpsample2D" for m in vae_ref.decoder.modules())
+    ref_subpixel = any(type(m) is sub_cls for m in vae_ref.decoder.modules())
     use_subpixel_upsample(vae_ref, False)  # (its convs' hooks fire only in diffusers' forward)
     hooks = [ref_mods[n].register_forward_hook(keep(n)) for n in [*qlayers, *phase]]
     try:

@@ -403,6 +403,7 @@ warnings.simplefilter("ignore")
 from quant_utils.kernels import launch, ops, packing
 torch.manual_seed(0)
 # the kernel's SUBPIXEL mode against float64 phase convs of the same codes, both output layouts, in batch halves too
+# (limit 5500: the input, 5376 values, fits; the 2x output, 5760, does not)
 z0 = 3
 x = torch.randint(-30, 30, (3, 7, 8, 32), dtype=torch.int8)
 x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1] = z0, z0, z0, z0  # the pad ring holds the zero point
@@ -417,7 +418,7 @@ for p in range(4):
     ref[:, :, a::2, c::2] = F.conv2d(xd[:, :, a:a + 6, c:c + 7], q[16 * p:16 * (p + 1)].double()) \\
         * s[16 * p:16 * (p + 1)].double().view(1, -1, 1, 1) + b.double().view(1, -1, 1, 1)
 cfg = dict(BM=16, BN=16, num_warps=4, num_stages=1, SWAP=False, SPLIT_K=1, GROUP_M=8)
-for cl, swap, limit in ((False, False, 2**31), (True, True, 2**31), (True, False, 6000)):
+for cl, swap, limit in ((False, False, 2**31), (True, True, 2**31), (True, False, 5500)):
     launch.INT32_LIMIT = limit
     got = launch.conv(x, w, s, zc, None, None, b, 8, fmt.group, 16, 32, 2, 2, 1, 1, dict(cfg, SWAP=swap), cl,
                       subpixel=True)

@@ -196,8 +196,8 @@ def conv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.
     upsample + 3x3 conv as four 2x2 phases (tk.qconv). A batch whose input or output passes the kernel's int32
     offsets (the VAE decoder at 1024 px, batch 8) runs in halves."""
     b, hp, wp, _ = x_pad.shape
-    out_px = (2 * hp) * (2 * wp) if subpixel else ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
-    if b > 1 and max(x_pad.numel(), b * n * out_px) >= INT32_LIMIT:
+    out_h, out_w = tk.conv_out_hw(hp, wp, kh, kw, stride, subpixel)
+    if b > 1 and max(x_pad.numel(), b * n * out_h * out_w) >= INT32_LIMIT:
         h = b // 2
         res = (None, None) if residual is None else (residual[:h], residual[h:])
         return torch.cat([conv(x, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, cfg,

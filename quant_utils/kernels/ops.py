@@ -163,8 +163,7 @@ def qconv(x_pad: Tensor, w: Tensor, scale1: Tensor, zc1: Tensor, scale2: Optiona
 def _(x_pad, w, scale1, zc1, scale2, zc2, bias, bits, group, n, c1, kh, kw, stride, pad, channels_last=False,
       residual=None, out_scale=1.0, subpixel=False):
     b, hp, wp, _ = x_pad.shape
-    shape = (2 * (hp - 2), 2 * (wp - 2)) if subpixel else ((hp - kh) // stride + 1, (wp - kw) // stride + 1)
-    return torch.empty((b, n, *shape), dtype=torch.float16,
+    return torch.empty((b, n, *tk.conv_out_hw(hp, wp, kh, kw, stride, subpixel)), dtype=torch.float16,
                        device=x_pad.device,
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

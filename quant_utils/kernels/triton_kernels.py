@@ -797,6 +797,13 @@ def _qconv_kernel(x_ptr, w_ptr, out_ptr, scale1_ptr, zc1_ptr, scale2_ptr, zc2_pt
     tl.store(out_ptr + offs, y.to(tl.float16), mask=mask)
 
 
+def conv_out_hw(hp: int, wp: int, kh: int, kw: int, stride: int, subpixel: bool = False) -> tuple[int, int]:
+    """Output height and width of `_qconv_kernel` on a padded input of hp x wp (subpixel: the 2x image of its phases)."""
+    if subpixel:
+        return 2 * (hp - 2), 2 * (wp - 2)
+    return (hp - kh) // stride + 1, (wp - kw) // stride + 1
+
+
 def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch.Tensor, scale2: torch.Tensor | None,
           zc2: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group: int, n: int, c1: int, kh: int, kw: int,
           stride: int, pad: int, cfg: dict, channels_last: bool = False, residual: torch.Tensor | None = None,
@@ -812,15 +819,13 @@ def qconv(x_pad: torch.Tensor, w: torch.Tensor, scale1: torch.Tensor, zc1: torch
         w, bits = unpack_to_int8(w, bits, group), 8
     if c % 16 or c1 % 16 or not x_pad.is_contiguous():
         raise ValueError(f"qconv needs contiguous NHWC input with C and the split a multiple of 16 (C={c}, split={c1})")
-    out_px = (2 * hp) * (2 * wp) if subpixel else ((hp - kh) // stride + 1) * ((wp - kw) // stride + 1)
-    if x_pad.numel() >= 2**31 or b * n * out_px >= 2**31:
+    out_h, out_w = conv_out_hw(hp, wp, kh, kw, stride, subpixel)
+    if x_pad.numel() >= 2**31 or b * n * out_h * out_w >= 2**31:
         raise ValueError("qconv uses int32 offsets: split the batch")
     if subpixel and ((kh, kw, stride, pad) != (2, 2, 1, 1) or residual is not None or c != c1):
         raise ValueError("qconv subpixel: a 2x2 kernel per phase, stride 1, pad 1, no residual, no split")
-    oh = hp - 2 if subpixel else (hp - kh) // stride + 1
-    ow = wp - 2 if subpixel else (wp - kw) // stride + 1
-    up = 2 if subpixel else 1
-    out = torch.empty((b, n, oh * up, ow * up), dtype=torch.float16, device=x_pad.device,
+    oh, ow = (out_h // 2, out_w // 2) if subpixel else (out_h, out_w)  # the grid's pixels: one phase's
+    out = torch.empty((b, n, out_h, out_w), dtype=torch.float16, device=x_pad.device,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if residual is not None:
         if tuple(residual.shape) != tuple(out.shape):
